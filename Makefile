@@ -1,0 +1,32 @@
+# flowmatch: `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c requirements/constraints.txt
+DEMO   := runs/demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU wheel (an unpinned torch pulls a multi-GB CUDA build).
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/flowmatch train --data two-gaussians --out $(DEMO) --force
+	$(BIN)/flowmatch sample --run $(DEMO) -n 2000 --solver rk4 --nfe 100 --out $(DEMO)/generated.npy --force
+	@echo "demo run folder: $(DEMO) (samples.png, metrics.json, generated.npy)"
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

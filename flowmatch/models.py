@@ -1,0 +1,119 @@
+"""Velocity models v_theta(x, t).
+
+Every model is called as ``model(x, t)`` (and ``model(x, t, y)`` for class labels where the
+model supports them) with x of shape (batch, D) and t a scalar, a 0-dim tensor or a (batch,)
+tensor of times in [0, 1]; it returns a tensor shaped like x.
+
+- ``seed-mlp``: the seed document's network, input [t, x] -> 128 -> ReLU -> 128 -> ReLU -> D.
+- ``mlp``: the default. A sinusoidal embedding of t feeds a learned projection that is added to
+  the first layer's pre-activation (no concatenation of t onto x, so at sampling time, where t is
+  one number for the whole batch, the time term is computed once per call), then ``depth``
+  hidden layers of ``width`` units with a configurable activation.
+
+Models are rebuilt from plain data: ``build_model(name, dim, **options)`` and ``model.config``
+round-trip through a checkpoint's JSON metadata.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import FlowmatchError
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+
+
+def time_column(t, x: torch.Tensor) -> torch.Tensor:
+    """Times as a (batch, 1) or (1, 1) column on x's device and dtype."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.reshape(-1, 1)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """[cos(1000 t w_k), sin(1000 t w_k)], w_k = max_period^(-k / (dim/2)), for a (n, 1) column t."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
+    angles = 1000.0 * t * freqs
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class SeedMLP(nn.Module):
+    """The seed recipe's network: Linear(D + 1, 128), ReLU, Linear(128, 128), ReLU, Linear(128, D)."""
+
+    def __init__(self, dim: int, width: int = 128):
+        super().__init__()
+        self.config = {"name": "seed-mlp", "width": width}
+        self.net = nn.Sequential(
+            nn.Linear(dim + 1, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim)
+        )
+
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        t = time_column(t, x).expand(x.shape[0], 1)
+        return self.net(torch.cat([t, x], dim=1))
+
+
+class MLP(nn.Module):
+    """h = act(W_x x + W_t emb(t) [+ E y]), then (depth - 1) x [Linear(width, width), act], then Linear(width, D).
+
+    With ``num_classes > 0`` a label embedding is added to the first pre-activation; label
+    ``num_classes`` is the learned null label used for classifier-free guidance.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        width: int = 256,
+        depth: int = 3,
+        activation: str = "silu",
+        time_dim: int = 64,
+        num_classes: int = 0,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise FlowmatchError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
+        if width < 1 or depth < 1 or time_dim < 2 or time_dim % 2 or num_classes < 0:
+            raise FlowmatchError(
+                f"model sizes must be positive (time_dim even): width={width}, depth={depth}, time_dim={time_dim}"
+            )
+        self.config = {
+            "name": "mlp",
+            "width": width,
+            "depth": depth,
+            "activation": activation,
+            "time_dim": time_dim,
+            "num_classes": num_classes,
+        }
+        self.time_dim = time_dim
+        self.num_classes = num_classes
+        self.x_in = nn.Linear(dim, width)
+        self.t_in = nn.Sequential(nn.Linear(time_dim, width), ACTIVATIONS[activation](), nn.Linear(width, width))
+        self.y_in = nn.Embedding(num_classes + 1, width) if num_classes else None
+        layers: list[nn.Module] = [ACTIVATIONS[activation]()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, width), ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(width, dim))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.x_in(x) + self.t_in(sinusoidal_embedding(time_column(t, x), self.time_dim))
+        if self.y_in is not None:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            h = h + self.y_in(y)
+        return self.body(h)
+
+
+MODELS = {"mlp": MLP, "seed-mlp": SeedMLP}
+
+
+def build_model(name: str, dim: int, **options) -> nn.Module:
+    """A velocity model by name for data of dimension ``dim``; options are the class's arguments."""
+    if name not in MODELS:
+        raise FlowmatchError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    try:
+        return MODELS[name](dim, **options)
+    except TypeError as exc:
+        raise FlowmatchError(f"bad options for model '{name}': {exc}") from None

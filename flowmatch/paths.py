@@ -1,0 +1,238 @@
+"""Conditional probability paths between a noise sample x0 (t = 0) and a data sample x1 (t = 1).
+
+Every path here is affine in the pair (x0, x1):
+
+    x_t = alpha_t * x1 + sigma_t * x0,        alpha_0 = 0, sigma_0 = 1 (noise), alpha_1 = 1 (data)
+
+so the velocity the model regresses onto is its time derivative,
+
+    u_t = d/dt x_t = alpha'_t * x1 + sigma'_t * x0.
+
+A path is a :class:`Schedule` (alpha, sigma and their derivatives) wrapped in :class:`AffinePath`;
+adding a path means adding a schedule. Because x_t and u_t are two linear equations in (x0, x1),
+any one of the three predictions (velocity, data x1, noise x0) converts to the others given x_t
+(``AffinePath.to_endpoints`` and ``AffinePath.convert``).
+
+Built-in schedules (``make_path(name)``):
+
+- ``gaussian``: alpha_t = t, sigma_t = 1 - (1 - sigma_min) t; the Gaussian path of Lipman et al.
+  (2023) with a floor sigma_min on the data end; sigma_min = 0 is the linear path.
+- ``linear``: alpha_t = t, sigma_t = 1 - t (rectified flow, CondOT): straight lines, constant
+  velocity x1 - x0.
+- ``cosine``: alpha_t = sin(pi t / 2), sigma_t = cos(pi t / 2) (variance preserving:
+  alpha^2 + sigma^2 = 1).
+
+A custom schedule: ``AffinePath(CustomSchedule(alpha=..., sigma=...))`` with callables of a time
+tensor; derivatives are taken by autograd unless given.
+
+Example::
+
+    path = make_path("linear")
+    s = path.sample(x0, x1, t)         # PathSample(x_t, velocity, t)
+    loss = ((model(s.x_t, t) - s.velocity) ** 2).mean()
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import FlowmatchError
+
+PREDICTIONS = ("velocity", "x1", "x0")
+
+
+class Schedule:
+    """alpha_t and sigma_t of an affine path, with their time derivatives (element-wise in t)."""
+
+    name = "schedule"
+
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def d_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def d_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GaussianSchedule(Schedule):
+    """alpha_t = t, sigma_t = 1 - (1 - sigma_min) t: x_1 ~ N(x1, sigma_min^2 I) at the data end."""
+
+    name = "gaussian"
+
+    def __init__(self, sigma_min: float = 0.0):
+        if not 0.0 <= sigma_min < 1.0:
+            raise FlowmatchError(f"sigma_min must be in [0, 1), got {sigma_min}")
+        self.sigma_min = float(sigma_min)
+
+    def alpha(self, t):
+        return t
+
+    def sigma(self, t):
+        return 1.0 - (1.0 - self.sigma_min) * t
+
+    def d_alpha(self, t):
+        return torch.ones_like(t)
+
+    def d_sigma(self, t):
+        return torch.full_like(t, -(1.0 - self.sigma_min))
+
+
+class LinearSchedule(GaussianSchedule):
+    """alpha_t = t, sigma_t = 1 - t: the straight-line (rectified flow / CondOT) path."""
+
+    name = "linear"
+
+    def __init__(self):
+        super().__init__(sigma_min=0.0)
+
+
+class CosineSchedule(Schedule):
+    """alpha_t = sin(pi t / 2), sigma_t = cos(pi t / 2): variance preserving."""
+
+    name = "cosine"
+
+    def alpha(self, t):
+        return torch.sin(0.5 * math.pi * t)
+
+    def sigma(self, t):
+        return torch.cos(0.5 * math.pi * t)
+
+    def d_alpha(self, t):
+        return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
+
+    def d_sigma(self, t):
+        return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+
+class CustomSchedule(Schedule):
+    """A schedule from user callables; missing derivatives come from autograd.
+
+    The callables take a tensor of times and act element-wise, e.g.
+    ``CustomSchedule(alpha=lambda t: t**2, sigma=lambda t: 1 - t**2)``.
+    """
+
+    name = "custom"
+
+    def __init__(
+        self,
+        alpha: Callable[[torch.Tensor], torch.Tensor],
+        sigma: Callable[[torch.Tensor], torch.Tensor],
+        d_alpha: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        d_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self._alpha, self._sigma = alpha, sigma
+        self._d_alpha = d_alpha or _autograd_derivative(alpha)
+        self._d_sigma = d_sigma or _autograd_derivative(sigma)
+
+    def alpha(self, t):
+        return self._alpha(t)
+
+    def sigma(self, t):
+        return self._sigma(t)
+
+    def d_alpha(self, t):
+        return self._d_alpha(t)
+
+    def d_sigma(self, t):
+        return self._d_sigma(t)
+
+
+def _autograd_derivative(fn):
+    def derivative(t: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            tt = t.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(fn(tt).sum(), tt)
+        return grad
+
+    return derivative
+
+
+@dataclass
+class PathSample:
+    """A point on the conditional path: x_t and the target velocity u_t at times t."""
+
+    x_t: torch.Tensor
+    velocity: torch.Tensor
+    t: torch.Tensor
+
+
+class AffinePath:
+    """x_t = alpha_t x1 + sigma_t x0 and u_t = alpha'_t x1 + sigma'_t x0 for a :class:`Schedule`."""
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    @property
+    def name(self) -> str:
+        return self.schedule.name
+
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor):
+        t = _as_time(t, like)
+        s = self.schedule
+        return s.alpha(t), s.sigma(t), s.d_alpha(t), s.d_sigma(t)
+
+    def sample(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> PathSample:
+        """x_t and u_t for pairs (x0, x1) at per-sample times t of shape (batch,)."""
+        a, s, da, ds = self._coefficients(t, x1)
+        return PathSample(x_t=a * x1 + s * x0, velocity=da * x1 + ds * x0, t=t)
+
+    def to_endpoints(self, pred: torch.Tensor, x_t: torch.Tensor, t, kind: str = "velocity"):
+        """(x0, x1) implied by a prediction of ``kind`` (velocity, x1 or x0) at x_t.
+
+        From the velocity, solving x_t = a x1 + s x0, u = a' x1 + s' x0:
+        x1 = (s' x_t - s u) / (a s' - s a'),  x0 = (a u - a' x_t) / (a s' - s a').
+        From x1: x0 = (x_t - a x1) / s. From x0: x1 = (x_t - s x0) / a.
+        (Undefined where the divisor vanishes: x1 at t = 0 and x0 at t = 1 for sigma_min = 0.)
+        """
+        a, s, da, ds = self._coefficients(t, x_t)
+        if kind == "velocity":
+            det = a * ds - s * da
+            return (a * pred - da * x_t) / det, (ds * x_t - s * pred) / det
+        if kind == "x1":
+            return (x_t - a * pred) / s, pred
+        if kind == "x0":
+            return pred, (x_t - s * pred) / a
+        raise FlowmatchError(f"unknown prediction '{kind}'; choose one of {', '.join(PREDICTIONS)}")
+
+    def convert(self, pred: torch.Tensor, x_t: torch.Tensor, t, src: str, dst: str) -> torch.Tensor:
+        """Convert a prediction between velocity, x1 (data) and x0 (noise) parameterisations."""
+        if dst not in PREDICTIONS:
+            raise FlowmatchError(f"unknown prediction '{dst}'; choose one of {', '.join(PREDICTIONS)}")
+        x0, x1 = self.to_endpoints(pred, x_t, t, src)
+        if dst == "x0":
+            return x0
+        if dst == "x1":
+            return x1
+        _, _, da, ds = self._coefficients(t, x_t)
+        return da * x1 + ds * x0
+
+
+def _as_time(t, like: torch.Tensor) -> torch.Tensor:
+    """Times as a tensor that broadcasts against ``like`` (batch, ...): a scalar or shape (batch,)."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if t.dim() == 0:
+        return t
+    return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
+
+
+PATHS = ("gaussian", "linear", "cosine")
+
+
+def make_path(name: str, sigma_min: float = 0.0) -> AffinePath:
+    """A built-in path by name; ``sigma_min`` applies to the gaussian path only."""
+    if name == "gaussian":
+        return AffinePath(GaussianSchedule(sigma_min))
+    if name == "linear":
+        return AffinePath(LinearSchedule())
+    if name == "cosine":
+        return AffinePath(CosineSchedule())
+    raise FlowmatchError(f"unknown path '{name}'; choose one of {', '.join(PATHS)}")

@@ -1,0 +1,243 @@
+"""Trained flows and run folders.
+
+A :class:`Flow` is a velocity model together with the path it was trained on and the map
+between data coordinates and the model's (standardised) coordinates. It samples by integrating
+dx/dt = v(x, t) forward from x ~ N(0, I) at t = 0 to t = 1 and mapping back to data coordinates.
+
+A run folder holds::
+
+    config.json              the resolved training config
+    checkpoint.safetensors   weights (never pickled)
+    checkpoint.json          what is needed to rebuild the model: its config, the path, the standardiser
+    metrics.json             final loss, W2 against held-out data and its floor
+    samples.png              samples over data
+
+``flowmatch.load(run_dir)`` rebuilds the Flow in one call. Folders are written to a staging
+directory next to the target and renamed into place at the end, so a failed or interrupted
+write never leaves a half-written run and an existing run is only replaced with ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .data import Dataset, Standardizer, load_dataset
+from .errors import FlowmatchError
+from .models import build_model
+from .paths import AffinePath, make_path
+from .solvers import integrate
+
+FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_META = "checkpoint.json"
+CONFIG = "config.json"
+
+
+@dataclass
+class Samples:
+    """Generated samples in data coordinates, with the solver's record of how they were made."""
+
+    x: torch.Tensor
+    nfe: int
+    times: torch.Tensor | None = None
+    trajectory: torch.Tensor | None = None  # (len(times), n, D) in data coordinates
+
+
+class Flow:
+    """A trained velocity field with its path and data coordinates; samples and (later) scores data."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        path: AffinePath,
+        standardizer: Standardizer,
+        config: dict[str, Any],
+        dataset: Dataset | None = None,
+    ):
+        self.model = model
+        self.path = path
+        self.standardizer = standardizer
+        self.config = config
+        self._dataset = dataset
+
+    @property
+    def dim(self) -> int:
+        return int(self.standardizer.mean.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dataset(self) -> Dataset:
+        """The training data set (rebuilt from the config on first use after loading)."""
+        if self._dataset is None:
+            standardize = {"auto": None, "yes": True, "no": False}[self.config.get("standardize", "auto")]
+            self._dataset = load_dataset(self.config["data"], seed=self.config["seed"], standardize=standardize)
+        return self._dataset
+
+    def velocity(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """v(x, t) in model coordinates, as the solvers call it."""
+        return self.model
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        *,
+        solver: str = "rk4",
+        nfe: int = 100,
+        grid: str = "uniform",
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        seed: int | None = None,
+        return_trajectory: bool = False,
+        progress: bool = False,
+    ) -> Samples:
+        """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        x0 = torch.randn(n, self.dim, generator=generator).to(self.device)
+        solution = integrate(
+            self.velocity(),
+            x0,
+            solver=solver,
+            nfe=nfe,
+            grid=grid,
+            atol=atol,
+            rtol=rtol,
+            return_trajectory=return_trajectory,
+            progress=progress,
+        )
+        trajectory = None
+        if solution.trajectory is not None:
+            trajectory = self.standardizer.inverse(solution.trajectory.cpu())
+        return Samples(
+            x=self.standardizer.inverse(solution.x.cpu()),
+            nfe=solution.nfe,
+            times=solution.times,
+            trajectory=trajectory,
+        )
+
+    def sample(self, n: int, **options) -> torch.Tensor:
+        """n samples in data coordinates, shape (n, D); options as for :meth:`generate`."""
+        return self.generate(n, **options).x
+
+    def to(self, device) -> "Flow":
+        self.model.to(device)
+        return self
+
+    # -- saving and loading -------------------------------------------------------------------
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "format": "flowmatch-checkpoint",
+            "version": FORMAT_VERSION,
+            "dim": self.dim,
+            "model": self.model.config,
+            "path": {"name": self.path.name, "sigma_min": getattr(self.path.schedule, "sigma_min", 0.0)},
+            "standardizer": self.standardizer.to_dict(),
+        }
+
+    def save_checkpoint(self, folder: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / CHECKPOINT))
+        write_json(folder / CHECKPOINT_META, self.checkpoint_meta())
+
+
+def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
+    """Rebuild the Flow saved in a run folder (weights are read with safetensors, never unpickled)."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise FlowmatchError(f"run folder '{folder}' does not exist")
+    for name in (CHECKPOINT, CHECKPOINT_META, CONFIG):
+        if not (folder / name).is_file():
+            raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {name} is missing")
+    meta = read_json(folder / CHECKPOINT_META)
+    config = read_json(folder / CONFIG)
+    if meta.get("format") != "flowmatch-checkpoint" or meta.get("version") != FORMAT_VERSION:
+        raise FlowmatchError(f"{folder / CHECKPOINT_META}: not a flowmatch checkpoint of version {FORMAT_VERSION}")
+    try:
+        model_options = dict(meta["model"])
+        model = build_model(model_options.pop("name"), int(meta["dim"]), **model_options)
+        path = make_path(meta["path"]["name"], float(meta["path"].get("sigma_min", 0.0)))
+        standardizer = Standardizer.from_dict(meta["standardizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, FlowmatchError):
+            raise
+        raise FlowmatchError(f"{folder / CHECKPOINT_META}: malformed checkpoint metadata ({exc!r})") from None
+    try:
+        state = load_file(str(folder / CHECKPOINT))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FlowmatchError(f"{folder / CHECKPOINT}: cannot read the weights (truncated or corrupt?): {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise FlowmatchError(f"{folder / CHECKPOINT}: weights do not match the model in {CHECKPOINT_META}: {first}") from None
+    return Flow(model=model.eval(), path=path, standardizer=standardizer, config=config).to(device)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FlowmatchError(f"{path}: cannot read JSON ({exc})") from None
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+class RunWriter:
+    """Write a run folder atomically: files go to a staging folder that replaces ``target`` on commit.
+
+    Use as a context manager; if the body raises, the staging folder is removed and ``target``
+    is untouched. An existing run folder is replaced only with ``force``; a non-empty folder that
+    is not a run folder is never replaced.
+    """
+
+    def __init__(self, target: str | os.PathLike, *, force: bool = False):
+        self.target = Path(target)
+        self.force = force
+        check_writable_run(self.target, force)
+        self.staging: Path | None = None
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+        return self.staging
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.staging is not None
+        if exc_type is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        check_writable_run(self.target, self.force)
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.staging, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable_run(target: Path, force: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise FlowmatchError(f"output '{target}' exists and is not a folder")
+    if target.exists() and any(target.iterdir()):
+        if not (target / CONFIG).is_file():
+            raise FlowmatchError(f"output '{target}' exists and is not a flowmatch run folder; refusing to replace it")
+        if not force:
+            raise FlowmatchError(f"run folder '{target}' already exists; pass --force to replace it")

@@ -1,0 +1,598 @@
+"""Tests for flowmatch.data: built-in toy sets, data files, standardisation and datasets.
+
+Statistical checks use fixed seeds and tolerances of several standard errors (SE = sample std / sqrt(n)),
+so they are deterministic and far from flaky boundaries.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+from sklearn.datasets import make_circles, make_moons, make_swiss_roll
+
+from flowmatch.data import (
+    BUILTIN_NAMES,
+    Dataset,
+    Standardizer,
+    _sklearn_seed,
+    load_array,
+    load_dataset,
+    sample_builtin,
+)
+from flowmatch.errors import FlowmatchError
+
+
+def assert_mean_close(x: torch.Tensor, expected, k: float = 5.0) -> None:
+    """Column means of x within k standard errors of `expected`."""
+    x = x.double()
+    se = x.std(dim=0) / math.sqrt(len(x))
+    diff = (x.mean(dim=0) - torch.as_tensor(expected, dtype=torch.float64)).abs()
+    assert (diff <= k * se).all(), f"mean {x.mean(0).tolist()} vs {expected}, SE {se.tolist()}"
+
+
+def assert_std_close(x: torch.Tensor, expected: float, k: float = 5.0) -> None:
+    """Column stds of a Gaussian-like sample within k standard errors (SE of a std: sigma / sqrt(2n))."""
+    std = x.double().std(dim=0)
+    se = expected / math.sqrt(2 * len(x))
+    assert ((std - expected).abs() <= k * se).all(), f"std {std.tolist()} vs {expected}, SE {se}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Built-in sets: shape, dtype, reproducibility
+# --------------------------------------------------------------------------------------------------
+
+
+def test_builtin_names():
+    assert BUILTIN_NAMES[0] == "two-gaussians"
+    assert set(BUILTIN_NAMES) == {
+        "two-gaussians", "8gaussians", "checkerboard", "2spirals", "moons", "circles", "rings", "swissroll",
+    }
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+@pytest.mark.parametrize("n", [0, 1, 3, 257])
+def test_builtin_shape_and_dtype(name, n):
+    x = sample_builtin(name, n, 0)
+    assert x.shape == (n, 2)
+    assert x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_builtin_reproducible(name):
+    a = sample_builtin(name, 500, 7)
+    assert torch.equal(a, sample_builtin(name, 500, 7))
+    assert torch.equal(a, sample_builtin(name, 500, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, sample_builtin(name, 500, 8))
+    # A generator is advanced by each draw, so successive draws differ.
+    g = torch.Generator().manual_seed(7)
+    first, second = sample_builtin(name, 500, g), sample_builtin(name, 500, g)
+    assert torch.equal(first, a) and not torch.equal(first, second)
+
+
+def test_builtin_none_uses_global_generator():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        a = sample_builtin("moons", 100)
+        torch.manual_seed(3)
+        b = sample_builtin("moons", 100)
+    assert torch.equal(a, b)
+
+
+def test_builtin_bad_arguments():
+    with pytest.raises(FlowmatchError, match="did you mean '8gaussians'") as e:
+        sample_builtin("8gaussian", 10)
+    for name in BUILTIN_NAMES:
+        assert name in str(e.value)
+    with pytest.raises(FlowmatchError, match="non-negative integer"):
+        sample_builtin("moons", -1)
+    with pytest.raises(FlowmatchError, match="non-negative integer"):
+        sample_builtin("moons", 2.5)
+    with pytest.raises(FlowmatchError, match="generator"):
+        sample_builtin("moons", 10, "seed")
+
+
+# --------------------------------------------------------------------------------------------------
+# Built-in sets: the definitions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_two_gaussians_definition():
+    x = sample_builtin("two-gaussians", 20_000, 1)
+    right = x[:, 0] > 0  # components 8 std apart: misassignment probability ~ 3e-5
+    p = right.double().mean().item()
+    assert abs(p - 0.5) <= 5 * math.sqrt(0.25 / len(x))
+    for side, centre in ((right, 4.0), (~right, -4.0)):
+        assert_mean_close(x[side], [centre, 0.0])
+        assert_std_close(x[side], 1.0)
+
+
+def test_eight_gaussians_definition():
+    x = sample_builtin("8gaussians", 16_000, 2)
+    angles = torch.arange(8, dtype=torch.float64) * math.pi / 4
+    centres = 4 / 1.414 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    nearest = torch.cdist(x.double(), centres).argmin(dim=1)
+    for k in range(8):
+        cluster = x[nearest == k]
+        p = len(cluster) / len(x)
+        assert abs(p - 1 / 8) <= 5 * math.sqrt((1 / 8) * (7 / 8) / len(x))
+        assert_mean_close(cluster, centres[k])
+        assert_std_close(cluster, 0.5 / 1.414)
+    # |centre + noise| is Rice-distributed: mean slightly above 4 / 1.414.
+    radius = stats.rice(b=4 / 0.5, scale=0.5 / 1.414)
+    r = x.double().norm(dim=1)
+    assert abs(r.mean().item() - radius.mean()) <= 5 * radius.std() / math.sqrt(len(x))
+
+
+def test_checkerboard_definition():
+    n = 32_000
+    x = sample_builtin("checkerboard", n, 3).double()
+    assert ((x >= -4) & (x < 4)).all()
+    cells = torch.floor(x / 2).long()  # square indices in {-2, -1, 0, 1}^2
+    assert ((cells.sum(dim=1) % 2) == 0).all(), "points outside the 8 even-parity squares"
+    # Uniform mass: each of the 8 squares holds 1/8 of the points (multinomial SE).
+    _, counts = torch.unique(cells, dim=0, return_counts=True)
+    assert len(counts) == 8
+    se = math.sqrt(n * (1 / 8) * (7 / 8))
+    assert ((counts - n / 8).abs() <= 5 * se).all(), counts
+    # Uniform within squares: the offset inside a square is U[0, 2)^2 (mean 1, std 2/sqrt(12)).
+    offset = x - 2 * cells
+    assert_mean_close(offset, [1.0, 1.0])
+    assert offset.std(dim=0).numpy() == pytest.approx([2 / math.sqrt(12)] * 2, abs=0.01)
+
+
+def test_two_spirals_definition():
+    n = 40_000
+    x = sample_builtin("2spirals", n, 4).double()
+    first, second = x[: n // 2], x[n // 2 :]
+    # The second half mirrors the first before noise, so their sum is pure noise N(0, 2 * 0.1^2 I).
+    assert_mean_close(first + second, [0.0, 0.0])
+    assert_std_close(first + second, 0.1 * math.sqrt(2))
+    # E[d] with t = 3 pi sqrt(U): integrate over U in [0, 1].
+    ex = integrate.quad(lambda u: -math.cos(3 * math.pi * math.sqrt(u)) * 3 * math.pi * math.sqrt(u), 0, 1)[0]
+    ey = integrate.quad(lambda u: math.sin(3 * math.pi * math.sqrt(u)) * 3 * math.pi * math.sqrt(u), 0, 1)[0]
+    assert_mean_close(first, [(ex + 0.25) / 3, (ey + 0.25) / 3])
+    # Radius: |d| <= 3 pi + 0.5 sqrt(2) before the /3, plus noise (6 sigma).
+    assert (x.norm(dim=1) <= (3 * math.pi + 0.5 * math.sqrt(2)) / 3 + 6 * 0.1 * math.sqrt(2)).all()
+
+
+def test_rings_definition():
+    n = 4002  # 1000 on each of the three outer circles, 1002 on the innermost
+    x = sample_builtin("rings", n, 5).double()
+    r = x.norm(dim=1)
+    radii = torch.tensor([3.0, 2.25, 1.5, 0.75], dtype=torch.float64)
+    ring = (r[:, None] - radii).abs().argmin(dim=1)  # rings 0.75 apart, noise 0.08: no misassignment
+    assert torch.bincount(ring, minlength=4).tolist() == [1000, 1000, 1000, 1002]
+    for k, radius in enumerate(radii.tolist()):
+        rk = r[ring == k]
+        # Radial bias of isotropic noise ~ sigma^2 / (2 R) <= 0.005; SE 0.08 / sqrt(1000) = 0.0025.
+        assert rk.mean().item() == pytest.approx(radius, abs=0.02)
+        assert rk.std().item() == pytest.approx(0.08, abs=0.01)
+
+
+def test_rings_uneven_counts():
+    r = sample_builtin("rings", 10, 0).double().norm(dim=1)  # 2, 2, 2 and 4 points
+    ring = (r[:, None] - torch.tensor([3.0, 2.25, 1.5, 0.75], dtype=torch.float64)).abs().argmin(dim=1)
+    assert torch.bincount(ring, minlength=4).tolist() == [2, 2, 2, 4]
+
+
+def test_moons_definition():
+    x = sample_builtin("moons", 20_000, 6)
+    rs = _sklearn_seed(torch.Generator().manual_seed(6))
+    raw, _ = make_moons(n_samples=20_000, noise=0.1, random_state=rs)
+    np.testing.assert_allclose(x.numpy(), raw * 2 + [-1.0, -0.2], rtol=0, atol=1e-6)
+    # Noise-free moons have mean (1/2, 1/4); after * 2 + (-1, -0.2) that is (0, 0.3).
+    assert x.double().mean(dim=0).numpy() == pytest.approx([0.0, 0.3], abs=0.01)
+
+
+def test_circles_definition():
+    n = 20_000
+    x = sample_builtin("circles", n, 7)
+    rs = _sklearn_seed(torch.Generator().manual_seed(7))
+    raw, _ = make_circles(n_samples=n, factor=0.5, noise=0.08, random_state=rs)
+    np.testing.assert_allclose(x.numpy(), raw * 3, rtol=0, atol=1e-6)
+    r = x.double().norm(dim=1)
+    outer = r > 2.25  # radii 3 and 1.5, noise 0.24: half-gap 3.1 sigma
+    assert outer.double().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert r[outer].mean().item() == pytest.approx(3.0, abs=0.05)
+    assert r[~outer].mean().item() == pytest.approx(1.5, abs=0.05)
+
+
+def test_swissroll_definition():
+    n = 5000
+    x = sample_builtin("swissroll", n, 8)
+    rs = _sklearn_seed(torch.Generator().manual_seed(8))
+    raw, _ = make_swiss_roll(n_samples=n, noise=1.0, random_state=rs)
+    np.testing.assert_allclose(x.numpy(), raw[:, [0, 2]] / 5, rtol=0, atol=1e-6)
+    # Noise-free radius t / 5 with t in [1.5 pi, 4.5 pi]; noise 0.2 per coordinate (6 sigma margin).
+    r = x.double().norm(dim=1)
+    assert (r >= 1.5 * math.pi / 5 - 1.2).all() and (r <= 4.5 * math.pi / 5 + 1.2).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Standardizer
+# --------------------------------------------------------------------------------------------------
+
+
+def test_standardizer_fit_and_round_trip():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 3, generator=g) * torch.tensor([2.0, 0.5, 10.0]) + torch.tensor([1.0, -3.0, 100.0])
+    s = Standardizer.fit(x)
+    z = s.forward(x)
+    assert z.dtype == torch.float32
+    assert z.double().mean(dim=0).numpy() == pytest.approx([0, 0, 0], abs=1e-5)
+    assert z.double().std(dim=0, correction=0).numpy() == pytest.approx([1, 1, 1], abs=1e-5)
+    torch.testing.assert_close(s.inverse(z), x, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s.forward(s.inverse(z)), z, rtol=1e-5, atol=1e-5)
+
+
+def test_standardizer_zero_variance_column():
+    x = torch.tensor([[1.0, 0.1], [2.0, 0.1], [3.0, 0.1]], dtype=torch.float64)
+    s = Standardizer.fit(x)
+    assert s.std.tolist() == pytest.approx([math.sqrt(2 / 3), 1.0])
+    assert s.forward(x)[:, 1].abs().max().item() < 1e-12
+
+
+def test_standardizer_log_abs_det():
+    s = Standardizer(torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.25]))
+    assert s.log_abs_det() == pytest.approx(-math.log(2.0) - math.log(0.25))
+    jac = torch.autograd.functional.jacobian(s.forward, torch.tensor([0.3, 0.7], dtype=torch.float64))
+    assert s.log_abs_det() == pytest.approx(torch.logdet(jac).item())
+    # Change of variables: a standard normal in model coordinates is N(mean, diag(std^2)) in data coordinates.
+    x = torch.tensor([[0.0, 0.0], [1.5, -2.2]], dtype=torch.float64)
+    log_p_model = torch.distributions.Normal(0.0, 1.0).log_prob(s.forward(x)).sum(dim=1)
+    expected = stats.multivariate_normal(mean=[1.0, -2.0], cov=np.diag([4.0, 0.0625])).logpdf(x.numpy())
+    np.testing.assert_allclose(log_p_model.numpy() + s.log_abs_det(), expected, rtol=1e-10)
+
+
+def test_standardizer_identity_and_dim_check():
+    s = Standardizer.identity(3)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s.forward(x), x) and torch.equal(s.inverse(x), x)
+    assert s.log_abs_det() == 0.0
+    with pytest.raises(FlowmatchError, match="dimension 3"):
+        s.forward(torch.zeros(4, 2))
+    with pytest.raises(FlowmatchError, match="positive integer"):
+        Standardizer.identity(0)
+
+
+def test_standardizer_dict_round_trip():
+    s = Standardizer(torch.tensor([1.0, -2.5]), torch.tensor([2.0, 0.125]))
+    d = json.loads(json.dumps(s.to_dict()))
+    s2 = Standardizer.from_dict(d)
+    assert torch.equal(s2.mean, s.mean) and torch.equal(s2.std, s.std)
+
+
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        ({"mean": [0.0, 1.0], "std": [1.0]}, "'mean' has 2 values but 'std' has 1"),
+        ({"mean": [0.0], "std": [0.0]}, "std must be positive"),
+        ({"mean": [0.0], "std": [-1.0]}, "std must be positive"),
+        ({"mean": [float("nan")], "std": [1.0]}, "finite"),
+        ({"mean": [0.0]}, "missing key 'std'"),
+        ({"mean": "0", "std": [1.0]}, "list of numbers"),
+        ({"mean": [True], "std": [1.0]}, "list of numbers"),
+        ({"mean": [], "std": []}, "length >= 1"),
+        ([1.0], "expected a mapping"),
+    ],
+)
+def test_standardizer_from_dict_errors(d, message):
+    with pytest.raises(FlowmatchError, match=message):
+        Standardizer.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------------
+# load_array: valid files
+# --------------------------------------------------------------------------------------------------
+
+POINTS = np.arange(12, dtype=np.float64).reshape(6, 2) / 4
+
+
+def test_load_npy(tmp_path):
+    path = tmp_path / "points.npy"
+    np.save(path, POINTS.astype(np.float32))
+    out = load_array(path)
+    assert out.dtype == np.float64 and out.shape == (6, 2)
+    np.testing.assert_array_equal(out, POINTS)
+    np.save(path, np.arange(8).reshape(4, 2))  # integers are fine
+    assert load_array(str(path)).dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "arrays, expected",
+    [
+        ({"data": POINTS, "x": -POINTS, "labels": np.zeros(6)}, POINTS),
+        ({"x": POINTS, "other": -POINTS}, POINTS),
+        ({"points": POINTS}, POINTS),
+        ({"points": POINTS, "labels": np.zeros(6)}, POINTS),
+    ],
+)
+def test_load_npz(tmp_path, arrays, expected):
+    path = tmp_path / "points.npz"
+    np.savez(path, **arrays)
+    np.testing.assert_array_equal(load_array(path), expected)
+    np.savez_compressed(path, **arrays)
+    np.testing.assert_array_equal(load_array(path), expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0,0.25\n0.5,0.75\n1,1.25\n1.5,1.75\n2,2.25\n2.5,2.75\n",
+        "x,y\n0,0.25\n0.5,0.75\n1,1.25\n1.5,1.75\n2,2.25\n2.5,2.75",
+        '"x", "y"\n0, 0.25\n\n0.5, 0.75\n1,1.25\n# comment\n1.5,1.75\n2,2.25\n2.5,2.75\n\n',
+        "\ufeffa,b\r\n0,0.25\r\n0.5,0.75\r\n1,1.25\r\n1.5,1.75\r\n2,2.25\r\n2.5,2.75\r\n",
+    ],
+    ids=["plain", "header", "spaces-blank-lines-comment", "bom-crlf"],
+)
+def test_load_csv(tmp_path, text):
+    path = tmp_path / "points.csv"
+    path.write_text(text, encoding="utf-8")
+    np.testing.assert_array_equal(load_array(path), POINTS)
+
+
+def test_load_csv_matches_savetxt(tmp_path):
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    path = tmp_path / "points.csv"
+    np.savetxt(path, x, delimiter=",", header="a,b,c")
+    np.testing.assert_allclose(load_array(path), x, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------------
+# load_array: bad files
+# --------------------------------------------------------------------------------------------------
+
+
+class _Explode:
+    """Unpickling this would create the file `marker` (it must never happen)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _write_bytes(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def _write_npy(tmp_path, name, array, **kwargs):
+    path = tmp_path / name
+    np.save(path, array, **kwargs)
+    return path
+
+
+def _write_npz(tmp_path, name, **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+def _write_text(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BAD_FILES = [
+    ("missing", lambda p: p / "nope.npy", "no such file"),
+    ("directory", lambda p: p, "is a directory"),
+    ("extension", lambda p: _write_text(p, "points.txt", "1,2\n"), "unsupported file type '.txt'"),
+    ("no-extension", lambda p: _write_text(p, "points", "1,2\n"), "unsupported file type"),
+    ("empty-npy", lambda p: _write_bytes(p, "e.npy", b""), "the file is empty"),
+    ("empty-csv", lambda p: _write_bytes(p, "e.csv", b""), "the file is empty"),
+    ("blank-csv", lambda p: _write_text(p, "b.csv", "\n\n  \n"), "no data rows"),
+    ("header-only-csv", lambda p: _write_text(p, "h.csv", "x,y\n"), "no data rows (only a header)"),
+    ("zero-rows-npy", lambda p: _write_npy(p, "z.npy", np.zeros((0, 2))), "no data rows"),
+    ("zero-cols-npy", lambda p: _write_npy(p, "z.npy", np.zeros((5, 0))), "0 dimensions"),
+    ("1d", lambda p: _write_npy(p, "v.npy", np.zeros(7)), "expected a 2-D array of shape (N, D), got shape (7,)"),
+    ("0d", lambda p: _write_npy(p, "s.npy", np.float64(1.0)), "got shape ()"),
+    ("3d", lambda p: _write_npy(p, "c.npy", np.zeros((5, 2, 2))), "got shape (5, 2, 2)"),
+    ("1d-csv", lambda p: _write_text(p, "v.csv", "1\n2\n3\n4\n"), None),  # (4, 1) is fine: 1-D points
+    ("nan", lambda p: _write_npy(p, "n.npy", np.where(np.eye(6, 2) > 0, np.nan, 1.0)), "2 of 6 rows contain NaN"),
+    ("inf", lambda p: _write_npy(p, "i.npy", np.array([[1, 2], [3, 4], [np.inf, 1], [5, 6]])), "1 of 4 rows"),
+    ("nan-csv", lambda p: _write_text(p, "n.csv", "1,2\n3,nan\n5,6\n7,8\n"), "1 of 4 rows contain NaN"),
+    ("few-rows", lambda p: _write_npy(p, "f.npy", np.zeros((3, 2))), "at least 4 rows, got 3"),
+    ("few-rows-csv", lambda p: _write_text(p, "f.csv", "x,y\n1,2\n3,4\n"), "at least 4 rows, got 2"),
+    ("text-npy", lambda p: _write_npy(p, "t.npy", np.array([["a", "b"]] * 4)), "expected a numeric array"),
+    ("complex-npy", lambda p: _write_npy(p, "c.npy", np.ones((4, 2), complex)), "expected a numeric array"),
+    (
+        "non-numeric-header",
+        lambda p: _write_text(p, "n.csv", "x,y\n1,2\n3,abc\n5,6\n7,8\n"),
+        "non-numeric value 'abc' in column 'y' (column 2), row 2 (line 3)",
+    ),
+    (
+        "non-numeric-no-header",
+        lambda p: _write_text(p, "n.csv", "1,2\n3,4\n5,6\nseven,8\n"),
+        "non-numeric value 'seven' in column 1, row 4 (line 4)",
+    ),
+    ("empty-cell", lambda p: _write_text(p, "n.csv", "1,2\n3,\n5,6\n7,8\n"), "non-numeric value '' in column 2"),
+    (
+        "semicolons",
+        lambda p: _write_text(p, "s.csv", "1;2\n3;4\n5;6\n7;8\n"),
+        "'3;4' in column '1;2' (column 1), row 1 (line 2); values must be separated by commas",
+    ),
+    ("ragged", lambda p: _write_text(p, "r.csv", "1,2\n3,4,5\n5,6\n7,8\n"), "row 2 (line 2) has 3 values"),
+    ("ragged-header", lambda p: _write_text(p, "r.csv", "x,y\n1,2\n3\n5,6\n7,8\n"), "the header has 2"),
+    ("not-utf8", lambda p: _write_bytes(p, "b.csv", b"\xff\xfe\x00\x01" * 10), "not a UTF-8 text file"),
+    ("garbage-npy", lambda p: _write_bytes(p, "g.npy", b"this is not numpy" * 10), "not a valid .npy file"),
+    (
+        "truncated-npy",
+        lambda p: _write_bytes(p, "t.npy", (_write_npy(p, "full.npy", np.zeros((100, 2))).read_bytes())[:200]),
+        "not a valid .npy file",
+    ),
+    ("garbage-npz", lambda p: _write_bytes(p, "g.npz", b"PK\x03\x04 broken zip" * 10), "not a valid .npz file"),
+    (
+        "truncated-npz",
+        lambda p: _write_bytes(p, "t.npz", _write_npz(p, "full.npz", data=np.zeros((100, 2))).read_bytes()[:300]),
+        "not a valid .npz file",
+    ),
+    (
+        "npz-ambiguous",
+        lambda p: _write_npz(p, "a.npz", a=POINTS, b=POINTS, labels=np.zeros(6)),
+        "several arrays (a, b, labels) and none named 'data' or 'x'",
+    ),
+    ("npz-only-labels", lambda p: _write_npz(p, "l.npz", labels=np.zeros(6)), "no data array in the archive"),
+    (
+        "object-npy",
+        lambda p: _write_npy(p, "o.npy", np.array([_Explode(p / "PWNED")] * 4, dtype=object), allow_pickle=True),
+        "holds Python objects",
+    ),
+    (
+        "object-npz",
+        lambda p: _write_npz(p, "o.npz", data=np.array([_Explode(p / "PWNED")] * 4, dtype=object)),
+        "holds Python objects",
+    ),
+    (
+        "pickle-as-npy",
+        lambda p: _write_bytes(p, "p.npy", __import__("pickle").dumps(_Explode(p / "PWNED"))),
+        "not a valid .npy file",
+    ),
+]
+
+
+@pytest.mark.parametrize("make, message", [case[1:] for case in BAD_FILES], ids=[case[0] for case in BAD_FILES])
+def test_load_array_bad_input(tmp_path, make, message):
+    path = make(tmp_path)
+    if message is None:
+        assert load_array(path).shape == (4, 1)
+        return
+    with pytest.raises(FlowmatchError) as e:
+        load_array(path)
+    text = str(e.value)
+    assert message in text
+    assert os.fspath(path) in text  # names the file
+    assert "\n" not in text
+    assert not (tmp_path / "PWNED").exists(), "a pickle was loaded"
+
+
+# --------------------------------------------------------------------------------------------------
+# load_dataset
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["two-gaussians", "moons"])
+def test_load_dataset_builtin(name):
+    ds = load_dataset(name, n_test=300, seed=4)
+    assert isinstance(ds, Dataset)
+    assert (ds.name, ds.dim, ds.builtin, ds.train) == (name, 2, True, None)
+    assert ds.test.shape == (300, 2) and ds.test.dtype == torch.float32
+    assert torch.equal(ds.standardizer.mean, torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(ds.standardizer.std, torch.ones(2, dtype=torch.float64))
+    # Fixed test set, different from the draws a training run seeded with `seed` makes.
+    assert torch.equal(ds.test, load_dataset(name, n_test=300, seed=4).test)
+    assert not torch.equal(ds.test, load_dataset(name, n_test=300, seed=5).test)
+    assert not torch.equal(ds.test, sample_builtin(name, 300, 4))
+    batch = ds.sample(64, torch.Generator().manual_seed(0))
+    assert batch.shape == (64, 2) and batch.dtype == torch.float32
+    assert torch.equal(batch, sample_builtin(name, 64, 0))
+
+
+def test_load_dataset_builtin_standardized():
+    ds = load_dataset("two-gaussians", n_test=100, standardize=True)
+    # Fitted on fresh points: std of the mixture is sqrt(16 + 1) in x, 1 in y.
+    assert ds.standardizer.std.tolist() == pytest.approx([math.sqrt(17), 1.0], abs=0.03)
+    batch = ds.sample(20_000, torch.Generator().manual_seed(1))
+    assert batch.double().mean(dim=0).numpy() == pytest.approx([0, 0], abs=0.03)
+    assert batch.double().std(dim=0).numpy() == pytest.approx([1, 1], abs=0.02)
+    assert ds.test.double().std(dim=0)[0].item() > 3  # test stays in data coordinates
+
+
+def _distinct_points(n, d=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)) * [3.0, 0.5][:d] + [10.0, -1.0][:d]
+
+
+def _rows(x):
+    return {tuple(np.round(row, 4)) for row in np.asarray(x, dtype=np.float64)}
+
+
+def test_load_dataset_file_split(tmp_path):
+    x = _distinct_points(100)
+    path = tmp_path / "points.npy"
+    np.save(path, x)
+    ds = load_dataset(str(path), seed=3)
+    assert (ds.name, ds.dim, ds.builtin) == (str(path), 2, False)
+    assert ds.test.shape == (20, 2) and ds.train.shape == (80, 2)
+    assert ds.test.dtype == torch.float32 and ds.train.dtype == torch.float32
+    # Train is standardised (fit on train only); test is in data coordinates.
+    assert ds.train.double().mean(dim=0).numpy() == pytest.approx([0, 0], abs=1e-5)
+    assert ds.train.double().std(dim=0, correction=0).numpy() == pytest.approx([1, 1], abs=1e-5)
+    train_data = ds.to_data(ds.train)
+    assert _rows(train_data).isdisjoint(_rows(ds.test))
+    assert _rows(train_data) | _rows(ds.test) == _rows(x)
+    # Same seed, same split; another seed, another split.
+    assert torch.equal(ds.test, load_dataset(path, seed=3).test)
+    assert not torch.equal(ds.test, load_dataset(path, seed=4).test)
+    # Batches are rows of train, drawn with the generator.
+    batch = ds.sample(500, torch.Generator().manual_seed(0))
+    assert batch.shape == (500, 2)
+    assert _rows(batch) <= _rows(ds.train)
+    assert torch.equal(batch, ds.sample(500, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(ds.to_model(ds.to_data(batch)), batch, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "n_rows, kwargs, n_held",
+    [
+        (100, {"test_fraction": 0.5}, 50),
+        (100, {"n_test": 7}, 7),  # capped at n_test
+        (10, {}, 2),  # round(0.2 * 10) = 2
+        (4, {}, 2),  # at least 2 rows held out, 2 left to train
+        (5, {"test_fraction": 0.9}, 3),  # at least 2 rows left to train
+    ],
+)
+def test_load_dataset_split_sizes(tmp_path, n_rows, kwargs, n_held):
+    path = tmp_path / "points.csv"
+    np.savetxt(path, _distinct_points(n_rows), delimiter=",")
+    ds = load_dataset(path, **kwargs)
+    assert len(ds.test) == n_held and len(ds.train) == n_rows - n_held
+
+
+def test_load_dataset_file_not_standardized(tmp_path):
+    x = _distinct_points(50, d=1)
+    path = tmp_path / "points.npz"
+    np.savez(path, x=x, labels=np.arange(50))
+    ds = load_dataset(path, standardize=False)
+    assert ds.dim == 1 and ds.standardizer.log_abs_det() == 0.0
+    assert _rows(ds.train) | _rows(ds.test) == _rows(x)
+
+
+def test_load_dataset_unknown_spec(tmp_path):
+    with pytest.raises(FlowmatchError, match="unknown data 'nosuch': not a file and not one of the built-in"):
+        load_dataset("nosuch")
+    with pytest.raises(FlowmatchError, match="did you mean 'moons'"):
+        load_dataset("moon")
+    for spec in ("points.npy", "data/points", str(tmp_path / "missing.csv")):
+        with pytest.raises(FlowmatchError, match="no such file"):
+            load_dataset(spec)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"test_fraction": 0.0}, "test_fraction"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"n_test": 0}, "n_test"),
+        ({"seed": -1}, "seed"),
+        ({"standardize": "yes"}, "standardize"),
+    ],
+)
+def test_load_dataset_bad_arguments(kwargs, message):
+    with pytest.raises(FlowmatchError, match=message):
+        load_dataset("moons", **kwargs)
+
+
+def test_load_dataset_file_needs_two_test_rows(tmp_path):
+    path = tmp_path / "points.npy"
+    np.save(path, _distinct_points(10))
+    with pytest.raises(FlowmatchError, match="n_test must be at least 2"):
+        load_dataset(path, n_test=1)

@@ -1,0 +1,62 @@
+"""Velocity models: shapes, time broadcasting, the seed architecture, rebuilding from config."""
+
+import pytest
+import torch
+
+from flowmatch.errors import FlowmatchError
+from flowmatch.models import MLP, SeedMLP, build_model
+
+
+@pytest.mark.parametrize("name", ["mlp", "seed-mlp"])
+@pytest.mark.parametrize("dim", [1, 2, 13])
+def test_output_shape_and_time_forms(name, dim):
+    torch.manual_seed(0)
+    model = build_model(name, dim)
+    x = torch.randn(5, dim)
+    out_scalar = model(x, 0.25)
+    out_0d = model(x, torch.tensor(0.25))
+    out_batch = model(x, torch.full((5,), 0.25))
+    assert out_scalar.shape == x.shape
+    torch.testing.assert_close(out_scalar, out_0d)
+    torch.testing.assert_close(out_scalar, out_batch)
+
+
+def test_seed_mlp_is_the_seed_architecture():
+    model = SeedMLP(2)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(128, 3), (128,), (128, 128), (128,), (2, 128), (2,)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 2
+    # input is [t, x]: the first column of the first layer multiplies t
+    x = torch.zeros(1, 2)
+    with torch.no_grad():
+        model.net[0].weight.zero_()
+        model.net[0].weight[:, 0] = 1.0
+        model.net[0].bias.zero_()
+    h0 = model.net[1](model.net[0](torch.cat([torch.tensor([[0.5]]), x], 1)))
+    assert torch.all(h0 == 0.5)
+
+
+def test_rebuild_from_config_gives_same_function():
+    torch.manual_seed(0)
+    model = MLP(3, width=32, depth=2, activation="gelu")
+    options = dict(model.config)
+    clone = build_model(options.pop("name"), 3, **options)
+    clone.load_state_dict(model.state_dict())
+    x, t = torch.randn(4, 3), torch.rand(4)
+    torch.testing.assert_close(model(x, t), clone(x, t))
+
+
+def test_time_changes_output():
+    torch.manual_seed(0)
+    model = MLP(2, width=32)
+    x = torch.randn(8, 2)
+    assert (model(x, 0.1) - model(x, 0.9)).abs().max() > 1e-3
+
+
+def test_bad_options():
+    with pytest.raises(FlowmatchError, match="unknown model"):
+        build_model("transformer", 2)
+    with pytest.raises(FlowmatchError, match="activation"):
+        build_model("mlp", 2, activation="swish2")
+    with pytest.raises(FlowmatchError, match="bad options"):
+        build_model("mlp", 2, widht=3)

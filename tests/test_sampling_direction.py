@@ -1,0 +1,47 @@
+"""The seed document's sampler reads the field at mirrored times; forward integration is right.
+
+The exact marginal velocity of the linear path from N(0, I) to the seed's target, an equal
+mixture of N(m_k, I) with m_k = (+-4, 0), is known in closed form. Given component k,
+x_t ~ N(t m_k, v_t I) with v_t = t^2 + (1 - t)^2, and
+
+    E[x1 - x0 | x_t, k] = m_k + ((2t - 1) / v_t) (x_t - t m_k),
+
+so u_t(x) = sum_k w_k(x) E[x1 - x0 | x_t = x, k] with posterior weights w_k(x) proportional to
+N(x; t m_k, v_t I). Integrating u forward from t = 0 reaches the target; the seed's sampler
+(start at t = 1, integrate -u back to t = 0) does not.
+"""
+
+import torch
+
+from flowmatch.data import sample_builtin
+from flowmatch.metrics import w2_exact
+from flowmatch.solvers import integrate
+
+CENTRES = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
+
+
+def exact_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=x.dtype).clamp(0.0, 1.0)
+    v = t**2 + (1 - t) ** 2
+    diff = x[:, None, :] - t * CENTRES[None]  # (n, k, d)
+    logits = -(diff**2).sum(-1) / (2 * v)
+    weights = torch.softmax(logits, dim=1)  # posterior over components
+    conditional = CENTRES[None] + (2 * t - 1) / v * diff
+    return (weights[..., None] * conditional).sum(1)
+
+
+def test_forward_recovers_target_and_mirrored_does_not():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2000, 2, generator=g, dtype=torch.float64)
+    target = sample_builtin("two-gaussians", 2000, generator=1).double()
+    floor = w2_exact(sample_builtin("two-gaussians", 2000, generator=2), target)
+
+    forward = integrate(exact_velocity, noise, solver="rk4", nfe=100).x
+    mirrored = integrate(lambda x, t: -exact_velocity(x, t), noise, solver="rk4", nfe=100, t0=1.0, t1=0.0).x
+
+    w2_forward, w2_mirrored = w2_exact(forward, target), w2_exact(mirrored, target)
+    # measured with these seeds: floor 0.59, forward 0.43, mirrored 1.04 (over four other seeds the
+    # forward/floor ratio is 0.7 to 1.25, driven by the mode counts of the finite draws, and the
+    # mirrored sampler is always above 1.0: it leaves the modes too narrow along x)
+    assert w2_forward < 1.2 * floor
+    assert w2_mirrored > 2.0 * w2_forward
