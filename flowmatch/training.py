@@ -227,16 +227,22 @@ def train(config: TrainConfig | None = None, *, progress: bool = True, **overrid
 
 
 class _EMA:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta after each step (off when decay = 0)."""
+    """theta_ema <- d_k theta_ema + (1 - d_k) theta after step k, d_k = min(decay, (1 + k) / (10 + k)).
+
+    The warm-up of d_k keeps early, random weights from dominating short runs. Off when decay = 0.
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
+        self.updates = 0
         self.shadow = [p.detach().clone() for p in model.parameters()] if decay > 0 else None
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         if self.shadow is not None:
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+            decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in model.parameters()], 1.0 - decay)
+        self.updates += 1
 
     @torch.no_grad()
     def averaged(self, model: torch.nn.Module) -> torch.nn.Module:

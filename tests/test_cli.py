@@ -1,0 +1,126 @@
+"""The CLI: help on every subcommand, bad input answered with one line and exit code 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flowmatch.cli import build_parser, main
+
+FAST = ["--steps", "30", "--width", "16", "--batch-size", "32", "--quiet"]
+
+
+def _subcommands():
+    parser = build_parser()
+    return sorted(parser._subparsers._group_actions[0].choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: flowmatch " + command in capsys.readouterr().out
+
+
+def test_python_dash_m_is_the_same_program():
+    out = subprocess.run([sys.executable, "-m", "flowmatch", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "sample" in out.stdout
+
+
+def _one_error_line(capsys, code, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _bad_files(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    np.save(tmp_path / "nan.npy", np.array([[0.0, 1.0], [np.nan, 2.0]] * 5))
+    np.save(tmp_path / "inf.npy", np.array([[0.0, 1.0], [np.inf, 2.0]] * 5))
+    (tmp_path / "text.csv").write_text("a,b\n1,2\n3,x\n5,6\n7,8\n9,10\n")
+    np.save(tmp_path / "flat.npy", np.arange(10.0))
+    return {
+        "missing": (tmp_path / "nope.npy", "nope.npy"),
+        "empty": (tmp_path / "empty.csv", "empty"),
+        "nan": (tmp_path / "nan.npy", "NaN"),
+        "inf": (tmp_path / "inf.npy", "infinite"),
+        "non-numeric": (tmp_path / "text.csv", "non-numeric"),
+        "1-D": (tmp_path / "flat.npy", "2-D"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "nan", "inf", "non-numeric", "1-D"])
+def test_train_bad_data_file(case, tmp_path, capsys):
+    path, needle = _bad_files(tmp_path)[case]
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(path), "--out", str(out), *FAST])
+    _one_error_line(capsys, code, needle)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]  # no staging left
+
+
+def test_bad_flags_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", "x", "--steps", "many"])
+    _one_error_line(capsys, exc.value.code, "--steps")
+    code = main(["train", "--out", "x", "--steps", "0", "--quiet"])
+    _one_error_line(capsys, code, "steps")
+    code = main(["train", "--out", "x", "--device", "cuda:7", "--quiet"])
+    _one_error_line(capsys, code, "cuda")
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *FAST]) == 0
+    before = (out / "checkpoint.safetensors").read_bytes()
+    code = main(["train", "--out", str(out), *FAST, "--seed", "3"])
+    _one_error_line(capsys, code, "--force")
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert main(["train", "--out", str(out), *FAST, "--seed", "3", "--force"]) == 0
+    assert (out / "checkpoint.safetensors").read_bytes() != before
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_run(tmp_path, capsys):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    code = main(["train", "--out", str(precious), *FAST, "--force"])
+    _one_error_line(capsys, code, "not a flowmatch run folder")
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_train_then_sample_npy_and_csv(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *FAST]) == 0
+    for name in ["run/config.json", "run/checkpoint.safetensors", "run/checkpoint.json", "run/metrics.json", "run/samples.png"]:
+        assert (tmp_path / name).stat().st_size > 0
+    assert main(["sample", "--run", str(run), "-n", "50", "--nfe", "8", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (50, 2)
+    assert main(["sample", "--run", str(run), "-n", "7", "--solver", "euler", "--nfe", "3", "--out", str(tmp_path / "s.csv")]) == 0
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (7, 2)
+    assert main(["sample", "--run", str(run), "-n", "5", "--nfe", "8", "--trajectory", "--out", str(tmp_path / "traj.npy")]) == 0
+    assert np.load(tmp_path / "traj.npy").shape == (3, 5, 2)
+    capsys.readouterr()
+
+
+def test_sample_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *FAST]) == 0
+    capsys.readouterr()
+    code = main(["sample", "--run", str(run), "--nfe", "10", "--out", str(tmp_path / "s.npy")])
+    _one_error_line(capsys, code, "multiple of 4")
+    assert not (tmp_path / "s.npy").exists()
+    code = main(["sample", "--run", str(tmp_path), "--out", str(tmp_path / "s.npy")])
+    _one_error_line(capsys, code, "not a flowmatch run folder")
+    code = main(["sample", "--run", str(run), "--out", str(tmp_path / "s.txt")])
+    _one_error_line(capsys, code, ".npy or .csv")
+    (tmp_path / "keep.npy").write_bytes(b"mine")
+    code = main(["sample", "--run", str(run), "--out", str(tmp_path / "keep.npy")])
+    _one_error_line(capsys, code, "--force")
+    assert (tmp_path / "keep.npy").read_bytes() == b"mine"
