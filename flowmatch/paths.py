@@ -166,10 +166,19 @@ class PathSample:
 
 
 class AffinePath:
-    """x_t = alpha_t x1 + sigma_t x0 and u_t = alpha'_t x1 + sigma'_t x0 for a :class:`Schedule`."""
+    """x_t = alpha_t x1 + sigma_t x0 and u_t = alpha'_t x1 + sigma'_t x0 for a :class:`Schedule`.
 
-    def __init__(self, schedule: Schedule):
+    With ``bridge_sigma = s > 0`` the path gets Brownian-bridge noise (the Schroedinger-bridge path
+    of SB-CFM): x_t = alpha_t x1 + sigma_t x0 + g_t eps with g_t = s sqrt(t (1 - t)), eps ~ N(0, I),
+    and u_t gains g'_t eps = s (1 - 2t) / (2 sqrt(t (1 - t))) eps (t clamped to [1e-4, 1 - 1e-4]
+    in g'_t, where it diverges).
+    """
+
+    def __init__(self, schedule: Schedule, bridge_sigma: float = 0.0):
+        if not bridge_sigma >= 0.0:
+            raise FlowmatchError(f"bridge noise sigma must be >= 0, got {bridge_sigma}")
         self.schedule = schedule
+        self.bridge_sigma = float(bridge_sigma)
 
     @property
     def name(self) -> str:
@@ -180,10 +189,22 @@ class AffinePath:
         s = self.schedule
         return s.alpha(t), s.sigma(t), s.d_alpha(t), s.d_sigma(t)
 
-    def sample(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> PathSample:
-        """x_t and u_t for pairs (x0, x1) at per-sample times t of shape (batch,)."""
+    def sample(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> PathSample:
+        """x_t and u_t for pairs (x0, x1) at per-sample times t of shape (batch,).
+
+        ``noise`` (eps, shaped like x1) is needed only when the path has bridge noise.
+        """
         a, s, da, ds = self._coefficients(t, x1)
-        return PathSample(x_t=a * x1 + s * x0, velocity=da * x1 + ds * x0, t=t)
+        x_t, velocity = a * x1 + s * x0, da * x1 + ds * x0
+        if self.bridge_sigma > 0:
+            if noise is None:
+                raise FlowmatchError("a path with bridge noise needs the noise eps")
+            tt = _as_time(t, x1)
+            g = self.bridge_sigma * torch.sqrt(tt * (1 - tt))
+            tc = tt.clamp(1e-4, 1 - 1e-4)
+            dg = self.bridge_sigma * (1 - 2 * tc) / (2 * torch.sqrt(tc * (1 - tc)))
+            x_t, velocity = x_t + g * noise, velocity + dg * noise
+        return PathSample(x_t=x_t, velocity=velocity, t=t)
 
     def to_endpoints(self, pred: torch.Tensor, x_t: torch.Tensor, t, kind: str = "velocity"):
         """(x0, x1) implied by a prediction of ``kind`` (velocity, x1 or x0) at x_t.
@@ -227,12 +248,12 @@ def _as_time(t, like: torch.Tensor) -> torch.Tensor:
 PATHS = ("gaussian", "linear", "cosine")
 
 
-def make_path(name: str, sigma_min: float = 0.0) -> AffinePath:
+def make_path(name: str, sigma_min: float = 0.0, bridge_sigma: float = 0.0) -> AffinePath:
     """A built-in path by name; ``sigma_min`` applies to the gaussian path only."""
     if name == "gaussian":
-        return AffinePath(GaussianSchedule(sigma_min))
+        return AffinePath(GaussianSchedule(sigma_min), bridge_sigma)
     if name == "linear":
-        return AffinePath(LinearSchedule())
+        return AffinePath(LinearSchedule(), bridge_sigma)
     if name == "cosine":
-        return AffinePath(CosineSchedule())
+        return AffinePath(CosineSchedule(), bridge_sigma)
     raise FlowmatchError(f"unknown path '{name}'; choose one of {', '.join(PATHS)}")

@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .checkpoints import latest_state, list_states, save_tensors_atomic, unprefixed, write_json_atomic
 from .data import Dataset, Standardizer, load_dataset
 from .errors import FlowmatchError
 from .models import build_model
@@ -63,12 +64,14 @@ class Flow:
         standardizer: Standardizer,
         config: dict[str, Any],
         dataset: Dataset | None = None,
+        source: Dataset | None = None,
     ):
         self.model = model
         self.path = path
         self.standardizer = standardizer
         self.config = config
         self._dataset = dataset
+        self._source = source
 
     @property
     def dim(self) -> int:
@@ -77,6 +80,22 @@ class Flow:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def source(self) -> Dataset | None:
+        """The source distribution at t = 0: None for N(0, I), else a data set (``--source``)."""
+        spec = self.config.get("source", "gaussian")
+        if spec == "gaussian":
+            return None
+        if self._source is None:
+            self._source = load_dataset(spec, seed=self.config["seed"] + 1)
+        return self._source
+
+    def draw_source(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws of x0 in model coordinates: N(0, I), or the source data set's points."""
+        if self.source is None:
+            return torch.randn(n, self.dim, generator=generator)
+        return self.source.sample(n, generator if generator is not None else torch.Generator().manual_seed(0))
 
     @property
     def dataset(self) -> Dataset:
@@ -108,7 +127,7 @@ class Flow:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        x0 = torch.randn(n, self.dim, generator=generator).to(self.device)
+        x0 = self.draw_source(n, generator).to(self.device)
         solution = integrate(
             self.velocity(),
             x0,
@@ -145,47 +164,71 @@ class Flow:
             "version": FORMAT_VERSION,
             "dim": self.dim,
             "model": self.model.config,
-            "path": {"name": self.path.name, "sigma_min": getattr(self.path.schedule, "sigma_min", 0.0)},
+            "path": {
+                "name": self.path.name,
+                "sigma_min": getattr(self.path.schedule, "sigma_min", 0.0),
+                "bridge_sigma": self.path.bridge_sigma,
+            },
             "standardizer": self.standardizer.to_dict(),
         }
 
     def save_checkpoint(self, folder: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(folder / CHECKPOINT))
-        write_json(folder / CHECKPOINT_META, self.checkpoint_meta())
+        """Weights (safetensors) and metadata, each written atomically (weights first)."""
+        save_tensors_atomic(Path(folder) / CHECKPOINT, self.model.state_dict())
+        write_json_atomic(Path(folder) / CHECKPOINT_META, self.checkpoint_meta())
 
 
 def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
-    """Rebuild the Flow saved in a run folder (weights are read with safetensors, never unpickled)."""
+    """Rebuild the Flow saved in a run folder (weights are read with safetensors, never unpickled).
+
+    A finished run has ``checkpoint.safetensors``; a run stopped during training is loaded from its
+    newest training checkpoint (EMA weights where kept).
+    """
     folder = Path(run_dir)
     if not folder.is_dir():
         raise FlowmatchError(f"run folder '{folder}' does not exist")
-    for name in (CHECKPOINT, CHECKPOINT_META, CONFIG):
-        if not (folder / name).is_file():
-            raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {name} is missing")
-    meta = read_json(folder / CHECKPOINT_META)
+    if not (folder / CONFIG).is_file():
+        raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CONFIG} is missing")
     config = read_json(folder / CONFIG)
-    if meta.get("format") != "flowmatch-checkpoint" or meta.get("version") != FORMAT_VERSION:
-        raise FlowmatchError(f"{folder / CHECKPOINT_META}: not a flowmatch checkpoint of version {FORMAT_VERSION}")
+    if (folder / CHECKPOINT).is_file() or (folder / CHECKPOINT_META).is_file():
+        for name in (CHECKPOINT, CHECKPOINT_META):
+            if not (folder / name).is_file():
+                raise FlowmatchError(f"'{folder}' is not a complete flowmatch run folder: {name} is missing")
+        meta = read_json(folder / CHECKPOINT_META)
+        try:
+            state = load_file(str(folder / CHECKPOINT))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise FlowmatchError(f"{folder / CHECKPOINT}: cannot read the weights (truncated or corrupt?): {exc}") from None
+        where = folder / CHECKPOINT
+    else:
+        if not list_states(folder):
+            raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CHECKPOINT} is missing")
+        where, tensors, state_meta = latest_state(folder)
+        meta = state_meta.get("flow", {})
+        state = unprefixed("ema", tensors) or unprefixed("model", tensors)
+    return build_flow(meta, state, config, where).to(device)
+
+
+def build_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], config: dict[str, Any], where) -> Flow:
+    """A Flow from checkpoint metadata (see :meth:`Flow.checkpoint_meta`) and its weights."""
+    if not isinstance(meta, dict) or meta.get("format") != "flowmatch-checkpoint" or meta.get("version") != FORMAT_VERSION:
+        raise FlowmatchError(f"{where}: not a flowmatch checkpoint of version {FORMAT_VERSION}")
     try:
         model_options = dict(meta["model"])
         model = build_model(model_options.pop("name"), int(meta["dim"]), **model_options)
-        path = make_path(meta["path"]["name"], float(meta["path"].get("sigma_min", 0.0)))
+        path_meta = meta["path"]
+        path = make_path(path_meta["name"], float(path_meta.get("sigma_min", 0.0)), float(path_meta.get("bridge_sigma", 0.0)))
         standardizer = Standardizer.from_dict(meta["standardizer"])
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, FlowmatchError):
             raise
-        raise FlowmatchError(f"{folder / CHECKPOINT_META}: malformed checkpoint metadata ({exc!r})") from None
-    try:
-        state = load_file(str(folder / CHECKPOINT))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FlowmatchError(f"{folder / CHECKPOINT}: cannot read the weights (truncated or corrupt?): {exc}") from None
+        raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise FlowmatchError(f"{folder / CHECKPOINT}: weights do not match the model in {CHECKPOINT_META}: {first}") from None
-    return Flow(model=model.eval(), path=path, standardizer=standardizer, config=config).to(device)
+        raise FlowmatchError(f"{where}: weights do not match the model in {CHECKPOINT_META}: {first}") from None
+    return Flow(model=model.eval(), path=path, standardizer=standardizer, config=config)
 
 
 def read_json(path: Path) -> Any:

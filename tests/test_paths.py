@@ -86,3 +86,21 @@ def test_bad_names():
     x0, x1, t = _batch()
     with pytest.raises(FlowmatchError, match="unknown prediction"):
         make_path("linear").convert(x0, x1, t, "velocity", "score")
+
+
+def test_bridge_noise_velocity_is_time_derivative():
+    x0, x1, t = _batch(seed=2)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=x0.dtype)
+    path = make_path("linear", bridge_sigma=0.5)
+    t = t.requires_grad_(True)
+    x_t = path.sample(x0, x1, t, noise=eps).x_t
+    autograd = torch.stack(
+        [torch.autograd.grad(x_t[:, j].sum(), t, retain_graph=True)[0] for j in range(x_t.shape[1])], dim=1
+    )
+    s = path.sample(x0, x1, t.detach(), noise=eps)
+    torch.testing.assert_close(s.velocity, autograd, rtol=1e-10, atol=1e-10)
+    # the bridge noise has standard deviation 0.5 sqrt(t (1 - t)) around the straight line
+    plain = make_path("linear").sample(x0, x1, t.detach()).x_t
+    torch.testing.assert_close(s.x_t - plain, 0.5 * torch.sqrt(t.detach() * (1 - t.detach()))[:, None] * eps)
+    with pytest.raises(FlowmatchError, match="needs the noise"):
+        path.sample(x0, x1, t.detach())
