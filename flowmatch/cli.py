@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import FlowmatchError
 from .solvers import SOLVERS, TIME_GRIDS
-from .training import PRESETS, TrainConfig, fit
+from .training import PRESETS, TrainConfig, fit, resume_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,19 +31,27 @@ class _Parser(argparse.ArgumentParser):
 
 # -- train ---------------------------------------------------------------------------------------
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a flow and write a run folder", description="Train a flow matching model.")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p = sub.add_parser(
+        "train",
+        help="train a flow and write a run folder",
+        description="Train a flow matching model. Options come from defaults, then --preset, then --config "
+        "(TOML with the same keys, underscores for dashes), then flags. The batch size is per process under torchrun.",
+    )
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its newest checkpoint (--steps may be raised)")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named recipe (seed: the seed document's)")
     p.add_argument("--config", help="TOML file of training options; flags override it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in dataclasses.fields(TrainConfig):
-        meta = f.metadata
-        kind = {"str": str, "int": int, "float": float}[f.type]
+        meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {f.default})")
+            continue
         p.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             dest=f.name,
-            type=kind,
+            type={"str": str, "int": int, "float": float}[f.type],
             choices=meta.get("choices"),
             default=argparse.SUPPRESS,
             help=f"{meta['help']} (default: {f.default})",
@@ -65,23 +73,36 @@ def _load_toml(path: str) -> dict[str, Any]:
 
 
 def _cmd_train(args) -> int:
-    from .training import PRESETS
-
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    preset, file_values, source = args.preset, {}, "config"
-    if args.config:
-        loaded = _load_toml(args.config)
-        preset = preset or loaded["preset"]
-        file_values, source = loaded["values"], f"config file '{args.config}'"
-    if preset is not None and preset not in PRESETS:
-        raise FlowmatchError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    base = TrainConfig.from_dict({**PRESETS.get(preset, {}), **file_values}, source=source)
-    config = TrainConfig.from_dict({**base.to_dict(), **flags}, source="flags")
-    _, metrics = fit(config, out=args.out, force=args.force, progress=not args.quiet)
-    print(
-        f"wrote {args.out}: loss {metrics['final_loss']:.4f}, W2 {metrics['w2']:.4f} "
-        f"(floor {metrics['w2_floor']:.4f}, ratio {metrics['w2_ratio']:.2f}), {metrics['train_seconds']:.1f} s"
-    )
+    if args.resume:
+        if args.out or args.preset or args.config or args.force or set(flags) - {"steps"}:
+            raise FlowmatchError("--resume continues a run with its saved config; only --steps may be given with it")
+        out = args.resume
+        config = resume_config(Path(out), None)
+        if "steps" in flags:
+            config = TrainConfig.from_dict({**config.to_dict(), "steps": flags["steps"]}, source="flags")
+    else:
+        if not args.out:
+            raise FlowmatchError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        out = args.out
+        preset, file_values, source = args.preset, {}, "config"
+        if args.config:
+            loaded = _load_toml(args.config)
+            preset = preset or loaded["preset"]
+            file_values, source = loaded["values"], f"config file '{args.config}'"
+        if preset is not None and preset not in PRESETS:
+            raise FlowmatchError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+        base = TrainConfig.from_dict({**PRESETS.get(preset, {}), **file_values}, source=source)
+        config = TrainConfig.from_dict({**base.to_dict(), **flags}, source="flags")
+    result, metrics = fit(config, out=out, force=args.force, resume=bool(args.resume), progress=not args.quiet)
+    if result.interrupted:
+        print(f"stopped at step {result.step} of {config.steps}; checkpoint saved. Resume with: flowmatch train --resume {out}")
+        return 0
+    if metrics:
+        print(
+            f"wrote {out}: loss {metrics['final_loss']:.4f}, W2 {metrics['w2']:.4f} "
+            f"(floor {metrics['w2_floor']:.4f}, ratio {metrics['w2_ratio']:.2f}), {metrics['train_seconds']:.1f} s"
+        )
     return 0
 
 

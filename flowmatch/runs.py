@@ -52,6 +52,7 @@ class Samples:
     nfe: int
     times: torch.Tensor | None = None
     trajectory: torch.Tensor | None = None  # (len(times), n, D) in data coordinates
+    log_prob: torch.Tensor | None = None  # (n,) float64 log-density of each sample in data coordinates
 
 
 class Flow:
@@ -122,23 +123,39 @@ class Flow:
         seed: int | None = None,
         return_trajectory: bool = False,
         progress: bool = False,
+        with_log_prob: bool = False,
+        divergence: str = "auto",
     ) -> Samples:
-        """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates."""
+        """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
+
+        ``with_log_prob=True`` also integrates d/dt log p = -div v along each path (see
+        ``flowmatch.likelihood``) and fills ``Samples.log_prob`` with each sample's log-density in data
+        coordinates (``divergence``: auto, exact or hutchinson).
+        """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         x0 = self.draw_source(n, generator).to(self.device)
-        solution = integrate(
-            self.velocity(),
-            x0,
-            solver=solver,
-            nfe=nfe,
-            grid=grid,
-            atol=atol,
-            rtol=rtol,
-            return_trajectory=return_trajectory,
-            progress=progress,
-        )
+        if with_log_prob:
+            from .likelihood import sample_with_log_prob
+
+            self._require_gaussian_source()
+            solution = sample_with_log_prob(
+                self.velocity(), x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
+                generator=generator, return_trajectory=return_trajectory, progress=progress,
+            )  # fmt: skip
+        else:
+            solution = integrate(
+                self.velocity(),
+                x0,
+                solver=solver,
+                nfe=nfe,
+                grid=grid,
+                atol=atol,
+                rtol=rtol,
+                return_trajectory=return_trajectory,
+                progress=progress,
+            )
         trajectory = None
         if solution.trajectory is not None:
             trajectory = self.standardizer.inverse(solution.trajectory.cpu())
@@ -147,11 +164,52 @@ class Flow:
             nfe=solution.nfe,
             times=solution.times,
             trajectory=trajectory,
+            log_prob=solution.log_prob + self.standardizer.log_abs_det() if with_log_prob else None,
         )
 
     def sample(self, n: int, **options) -> torch.Tensor:
         """n samples in data coordinates, shape (n, D); options as for :meth:`generate`."""
         return self.generate(n, **options).x
+
+    def _require_gaussian_source(self) -> None:
+        if self.config.get("source", "gaussian") != "gaussian":
+            raise FlowmatchError(
+                f"log-densities need the N(0, I) source; this flow starts from '{self.config['source']}', whose density is unknown"
+            )
+
+    def log_prob(
+        self,
+        x,
+        *,
+        solver: str = "dopri5",
+        nfe: int = 100,
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+        divergence: str = "auto",
+        probes: int = 1,
+        seed: int = 0,
+        batch_size: int = 4096,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """log p(x) of the model at points x (n, D) in data coordinates: float64, shape (n,).
+
+        log p_x(x) = log p_z(z) + log |dz/dx|, z = (x - mean) / std the model coordinates, where
+        log p_z(z) = log N(z(0); 0, I) - int_0^1 div v dt comes from integrating back to t = 0
+        (``flowmatch.likelihood.log_prob``, whose options these are) and log |dz/dx| = -sum(log std).
+        """
+        from .likelihood import log_prob
+
+        self._require_gaussian_source()
+        x = torch.as_tensor(x)
+        if x.ndim != 2 or x.shape[-1] != self.dim:
+            raise FlowmatchError(f"expected points of shape (n, {self.dim}), got {tuple(x.shape)}")
+        dtype = next(self.model.parameters()).dtype
+        z = self.standardizer.forward(x.to(dtype)).to(self.device)
+        result = log_prob(
+            self.velocity(), z, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
+            probes=probes, seed=seed, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+        return result.log_prob + self.standardizer.log_abs_det()
 
     def to(self, device) -> "Flow":
         self.model.to(device)
@@ -190,10 +248,11 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
     if not (folder / CONFIG).is_file():
         raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CONFIG} is missing")
     config = read_json(folder / CONFIG)
-    if (folder / CHECKPOINT).is_file() or (folder / CHECKPOINT_META).is_file():
+    finished = (folder / CHECKPOINT).is_file() and (folder / CHECKPOINT_META).is_file()
+    if finished or not list_states(folder):
         for name in (CHECKPOINT, CHECKPOINT_META):
             if not (folder / name).is_file():
-                raise FlowmatchError(f"'{folder}' is not a complete flowmatch run folder: {name} is missing")
+                raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {name} is missing")
         meta = read_json(folder / CHECKPOINT_META)
         try:
             state = load_file(str(folder / CHECKPOINT))
@@ -201,8 +260,6 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
             raise FlowmatchError(f"{folder / CHECKPOINT}: cannot read the weights (truncated or corrupt?): {exc}") from None
         where = folder / CHECKPOINT
     else:
-        if not list_states(folder):
-            raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CHECKPOINT} is missing")
         where, tensors, state_meta = latest_state(folder)
         meta = state_meta.get("flow", {})
         state = unprefixed("ema", tensors) or unprefixed("model", tensors)

@@ -1,31 +1,59 @@
 """Training: regress a velocity model onto a conditional path's velocity.
 
-For a batch of data x1, noise x0 ~ N(0, I) and times t ~ U[0, 1], the conditional flow matching
-loss is
+For a batch of pairs (x0, x1) (noise or source points, and data), and times t, the conditional flow
+matching loss is
 
-    L(theta) = E_{t, x0, x1} || v_theta(x_t, t) - u_t(x0, x1) ||^2,
+    L(theta) = E_{t, (x0, x1)} w(t) || v_theta(x_t, t) - u_t(x0, x1) ||^2,
     x_t = alpha_t x1 + sigma_t x0,   u_t = alpha'_t x1 + sigma'_t x0   (see ``flowmatch.paths``),
 
-whose minimiser is the marginal velocity field that carries N(0, I) at t = 0 to the data at t = 1.
+whose minimiser (for w = 1) is the marginal velocity field that carries the source at t = 0 to the
+data at t = 1. The pairs are independent draws by default, or re-paired by a coupling
+(``flowmatch.couplings``), or fixed pairs from a file (reflow). With ``objective = "distill"``
+the loss is instead || Phi_theta(x0) - x1 ||^2 where Phi_theta integrates the model with a
+few-step solver: the student learns to reach the teacher's endpoint x1 in ``distill_nfe`` calls.
 
-The configuration is plain data (:class:`TrainConfig`); the loop in :func:`train` reads top to
-bottom. Sampling uses an exponential moving average (EMA) of the weights when ``ema > 0``.
+Times: t ~ U[0, 1], or logit-normal t = sigmoid(m + s n), n ~ N(0, 1); then an optional shift
+toward noise: with noise level r = 1 - t, r <- k r / (1 + (k - 1) r). Loss weights ``x1`` and
+``x0`` turn the velocity error into the data- or noise-prediction error: since
+x1 = (sigma'_t x_t - sigma_t u) / det, an error e in u is an error sigma_t e / det in x1, so
+w = (sigma_t / det)^2 (and (alpha_t / det)^2 for x0), det = alpha_t sigma'_t - sigma_t alpha'_t.
+
+The configuration is plain data (:class:`TrainConfig`), every field a ``flowmatch train`` flag and
+a TOML key. :func:`train` is one loop that reads top to bottom; with a run folder it writes
+crash-safe checkpoints (``flowmatch.checkpoints``) and resumes from them exactly: weights,
+optimiser, EMA, schedule, random-number-generator states and so the data order. Under
+``torchrun`` it trains data-parallel: every process draws the same global batch of
+``batch_size * world_size`` pairs (the batch size is per process) and takes its own shard, so
+the result equals one process with the global batch, up to floating-point rounding.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from .data import load_dataset
+from .checkpoints import (
+    latest_state,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    prefixed,
+    save_state,
+    unprefixed,
+    write_json_atomic,
+)
+from .data import Dataset, load_dataset
 from .errors import FlowmatchError
 from .models import build_model
-from .paths import PATHS, make_path
+from .paths import PATHS, AffinePath, make_path
 
 
 def _option(default, help: str, choices=None, low=None, high=None):
@@ -37,32 +65,57 @@ def _option(default, help: str, choices=None, low=None, high=None):
 class TrainConfig:
     """Everything that defines a training run. Every field is also a ``flowmatch train`` flag."""
 
+    # what to learn
     data: str = _option("two-gaussians", "built-in data set name or a .npy/.npz/.csv file of shape (N, D)")
+    source: str = _option("gaussian", "distribution at t = 0: gaussian (N(0, I)) or a data set name or file")
     path: str = _option("linear", "probability path", choices=PATHS)
     sigma_min: float = _option(0.0, "noise floor of the gaussian path at t = 1", low=0.0, high=0.999)
+    bridge_sigma: float = _option(0.0, "Brownian-bridge noise of the path (SB-CFM; 0 = none)", low=0.0)
+    coupling: str = _option("independent", "pairing of (x0, x1) in a batch", choices=("independent", "ot", "sinkhorn"))
+    ot_reg: float = _option(0.05, "entropic regularisation of the sinkhorn coupling (relative to the mean cost)", low=1e-6)
+    pairs: str = _option("", "train on fixed (x0, x1) pairs from this .npz (reflow); empty = draw pairs")
+    objective: str = _option("flow-matching", "training loss", choices=("flow-matching", "distill"))
+    distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
+    # model
     model: str = _option("mlp", "velocity model", choices=("mlp", "seed-mlp"))
     width: int = _option(256, "hidden units per layer (mlp)", low=1)
     depth: int = _option(3, "hidden layers (mlp)", low=1)
     activation: str = _option("silu", "activation (mlp)", choices=("relu", "silu", "gelu", "tanh", "softplus"))
-    batch_size: int = _option(256, "training batch size", low=1)
+    init_from: str = _option("", "start from the weights (and architecture) of this run folder")
+    # optimisation
+    batch_size: int = _option(256, "batch size per process", low=1)
     steps: int = _option(6000, "optimiser steps", low=1)
-    lr: float = _option(2e-3, "Adam learning rate", low=0.0)
+    optimizer: str = _option("adam", "optimiser", choices=("adam", "adamw"))
+    lr: float = _option(2e-3, "learning rate", low=0.0)
+    weight_decay: float = _option(0.0, "decoupled weight decay (adamw)", low=0.0)
     lr_schedule: str = _option("cosine", "learning-rate schedule after warm-up", choices=("constant", "cosine"))
     warmup: int = _option(0, "linear learning-rate warm-up steps", low=0)
+    grad_clip: float = _option(0.0, "clip the gradient norm to this (0 = off)", low=0.0)
     ema: float = _option(0.999, "EMA decay of the weights used for sampling (0 = off)", low=0.0, high=0.99999)
+    time_sampling: str = _option("uniform", "distribution of training times", choices=("uniform", "logit-normal"))
+    time_loc: float = _option(0.0, "logit-normal location")
+    time_scale: float = _option(1.0, "logit-normal scale", low=1e-6)
+    time_shift: float = _option(1.0, "shift of the times toward noise (1 = none, >1 = more noise)", low=1e-6)
+    loss_weight: str = _option("none", "weight the loss as a velocity, data (x1) or noise (x0) error", choices=("none", "x1", "x0"))
+    precision: str = _option("fp32", "bf16 autocasts the model where the device supports it", choices=("fp32", "bf16"))
+    compile: bool = _option(False, "torch.compile the model")
+    # data and bookkeeping
     standardize: str = _option("auto", "standardise data (auto: files yes, built-ins no)", choices=("auto", "yes", "no"))
     seed: int = _option(0, "random seed", low=0)
     device: str = _option("auto", "cpu, cuda, cuda:N or auto")
+    checkpoint_every: int = _option(1000, "write a training checkpoint every N steps (and at the end)", low=1)
+    keep_checkpoints: int = _option(2, "training checkpoints to keep", low=1)
+    log_every: int = _option(50, "append to metrics.csv (and TensorBoard) every N steps", low=1)
+    sample_every: int = _option(0, "save a sample picture every N steps (0 = off)", low=0)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "TrainConfig":
         """Build and validate a config; unknown keys, wrong types and bad values name the key."""
         known = {f.name: f for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise FlowmatchError(f"{source}: unknown key '{key}'")
         kwargs = {}
         for key, value in values.items():
+            if key not in known:
+                raise FlowmatchError(f"{source}: unknown key '{key}'")
             kwargs[key] = _check_type(key, value, known[key].type, source)
         config = cls(**kwargs)
         config.validate(source)
@@ -79,16 +132,21 @@ class TrainConfig:
                 raise FlowmatchError(f"{source}: {f.name} must be <= {meta['high']}, got {value}")
         if self.warmup >= self.steps and self.warmup > 0:
             raise FlowmatchError(f"{source}: warmup ({self.warmup}) must be smaller than steps ({self.steps})")
+        if self.objective == "distill" and not self.pairs:
+            raise FlowmatchError(f"{source}: objective distill needs teacher pairs (use 'flowmatch distill')")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
 def _check_type(key: str, value: Any, type_name: str, source: str):
-    expected = {"str": str, "int": int, "float": float}[type_name]
+    expected = _TYPES[type_name]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, expected):
+    if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
         raise FlowmatchError(f"{source}: {key} must be a {type_name}, got {type(value).__name__} {value!r}")
     if expected is float and not math.isfinite(value):
         raise FlowmatchError(f"{source}: {key} must be finite, got {value}")
@@ -105,6 +163,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "seed-mlp",
         "batch_size": 128,
         "steps": 10_000,
+        "optimizer": "adam",
         "lr": 1e-3,
         "lr_schedule": "constant",
         "warmup": 0,
@@ -122,13 +181,13 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
             raise FlowmatchError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
     values.update(overrides or {})
-    return TrainConfig.from_dict(values, source=f"preset {preset}" if preset and not overrides else "config")
+    return TrainConfig.from_dict(values)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for CUDA without it is an error."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when available (the process's own GPU under torchrun)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -137,6 +196,8 @@ def resolve_device(name: str) -> torch.device:
         raise FlowmatchError(f"device '{name}' asked for, but CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
         raise FlowmatchError(f"unsupported device '{name}'; use cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
     return device
 
 
@@ -150,6 +211,70 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def sample_times(config: TrainConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Training times in [0, 1]: uniform or logit-normal, then shifted toward noise."""
+    if config.time_sampling == "uniform":
+        t = torch.rand(n, generator=generator)
+    else:
+        t = torch.sigmoid(config.time_loc + config.time_scale * torch.randn(n, generator=generator))
+    if config.time_shift != 1.0:
+        r = 1.0 - t
+        t = 1.0 - config.time_shift * r / (1.0 + (config.time_shift - 1.0) * r)
+    return t
+
+
+def loss_weights(path: AffinePath, t: torch.Tensor, kind: str) -> torch.Tensor | None:
+    """w(t) that turns the squared velocity error into the x1 or x0 error (None: no weighting)."""
+    if kind == "none":
+        return None
+    s = path.schedule
+    det = s.alpha(t) * s.d_sigma(t) - s.sigma(t) * s.d_alpha(t)
+    num = s.sigma(t) if kind == "x1" else s.alpha(t)
+    return (num / det) ** 2
+
+
+# -- pairs ---------------------------------------------------------------------------------------
+class PairSampler:
+    """Draws training pairs (x0, x1) in model coordinates, then applies the configured coupling."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, source: Dataset | None):
+        self.config, self.dataset, self.source = config, dataset, source
+        self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        if config.pairs:
+            self.fixed = load_pairs(config.pairs, dataset.dim)
+
+    def __call__(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fixed is not None:
+            index = torch.randint(len(self.fixed[0]), (n,), generator=generator)
+            return self.fixed[0][index], self.fixed[1][index]
+        x1 = self.dataset.sample(n, generator)
+        x0 = torch.randn(x1.shape, generator=generator) if self.source is None else self.source.sample(n, generator)
+        if self.config.coupling != "independent":
+            from .couplings import couple
+
+            x0, x1 = couple(x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator)
+        return x0, x1
+
+
+def load_pairs(path: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, x1) pairs in model coordinates from an .npz with arrays ``x0`` and ``x1`` (reflow)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            x0, x1 = archive["x0"], archive["x1"]
+    except FileNotFoundError:
+        raise FlowmatchError(f"pairs file '{path}' does not exist") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise FlowmatchError(f"pairs file '{path}': cannot read arrays x0 and x1 ({exc})") from None
+    if x0.shape != x1.shape or x0.ndim != 2 or x0.shape[1] != dim or not len(x0):
+        raise FlowmatchError(f"pairs file '{path}': x0 {x0.shape} and x1 {x1.shape} must both be (N, {dim})")
+    if not (np.isfinite(x0).all() and np.isfinite(x1).all()):
+        raise FlowmatchError(f"pairs file '{path}': non-finite values")
+    return torch.as_tensor(x0, dtype=torch.float32), torch.as_tensor(x1, dtype=torch.float32)
+
+
+# -- the loop ------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the trained flow and a summary of the run."""
@@ -158,16 +283,30 @@ class TrainResult:
     config: TrainConfig
     losses: list[float]
     seconds: float
+    step: int
+    interrupted: bool = False
 
     @property
     def final_loss(self) -> float:
         tail = self.losses[-100:]
-        return sum(tail) / len(tail)
+        return sum(tail) / len(tail) if tail else float("nan")
 
 
-def train(config: TrainConfig | None = None, *, progress: bool = True, **overrides) -> TrainResult:
-    """Train a flow; ``train(steps=2000, data="moons")`` is the same as passing a TrainConfig."""
-    from .runs import Flow  # runs imports training's config; import here to keep modules acyclic
+def train(
+    config: TrainConfig | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **overrides,
+) -> TrainResult:
+    """Train a flow; ``train(steps=2000, data="moons")`` is the same as passing a TrainConfig.
+
+    With ``run_dir`` the folder gets ``config.json``, ``metrics.csv``, training checkpoints and
+    sample pictures as training goes (see :func:`fit` for the finished run folder); with
+    ``resume`` training continues from the folder's newest checkpoint.
+    """
+    from .runs import Flow  # runs needs data and models only; imported here to keep modules acyclic
 
     if config is None:
         config = resolve_config(overrides=overrides)
@@ -175,58 +314,188 @@ def train(config: TrainConfig | None = None, *, progress: bool = True, **overrid
         config = TrainConfig.from_dict({**config.to_dict(), **overrides})
     else:
         config.validate()
-    device = resolve_device(config.device)
+    world, rank, local_rank = _distributed_env()
+    device = resolve_device(config.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main_process = rank == 0
+
+    # -- set-up: everything that can fail on bad input happens before any file is written ---------
     standardize = {"auto": None, "yes": True, "no": False}[config.standardize]
     dataset = load_dataset(config.data, seed=config.seed, standardize=standardize)
-
+    source = None if config.source == "gaussian" else load_dataset(config.source, seed=config.seed + 1)
+    if source is not None and source.dim != dataset.dim:
+        raise FlowmatchError(f"source '{config.source}' has dimension {source.dim}, data has {dataset.dim}")
+    pairs = PairSampler(config, dataset, source)
+    path = make_path(config.path, config.sigma_min, config.bridge_sigma)
     torch.manual_seed(config.seed)
+    model = _initial_model(config, dataset.dim).to(device)
+    ema = EMA(model, config.ema)
+    optimizer = _optimizer(config, model)
     generator = torch.Generator().manual_seed(config.seed)
-    path = make_path(config.path, config.sigma_min)
-    model_options = {"width": config.width}
-    if config.model == "mlp":
-        model_options.update(depth=config.depth, activation=config.activation)
-    model = build_model(config.model, dataset.dim, **model_options).to(device)
-    ema = _EMA(model, config.ema)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-
     losses: list[float] = []
-    bar = _progress_bar(config.steps, progress)
+    start_step, elapsed = 0, 0.0
+
+    run = Path(run_dir) if run_dir is not None else None
+    if run is not None and resume:
+        _, tensors, meta = latest_state(run)
+        model.load_state_dict(unprefixed("model", tensors))
+        ema.load(model, unprefixed("ema", tensors), meta["ema_updates"])
+        optimizer_from_tensors(optimizer, unprefixed("optimizer", tensors), meta["optimizer_groups"])
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        start_step, elapsed, losses = meta["step"], meta["seconds"], list(meta["loss_tail"])
+    if world > 1:
+        dist.barrier()  # every process has checked its input before the run folder is touched
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+    autocast = config.precision == "bf16"
+
+    def checkpoint(step: int, folder: Path | None = run) -> None:
+        if folder is None or not main_process:
+            return
+        opt_tensors, opt_groups = optimizer_to_tensors(optimizer)
+        tensors = {
+            **prefixed("model", model.state_dict()),
+            **prefixed("ema", ema.state_dict(model)),
+            **prefixed("optimizer", opt_tensors),
+            "rng.generator": generator.get_state(),
+            "rng.torch": torch.get_rng_state(),
+        }
+        meta = {
+            "optimizer_groups": opt_groups,
+            "ema_updates": ema.updates,
+            "seconds": elapsed + time.perf_counter() - started,
+            "loss_tail": losses[-100:],
+            "flow": _flow_for(model, ema, path, dataset, config).checkpoint_meta(),
+        }
+        save_state(folder, step, tensors, meta, config.keep_checkpoints)
+
     started = time.perf_counter()
-    for step in range(config.steps):
-        x1 = dataset.sample(config.batch_size, generator).to(device)
-        x0 = torch.randn(x1.shape, generator=generator).to(device)
-        t = torch.rand(x1.shape[0], generator=generator).to(device)
-        target = path.sample(x0, x1, t)
-        loss = (model(target.x_t, t) - target.velocity).pow(2).mean()
-        if not torch.isfinite(loss):
-            raise FlowmatchError(f"training diverged: loss is {loss.item()} at step {step}; try a smaller --lr")
+    if run is not None and main_process and not resume:
+        _start_run_folder(run, config, checkpoint)
+    log = _Log(run if main_process else None, config, start_step)
+    stop = _StopSignal()
+    bar = _progress_bar(config.steps, start_step, progress and main_process)
+    done = start_step
+    with stop:
+        for step in range(start_step, config.steps):
+            # one global batch, drawn identically by every process; each trains on its own shard
+            x0, x1 = pairs(config.batch_size * world, generator)
+            t = sample_times(config, len(x1), generator)
+            noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
+            shard = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+            x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
 
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema.update(model)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                if config.objective == "distill":
+                    loss = _distill_loss(net, x0, x1, config.distill_nfe)
+                else:
+                    target = path.sample(x0, x1, t, None if noise is None else noise[shard].to(device))
+                    error = (net(target.x_t, t).float() - target.velocity).pow(2).flatten(1).mean(1)
+                    weights = loss_weights(path, t, config.loss_weight)
+                    loss = (error if weights is None else weights * error).mean()
+            if not torch.isfinite(loss):
+                raise FlowmatchError(
+                    f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; "
+                    "try a smaller --lr or --grad-clip"
+                )
 
-        losses.append(loss.item())
-        if bar is not None and (step % 50 == 0 or step == config.steps - 1):
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
-            bar.update(step + 1 - bar.n)
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            ema.update(model)
+
+            if world > 1:  # report the global batch's loss, as one process with the whole batch would
+                loss = loss.detach().clone()
+                dist.all_reduce(loss)
+                loss /= world
+            losses.append(loss.item())
+            done = step + 1
+            log.step(done, losses, lr, elapsed + time.perf_counter() - started)
+            if bar is not None and (done % 25 == 0 or done == config.steps):
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
+                bar.update(done - bar.n)
+            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
+                checkpoint(done)
+            if main_process and config.sample_every and done % config.sample_every == 0 and run is not None:
+                _progress_picture(_flow_for(model, ema, path, dataset, config), run, done)
+            if stop.requested:
+                break
     if bar is not None:
         bar.close()
-    seconds = time.perf_counter() - started
-
-    flow = Flow(
-        model=ema.averaged(model).eval(),
-        path=path,
-        standardizer=dataset.standardizer,
-        dataset=dataset,
-        config=config.to_dict(),
-    )
-    return TrainResult(flow=flow, config=config, losses=losses, seconds=seconds)
+    log.close()
+    if world > 1:
+        _record_rank_agreement(model, run if main_process else None, world)
+    seconds = elapsed + time.perf_counter() - started
+    flow = _flow_for(model, ema, path, dataset, config, source=source)
+    return TrainResult(flow, config, losses, seconds, step=done, interrupted=stop.requested)
 
 
-class _EMA:
+@torch.no_grad()
+def _record_rank_agreement(model: torch.nn.Module, run: Path | None, world: int) -> None:
+    """Measure max |theta_rank - theta_rank0| over all processes; rank 0 writes it to distributed.json."""
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    gap = (flat - reference).abs().max()
+    dist.all_reduce(gap, op=dist.ReduceOp.MAX)
+    if run is not None:
+        write_json_atomic(run / "distributed.json", {"world_size": world, "max_weight_difference_across_ranks": gap.item()})
+
+
+def _distill_loss(net, x0: torch.Tensor, x1: torch.Tensor, nfe: int) -> torch.Tensor:
+    """|| x0 + sum of nfe Euler steps of the student - x1 ||^2 (backpropagated through the steps)."""
+    x, h = x0, 1.0 / nfe
+    for i in range(nfe):
+        x = x + h * net(x, torch.full((len(x),), i * h, device=x.device, dtype=x.dtype)).float()
+    return (x - x1).pow(2).flatten(1).mean(1).mean()
+
+
+def _distributed_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) from torchrun's environment (1, 0, 0 when not distributed)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _initial_model(config: TrainConfig, dim: int) -> torch.nn.Module:
+    if config.init_from:
+        from .runs import load
+
+        teacher = load(config.init_from)
+        if teacher.dim != dim:
+            raise FlowmatchError(f"init_from '{config.init_from}' has dimension {teacher.dim}, data has {dim}")
+        return teacher.model.train()
+    options: dict[str, Any] = {"width": config.width}
+    if config.model == "mlp":
+        options.update(depth=config.depth, activation=config.activation)
+    return build_model(config.model, dim, **options)
+
+
+def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _flow_for(model, ema, path, dataset, config, *, source=None):
+    """A Flow that samples with a copy of the model holding the EMA weights."""
+    from .runs import Flow
+
+    sampler = ema.averaged_copy(model)
+    return Flow(model=sampler.eval(), path=path, standardizer=dataset.standardizer, dataset=dataset, source=source, config=config.to_dict())
+
+
+class EMA:
     """theta_ema <- d_k theta_ema + (1 - d_k) theta after step k, d_k = min(decay, (1 + k) / (10 + k)).
 
     The warm-up of d_k keeps early, random weights from dominating short runs. Off when decay = 0.
@@ -244,50 +513,175 @@ class _EMA:
             torch._foreach_lerp_(self.shadow, [p.detach() for p in model.parameters()], 1.0 - decay)
         self.updates += 1
 
+    def state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        if self.shadow is None:
+            return {}
+        names = [name for name, _ in model.named_parameters()]
+        return dict(zip(names, self.shadow))
+
     @torch.no_grad()
-    def averaged(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model with EMA weights copied in (the model itself when EMA is off)."""
+    def load(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor], updates: int) -> None:
+        self.updates = updates
         if self.shadow is not None:
-            for p, s in zip(model.parameters(), self.shadow):
+            for (name, _), s in zip(model.named_parameters(), self.shadow):
+                s.copy_(tensors[name])
+
+    @torch.no_grad()
+    def averaged_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of the model holding the EMA weights (a plain copy when EMA is off)."""
+        import copy
+
+        clone = copy.deepcopy(model)
+        if self.shadow is not None:
+            for p, s in zip(clone.parameters(), self.shadow):
                 p.copy_(s)
-        return model
+        return clone
 
 
-def _progress_bar(total: int, enabled: bool):
+class _StopSignal:
+    """Turns SIGINT and SIGTERM into a request to stop after the current step (main thread only)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Log:
+    """metrics.csv (and TensorBoard when installed) every ``log_every`` steps, main process only."""
+
+    def __init__(self, run: Path | None, config: TrainConfig, start_step: int):
+        self.every = config.log_every
+        self.file = None
+        self.tensorboard = None
+        self.last_time = None
+        if run is None:
+            return
+        path = run / "metrics.csv"
+        rows = path.read_text().splitlines() if path.exists() else []
+        kept = [r for r in rows[1:] if int(r.split(",")[0]) <= start_step]  # drop rows past the checkpoint
+        path.write_text("\n".join(["step,loss,lr,steps_per_s,seconds", *kept]) + "\n")
+        self.file = open(path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            self.tensorboard = None
+
+    def step(self, step: int, losses: list[float], lr: float, seconds: float) -> None:
+        if self.file is None or step % self.every:
+            return
+        recent = losses[-self.every :]
+        loss = sum(recent) / len(recent)
+        rate = self.every / (seconds - self.last_time) if self.last_time is not None and seconds > self.last_time else float("nan")
+        self.last_time = seconds
+        self.file.write(f"{step},{loss:.6g},{lr:.6g},{rate:.4g},{seconds:.3f}\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("loss", loss, step)
+            self.tensorboard.add_scalar("lr", lr, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _start_run_folder(run: Path, config: TrainConfig, checkpoint) -> None:
+    """Create the run folder with its config and a step-0 checkpoint, atomically (staging + rename).
+
+    From the moment the folder exists it holds a loadable, resumable checkpoint. An old run in its
+    place (which :func:`fit` allowed with ``force``) is removed only then.
+    """
+    import shutil
+    import tempfile
+
+    run.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run.name}.partial-", dir=run.parent))
+    try:
+        write_json_atomic(staging / "config.json", config.to_dict())
+        checkpoint(0, staging)
+        if run.exists():
+            old = run.with_name(f".{run.name}.old-{os.getpid()}")
+            os.replace(run, old)
+            shutil.rmtree(old)
+        os.replace(staging, run)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _progress_picture(flow, run: Path, step: int) -> None:
+    from .plots import plot_samples
+
+    folder = run / "progress"
+    folder.mkdir(exist_ok=True)
+    test = flow.dataset.test[:1000]
+    samples = flow.sample(len(test), solver="rk4", nfe=40, seed=0)
+    plot_samples(samples, test, folder / f"step-{step:08d}.png", title=f"step {step}")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
+# -- a whole run ---------------------------------------------------------------------------------
 def fit(
     config: TrainConfig | None = None,
-    out: str | None = None,
+    out: str | os.PathLike | None = None,
     *,
     force: bool = False,
+    resume: bool = False,
     progress: bool = True,
+    evaluate: bool = True,
     n_eval: int = 2000,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train, measure W2 against held-out data, and (with ``out``) write the run folder.
+    """Train, measure W2 against held-out data, and (with ``out``) write the finished run folder.
+
+    ``resume=True`` continues the run in ``out`` from its newest checkpoint with its saved config
+    (``config`` may then only raise ``steps``).
 
     Metrics: the mean loss over the last 100 steps; exact W2 between ``n_eval`` rk4 (NFE 100)
     samples and ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws
     of the same size. Held-out sets smaller than 2 * n_eval are split in two halves.
     """
-    from pathlib import Path
-
     from .metrics import w2_exact
     from .plots import plot_samples
-    from .runs import RunWriter, check_writable_run, write_json
+    from .runs import check_writable_run
 
-    config = config or TrainConfig()
-    config.validate()
-    if out is not None:
-        check_writable_run(Path(out), force)  # fail before spending time on training
-    result = train(config, progress=progress)
+    if resume:
+        if out is None:
+            raise FlowmatchError("resume needs the run folder")
+        config = resume_config(Path(out), config)
+    else:
+        config = config or TrainConfig()
+        config.validate()
+        if out is not None:
+            check_writable_run(Path(out), force)  # fail before spending time on training
+    result = train(config, run_dir=out, resume=resume, progress=progress)
+    if result.interrupted or _distributed_env()[1] != 0:
+        return result, {}
+
     flow = result.flow
-
     test = flow.dataset.test
     m = min(n_eval, len(test) // 2)
     held_a, held_b = test[:m], test[m : 2 * m]
@@ -304,9 +698,27 @@ def fit(
         "steps": config.steps,
     }
     if out is not None:
-        with RunWriter(out, force=force) as folder:
-            write_json(folder / "config.json", config.to_dict())
-            flow.save_checkpoint(folder)
-            write_json(folder / "metrics.json", metrics)
-            plot_samples(samples, held_a, folder / "samples.png", title=f"{config.data}: W2 {w2:.3f} (floor {floor:.3f})")
+        folder = Path(out)
+        flow.save_checkpoint(folder)
+        plot_samples(samples, held_a, folder / "samples.png", title=f"{config.data}: W2 {w2:.3f} (floor {floor:.3f})")
+        write_json_atomic(folder / "metrics.json", metrics)
     return result, metrics
+
+
+def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
+    """The saved config of a run to resume; ``config`` may differ from it only by more steps."""
+    from .runs import read_json
+
+    if not (run / "config.json").is_file():
+        raise FlowmatchError(f"cannot resume: '{run}' is not a flowmatch run folder (config.json is missing)")
+    saved = TrainConfig.from_dict(read_json(run / "config.json"), source=f"{run / 'config.json'}")
+    if config is None:
+        return saved
+    changed = [k for k, v in config.to_dict().items() if k != "steps" and saved.to_dict()[k] != v]
+    if changed:
+        raise FlowmatchError(f"cannot change {', '.join(changed)} when resuming; only steps may be raised")
+    if config.steps < saved.steps:
+        raise FlowmatchError(f"cannot resume with fewer steps ({config.steps}) than the run had ({saved.steps})")
+    if config.steps != saved.steps:
+        write_json_atomic(run / "config.json", config.to_dict())
+    return config

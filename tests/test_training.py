@@ -71,3 +71,114 @@ def test_file_data_is_standardised_and_mapped_back(tmp_path):
     # per-dimension means and stds come back in data coordinates (tolerance: a short run on a Gaussian)
     torch.testing.assert_close(samples.mean(0), torch.tensor([100.0, -5.0, 0.0]), atol=1.0, rtol=0.02)
     torch.testing.assert_close(samples.std(0), torch.tensor([10.0, 0.1, 1.0]), rtol=0.15, atol=0.0)
+
+
+# -- the engine: resume, config files, time sampling, loss weights, divergence ---------------------
+from pathlib import Path  # noqa: E402
+import shutil  # noqa: E402
+
+from safetensors.torch import load_file  # noqa: E402
+
+from flowmatch.checkpoints import list_states  # noqa: E402
+from flowmatch.cli import main  # noqa: E402
+from flowmatch.paths import make_path  # noqa: E402
+from flowmatch.training import fit, loss_weights, sample_times  # noqa: E402
+
+ENGINE = dict(steps=60, width=16, depth=2, batch_size=32, checkpoint_every=20, keep_checkpoints=10, optimizer="adamw",
+              weight_decay=0.01, warmup=5, grad_clip=1.0, time_sampling="logit-normal", time_shift=2.0)
+
+
+def _final_state(run: Path):
+    return load_file(str(list_states(run)[-1] / "state.safetensors"))
+
+
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    config = TrainConfig(**ENGINE)
+    fit(config, out=tmp_path / "whole", progress=False)
+    fit(config, out=tmp_path / "cut", progress=False)
+    cut = tmp_path / "cut"
+    # stop at step 20: drop everything written after that checkpoint, as a crash would
+    for folder in list_states(cut)[2:]:  # step-0 and step-20 stay
+        shutil.rmtree(folder)
+    for name in ["checkpoint.safetensors", "checkpoint.json", "metrics.json", "samples.png"]:
+        (cut / name).unlink()
+    assert list_states(cut)[-1].name == "step-00000020"
+    fit(None, out=cut, resume=True, progress=False)
+    whole, resumed = _final_state(tmp_path / "whole"), _final_state(cut)
+    assert list_states(cut)[-1].name == "step-00000060"
+    assert set(whole) == set(resumed)
+    for key in whole:  # model, EMA, optimiser moments and RNG states
+        assert torch.equal(whole[key], resumed[key]), key
+    a, b = load_file(str(tmp_path / "whole" / "checkpoint.safetensors")), load_file(str(cut / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    def logged(run):  # step, loss, lr (timings differ)
+        return [r.split(",")[:3] for r in (run / "metrics.csv").read_text().splitlines()]
+
+    assert logged(cut) == logged(tmp_path / "whole") and [r[0] for r in logged(cut)] == ["step", "50"]
+
+
+def test_resume_refuses_changed_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(TrainConfig(steps=10, width=8, batch_size=8), out=run, progress=False)
+    code = main(["train", "--resume", str(run), "--lr", "0.1"])
+    assert code == 2 and "only --steps" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--steps", "20", "--quiet"]) == 0
+    assert list_states(run)[-1].name == "step-00000020"
+
+
+def test_toml_config_and_flag_override(tmp_path, capsys):
+    toml = tmp_path / "train.toml"
+    toml.write_text('steps = 12\nwidth = 8\nbatch_size = 16\nlr = 0.01\ntime_sampling = "logit-normal"\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(toml), "--out", str(run), "--lr", "0.02", "--quiet"]) == 0
+    import json
+
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["steps"], saved["width"], saved["lr"], saved["time_sampling"]) == (12, 8, 0.02, "logit-normal")
+    for text, needle in [
+        ("stepz = 3\n", "unknown key 'stepz'"),
+        ('steps = "many"\n', "steps must be a int"),
+        ("steps = -1\n", "steps must be >= 1"),
+        ("steps = [\n", "config file"),
+    ]:
+        toml.write_text(text)
+        assert main(["train", "--config", str(toml), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
+
+
+def test_time_sampling_distributions():
+    g = torch.Generator().manual_seed(0)
+    t = sample_times(TrainConfig(), 200_000, g)
+    assert 0 <= t.min() and t.max() <= 1 and abs(t.mean() - 0.5) < 0.005
+    ln = sample_times(TrainConfig(time_sampling="logit-normal", time_loc=1.0, time_scale=0.5), 200_000, g)
+    logit = torch.log(ln / (1 - ln))
+    assert abs(logit.mean() - 1.0) < 0.01 and abs(logit.std() - 0.5) < 0.01
+    # shift k: noise level r = 1 - t becomes k r / (1 + (k - 1) r); for uniform t, median r -> k / (1 + k)
+    shifted = sample_times(TrainConfig(time_shift=3.0), 200_000, g)
+    assert abs((1 - shifted).median() - 0.75) < 0.005
+
+
+def test_loss_weights_turn_velocity_error_into_endpoint_error():
+    path = make_path("cosine")
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(64, 2, generator=g, dtype=torch.float64), torch.randn(64, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(64, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    s = path.sample(x0, x1, t)
+    error = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    for kind, truth in [("x1", x1), ("x0", x0)]:
+        implied = path.convert(s.velocity + error, s.x_t, t, "velocity", kind)
+        weighted = loss_weights(path, t, kind) * error.pow(2).sum(1)
+        torch.testing.assert_close(weighted, (implied - truth).pow(2).sum(1))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--out", str(run), "--steps", "200", "--lr", "1e6", "--width", "8", "--quiet", "--ema", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "loss is" in err and len(err.strip().splitlines()) == 1
+    assert list_states(run), "the step-0 checkpoint is kept"
+    import flowmatch
+
+    flowmatch.load(run)  # still loadable
