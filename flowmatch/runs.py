@@ -20,6 +20,7 @@ write never leaves a half-written run and an existing run is only replaced with 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -103,12 +104,53 @@ class Flow:
         """The training data set (rebuilt from the config on first use after loading)."""
         if self._dataset is None:
             standardize = {"auto": None, "yes": True, "no": False}[self.config.get("standardize", "auto")]
-            self._dataset = load_dataset(self.config["data"], seed=self.config["seed"], standardize=standardize)
+            self._dataset = load_dataset(
+                self.config["data"],
+                seed=self.config["seed"],
+                standardize=standardize,
+                label_column=self.config.get("label_column") or None,
+                mmap={"auto": None, "yes": True, "no": False}[self.config.get("mmap", "auto")],
+            )
         return self._dataset
 
-    def velocity(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """v(x, t) in model coordinates, as the solvers call it."""
-        return self.model
+    @property
+    def num_classes(self) -> int:
+        """Classes the model was trained to condition on (0: unconditional)."""
+        return int(getattr(self.model, "config", {}).get("num_classes", 0))
+
+    def labels_for(self, n: int, label) -> torch.Tensor | None:
+        """Per-sample class labels (n,) from one class, a sequence of n classes, or None."""
+        if label is None:
+            return None
+        if not self.num_classes:
+            raise FlowmatchError("this model was trained without labels; sample it without --label")
+        y = torch.as_tensor(label).long().reshape(-1)
+        if y.numel() == 1:
+            y = y.expand(n)
+        if y.numel() != n:
+            raise FlowmatchError(f"got {y.numel()} labels for {n} samples")
+        if (y < 0).any() or (y >= self.num_classes).any():
+            raise FlowmatchError(f"label out of range: the model knows classes 0..{self.num_classes - 1}")
+        return y.to(self.device)
+
+    def velocity(self, labels: torch.Tensor | None = None, guidance: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """v(x, t) in model coordinates, as the solvers call it.
+
+        With labels and classifier-free guidance weight w: v = v_uncond + w (v_cond - v_uncond), where
+        v_uncond uses the learned null label; w = 1 is the plain conditional model (one evaluation),
+        otherwise both halves go through the model as one batch.
+        """
+        if labels is None:
+            return self.model
+        if guidance == 1.0:
+            return lambda x, t: self.model(x, t, labels)
+        both = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+
+        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v_cond, v_uncond = self.model(torch.cat([x, x]), t, both).chunk(2)
+            return v_uncond + guidance * (v_cond - v_uncond)
+
+        return guided
 
     @torch.no_grad()
     def generate(
@@ -125,15 +167,23 @@ class Flow:
         progress: bool = False,
         with_log_prob: bool = False,
         divergence: str = "auto",
+        label=None,
+        guidance: float = 1.0,
     ) -> Samples:
         """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
 
         ``with_log_prob=True`` also integrates d/dt log p = -div v along each path (see
         ``flowmatch.likelihood``) and fills ``Samples.log_prob`` with each sample's log-density in data
         coordinates (``divergence``: auto, exact or hutchinson).
+
+        ``label`` (one class or n classes) samples a class-conditional model, with classifier-free
+        ``guidance`` weight w (see :meth:`velocity`).
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
+        velocity = self.velocity(self.labels_for(n, label), float(guidance))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         x0 = self.draw_source(n, generator).to(self.device)
         if with_log_prob:
@@ -141,12 +191,12 @@ class Flow:
 
             self._require_gaussian_source()
             solution = sample_with_log_prob(
-                self.velocity(), x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
+                velocity, x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
                 generator=generator, return_trajectory=return_trajectory, progress=progress,
             )  # fmt: skip
         else:
             solution = integrate(
-                self.velocity(),
+                velocity,
                 x0,
                 solver=solver,
                 nfe=nfe,

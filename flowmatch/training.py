@@ -74,13 +74,21 @@ class TrainConfig:
     coupling: str = _option("independent", "pairing of (x0, x1) in a batch", choices=("independent", "ot", "sinkhorn"))
     ot_reg: float = _option(0.05, "entropic regularisation of the sinkhorn coupling (relative to the mean cost)", low=1e-6)
     pairs: str = _option("", "train on fixed (x0, x1) pairs from this .npz (reflow); empty = draw pairs")
+    conditional: bool = _option(False, "condition the model on the data's class labels")
+    cond_dropout: float = _option(0.1, "probability of dropping a label for the learned null label (guidance)", low=0.0, high=1.0)
+    label_column: str = _option("", "CSV column (name or 1-based number) holding class labels")
     objective: str = _option("flow-matching", "training loss", choices=("flow-matching", "distill"))
     distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
     # model
-    model: str = _option("mlp", "velocity model", choices=("mlp", "seed-mlp"))
+    model: str = _option("mlp", "velocity model (unet: images)", choices=("mlp", "seed-mlp", "unet"))
     width: int = _option(256, "hidden units per layer (mlp)", low=1)
     depth: int = _option(3, "hidden layers (mlp)", low=1)
     activation: str = _option("silu", "activation (mlp)", choices=("relu", "silu", "gelu", "tanh", "softplus"))
+    channels: int = _option(32, "base channels (unet)", low=1)
+    channel_mult: str = _option("1,2", "channel multiplier per resolution, comma separated (unet)")
+    num_res_blocks: int = _option(1, "residual blocks per resolution (unet)", low=1)
+    attention: bool = _option(False, "self-attention at the lowest resolution (unet)")
+    dropout: float = _option(0.0, "dropout in residual blocks (unet)", low=0.0, high=0.9)
     init_from: str = _option("", "start from the weights (and architecture) of this run folder")
     # optimisation
     batch_size: int = _option(256, "batch size per process", low=1)
@@ -100,7 +108,8 @@ class TrainConfig:
     precision: str = _option("fp32", "bf16 autocasts the model where the device supports it", choices=("fp32", "bf16"))
     compile: bool = _option(False, "torch.compile the model")
     # data and bookkeeping
-    standardize: str = _option("auto", "standardise data (auto: files yes, built-ins no)", choices=("auto", "yes", "no"))
+    standardize: str = _option("auto", "standardise data (auto: files yes, built-ins and images no)", choices=("auto", "yes", "no"))
+    mmap: str = _option("auto", "memory-map a .npy file (auto: files over 1 GiB)", choices=("auto", "yes", "no"))
     seed: int = _option(0, "random seed", low=0)
     device: str = _option("auto", "cpu, cuda, cuda:N or auto")
     checkpoint_every: int = _option(1000, "write a training checkpoint every N steps (and at the end)", low=1)
@@ -132,6 +141,12 @@ class TrainConfig:
                 raise FlowmatchError(f"{source}: {f.name} must be <= {meta['high']}, got {value}")
         if self.warmup >= self.steps and self.warmup > 0:
             raise FlowmatchError(f"{source}: warmup ({self.warmup}) must be smaller than steps ({self.steps})")
+        try:
+            mult = [int(m) for m in self.channel_mult.split(",")]
+        except ValueError:
+            mult = []
+        if not mult or min(mult) < 1:
+            raise FlowmatchError(f"{source}: channel_mult must be positive integers separated by commas, got '{self.channel_mult}'")
         if self.objective == "distill" and not self.pairs:
             raise FlowmatchError(f"{source}: objective distill needs teacher pairs (use 'flowmatch distill')")
 
@@ -161,6 +176,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "path": "gaussian",
         "sigma_min": 0.0,
         "model": "seed-mlp",
+        "width": 128,
         "batch_size": 128,
         "steps": 10_000,
         "optimizer": "adam",
@@ -243,17 +259,27 @@ class PairSampler:
         if config.pairs:
             self.fixed = load_pairs(config.pairs, dataset.dim)
 
-    def __call__(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, n: int, generator: torch.Generator):
+        """(x0, x1, labels): labels are None unless the config is conditional.
+
+        With labels, the coupling pairs points within each class, and each label is replaced by the
+        null label (``num_classes``) with probability ``cond_dropout``.
+        """
         if self.fixed is not None:
             index = torch.randint(len(self.fixed[0]), (n,), generator=generator)
-            return self.fixed[0][index], self.fixed[1][index]
-        x1 = self.dataset.sample(n, generator)
+            return self.fixed[0][index], self.fixed[1][index], None
+        x1, y = self.dataset.sample(n, generator, labels=True)
+        if not self.config.conditional:
+            y = None
         x0 = torch.randn(x1.shape, generator=generator) if self.source is None else self.source.sample(n, generator)
         if self.config.coupling != "independent":
             from .couplings import couple
 
-            x0, x1 = couple(x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator)
-        return x0, x1
+            x0, x1 = couple(x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y)
+        if y is not None:
+            drop = torch.rand(n, generator=generator) < self.config.cond_dropout
+            y = torch.where(drop, torch.full_like(y, self.dataset.num_classes), y)
+        return x0, x1, y
 
 
 def load_pairs(path: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,14 +348,22 @@ def train(
 
     # -- set-up: everything that can fail on bad input happens before any file is written ---------
     standardize = {"auto": None, "yes": True, "no": False}[config.standardize]
-    dataset = load_dataset(config.data, seed=config.seed, standardize=standardize)
+    dataset = load_dataset(
+        config.data,
+        seed=config.seed,
+        standardize=standardize,
+        label_column=config.label_column or None,
+        mmap={"auto": None, "yes": True, "no": False}[config.mmap],
+    )
+    if config.conditional and not dataset.num_classes:
+        raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (see --label-column)")
     source = None if config.source == "gaussian" else load_dataset(config.source, seed=config.seed + 1)
     if source is not None and source.dim != dataset.dim:
         raise FlowmatchError(f"source '{config.source}' has dimension {source.dim}, data has {dataset.dim}")
     pairs = PairSampler(config, dataset, source)
     path = make_path(config.path, config.sigma_min, config.bridge_sigma)
     torch.manual_seed(config.seed)
-    model = _initial_model(config, dataset.dim).to(device)
+    model = _initial_model(config, dataset).to(device)
     ema = EMA(model, config.ema)
     optimizer = _optimizer(config, model)
     generator = torch.Generator().manual_seed(config.seed)
@@ -385,18 +419,19 @@ def train(
     with stop:
         for step in range(start_step, config.steps):
             # one global batch, drawn identically by every process; each trains on its own shard
-            x0, x1 = pairs(config.batch_size * world, generator)
+            x0, x1, y = pairs(config.batch_size * world, generator)
             t = sample_times(config, len(x1), generator)
             noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
             shard = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
             x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
+            y = None if y is None else y[shard].to(device)
 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if config.objective == "distill":
                     loss = _distill_loss(net, x0, x1, config.distill_nfe)
                 else:
                     target = path.sample(x0, x1, t, None if noise is None else noise[shard].to(device))
-                    error = (net(target.x_t, t).float() - target.velocity).pow(2).flatten(1).mean(1)
+                    error = (net(target.x_t, t, y).float() - target.velocity).pow(2).flatten(1).mean(1)
                     weights = loss_weights(path, t, config.loss_weight)
                     loss = (error if weights is None else weights * error).mean()
             if not torch.isfinite(loss):
@@ -467,7 +502,8 @@ def _distributed_env() -> tuple[int, int, int]:
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _initial_model(config: TrainConfig, dim: int) -> torch.nn.Module:
+def _initial_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
+    dim = dataset.dim
     if config.init_from:
         from .runs import load
 
@@ -475,10 +511,28 @@ def _initial_model(config: TrainConfig, dim: int) -> torch.nn.Module:
         if teacher.dim != dim:
             raise FlowmatchError(f"init_from '{config.init_from}' has dimension {teacher.dim}, data has {dim}")
         return teacher.model.train()
-    options: dict[str, Any] = {"width": config.width}
-    if config.model == "mlp":
-        options.update(depth=config.depth, activation=config.activation)
-    return build_model(config.model, dim, **options)
+    classes = dataset.num_classes if config.conditional else 0
+    if config.model == "unet":
+        if dataset.image_shape is None:
+            raise FlowmatchError(f"--model unet needs image data; '{config.data}' is not a set of images")
+        return build_model(
+            "unet",
+            dim,
+            image_shape=list(dataset.image_shape),
+            channels=config.channels,
+            channel_mult=[int(m) for m in config.channel_mult.split(",")],
+            num_res_blocks=config.num_res_blocks,
+            attention_resolutions=[min(dataset.image_shape[1:]) // 2 ** (len(config.channel_mult.split(",")) - 1)]
+            if config.attention
+            else [],
+            dropout=config.dropout,
+            num_classes=classes,
+        )
+    if config.model == "seed-mlp":
+        if classes:
+            raise FlowmatchError("the seed-mlp model takes no labels; use --model mlp for conditional training")
+        return build_model("seed-mlp", dim, width=config.width)
+    return build_model("mlp", dim, width=config.width, depth=config.depth, activation=config.activation, num_classes=classes)
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

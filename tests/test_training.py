@@ -30,6 +30,9 @@ def test_seed_preset_is_the_seed_recipe():
     assert (config.batch_size, config.steps, config.lr, config.lr_schedule, config.ema) == (128, 10_000, 1e-3, "constant", 0.0)
     assert config.data == "two-gaussians"
     assert set(PRESETS) == {"seed"}
+    model = train(config, steps=1, progress=False).flow.model
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(128, 3), (128,), (128, 128), (128,), (2, 128), (2,)]  # [t, x] -> 128 -> 128 -> 2
 
 
 def test_learning_rate_schedule():
@@ -182,3 +185,51 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
     import flowmatch
 
     flowmatch.load(run)  # still loadable
+
+
+# -- conditional generation -----------------------------------------------------------------------
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def test_conditional_training_generates_the_asked_class():
+    result = train(data="8gaussians", conditional=True, steps=800, width=64, batch_size=256, lr=3e-3,
+                   cond_dropout=0.1, progress=False)
+    flow = result.flow
+    for k in (0, 3):
+        x = flow.sample(400, nfe=20, seed=k, label=k)
+        centre = 4 * torch.tensor([math.cos(k * math.pi / 4), math.sin(k * math.pi / 4)]) / 1.414
+        # measured: mean within 0.03 of the centre; the nearest other centre is 2.16 away
+        assert (x.mean(0) - centre).norm() < 0.4
+    # guidance w: v = v_u + w (v_c - v_u); w = 1 is the conditional model itself
+    a = flow.sample(50, nfe=8, seed=1, label=2)
+    b = flow.sample(50, nfe=8, seed=1, label=2, guidance=1.0)
+    torch.testing.assert_close(a, b)
+    x, t = torch.randn(5, 2), torch.tensor(0.3)
+    y = torch.full((5,), 2)
+    v_c, v_u = flow.model(x, t, y), flow.model(x, t, None)
+    torch.testing.assert_close(flow.velocity(y, 3.0)(x, t), v_u + 3.0 * (v_c - v_u), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FlowmatchError, match="out of range"):
+        flow.sample(3, label=8)
+
+
+def test_conditional_needs_labels(tmp_path):
+    with pytest.raises(FlowmatchError, match="no class labels"):
+        train(data="swissroll", conditional=True, steps=2, progress=False)
+    unconditional = train(steps=2, width=8, progress=False).flow
+    with pytest.raises(FlowmatchError, match="without labels"):
+        unconditional.sample(3, label=0)
+
+
+def test_csv_label_column_and_npz_labels(tmp_path):
+    g = np.random.default_rng(0)
+    rows = ["x,y,kind"] + [f"{g.normal() + 5 * (i % 2)},{g.normal()},{'ab'[i % 2]}" for i in range(200)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    result = train(data=str(tmp_path / "d.csv"), label_column="kind", conditional=True, steps=5, width=8, progress=False)
+    assert result.flow.dataset.class_names == ["a", "b"] and result.flow.dataset.dim == 2
+    np.savez(tmp_path / "d.npz", data=g.normal(size=(50, 3)), labels=np.arange(50) % 5)
+    result = train(data=str(tmp_path / "d.npz"), conditional=True, steps=5, width=8, progress=False)
+    assert result.flow.num_classes == 5
+    with pytest.raises(FlowmatchError, match="no label column 'colour'"):
+        train(data=str(tmp_path / "d.csv"), label_column="colour", steps=1, progress=False)
