@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import FlowmatchError
+from .unet import UNet
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
@@ -106,7 +107,7 @@ class MLP(nn.Module):
         return self.body(h)
 
 
-MODELS = {"mlp": MLP, "seed-mlp": SeedMLP}
+MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet}
 
 
 def build_model(name: str, dim: int, **options) -> nn.Module:

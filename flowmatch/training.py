@@ -84,7 +84,7 @@ class TrainConfig:
     width: int = _option(256, "hidden units per layer (mlp)", low=1)
     depth: int = _option(3, "hidden layers (mlp)", low=1)
     activation: str = _option("silu", "activation (mlp)", choices=("relu", "silu", "gelu", "tanh", "softplus"))
-    channels: int = _option(32, "base channels (unet)", low=1)
+    channels: int = _option(16, "base channels (unet)", low=1)
     channel_mult: str = _option("1,2", "channel multiplier per resolution, comma separated (unet)")
     num_res_blocks: int = _option(1, "residual blocks per resolution (unet)", low=1)
     attention: bool = _option(False, "self-attention at the lowest resolution (unet)")
