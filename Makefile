@@ -25,7 +25,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# the peers (torchcfm, flow-matching) come with the bench extra
 bench: install
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c requirements/constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:

@@ -27,6 +27,8 @@ _EXPORTS = {
     "TrainConfig": "training",
     "fit": "training",
     "train": "training",
+    "evaluate": "evaluation",
+    "quality": "metrics",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -43,6 +43,7 @@ def _add_train(sub) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named recipe (seed: the seed document's)")
     p.add_argument("--config", help="TOML file of training options; flags override it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the quick evaluation (report.json) at the end")
     for f in dataclasses.fields(TrainConfig):
         meta, flag = f.metadata, "--" + f.name.replace("_", "-")
         if f.type == "bool":
@@ -94,7 +95,7 @@ def _cmd_train(args) -> int:
             raise FlowmatchError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
         base = TrainConfig.from_dict({**PRESETS.get(preset, {}), **file_values}, source=source)
         config = TrainConfig.from_dict({**base.to_dict(), **flags}, source="flags")
-    result, metrics = fit(config, out=out, force=args.force, resume=bool(args.resume), progress=not args.quiet)
+    result, metrics = fit(config, out=out, force=args.force, resume=bool(args.resume), progress=not args.quiet, evaluate=args.evaluate)
     if result.interrupted:
         print(f"stopped at step {result.step} of {config.steps}; checkpoint saved. Resume with: flowmatch train --resume {out}")
         return 0
@@ -103,6 +104,10 @@ def _cmd_train(args) -> int:
             f"wrote {out}: loss {metrics['final_loss']:.4f}, W2 {metrics['w2']:.4f} "
             f"(floor {metrics['w2_floor']:.4f}, ratio {metrics['w2_ratio']:.2f}), {metrics['train_seconds']:.1f} s"
         )
+        if "report" in metrics:
+            from .evaluation import summary_line
+
+            print(f"quick evaluation (report.json): {summary_line(metrics['report'])}")
     return 0
 
 
@@ -116,6 +121,16 @@ def _add_sample(sub) -> None:
     _add_solver_flags(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--trajectory", action="store_true", help="save the whole trajectory, shape (steps + 1, n, D); .npy only")
+    p.add_argument("--label", type=_label_list, help="class label(s) of a conditional model, e.g. 3 or 0,1,2: n samples of each, in that order")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w (1 = plain conditional; default: 1)")
+
+
+def _label_list(text: str) -> list[int]:
+    try:
+        labels = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"labels must be integers separated by commas, got '{text}'") from None
+    return labels
 
 
 def _add_solver_flags(p) -> None:
@@ -141,19 +156,26 @@ def _cmd_sample(args) -> int:
     if not out.parent.is_dir():
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
     flow = load(args.run, device=str(resolve_device(args.device)))
-    result = flow.generate(
-        args.n,
-        solver=args.solver,
-        nfe=args.nfe,
-        grid=args.grid,
-        atol=args.atol,
-        rtol=args.rtol,
-        seed=args.seed,
-        return_trajectory=args.trajectory,
-    )
-    array = (result.trajectory if args.trajectory else result.x).numpy()
+    labels = args.label or [None]
+    parts = []
+    for label in labels:
+        result = flow.generate(
+            args.n,
+            solver=args.solver,
+            nfe=args.nfe,
+            grid=args.grid,
+            atol=args.atol,
+            rtol=args.rtol,
+            seed=args.seed,
+            return_trajectory=args.trajectory,
+            label=label,
+            guidance=args.guidance,
+        )
+        parts.append((result.trajectory if args.trajectory else result.x).numpy())
+    array = np.concatenate(parts, axis=1 if args.trajectory else 0)
     write_array(out, array)
-    print(f"wrote {out}: {args.n} samples, shape {array.shape}, solver {args.solver}, NFE {result.nfe}")
+    which = f", labels {','.join(map(str, labels))} ({args.n} each, in that order)" if args.label else ""
+    print(f"wrote {out}: shape {array.shape}{which}, solver {args.solver}, NFE {result.nfe}")
     return 0
 
 
@@ -172,8 +194,190 @@ def write_array(path: Path, array: np.ndarray) -> None:
         raise
 
 
+# -- eval and plot -------------------------------------------------------------------------------
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run: sample quality, likelihood, KL, pictures",
+        description="Evaluate a trained run: sample-quality metrics beside their floors, NLL by the instantaneous "
+        "change of variables, KL(data || model) for built-in sets, and pictures. Writes report.json and the "
+        "pictures into the run folder (each atomically) and prints a table.",
+    )
+    p.add_argument("--run", required=True, help="run folder written by 'flowmatch train'")
+    p.add_argument("--quick", action="store_true", help="the cheap report 'flowmatch train' writes: 1,000 samples, rk4 NLL of 500 points, no pictures")
+    p.add_argument("-n", type=int, default=None, help="samples for the quality metrics (default: 5000; quick: 1000)")
+    p.add_argument("--n-likelihood", type=int, default=None, help="held-out points to score (default: 2000; quick: 500)")
+    p.add_argument("--solver", default="rk4", choices=SOLVERS, help="sampler for the quality metrics (default: rk4)")
+    p.add_argument("--nfe", type=int, default=100, help="sampler NFE (default: 100)")
+    p.add_argument("--likelihood-solver", default=None, choices=SOLVERS, help="solver for the NLL (default: dopri5; quick: rk4)")
+    p.add_argument("--likelihood-nfe", type=int, default=None, help="NFE of a fixed-step likelihood solver (default: 100; quick: 40)")
+    p.add_argument("--atol", type=float, default=1e-5, help="dopri5 absolute tolerance (default: 1e-5)")
+    p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 relative tolerance (default: 1e-5)")
+    p.add_argument("--divergence", default="auto", choices=("auto", "exact", "hutchinson"), help="exact (D backward passes) or Hutchinson; auto: exact up to D = 16")
+    p.add_argument("--probes", type=int, default=1, help="Rademacher probes per point for Hutchinson (default: 1)")
+    p.add_argument("--no-pictures", action="store_true", help="write report.json only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out draws, noise and probes (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation import evaluate, format_report
+    from .runs import load
+    from .training import resolve_device
+
+    flow = load(args.run, device=str(resolve_device(args.device)))
+    report = evaluate(
+        flow,
+        args.run,
+        quick=args.quick,
+        n=args.n,
+        n_likelihood=args.n_likelihood,
+        solver=args.solver,
+        nfe=args.nfe,
+        likelihood_solver=args.likelihood_solver,
+        likelihood_nfe=args.likelihood_nfe,
+        atol=args.atol,
+        rtol=args.rtol,
+        divergence=args.divergence,
+        probes=args.probes,
+        seed=args.seed,
+        pictures=False if args.no_pictures else None,
+        progress=not args.quiet,
+    )
+    print(format_report(report))
+    print(f"wrote {Path(args.run) / 'report.json'}")
+    return 0
+
+
+def _add_plot(sub) -> None:
+    from .evaluation import PICTURES
+
+    p = sub.add_parser(
+        "plot",
+        help="draw one picture of a run",
+        description="Draw one picture of a trained run: samples over data (pairwise plots for D > 2), the "
+        "log-density heat map (2-D), trajectories, the velocity field (2-D), an animated GIF, or quality against NFE.",
+    )
+    p.add_argument("--run", required=True, help="run folder written by 'flowmatch train'")
+    p.add_argument("--what", required=True, choices=list(PICTURES), help="which picture")
+    p.add_argument("--out", default=None, help="output file (default: RUN/<what>.png, animation.gif for the animation)")
+    p.add_argument("-n", type=int, default=2000, help="samples and held-out points to draw (default: 2000; the NFE sweep uses at most 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out draws and noise (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _cmd_plot(args) -> int:
+    from .evaluation import PICTURES, picture
+    from .runs import load
+    from .training import resolve_device
+
+    out = Path(args.out) if args.out else Path(args.run) / PICTURES[args.what]
+    wanted = Path(PICTURES[args.what]).suffix
+    if out.suffix.lower() != wanted:
+        raise FlowmatchError(f"output '{out}' must end in {wanted} for --what {args.what}")
+    flow = load(args.run, device=str(resolve_device(args.device)))  # a bad run folder is the first error
+    if not out.parent.is_dir():
+        raise FlowmatchError(f"output folder '{out.parent}' does not exist")
+    picture(flow, args.what, out, n=args.n, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+# -- reflow and distill --------------------------------------------------------------------------
+def _add_reflow(sub, name: str = "reflow") -> None:
+    if name == "reflow":
+        p = sub.add_parser(
+            "reflow",
+            help="train a rectified (straighter) flow on a run's own (noise, sample) pairs",
+            description="Reflow: integrate the run's flow from --pairs source draws to get (x0, x1) pairs, then train a new "
+            "model on them, starting from the run's weights, with its data, source and architecture. The pairs are kept in "
+            "NEW_DIR/pairs.npz; repeat on NEW_DIR to reflow again; an interrupted run resumes with 'flowmatch train --resume NEW_DIR'.",
+        )
+    else:
+        p = sub.add_parser(
+            "distill",
+            help="distil a run into a student that samples in --nfe Euler steps",
+            description="Distillation: integrate the run's flow (the teacher) from --pairs source draws, then train a student, "
+            "starting from the teacher's weights, whose --nfe Euler steps map each x0 to the teacher's x1. Sample the "
+            "student with --solver euler --nfe N. The pairs are kept in NEW_DIR/pairs.npz.",
+        )
+        p.add_argument("--nfe", type=int, default=1, help="the student's velocity evaluations (Euler steps) (default: 1)")
+    p.add_argument("--run", required=True, help="run folder of the teacher flow")
+    p.add_argument("--out", required=True, help="new run folder to write")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--pairs", type=int, default=20_000, help="number of (x0, x1) pairs to generate (default: 20000)")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
+    p.add_argument("--teacher-solver", default="rk4", choices=SOLVERS, help="solver that makes the pairs (default: rk4)")
+    p.add_argument("--teacher-nfe", type=int, default=100, help="its velocity evaluations (default: 100)")
+    p.add_argument("--pair-seed", type=int, default=None, help="seed of the x0 draws (default: the run's seed + 1000003)")
+    for flag, kind, what in (
+        ("--lr", float, "learning rate"),
+        ("--batch-size", int, "batch size"),
+        ("--ema", float, "EMA decay"),
+        ("--warmup", int, "warm-up steps"),
+        ("--lr-schedule", str, "learning-rate schedule (constant, cosine)"),
+        ("--device", str, "device (cpu, cuda, cuda:N, auto)"),
+    ):
+        p.add_argument(flag, type=kind, default=None, help=f"{what} (default: the teacher run's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _rectify_options(args) -> dict[str, Any]:
+    names = ("lr", "batch_size", "ema", "warmup", "lr_schedule", "device")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _report_rectified(out: str, result, metrics: dict[str, Any], steps: int) -> int:
+    if result.interrupted:
+        print(f"stopped at step {result.step} of {steps}; checkpoint saved. Resume with: flowmatch train --resume {out}")
+        return 0
+    if metrics:
+        few = ", ".join(f"{k} W2 {v:.4f}" for k, v in metrics.get("few_step", {}).items() if k != "floor")
+        print(
+            f"wrote {out}: loss {metrics['final_loss']:.4f}, W2 {metrics['w2']:.4f} (rk4 NFE 100; floor {metrics['w2_floor']:.4f})"
+            + (f", {few}" if few else "")
+            + f", pairs {metrics['pair_seconds']:.1f} s, training {metrics['train_seconds']:.1f} s"
+        )
+    return 0
+
+
+def _cmd_reflow(args) -> int:
+    from .rectify import reflow
+
+    result, metrics = reflow(
+        args.run, args.out, n_pairs=args.pairs, steps=args.steps, teacher_solver=args.teacher_solver,
+        teacher_nfe=args.teacher_nfe, pair_seed=args.pair_seed, force=args.force, progress=not args.quiet,
+        **_rectify_options(args),
+    )  # fmt: skip
+    return _report_rectified(args.out, result, metrics, args.steps)
+
+
+def _add_distill(sub) -> None:
+    _add_reflow(sub, "distill")
+
+
+def _cmd_distill(args) -> int:
+    from .rectify import distill
+
+    result, metrics = distill(
+        args.run, args.out, nfe=args.nfe, n_pairs=args.pairs, steps=args.steps, teacher_solver=args.teacher_solver,
+        teacher_nfe=args.teacher_nfe, pair_seed=args.pair_seed, force=args.force, progress=not args.quiet,
+        **_rectify_options(args),
+    )  # fmt: skip
+    return _report_rectified(args.out, result, metrics, args.steps)
+
+
 # -- entry point ---------------------------------------------------------------------------------
-COMMANDS = {"train": (_add_train, _cmd_train), "sample": (_add_sample, _cmd_sample)}
+COMMANDS = {
+    "train": (_add_train, _cmd_train),
+    "sample": (_add_sample, _cmd_sample),
+    "eval": (_add_eval, _cmd_eval),
+    "plot": (_add_plot, _cmd_plot),
+    "reflow": (_add_reflow, _cmd_reflow),
+    "distill": (_add_distill, _cmd_distill),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

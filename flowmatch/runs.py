@@ -245,21 +245,14 @@ class Flow:
 
         log p_x(x) = log p_z(z) + log |dz/dx|, z = (x - mean) / std the model coordinates, where
         log p_z(z) = log N(z(0); 0, I) - int_0^1 div v dt comes from integrating back to t = 0
-        (``flowmatch.likelihood.log_prob``, whose options these are) and log |dz/dx| = -sum(log std).
+        (``flowmatch.likelihood.flow_log_prob``, whose options these are) and log |dz/dx| = -sum(log std).
         """
-        from .likelihood import log_prob
+        from .likelihood import flow_log_prob
 
-        self._require_gaussian_source()
-        x = torch.as_tensor(x)
-        if x.ndim != 2 or x.shape[-1] != self.dim:
-            raise FlowmatchError(f"expected points of shape (n, {self.dim}), got {tuple(x.shape)}")
-        dtype = next(self.model.parameters()).dtype
-        z = self.standardizer.forward(x.to(dtype)).to(self.device)
-        result = log_prob(
-            self.velocity(), z, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
+        return flow_log_prob(
+            self, x, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
             probes=probes, seed=seed, batch_size=batch_size, progress=progress,
-        )  # fmt: skip
-        return result.log_prob + self.standardizer.log_abs_det()
+        ).log_prob  # fmt: skip
 
     def to(self, device) -> "Flow":
         self.model.to(device)

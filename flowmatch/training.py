@@ -712,7 +712,8 @@ def fit(
     """Train, measure W2 against held-out data, and (with ``out``) write the finished run folder.
 
     ``resume=True`` continues the run in ``out`` from its newest checkpoint with its saved config
-    (``config`` may then only raise ``steps``).
+    (``config`` may then only raise ``steps``). With ``evaluate`` (the default) a quick evaluation
+    (``flowmatch.evaluation.evaluate(quick=True)``) writes ``report.json`` into the run folder.
 
     Metrics: the mean loss over the last 100 steps; exact W2 between ``n_eval`` rk4 (NFE 100)
     samples and ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws
@@ -756,6 +757,10 @@ def fit(
         flow.save_checkpoint(folder)
         plot_samples(samples, held_a, folder / "samples.png", title=f"{config.data}: W2 {w2:.3f} (floor {floor:.3f})")
         write_json_atomic(folder / "metrics.json", metrics)
+        if evaluate:
+            from .evaluation import evaluate as quick_evaluation
+
+            metrics["report"] = quick_evaluation(flow, folder, quick=True, seed=config.seed)
     return result, metrics
 
 

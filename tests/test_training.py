@@ -97,8 +97,8 @@ def _final_state(run: Path):
 
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     config = TrainConfig(**ENGINE)
-    fit(config, out=tmp_path / "whole", progress=False)
-    fit(config, out=tmp_path / "cut", progress=False)
+    fit(config, out=tmp_path / "whole", progress=False, evaluate=False)
+    fit(config, out=tmp_path / "cut", progress=False, evaluate=False)
     cut = tmp_path / "cut"
     # stop at step 20: drop everything written after that checkpoint, as a crash would
     for folder in list_states(cut)[2:]:  # step-0 and step-20 stay
@@ -106,7 +106,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     for name in ["checkpoint.safetensors", "checkpoint.json", "metrics.json", "samples.png"]:
         (cut / name).unlink()
     assert list_states(cut)[-1].name == "step-00000020"
-    fit(None, out=cut, resume=True, progress=False)
+    fit(None, out=cut, resume=True, progress=False, evaluate=False)
     whole, resumed = _final_state(tmp_path / "whole"), _final_state(cut)
     assert list_states(cut)[-1].name == "step-00000060"
     assert set(whole) == set(resumed)
@@ -122,10 +122,10 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_changed_config(tmp_path, capsys):
     run = tmp_path / "run"
-    fit(TrainConfig(steps=10, width=8, batch_size=8), out=run, progress=False)
+    fit(TrainConfig(steps=10, width=8, batch_size=8), out=run, progress=False, evaluate=False)
     code = main(["train", "--resume", str(run), "--lr", "0.1"])
     assert code == 2 and "only --steps" in capsys.readouterr().err
-    assert main(["train", "--resume", str(run), "--steps", "20", "--quiet"]) == 0
+    assert main(["train", "--resume", str(run), "--steps", "20", "--quiet", "--no-eval"]) == 0
     assert list_states(run)[-1].name == "step-00000020"
 
 
@@ -133,7 +133,7 @@ def test_toml_config_and_flag_override(tmp_path, capsys):
     toml = tmp_path / "train.toml"
     toml.write_text('steps = 12\nwidth = 8\nbatch_size = 16\nlr = 0.01\ntime_sampling = "logit-normal"\n')
     run = tmp_path / "run"
-    assert main(["train", "--config", str(toml), "--out", str(run), "--lr", "0.02", "--quiet"]) == 0
+    assert main(["train", "--config", str(toml), "--out", str(run), "--lr", "0.02", "--quiet", "--no-eval"]) == 0
     import json
 
     saved = json.loads((run / "config.json").read_text())

@@ -1,0 +1,51 @@
+"""Run every benchmark in sequence: ``python -m bench`` (``make bench``).
+
+train_speed, peers, throughput, and fewstep when that module exists; each prints its Markdown table
+and writes its results under ``bench/results/``. Everything runs on one thread per process
+(OMP_NUM_THREADS=1; fewstep uses two processes). fewstep runs with one seed here (its full three-seed
+run is about half an hour on its own: ``python -m bench.fewstep``); ``--quick`` also runs the peers on
+two-gaussians only.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import time  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="peers on two-gaussians only")
+    parser.add_argument("--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep")
+    args = parser.parse_args(argv)
+    only = set(filter(None, args.only.split(",")))
+    started = time.perf_counter()
+
+    def stage(name, run):
+        if only and name not in only:
+            return
+        print(f"\n== bench.{name} ==", flush=True)
+        t = time.perf_counter()
+        run()
+        print(f"(bench.{name}: {time.perf_counter() - t:.0f} s, load average {os.getloadavg()[0]:.2f})", flush=True)
+
+    from bench import peers, throughput, train_speed
+
+    stage("train_speed", train_speed.main)
+    stage("peers", lambda: peers.main(["--tasks", "two-gaussians"] if args.quick else []))
+    stage("throughput", throughput.main)
+    if importlib.util.find_spec("bench.fewstep") is not None:
+        from bench import fewstep
+
+        # fewstep's full run (3 seeds) is about half an hour on its own; one seed keeps make bench near it
+        stage("fewstep", lambda: fewstep.main(["--seeds", "0"]))
+    print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Few-step generation: W2 / floor at 1, 2, 4 and 8 velocity evaluations for every way flowmatch has
+of straightening a flow, on two tasks, three seeds (median).
+
+Tasks: ``two-gaussians`` from N(0, I), and ``8gaussians -> moons`` (``--source 8gaussians --data
+moons``). For each task and seed (0, 1, 2) it trains, with the default model (MLP width 256, depth 3,
+batch 256, Adam 2e-3 cosine, EMA 0.999):
+
+- ``independent``, ``ot``, ``sinkhorn`` (``--coupling``; sinkhorn with ``--ot-reg 0.05``), each
+  ``BASE_STEPS`` steps (shorter than the default 6,000 to keep the benchmark near half an hour);
+- ``reflow-1``: reflow of the independent model (``flowmatch reflow``): ``PAIRS`` pairs made with
+  rk4 at NFE 100, ``RECTIFY_STEPS`` steps at lr ``RECTIFY_LR``, warm-started;
+- ``distill-1``, ``distill-2``: students with 1 and 2 Euler steps (``flowmatch distill``) of the best
+  of those four models, the one with the lowest W2 at rk4 NFE 100 (pairs as for reflow).
+
+Every model is scored by exact W2 between 2,000 samples and 2,000 held-out points over the floor,
+the W2 between two disjoint held-out draws of 2,000 (``flowmatch.metrics.w2_exact``, as
+``training.fit`` does; noise seed = training seed + 1, the same x0 for every model of a seed), with
+euler at NFE 1, 2, 4, 8 and the best fixed-step solver among midpoint, heun (NFE 2, 4, 8) and rk4
+(NFE 4, 8). Students are scored at the NFE they were trained for (Euler) only. Training time is
+the wall time of the optimisation (plus the pair generation for reflow and distillation).
+
+It also measures what the ``ot`` coupling costs at batch 256 beside a training step of the default
+model (forward + backward + Adam), interleaved in one process so both see the same load.
+
+Run ``python -m bench.fewstep`` (about 30 minutes on 2 cores; two processes by default, ``--jobs 1`` for one; ``--seeds 0``
+for a quick look); it prints Markdown tables and writes ``bench/results/fewstep.md`` and ``.json``.
+Single-threaded (OMP_NUM_THREADS=1) as the numbers are per core.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+if __package__ in (None, ""):  # python bench/fewstep.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flowmatch.rectify import distill, few_step_w2, reflow, straightness  # noqa: E402
+from flowmatch.runs import load  # noqa: E402
+from flowmatch.training import TrainConfig, fit  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+TASKS = {
+    "two-gaussians": {"data": "two-gaussians"},
+    "8gaussians -> moons": {"data": "moons", "source": "8gaussians"},
+}
+SEEDS = (0, 1, 2)
+BASE_STEPS = 2500
+SINKHORN_REG = 0.05
+PAIRS = 10_000
+TEACHER_NFE = 100
+RECTIFY_STEPS = 2000
+RECTIFY_LR = 1e-3
+NFES = (1, 2, 4, 8)
+SOLVERS = {"euler": (1, 2, 4, 8), "midpoint": (2, 4, 8), "heun": (2, 4, 8), "rk4": (4, 8)}
+N_EVAL = 2000
+NOISE_DRAWS = 5
+
+
+# -- the coupling's cost ---------------------------------------------------------------------------
+def coupling_cost(batch: int = 256, rounds: int = 9, repeats: int = 15) -> dict:
+    """ms per call of couple(ot), couple(sinkhorn) and a default-model training step, interleaved."""
+    from flowmatch.couplings import couple
+    from flowmatch.data import sample_builtin
+    from flowmatch.models import build_model
+    from flowmatch.paths import make_path
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    model = build_model("mlp", 2, width=256, depth=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    path = make_path("linear")
+    batches = [(torch.randn(batch, 2, generator=g), sample_builtin("two-gaussians", batch, g)) for _ in range(repeats)]
+
+    def step(x0, x1):
+        t = torch.rand(batch, generator=g)
+        target = path.sample(x0, x1, t)
+        loss = (model(target.x_t, t) - target.velocity).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    tasks = {
+        "train step (forward + backward + Adam)": lambda x0, x1: step(x0, x1),
+        "ot coupling": lambda x0, x1: couple(x0, x1, "ot"),
+        "sinkhorn coupling": lambda x0, x1: couple(x0, x1, "sinkhorn", reg=SINKHORN_REG, generator=g),
+    }
+    for fn in tasks.values():  # warm-up (imports, allocator)
+        fn(*batches[0])
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    for _ in range(rounds):
+        for name, fn in tasks.items():
+            start = time.perf_counter()
+            for x0, x1 in batches:
+                fn(x0, x1)
+            times[name].append((time.perf_counter() - start) / repeats * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def loop_step_ms(coupling: str, steps: int = 300) -> float:
+    """ms per step of the whole training loop (flowmatch.training.train) with a coupling."""
+    from flowmatch.training import train
+
+    result = train(TrainConfig(steps=steps, coupling=coupling, ot_reg=SINKHORN_REG, device="cpu"), progress=False)
+    return result.seconds / steps * 1e3
+
+
+# -- one task and seed -------------------------------------------------------------------------------
+def score(flow, floor: float, seed: int, solvers: dict[str, tuple[int, ...]]) -> dict[str, float]:
+    """W2 / floor at each (solver, NFE); the noise seed is shared by every model of a seed."""
+    return {
+        f"{solver}-{nfe}": few_step_w2(flow, solver=solver, nfe=nfe, n=N_EVAL, seed=seed + 1) / floor
+        for solver, nfes in solvers.items()
+        for nfe in nfes
+    }
+
+
+def run_task(task: str, seed: int, root: str) -> dict:
+    torch.set_num_threads(1)
+    options = TASKS[task]
+    folder = Path(root) / f"{task.replace(' -> ', '-to-')}-{seed}"
+    models: dict[str, dict] = {}
+
+    def record(name, result, metrics, scores, extra_seconds=0.0):
+        student = name.startswith("distill")  # trained for its own Euler NFE only: no rk4 trajectory measures
+        models[name] = {
+            "train_seconds": metrics["train_seconds"],
+            "pair_seconds": extra_seconds,
+            "w2_floor": metrics["w2_floor"],
+            "rk4-100": metrics["w2_ratio"],
+            "scores": scores,
+            "straightness": None if student else straightness(result.flow, n=1000, seed=seed + 2),
+        }
+        print(f"  {task} seed {seed} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
+
+    for coupling in ("independent", "ot", "sinkhorn"):
+        config = TrainConfig(steps=BASE_STEPS, coupling=coupling, ot_reg=SINKHORN_REG, seed=seed, device="cpu", **options)
+        result, metrics = fit(config, out=folder / coupling, progress=False)
+        record(coupling, result, metrics, score(result.flow, metrics["w2_floor"], seed, SOLVERS))
+
+    rectify = dict(n_pairs=PAIRS, steps=RECTIFY_STEPS, lr=RECTIFY_LR, teacher_nfe=TEACHER_NFE, progress=False, evaluate=False)
+    result, metrics = reflow(folder / "independent", folder / "reflow-1", **rectify)
+    record("reflow-1", result, metrics, score(result.flow, metrics["w2_floor"], seed, SOLVERS), metrics["pair_seconds"])
+
+    teacher = min(models, key=lambda name: models[name]["rk4-100"])
+    flows = {"teacher rk4-100": (load(folder / teacher), "rk4", 100)}
+    for nfe in (1, 2):
+        result, metrics = distill(folder / teacher, folder / f"distill-{nfe}", nfe=nfe, **rectify)
+        record(f"distill-{nfe}", result, metrics, score(result.flow, metrics["w2_floor"], seed, {"euler": (nfe,)}), metrics["pair_seconds"])
+        models[f"distill-{nfe}"]["teacher"] = teacher
+        flows[f"distill-{nfe} euler-{nfe}"] = (result.flow, "euler", nfe)
+    return {"task": task, "seed": seed, "models": models, "noise_check": noise_check(options["data"], flows)}
+
+
+def noise_check(data: str, flows: dict, draws: int = NOISE_DRAWS) -> dict:
+    """A steadier ratio: mean W2 over ``draws`` noise seeds and fresh held-out sets / mean floor.
+
+    A single W2 of 2,000 points is dominated by how many points land in each mode (two Gaussians,
+    two moons): the count differs between two draws by ~sqrt(n), and that mass must cross the gap.
+    Here draw k uses fresh held-out sets A_k, B_k of N_EVAL points and noise seed 50 + k:
+    ratio = mean_k W2(samples_k, A_k) / mean_k W2(B_k, A_k). The sets are disjoint chunks of one
+    large shuffled draw (seed apart from training and test), as the test set is: scikit-learn's
+    moons are not i.i.d. (evenly spaced along the arcs, exactly half per moon), so two separate
+    draws of 2,000 would be closer to each other than i.i.d. points can be.
+    """
+    from flowmatch.data import sample_builtin
+    from flowmatch.metrics import w2_exact
+
+    pool = sample_builtin(data, 2 * N_EVAL * draws, 7_000)
+    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(7_001))]
+    chunks = pool.split(N_EVAL)
+    sets = [(chunks[2 * k], chunks[2 * k + 1]) for k in range(draws)]
+    floor = statistics.mean(w2_exact(b, a) for a, b in sets)
+    out = {"floor": floor}
+    for name, (flow, solver, nfe) in flows.items():
+        w2 = [w2_exact(flow.sample(N_EVAL, solver=solver, nfe=nfe, seed=50 + k), a) for k, (a, _) in enumerate(sets)]
+        out[name] = {"ratio": statistics.mean(w2) / floor, "spread": [min(w2) / floor, max(w2) / floor]}
+    return out
+
+
+# -- the table ---------------------------------------------------------------------------------------
+def summarise(runs: list[dict]) -> dict:
+    """Medians over seeds of every score, per task and model; the best solver at each NFE."""
+    summary: dict = {}
+    for task in TASKS:
+        of_task = [r for r in runs if r["task"] == task]
+        if not of_task:
+            continue
+        summary[task] = {"floors": [r["models"]["independent"]["w2_floor"] for r in of_task], "models": {}}
+        for name in of_task[0]["models"]:
+            entries = [r["models"][name] for r in of_task]
+            scores = {k: statistics.median(e["scores"][k] for e in entries) for k in entries[0]["scores"]}
+            best = {}
+            for nfe in NFES:
+                candidates = {k: v for k, v in scores.items() if k.endswith(f"-{nfe}") and not k.startswith("euler")}
+                if candidates:
+                    key = min(candidates, key=candidates.get)
+                    best[str(nfe)] = {"solver": key.split("-")[0], "ratio": candidates[key]}
+            summary[task]["models"][name] = {
+                "scores": scores,
+                "best": best,
+                "rk4-100": statistics.median(e["rk4-100"] for e in entries),
+                "train_seconds": statistics.median(e["train_seconds"] for e in entries),
+                "pair_seconds": statistics.median(e["pair_seconds"] for e in entries),
+                "straightness": None if entries[0]["straightness"] is None else statistics.median(e["straightness"] for e in entries),
+                "teachers": [e.get("teacher") for e in entries if e.get("teacher")],
+            }
+        checks = [r["noise_check"] for r in of_task]
+        summary[task]["noise_check"] = {
+            "floor": statistics.median(c["floor"] for c in checks),
+            **{k: statistics.median(c[k]["ratio"] for c in checks) for k in checks[0] if k != "floor"},
+        }
+    return summary
+
+
+def markdown(summary: dict, cost: dict, loop: dict, seeds, seconds: float) -> str:
+    lines = [
+        f"Few-step generation: W2 / floor (median of seeds {', '.join(map(str, seeds))}), 2,000 samples vs 2,000 held-out "
+        f"points; floor = W2 between two held-out draws. {platform.machine()}, 1 thread, torch {torch.__version__}; "
+        f"total {seconds / 60:.0f} min.",
+        "",
+        f"Training: default MLP (256 x 3), batch 256, {BASE_STEPS} steps for independent / ot / sinkhorn (reg {SINKHORN_REG}); "
+        f"reflow and distillation: {PAIRS:,} rk4 NFE {TEACHER_NFE} pairs, {RECTIFY_STEPS} steps, lr {RECTIFY_LR:g}, warm-started. "
+        "Cells 'E' are Euler; 'best' is the best of midpoint / heun / rk4 at that NFE (solver named). Students are scored "
+        "at their own NFE (Euler) only. Time: optimisation seconds (+ pair generation).",
+        "",
+    ]
+    for task, entry in summary.items():
+        floors = ", ".join(f"{f:.3f}" for f in entry["floors"])
+        lines += [f"### {task} (floors per seed: {floors})", ""]
+        lines += ["| model | E 1 | E 2 | best 2 | E 4 | best 4 | E 8 | best 8 | rk4 100 | straightness | train s |", "|---|" + "---|" * 10]
+        for name, m in entry["models"].items():
+            cells = []
+            for nfe in NFES:
+                e = m["scores"].get(f"euler-{nfe}")
+                cells.append(f"{e:.2f}" if e is not None else "—")
+                if nfe > 1:
+                    b = m["best"].get(str(nfe))
+                    cells.append(f"{b['ratio']:.2f} ({b['solver']})" if b else "—")
+            seconds_cell = f"{m['train_seconds']:.0f}" + (f" + {m['pair_seconds']:.0f}" if m["pair_seconds"] else "")
+            label = name + (f" (of {', '.join(sorted(set(m['teachers'])))})" if m["teachers"] else "")
+            rk4 = f"{m['rk4-100']:.2f}" if not name.startswith("distill") else "—"
+            straight = "—" if m["straightness"] is None else f"{m['straightness']:.4f}"
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {rk4} | {straight} | {seconds_cell} |")
+        lines.append("")
+    lines += [
+        f"Noise check: one W2 of 2,000 points swings with how many points land in each mode, so a single ratio is "
+        f"noisy (for one model it varies by +-20% between noise seeds). Mean W2 over {NOISE_DRAWS} noise seeds, each "
+        "against fresh held-out points, over the mean floor of the same fresh sets (median of seeds):",
+        "",
+        "| task | mean floor | teacher rk4 100 | distill-1 E 1 | distill-2 E 2 |",
+        "|---|---|---|---|---|",
+    ]
+    for task, entry in summary.items():
+        c = entry["noise_check"]
+        lines.append(f"| {task} | {c['floor']:.3f} | {c['teacher rk4-100']:.2f} | {c['distill-1 euler-1']:.2f} | {c['distill-2 euler-2']:.2f} |")
+    lines += [
+        "",
+        "Cost of the coupling at batch 256 (2-D, two-gaussians from noise), ms per call, medians of interleaved rounds:",
+        "",
+        "| what | ms |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {ms:.2f} |" for name, ms in cost.items()]
+    lines += [f"| whole training-loop step, coupling {name} | {ms:.2f} |" for name, ms in loop.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--jobs", type=int, default=2, help="processes (each task and seed is one job; default 2)")
+    parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+
+    cost = coupling_cost()
+    loop = {c: loop_step_ms(c) for c in ("independent", "ot")}
+    print("coupling cost (ms):", json.dumps({**cost, **{f"loop {k}": v for k, v in loop.items()}}), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="fewstep-") as tmp:
+        root = args.keep or tmp
+        jobs = [(task, seed) for seed in args.seeds for task in args.tasks]
+        if args.jobs > 1:
+            with ProcessPoolExecutor(args.jobs) as pool:
+                runs = list(pool.map(run_task, *zip(*jobs), [root] * len(jobs)))
+        else:
+            runs = [run_task(task, seed, root) for task, seed in jobs]
+    seconds = time.perf_counter() - started
+    summary = summarise(runs)
+    table = markdown(summary, cost, loop, args.seeds, seconds)
+    print(table)
+    if not args.no_write:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "fewstep.md").write_text(table)
+        payload = {"summary": summary, "runs": runs, "coupling_ms": cost, "loop_step_ms": loop, "seconds": seconds}
+        (RESULTS / "fewstep.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Evaluation: known densities and entropies, KL, the report, and the eval command's errors.
+
+The end-to-end checks use a flow whose velocity is known in closed form. For data that is an equal
+mixture of N(mu_k, s^2 I), the linear path x_t = t x1 + (1 - t) x0 has marginals that are mixtures of
+N(t mu_k, sigma_t^2 I), sigma_t^2 = t^2 s^2 + (1 - t)^2, and the marginal velocity is
+
+    v(x, t) = sum_k gamma_k(x, t) [mu_k + c(t) (x - t mu_k)],   c(t) = (t s^2 - (1 - t)) / sigma_t^2,
+
+with gamma_k the posterior weight of component k at x under the time-t mixture. Its flow carries
+N(0, I) exactly onto the data, so KL(data || model) is 0 up to solver error and the NLL is the entropy.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowmatch import data
+from flowmatch.cli import main
+from flowmatch.data import Standardizer
+from flowmatch.errors import FlowmatchError
+from flowmatch.evaluation import PICTURES, evaluate, format_report, known_density_report, summary_line
+from flowmatch.models import build_model
+from flowmatch.paths import make_path
+from flowmatch.runs import Flow, write_json
+from flowmatch.training import TrainConfig
+
+
+class MixtureField(torch.nn.Module):
+    """The exact flow-matching velocity for an equal mixture of N(mu_k, s^2 I) (module docstring)."""
+
+    def __init__(self, means, s):
+        super().__init__()
+        self.means = torch.nn.Parameter(torch.as_tensor(means, dtype=torch.float64), requires_grad=False)
+        self.s = s
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype)
+        mu = self.means.to(x.dtype)
+        var = t**2 * self.s**2 + (1 - t) ** 2
+        c = (t * self.s**2 - (1 - t)) / var
+        logits = -((x[:, None, :] - t * mu[None]) ** 2).sum(-1) / (2 * var)
+        gamma = torch.softmax(logits, dim=1)  # (n, K)
+        per_component = mu[None] + c * (x[:, None, :] - t * mu[None])  # (n, K, D)
+        return (gamma[..., None] * per_component).sum(1)
+
+
+def _flow(field, dim, config):
+    return Flow(model=field, path=make_path("linear"), standardizer=Standardizer.identity(dim), config={"seed": 0, "source": "gaussian", **config})
+
+
+TWO_GAUSSIANS = MixtureField([[-4.0, 0.0], [4.0, 0.0]], 1.0)
+
+
+# -- known densities ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["two-gaussians", "8gaussians", "checkerboard", "circles", "rings"])
+def test_known_density_integrates_to_one_and_matches_the_entropy_table(name):
+    """Midpoint rule on a 0.02 grid over [-8, 8]^2 (the mass beyond is < 1e-4), and a Monte-Carlo
+    entropy from 200,000 fresh draws within 4 standard errors (~0.002) of data.ENTROPY."""
+    h = 0.02
+    g = torch.arange(-8, 8, h, dtype=torch.float64) + h / 2
+    gx, gy = torch.meshgrid(g, g, indexing="ij")
+    mass = data.log_prob(name, torch.stack([gx.ravel(), gy.ravel()], 1)).exp().sum().item() * h * h
+    assert mass == pytest.approx(1.0, abs=1e-3)
+    nll = -data.log_prob(name, data.sample_builtin(name, 200_000, 99))
+    assert torch.isfinite(nll).all()  # every data point is on the support
+    entropy, source = data.entropy(name)
+    se = nll.std().item() / math.sqrt(len(nll))
+    assert abs(nll.mean().item() - entropy) < 4 * se + 1e-4, (nll.mean().item(), entropy, se)
+    assert source in ("exact", "quadrature", "monte-carlo")
+
+
+def test_checkerboard_density_is_minus_infinity_off_the_squares():
+    x = torch.tensor([[-3.0, -3.0], [-1.0, -3.0], [1.0, 1.0], [-4.0, 0.0], [4.0, 3.0], [0.0, 5.0], [2.5, 1.5]])
+    lp = data.log_prob("checkerboard", x)
+    on = lp == -math.log(32)
+    assert on.tolist() == [True, False, True, True, False, False, False]
+    assert torch.isneginf(lp[~on]).all()
+
+
+def test_sets_without_a_closed_form():
+    for name in ("moons", "swissroll", "2spirals"):
+        assert not data.has_log_prob(name)
+        with pytest.raises(FlowmatchError, match="no closed-form density"):
+            data.log_prob(name, torch.zeros(3, 2))
+        assert data.entropy(name)[1] == "reference"
+    assert data.entropy("checkerboard") == (math.log(32), "exact")
+
+
+# -- KL --------------------------------------------------------------------------------------------
+def test_kl_is_zero_for_the_true_density_and_skips_points_off_the_support():
+    x = data.sample_builtin("checkerboard", 1000, 5).double()
+    exact = data.log_prob("checkerboard", x)
+    nll = {"nll": float(-exact.mean()), "nll_se": 0.0}
+    assert known_density_report("checkerboard", x, exact, nll)["kl"] == pytest.approx(0.0, abs=1e-12)
+    # three points in the empty squares: p = 0 there, so they carry no weight in E_p
+    outside = torch.tensor([[-1.0, -3.0], [1.0, -1.0], [3.0, 1.0]], dtype=torch.float64)
+    model = torch.full((1003,), -math.log(32) - 0.1, dtype=torch.float64)
+    rep = known_density_report("checkerboard", torch.cat([x, outside]), model, nll)
+    assert rep["n_off_support"] == 3
+    assert rep["kl"] == pytest.approx(0.1, abs=1e-12) and rep["kl_se"] == pytest.approx(0.0, abs=1e-12)
+    # a model with zero density at a data point: the KL is infinite, reported as None with a note
+    model[0] = -math.inf
+    rep = known_density_report("checkerboard", torch.cat([x, outside]), model, nll)
+    assert rep["kl"] is None and "infinite" in rep["kl_note"]
+    # no closed form: NLL - H with the tabulated entropy
+    rep = known_density_report("moons", x, exact, {"nll": 2.5, "nll_se": 0.01})
+    assert rep["kl"] == pytest.approx(2.5 - 2.394) and rep["kl_se"] == 0.01
+
+
+# -- the report ------------------------------------------------------------------------------------
+def test_evaluate_the_exact_two_gaussians_flow(tmp_path):
+    """KL(data || model) of the exact flow is 0 up to solver error (measured 2e-5 +- 1e-5 with dopri5 at
+    1e-5); the NLL equals the entropy 3.5309 within 4 standard errors (~0.05 at 300 points)."""
+    flow = _flow(TWO_GAUSSIANS, 2, {"data": "two-gaussians"})
+    rep = evaluate(flow, tmp_path, n=300, n_likelihood=300, seed=1)
+    known, lik = rep["known_density"], rep["likelihood"]
+    assert abs(known["kl"]) < 1e-3 and known["kl_se"] < 1e-3
+    assert known["n_off_support"] == 0
+    assert abs(lik["nll"] - 3.5309) < 4 * lik["nll_se"]
+    assert lik["bpd"] == pytest.approx(lik["nll"] / (2 * math.log(2)))
+    assert lik["solver"] == "dopri5" and lik["divergence"] == "exact"
+    q = rep["quality"]
+    assert q["n"] == 300
+    assert q["w2"]["value"] < 1.5 * q["w2"]["floor"] and q["recall"]["value"] > 0.9 and q["precision"]["value"] > 0.9
+    sweep = rep["nfe_sweep"]
+    euler = dict(sweep["w2"]["solvers"]["euler"])
+    assert euler[1] > 3 * sweep["w2"]["floor"]  # one Euler step lands everything near the mean
+    assert euler[100] < 1.5 * sweep["w2"]["floor"]
+    # report.json and every 2-D picture, non-empty, no temporary files left
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["known_density"]["kl"] == pytest.approx(known["kl"])
+    assert sorted(rep["pictures"]) == sorted(PICTURES.values())
+    for file in PICTURES.values():
+        assert (tmp_path / file).stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*PICTURES.values(), "report.json"])
+    table = format_report(rep)
+    assert "KL(data || model)" in table and "bits/dim" in table and "floor" in table
+
+
+def test_quick_evaluation_is_small(tmp_path):
+    flow = _flow(TWO_GAUSSIANS, 2, {"data": "two-gaussians"})
+    rep = evaluate(flow, tmp_path, quick=True)
+    assert rep["quick"] and rep["quality"]["n"] == 1000
+    assert rep["likelihood"]["n"] == 500 and rep["likelihood"]["solver"] == "rk4" and rep["likelihood"]["nfe"] == 40
+    assert "nfe_sweep" not in rep and rep["pictures"] == []
+    assert abs(rep["known_density"]["kl"]) < 0.01  # rk4 at NFE 40 on the exact flow
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    line = summary_line(rep)
+    assert line.startswith("eval (quick): W2 ") and "NLL" in line and "KL(data || model)" in line
+
+
+def test_evaluate_file_data_in_three_dimensions(tmp_path):
+    """D = 3 data N(0, 0.7^2 I) from a file: pairwise plots instead of the 2-D-only pictures, and the NLL
+    matches the entropy 1.5 log(2 pi e 0.49) = 3.188 within 4 standard errors."""
+    s = 0.7
+    file = tmp_path / "gauss3.npy"
+    np.save(file, np.random.default_rng(0).standard_normal((2000, 3)) * s)
+    run = tmp_path / "run"
+    run.mkdir()
+    flow = _flow(MixtureField([[0.0, 0.0, 0.0]], s), 3, {"data": str(file), "standardize": "no"})
+    rep = evaluate(flow, run, n=200, n_likelihood=400, likelihood_solver="rk4", likelihood_nfe=40)
+    assert rep["quality"]["n"] == 200  # the 400 held-out rows, halved
+    entropy = 1.5 * math.log(2 * math.pi * math.e * s**2)
+    assert abs(rep["likelihood"]["nll"] - entropy) < 4 * rep["likelihood"]["nll_se"]
+    assert "known_density" not in rep
+    assert sorted(rep["pictures"]) == ["animation.gif", "nfe.png", "samples.png", "trajectories.png"]
+
+
+def test_evaluate_argument_errors(tmp_path):
+    flow = _flow(TWO_GAUSSIANS, 2, {"data": "two-gaussians"})
+    with pytest.raises(FlowmatchError, match="does not exist"):
+        evaluate(flow, tmp_path / "missing", quick=True)
+    with pytest.raises(FlowmatchError, match="n must be"):
+        evaluate(flow, None, n=1)
+
+
+# -- the eval command --------------------------------------------------------------------------------
+def make_run(folder, width=8, data_name="two-gaussians"):
+    """A run folder holding an untrained small MLP (no training needed to exercise the commands)."""
+    config = TrainConfig(data=data_name, width=width, depth=1).to_dict()
+    folder.mkdir()
+    write_json(folder / "config.json", config)
+    torch.manual_seed(0)
+    model = build_model("mlp", 2, width=width, depth=1)
+    Flow(model=model.eval(), path=make_path("linear"), standardizer=Standardizer.identity(2), config=config).save_checkpoint(folder)
+    return folder
+
+
+def _one_error_line(capsys, code, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_eval_command_writes_the_report_and_prints_a_table(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    args = ["eval", "--run", str(run), "-n", "200", "--n-likelihood", "100", "--likelihood-solver", "rk4", "--likelihood-nfe", "8", "--no-pictures", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "W2 (exact)" in out and "NLL (nats)" in out and "KL(data || model)" in out
+    report = json.loads((run / "report.json").read_text())
+    assert report["quality"]["n"] == 200 and report["likelihood"]["n"] == 100
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary files
+
+
+def test_eval_command_bad_run_folders(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    code = main(["eval", "--run", str(tmp_path / "nothing"), "--quiet"])
+    _one_error_line(capsys, code, "does not exist")
+    (tmp_path / "plain").mkdir()
+    code = main(["eval", "--run", str(tmp_path / "plain"), "--quiet"])
+    _one_error_line(capsys, code, "not a flowmatch run folder")
+
+    truncated = make_run(tmp_path / "truncated")
+    weights = (truncated / "checkpoint.safetensors").read_bytes()
+    (truncated / "checkpoint.safetensors").write_bytes(weights[: len(weights) // 2])
+    code = main(["eval", "--run", str(truncated), "--quiet"])
+    _one_error_line(capsys, code, "cannot read the weights")
+
+    mismatched = make_run(tmp_path / "mismatched")
+    meta = json.loads((mismatched / "checkpoint.json").read_text())
+    meta["model"]["width"] = 32
+    (mismatched / "checkpoint.json").write_text(json.dumps(meta))
+    code = main(["eval", "--run", str(mismatched), "--quiet"])
+    _one_error_line(capsys, code, "do not match")
+    assert not (run / "report.json").exists()
+
+
+def test_image_report_on_a_tiny_conditional_digits_run(tmp_path):
+    from flowmatch.evaluation import image_report
+    from flowmatch.training import train
+
+    flow = train(data="digits", model="unet", conditional=True, channels=8, steps=20, batch_size=32, progress=False).flow
+    report = image_report(flow, tmp_path, nfe=4, guidance=(1.0, 2.0))
+    assert report["image_shape"] == [1, 8, 8]
+    # the cached classifier is trained deterministically on the training split: measured 0.99 on the test split
+    assert report["classifier_test_accuracy"] > 0.9
+    assert set(report["by_guidance"]) == {"1.0", "2.0"}
+    for entry in report["by_guidance"].values():
+        assert entry["frechet"] > 0 and 0 <= entry["class_accuracy"] <= 1
+    for name in report["pictures"]:
+        assert (tmp_path / name).stat().st_size > 1000
+    assert (tmp_path / "classifier.safetensors").is_file()
