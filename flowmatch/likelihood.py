@@ -244,10 +244,7 @@ def flow_log_prob(
     log |dz/dx| = -sum(log std) (:meth:`~flowmatch.data.Standardizer.log_abs_det`). Needs the N(0, I)
     source (a data-set source has no known density). Options as for :func:`log_prob`.
     """
-    if flow.config.get("source", "gaussian") != "gaussian":
-        raise FlowmatchError(
-            f"log-densities need the N(0, I) source; this flow starts from '{flow.config['source']}', whose density is unknown"
-        )
+    flow._require_gaussian_source()
     x = torch.as_tensor(x)
     if x.ndim != 2 or x.shape[-1] != flow.dim:
         raise FlowmatchError(f"expected points of shape (n, {flow.dim}), got {tuple(x.shape)}")
