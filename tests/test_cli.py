@@ -124,3 +124,25 @@ def test_sample_errors(tmp_path, capsys):
     code = main(["sample", "--run", str(run), "--out", str(tmp_path / "keep.npy")])
     _one_error_line(capsys, code, "--force")
     assert (tmp_path / "keep.npy").read_bytes() == b"mine"
+
+
+def test_bad_image_input_and_label_out_of_range(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    Image.new("L", (8, 8)).save(folder / "one.png")
+    Image.new("L", (6, 6)).save(folder / "two.png")
+    code = main(["train", "--data", str(tmp_path / "imgs"), "--model", "unet", "--out", str(tmp_path / "r"), *FAST])
+    _one_error_line(capsys, code, "size")
+    (tmp_path / "empty").mkdir()
+    code = main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *FAST])
+    _one_error_line(capsys, code, "no images")
+    assert not (tmp_path / "r").exists()
+    run = tmp_path / "c8"
+    assert main(["train", "--data", "8gaussians", "--conditional", "--out", str(run), *FAST]) == 0
+    capsys.readouterr()
+    code = main(["sample", "--run", str(run), "--label", "9", "--nfe", "4", "--out", str(tmp_path / "s.npy")])
+    _one_error_line(capsys, code, "label out of range")
+    assert main(["sample", "--run", str(run), "--label", "0,3", "-n", "5", "--nfe", "4", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (10, 2)
