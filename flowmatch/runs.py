@@ -103,14 +103,7 @@ class Flow:
     def dataset(self) -> Dataset:
         """The training data set (rebuilt from the config on first use after loading)."""
         if self._dataset is None:
-            standardize = {"auto": None, "yes": True, "no": False}[self.config.get("standardize", "auto")]
-            self._dataset = load_dataset(
-                self.config["data"],
-                seed=self.config["seed"],
-                standardize=standardize,
-                label_column=self.config.get("label_column") or None,
-                mmap={"auto": None, "yes": True, "no": False}[self.config.get("mmap", "auto")],
-            )
+            self._dataset = dataset_from_config(self.config)
         return self._dataset
 
     @property
@@ -277,6 +270,20 @@ class Flow:
         """Weights (safetensors) and metadata, each written atomically (weights first)."""
         save_tensors_atomic(Path(folder) / CHECKPOINT, self.model.state_dict())
         write_json_atomic(Path(folder) / CHECKPOINT_META, self.checkpoint_meta())
+
+
+_TRI_STATE = {"auto": None, "yes": True, "no": False}
+
+
+def dataset_from_config(config: dict[str, Any]) -> Dataset:
+    """The training data set a run's config names (its data, seed, standardisation, labels, mmap)."""
+    return load_dataset(
+        config["data"],
+        seed=config["seed"],
+        standardize=_TRI_STATE[config.get("standardize", "auto")],
+        label_column=config.get("label_column") or None,
+        mmap=_TRI_STATE[config.get("mmap", "auto")],
+    )
 
 
 def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:

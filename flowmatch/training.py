@@ -332,7 +332,7 @@ def train(
     sample pictures as training goes (see :func:`fit` for the finished run folder); with
     ``resume`` training continues from the folder's newest checkpoint.
     """
-    from .runs import Flow  # runs needs data and models only; imported here to keep modules acyclic
+    from .runs import Flow, dataset_from_config  # runs needs data and models only; imported here to keep modules acyclic
 
     if config is None:
         config = resolve_config(overrides=overrides)
@@ -347,14 +347,7 @@ def train(
     main_process = rank == 0
 
     # -- set-up: everything that can fail on bad input happens before any file is written ---------
-    standardize = {"auto": None, "yes": True, "no": False}[config.standardize]
-    dataset = load_dataset(
-        config.data,
-        seed=config.seed,
-        standardize=standardize,
-        label_column=config.label_column or None,
-        mmap={"auto": None, "yes": True, "no": False}[config.mmap],
-    )
+    dataset = dataset_from_config(config.to_dict())
     if config.conditional and not dataset.num_classes:
         raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (see --label-column)")
     source = None if config.source == "gaussian" else load_dataset(config.source, seed=config.seed + 1)
@@ -364,6 +357,7 @@ def train(
     path = make_path(config.path, config.sigma_min, config.bridge_sigma)
     torch.manual_seed(config.seed)
     model = _initial_model(config, dataset).to(device)
+    flow_meta = Flow(model=model, path=path, standardizer=dataset.standardizer, config=config.to_dict()).checkpoint_meta()
     ema = EMA(model, config.ema)
     optimizer = _optimizer(config, model)
     generator = torch.Generator().manual_seed(config.seed)
@@ -405,7 +399,7 @@ def train(
             "ema_updates": ema.updates,
             "seconds": elapsed + time.perf_counter() - started,
             "loss_tail": losses[-100:],
-            "flow": _flow_for(model, ema, path, dataset, config).checkpoint_meta(),
+            "flow": flow_meta,
         }
         save_state(folder, step, tensors, meta, config.keep_checkpoints)
 
