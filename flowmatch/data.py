@@ -29,6 +29,12 @@ independent:
 All randomness comes from a ``torch.Generator`` (or an integer seed that makes one); the scikit-learn sets get
 their ``random_state`` from that generator, so every draw is reproducible.
 
+Built-in tables
+---------------
+``wine`` (178 x 13, 3 classes) and ``breast-cancer`` (569 x 30, 2 classes) are scikit-learn's bundled
+``load_wine()`` and ``load_breast_cancer()`` (no download), split and standardised exactly as a data file
+is (below), with their class labels.
+
 Data files
 ----------
 :func:`load_array` reads ``.npy``, ``.npz`` or ``.csv`` files of N points in D dimensions, never unpickling
@@ -58,6 +64,7 @@ from flowmatch.errors import FlowmatchError
 
 __all__ = [
     "BUILTIN_NAMES",
+    "TABLE_NAMES",
     "FILE_EXTENSIONS",
     "MIN_ROWS",
     "Dataset",
@@ -81,6 +88,7 @@ BUILTIN_NAMES: tuple[str, ...] = (
     "rings",
     "swissroll",
 )
+TABLE_NAMES: tuple[str, ...] = ("wine", "breast-cancer")
 FILE_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".csv")
 MIN_ROWS = 4  # a data file needs enough rows for a train split and a test split of at least 2 each
 
@@ -782,13 +790,13 @@ def load_dataset(
     label_column: str | None = None,
     mmap: bool | None = None,
 ) -> Dataset:
-    """A built-in set by name, or the points in a .npy/.npz/.csv file.
+    """A built-in set by name (a 2-D toy set, a bundled table or ``digits``), or the points in a .npy/.npz/.csv file.
 
     Built-in sets: ``test`` is ``n_test`` fresh points drawn with seed ``seed + 1_000_003`` (apart from the
     training draws); the standardizer is the identity unless ``standardize=True``, which fits it on 100,000
     fresh points.
 
-    Files: the rows are shuffled with ``seed``; round(test_fraction * N) of them, but at least 2 and at most
+    Files and the bundled tables (``wine``, ``breast-cancer``): the rows are shuffled with ``seed``; round(test_fraction * N) of them, but at least 2 and at most
     ``n_test`` (and leaving at least 2 for training), become ``test`` (data coordinates) and the rest
     ``train`` (model coordinates). ``standardize`` defaults to True and fits on the train rows only.
     Labels come from an .npz array ``labels`` or a CSV ``label_column`` (see :func:`load_labels`).
@@ -822,6 +830,10 @@ def load_dataset(
         return Dataset(name=name, dim=2, standardizer=standardizer, train=None, test=test, builtin=True,
                        test_labels=test_labels, class_names=classes)
 
+    if name in TABLE_NAMES:
+        array, labels, classes = _builtin_table(name)
+        return _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize)
+
     from .images import is_image_data, load_image_set
 
     if is_image_data(name):
@@ -834,8 +846,8 @@ def load_dataset(
         if _looks_like_path(name):
             raise FlowmatchError(f"{name}: no such file")
         raise FlowmatchError(
-            f"unknown data {name!r}: not a file and not one of the built-in sets ({', '.join(BUILTIN_NAMES)})"
-            + _did_you_mean(name, BUILTIN_NAMES)
+            f"unknown data {name!r}: not a file and not one of the built-in sets ({', '.join(_ALL_BUILTINS)})"
+            + _did_you_mean(name, _ALL_BUILTINS)
         )
 
     if n_test < 2:
@@ -845,6 +857,19 @@ def load_dataset(
             raise FlowmatchError(f"{name}: memory-mapped .npy files carry no labels")
         return _memory_mapped(name, n_test, test_fraction, seed, standardize)
     array, labels, classes = load_labels(name, label_column)
+    return _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize)
+
+
+def _builtin_table(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(rows, labels, class names) of a scikit-learn bundled table."""
+    from sklearn import datasets
+
+    bunch = {"wine": datasets.load_wine, "breast-cancer": datasets.load_breast_cancer}[name]()
+    return bunch.data.astype(np.float64), bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+
+
+def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize) -> Dataset:
+    """Shuffle the rows with ``seed``, hold out the test rows, fit the standardiser on the train rows."""
     points = torch.from_numpy(array)
     n = len(points)
     n_held = min(max(2, round(test_fraction * n)), n_test, n - 2)
@@ -865,6 +890,7 @@ def load_dataset(
     )
 
 
+_ALL_BUILTINS = (*BUILTIN_NAMES, *TABLE_NAMES, "digits")
 _MMAP_BYTES = 1 << 30
 _MMAP_CHUNK = 1 << 16
 

@@ -566,11 +566,38 @@ def test_load_dataset_file_not_standardized(tmp_path):
     assert _rows(ds.train) | _rows(ds.test) == _rows(x)
 
 
+@pytest.mark.parametrize("name, rows, dim, classes", [("wine", 178, 13, 3), ("breast-cancer", 569, 30, 2)])
+def test_bundled_tables_split_and_standardise_like_a_file(name, rows, dim, classes):
+    from sklearn import datasets
+
+    bunch = {"wine": datasets.load_wine, "breast-cancer": datasets.load_breast_cancer}[name]()
+    ds = load_dataset(name, seed=3)
+    n_test = round(0.2 * rows)
+    assert (ds.dim, ds.builtin, ds.num_classes) == (dim, False, classes)
+    assert ds.test.shape == (n_test, dim) and ds.train.shape == (rows - n_test, dim)
+    # train rows are standardised on themselves; test rows stay in data coordinates
+    assert ds.train.double().mean(0).abs().max().item() < 1e-5
+    assert ds.train.double().std(0, unbiased=False).numpy() == pytest.approx(np.ones(dim), abs=1e-5)
+    # every original row comes back once (float32 storage: relative error ~1e-7), with its label
+    from scipy.spatial.distance import cdist
+
+    back = np.vstack([ds.standardizer.inverse(ds.train.double()).numpy(), ds.test.double().numpy()])
+    scale = bunch.data.std(0)
+    nearest = cdist(back / scale, bunch.data / scale).argmin(1)
+    assert sorted(nearest) == list(range(rows))
+    assert np.abs(back - bunch.data[nearest]).max() / np.abs(bunch.data).max() < 1e-6
+    labels = np.concatenate([ds.train_labels.numpy(), ds.test_labels.numpy()])
+    assert np.array_equal(labels, bunch.target[nearest])
+    assert not torch.equal(ds.test, load_dataset(name, seed=4).test)
+
+
 def test_load_dataset_unknown_spec(tmp_path):
     with pytest.raises(FlowmatchError, match="unknown data 'nosuch': not a file and not one of the built-in"):
         load_dataset("nosuch")
     with pytest.raises(FlowmatchError, match="did you mean 'moons'"):
         load_dataset("moon")
+    with pytest.raises(FlowmatchError, match="did you mean 'wine'"):
+        load_dataset("wien")
     for spec in ("points.npy", "data/points", str(tmp_path / "missing.csv")):
         with pytest.raises(FlowmatchError, match="no such file"):
             load_dataset(spec)
