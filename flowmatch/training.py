@@ -36,6 +36,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -324,6 +325,8 @@ def train(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    callback: Callable[[int, Any, float], None] | None = None,
+    callback_steps: Iterable[int] = (),
     **overrides,
 ) -> TrainResult:
     """Train a flow; ``train(steps=2000, data="moons")`` is the same as passing a TrainConfig.
@@ -331,6 +334,11 @@ def train(
     With ``run_dir`` the folder gets ``config.json``, ``metrics.csv``, training checkpoints and
     sample pictures as training goes (see :func:`fit` for the finished run folder); with
     ``resume`` training continues from the folder's newest checkpoint.
+
+    ``callback(step, flow, seconds)`` is called after each step in ``callback_steps`` (on the main
+    process) with a Flow holding the EMA weights of that moment and the training seconds so far, for
+    example to score the model as it trains; the training clock (``TrainResult.seconds``, the
+    ``seconds`` column) stops while it runs.
     """
     from .runs import Flow, dataset_from_config  # runs needs data and models only; imported here to keep modules acyclic
 
@@ -409,6 +417,7 @@ def train(
     log = _Log(run if main_process else None, config, start_step)
     stop = _StopSignal()
     bar = _progress_bar(config.steps, start_step, progress and main_process)
+    callback_steps = set(callback_steps) if callback is not None and main_process else set()
     done = start_step
     with stop:
         for step in range(start_step, config.steps):
@@ -458,6 +467,10 @@ def train(
                 checkpoint(done)
             if main_process and config.sample_every and done % config.sample_every == 0 and run is not None:
                 _progress_picture(_flow_for(model, ema, path, dataset, config), run, done)
+            if done in callback_steps:
+                paused = time.perf_counter()
+                callback(done, _flow_for(model, ema, path, dataset, config, source=source), elapsed + paused - started)
+                started += time.perf_counter() - paused  # the callback's time is not training time
             if stop.requested:
                 break
     if bar is not None:

@@ -1,5 +1,7 @@
 """Training: config validation, presets, reproducibility, and that a short run learns."""
 
+import time
+
 import pytest
 import torch
 
@@ -51,6 +53,27 @@ def test_same_seed_same_weights_different_seed_different():
     c = train(seed=2, progress=False, **TINY).flow.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_callback_sees_the_ema_flow_and_stops_the_clock():
+    calls = []
+
+    def callback(step, flow, seconds):
+        calls.append((step, seconds, {k: v.clone() for k, v in flow.model.state_dict().items()}))
+        time.sleep(0.3)  # a slow probe must not count as training time
+
+    options = {**TINY, "steps": 30, "ema": 0.9}
+    started = time.perf_counter()
+    result = train(**options, progress=False, callback=callback, callback_steps=[10, 30, 99])
+    wall = time.perf_counter() - started
+    assert [c[0] for c in calls] == [10, 30]  # steps past the end are never reached
+    assert 0 < calls[0][1] < calls[1][1] <= result.seconds < wall - 0.6  # the 0.6 s of sleep is not in the clock
+    final = result.flow.model.state_dict()  # the EMA weights at the end
+    assert all(torch.equal(calls[1][2][k], final[k]) for k in final)
+    assert not all(torch.equal(calls[0][2][k], final[k]) for k in final)
+    # the callback does not change training
+    plain = train(**options, progress=False).flow.model.state_dict()
+    assert all(torch.equal(plain[k], final[k]) for k in final)
 
 
 def test_short_training_learns_two_gaussians():
