@@ -12,9 +12,10 @@ batch 256, Adam 2e-3 cosine, EMA 0.999):
 - ``distill-1``, ``distill-2``: students with 1 and 2 Euler steps (``flowmatch distill``) of the best
   of those four models, the one with the lowest W2 at rk4 NFE 100 (pairs as for reflow).
 
-Every model is scored by exact W2 between 2,000 samples and 2,000 held-out points over the floor,
-the W2 between two disjoint held-out draws of 2,000 (``flowmatch.metrics.w2_exact``, as
-``training.fit`` does; noise seed = training seed + 1, the same x0 for every model of a seed), with
+Every model is scored by exact W2 (``flowmatch.metrics.w2_exact``) between 2,000 samples and 2,000
+held-out points (the test set, as ``training.fit`` does; noise seed = training seed + 1, the same x0
+for every model of a seed) over the floor, the mean W2 between ``NOISE_DRAWS`` pairs of disjoint
+held-out draws of 2,000 (see :func:`held_out_sets`), with
 euler at NFE 1, 2, 4, 8 and the best fixed-step solver among midpoint, heun (NFE 2, 4, 8) and rk4
 (NFE 4, 8). Students are scored at the NFE they were trained for (Euler) only. Training time is
 the wall time of the optimisation (plus the pair generation for reflow and distillation).
@@ -133,14 +134,16 @@ def run_task(task: str, seed: int, root: str) -> dict:
     options = TASKS[task]
     folder = Path(root) / f"{task.replace(' -> ', '-to-')}-{seed}"
     models: dict[str, dict] = {}
+    sets = held_out_sets(options["data"])
+    floor, floor_pairs = floor_of(sets)
 
     def record(name, result, metrics, scores, extra_seconds=0.0):
         student = name.startswith("distill")  # trained for its own Euler NFE only: no rk4 trajectory measures
         models[name] = {
             "train_seconds": metrics["train_seconds"],
             "pair_seconds": extra_seconds,
-            "w2_floor": metrics["w2_floor"],
-            "rk4-100": metrics["w2_ratio"],
+            "w2_floor": floor,
+            "rk4-100": metrics["w2"] / floor,
             "scores": scores,
             "straightness": None if student else straightness(result.flow, n=1000, seed=seed + 2),
         }
@@ -149,41 +152,53 @@ def run_task(task: str, seed: int, root: str) -> dict:
     for coupling in ("independent", "ot", "sinkhorn"):
         config = TrainConfig(steps=BASE_STEPS, coupling=coupling, ot_reg=SINKHORN_REG, seed=seed, device="cpu", **options)
         result, metrics = fit(config, out=folder / coupling, progress=False)
-        record(coupling, result, metrics, score(result.flow, metrics["w2_floor"], seed, SOLVERS))
+        record(coupling, result, metrics, score(result.flow, floor, seed, SOLVERS))
 
     rectify = dict(n_pairs=PAIRS, steps=RECTIFY_STEPS, lr=RECTIFY_LR, teacher_nfe=TEACHER_NFE, progress=False, evaluate=False)
     result, metrics = reflow(folder / "independent", folder / "reflow-1", **rectify)
-    record("reflow-1", result, metrics, score(result.flow, metrics["w2_floor"], seed, SOLVERS), metrics["pair_seconds"])
+    record("reflow-1", result, metrics, score(result.flow, floor, seed, SOLVERS), metrics["pair_seconds"])
 
     teacher = min(models, key=lambda name: models[name]["rk4-100"])
     flows = {"teacher rk4-100": (load(folder / teacher), "rk4", 100)}
     for nfe in (1, 2):
         result, metrics = distill(folder / teacher, folder / f"distill-{nfe}", nfe=nfe, **rectify)
-        record(f"distill-{nfe}", result, metrics, score(result.flow, metrics["w2_floor"], seed, {"euler": (nfe,)}), metrics["pair_seconds"])
+        record(f"distill-{nfe}", result, metrics, score(result.flow, floor, seed, {"euler": (nfe,)}), metrics["pair_seconds"])
         models[f"distill-{nfe}"]["teacher"] = teacher
         flows[f"distill-{nfe} euler-{nfe}"] = (result.flow, "euler", nfe)
-    return {"task": task, "seed": seed, "models": models, "noise_check": noise_check(options["data"], flows)}
+    return {"task": task, "seed": seed, "floor": floor, "floor_pairs": floor_pairs, "models": models, "noise_check": noise_check(sets, flows)}
 
 
-def noise_check(data: str, flows: dict, draws: int = NOISE_DRAWS) -> dict:
-    """A steadier ratio: mean W2 over ``draws`` noise seeds and fresh held-out sets / mean floor.
+def held_out_sets(data: str, draws: int = NOISE_DRAWS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``draws`` pairs (A_k, B_k) of disjoint held-out sets of N_EVAL points: chunks of one large shuffled draw.
 
-    A single W2 of 2,000 points is dominated by how many points land in each mode (two Gaussians,
-    two moons): the count differs between two draws by ~sqrt(n), and that mass must cross the gap.
-    Here draw k uses fresh held-out sets A_k, B_k of N_EVAL points and noise seed 50 + k:
-    ratio = mean_k W2(samples_k, A_k) / mean_k W2(B_k, A_k). The sets are disjoint chunks of one
-    large shuffled draw (seed apart from training and test), as the test set is: scikit-learn's
-    moons are not i.i.d. (evenly spaced along the arcs, exactly half per moon), so two separate
-    draws of 2,000 would be closer to each other than i.i.d. points can be.
+    The floor is the mean W2(B_k, A_k): what a perfect sampler scores on average. One pair is a noisy
+    estimate of it: a single W2 of 2,000 points is dominated by how many points land in each mode (two
+    Gaussians, two moons), since the count differs between two draws by ~sqrt(n) and that mass must
+    cross the gap. The chunks come from one large shuffled draw (seed apart from training and test), as
+    the test set does: scikit-learn's moons are not i.i.d. (evenly spaced along the arcs, exactly half
+    per moon), so two separate draws of 2,000 would be closer to each other than i.i.d. points can be.
     """
     from flowmatch.data import sample_builtin
-    from flowmatch.metrics import w2_exact
 
     pool = sample_builtin(data, 2 * N_EVAL * draws, 7_000)
     pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(7_001))]
     chunks = pool.split(N_EVAL)
-    sets = [(chunks[2 * k], chunks[2 * k + 1]) for k in range(draws)]
-    floor = statistics.mean(w2_exact(b, a) for a, b in sets)
+    return [(chunks[2 * k], chunks[2 * k + 1]) for k in range(draws)]
+
+
+def floor_of(sets) -> tuple[float, list[float]]:
+    """The mean floor over the pairs, and each pair's W2."""
+    from flowmatch.metrics import w2_exact
+
+    each = [w2_exact(b, a) for a, b in sets]
+    return statistics.mean(each), each
+
+
+def noise_check(sets, flows: dict) -> dict:
+    """A steadier ratio: mean W2 over the noise seeds 50 + k, each against its own held-out set A_k, / mean floor."""
+    from flowmatch.metrics import w2_exact
+
+    floor, _ = floor_of(sets)
     out = {"floor": floor}
     for name, (flow, solver, nfe) in flows.items():
         w2 = [w2_exact(flow.sample(N_EVAL, solver=solver, nfe=nfe, seed=50 + k), a) for k, (a, _) in enumerate(sets)]
@@ -199,7 +214,7 @@ def summarise(runs: list[dict]) -> dict:
         of_task = [r for r in runs if r["task"] == task]
         if not of_task:
             continue
-        summary[task] = {"floors": [r["models"]["independent"]["w2_floor"] for r in of_task], "models": {}}
+        summary[task] = {"floor": of_task[0]["floor"], "floor_pairs": of_task[0]["floor_pairs"], "models": {}}
         for name in of_task[0]["models"]:
             entries = [r["models"][name] for r in of_task]
             scores = {k: statistics.median(e["scores"][k] for e in entries) for k in entries[0]["scores"]}
@@ -229,7 +244,8 @@ def summarise(runs: list[dict]) -> dict:
 def markdown(summary: dict, cost: dict, loop: dict, seeds, seconds: float) -> str:
     lines = [
         f"Few-step generation: W2 / floor (median of seeds {', '.join(map(str, seeds))}), 2,000 samples vs 2,000 held-out "
-        f"points; floor = W2 between two held-out draws. {platform.machine()}, 1 thread, torch {torch.__version__}; "
+        f"points (noise seed = training seed + 1); floor = mean W2 between {NOISE_DRAWS} pairs of disjoint held-out draws of "
+        f"2,000, what a perfect sampler scores on average. {platform.machine()}, 1 thread, torch {torch.__version__}; "
         f"total {seconds / 60:.0f} min.",
         "",
         f"Training: default MLP (256 x 3), batch 256, {BASE_STEPS} steps for independent / ot / sinkhorn (reg {SINKHORN_REG}); "
@@ -239,8 +255,8 @@ def markdown(summary: dict, cost: dict, loop: dict, seeds, seconds: float) -> st
         "",
     ]
     for task, entry in summary.items():
-        floors = ", ".join(f"{f:.3f}" for f in entry["floors"])
-        lines += [f"### {task} (floors per seed: {floors})", ""]
+        pairs = entry["floor_pairs"]
+        lines += [f"### {task} (floor {entry['floor']:.3f}; single pairs {min(pairs):.3f} to {max(pairs):.3f})", ""]
         lines += ["| model | E 1 | E 2 | best 2 | E 4 | best 4 | E 8 | best 8 | rk4 100 | straightness | train s |", "|---|" + "---|" * 10]
         for name, m in entry["models"].items():
             cells = []
