@@ -336,7 +336,8 @@ def _report_rectified(out: str, result, metrics: dict[str, Any], steps: int) -> 
     if metrics:
         few = ", ".join(f"{k} W2 {v:.4f}" for k, v in metrics.get("few_step", {}).items() if k != "floor")
         print(
-            f"wrote {out}: loss {metrics['final_loss']:.4f}, W2 {metrics['w2']:.4f} (rk4 NFE 100; floor {metrics['w2_floor']:.4f})"
+            f"wrote {out}: loss {metrics['final_loss']:.4f}, W2 {metrics['w2']:.4f} "
+            f"({metrics['sampler']['solver']} NFE {metrics['sampler']['nfe']}; floor {metrics['w2_floor']:.4f})"
             + (f", {few}" if few else "")
             + f", pairs {metrics['pair_seconds']:.1f} s, training {metrics['train_seconds']:.1f} s"
         )

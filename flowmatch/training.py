@@ -723,7 +723,7 @@ def fit(
     (``flowmatch.evaluation.evaluate(quick=True)``) writes ``report.json`` into the run folder.
 
     Metrics: the mean loss over the last 100 steps; exact W2 between ``n_eval`` rk4 (NFE 100)
-    samples and ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws
+    samples (a distilled student: Euler at its ``distill_nfe``) and ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws
     of the same size. Held-out sets smaller than 2 * n_eval are split in two halves.
     """
     from .metrics import w2_exact
@@ -747,7 +747,8 @@ def fit(
     test = flow.dataset.test
     m = min(n_eval, len(test) // 2)
     held_a, held_b = test[:m], test[m : 2 * m]
-    samples = flow.sample(m, solver="rk4", nfe=100, seed=config.seed + 1)
+    solver, nfe = ("euler", config.distill_nfe) if config.objective == "distill" else ("rk4", 100)
+    samples = flow.sample(m, solver=solver, nfe=nfe, seed=config.seed + 1)
     w2, floor = w2_exact(samples, held_a), w2_exact(held_b, held_a)
     metrics = {
         "final_loss": result.final_loss,
@@ -755,7 +756,7 @@ def fit(
         "w2_floor": floor,
         "w2_ratio": w2 / floor,
         "n_eval": m,
-        "sampler": {"solver": "rk4", "nfe": 100},
+        "sampler": {"solver": solver, "nfe": nfe},
         "train_seconds": result.seconds,
         "steps": config.steps,
     }

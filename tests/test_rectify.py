@@ -73,7 +73,9 @@ def test_reflow_cli_end_to_end_resume_and_repeat(teacher, tmp_path, capsys):
 def test_distill_cli_end_to_end(teacher, tmp_path, capsys):
     out = tmp_path / "student"
     assert main(["distill", "--run", str(teacher), "--out", str(out), "--nfe", "2", *FAST]) == 0
-    assert "euler-2 W2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "euler-2 W2" in printed and "(euler NFE 2; floor" in printed  # scored with its own sampler
+    assert json.loads((out / "metrics.json").read_text())["sampler"] == {"solver": "euler", "nfe": 2}
     config = json.loads((out / "config.json").read_text())
     assert (config["objective"], config["distill_nfe"]) == ("distill", 2)
     assert load(out).sample(10, solver="euler", nfe=2).shape == (10, 2)
