@@ -340,7 +340,7 @@ def train(
     example to score the model as it trains; the training clock (``TrainResult.seconds``, the
     ``seconds`` column) stops while it runs.
     """
-    from .runs import Flow, dataset_from_config  # runs needs data and models only; imported here to keep modules acyclic
+    from .runs import Flow, build_flow, dataset_from_config  # runs needs data and models only; imported here to keep modules acyclic
 
     if config is None:
         config = resolve_config(overrides=overrides)
@@ -364,7 +364,13 @@ def train(
     pairs = PairSampler(config, dataset, source)
     path = make_path(config.path, config.sigma_min, config.bridge_sigma)
     torch.manual_seed(config.seed)
-    model = _initial_model(config, dataset).to(device)
+    run = Path(run_dir) if run_dir is not None else None
+    state = latest_state(run) if run is not None and resume else None
+    if state is not None:  # the checkpoint's own architecture: a warm start's teacher need not exist any more
+        model = build_flow(state[2]["flow"], unprefixed("model", state[1]), config.to_dict(), where=state[0]).model.train()
+    else:
+        model = _initial_model(config, dataset)
+    model = model.to(device)
     flow_meta = Flow(model=model, path=path, standardizer=dataset.standardizer, config=config.to_dict()).checkpoint_meta()
     ema = EMA(model, config.ema)
     optimizer = _optimizer(config, model)
@@ -372,10 +378,8 @@ def train(
     losses: list[float] = []
     start_step, elapsed = 0, 0.0
 
-    run = Path(run_dir) if run_dir is not None else None
-    if run is not None and resume:
-        _, tensors, meta = latest_state(run)
-        model.load_state_dict(unprefixed("model", tensors))
+    if state is not None:
+        _, tensors, meta = state
         ema.load(model, unprefixed("ema", tensors), meta["ema_updates"])
         optimizer_from_tensors(optimizer, unprefixed("optimizer", tensors), meta["optimizer_groups"])
         generator.set_state(tensors["rng.generator"])

@@ -148,3 +148,13 @@ def test_reflow_straightens_the_teacher(teacher, tmp_path):
     before = straightness(load(teacher), n=500)
     # measured: 1.5 for the 300-step teacher, 0.03 after 200 reflow steps
     assert metrics["straightness"] < 0.1 * before
+
+
+def test_resume_of_a_warm_started_run_needs_no_teacher(teacher, tmp_path, capsys):
+    copy = tmp_path / "teacher-copy"
+    shutil.copytree(teacher, copy)
+    out = tmp_path / "reflow"
+    assert main(["reflow", "--run", str(copy), "--out", str(out), *FAST]) == 0
+    shutil.rmtree(copy)  # the teacher is gone; the run's checkpoint has the architecture and weights
+    assert main(["train", "--resume", str(out), "--steps", "40", "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 40
