@@ -99,12 +99,29 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.x_in(x) + self.t_in(sinusoidal_embedding(time_column(t, x), self.time_dim))
+        # the embeddings are added into the first layer's output in place (a Linear's backward
+        # does not need its output, so autograd is unaffected), saving a (batch, width) temporary
+        h = self.x_in(x)
+        h += self.t_in(sinusoidal_embedding(time_column(t, x), self.time_dim))
         if self.y_in is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-            h = h + self.y_in(y)
-        return self.body(h)
+            h += self.y_in(y)
+        if h.requires_grad:
+            return self.body(h)
+        # no autograd graph (sampling): activations overwrite their input instead of allocating
+        for layer in self.body:
+            in_place = _IN_PLACE.get(type(layer))
+            h = in_place(h) if in_place is not None else layer(h)
+        return h
+
+
+#: In-place versions of the activations, used when no gradient is recorded.
+_IN_PLACE = {
+    nn.ReLU: torch.relu_,
+    nn.SiLU: lambda h: nn.functional.silu(h, inplace=True),
+    nn.Tanh: torch.tanh_,
+}
 
 
 MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.models import MLP, SeedMLP, build_model
+from flowmatch.models import MLP, SeedMLP, build_model, sinusoidal_embedding
 
 
 @pytest.mark.parametrize("name", ["mlp", "seed-mlp"])
@@ -60,3 +60,23 @@ def test_bad_options():
         build_model("mlp", 2, activation="swish2")
     with pytest.raises(FlowmatchError, match="bad options"):
         build_model("mlp", 2, widht=3)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu", "tanh", "softplus"])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_sampling_path_equals_training_path(activation, num_classes):
+    # without autograd the MLP overwrites its activations in place: the same numbers, bit for bit,
+    # and with autograd the in-place add of the time term still lets gradients through
+    torch.manual_seed(0)
+    model = MLP(2, width=32, activation=activation, num_classes=num_classes)
+    x, t = torch.randn(40, 2), torch.rand(40)
+    y = torch.randint(0, 3, (40,)) if num_classes else None
+    with_grad = model(x, t, y)
+    with torch.no_grad():
+        without = model(x, t, y)
+        reference = model.body(model.x_in(x) + model.t_in(sinusoidal_embedding(t.reshape(-1, 1), 64)) + (model.y_in(y) if num_classes else 0))
+    assert torch.equal(with_grad.detach(), without)
+    assert torch.equal(without, reference)
+    with_grad.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.x_in.parameters())
+    assert model.t_in[0].weight.grad.abs().sum() > 0
