@@ -106,6 +106,9 @@ def test_train_then_sample_npy_and_csv(tmp_path, capsys):
     assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (7, 2)
     assert main(["sample", "--run", str(run), "-n", "5", "--nfe", "8", "--trajectory", "--out", str(tmp_path / "traj.npy")]) == 0
     assert np.load(tmp_path / "traj.npy").shape == (3, 5, 2)
+    assert main(["sample", "--run", str(run), "-n", "50", "--nfe", "8", "--precision", "bf16", "--out", str(tmp_path / "b.npy")]) == 0
+    bf16, fp32 = np.load(tmp_path / "b.npy"), np.load(tmp_path / "s.npy")
+    assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).max() < 1e-2
     capsys.readouterr()
 
 
@@ -124,6 +127,10 @@ def test_sample_errors(tmp_path, capsys):
     code = main(["sample", "--run", str(run), "--out", str(tmp_path / "keep.npy")])
     _one_error_line(capsys, code, "--force")
     assert (tmp_path / "keep.npy").read_bytes() == b"mine"
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--run", str(run), "--precision", "fp16", "--out", str(tmp_path / "s.npy")])
+    _one_error_line(capsys, exc.value.code, "--precision", "fp16")
+    assert not (tmp_path / "s.npy").exists()
 
 
 def test_bad_image_input_and_label_out_of_range(tmp_path, capsys):
