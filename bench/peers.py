@@ -1,45 +1,54 @@
 """flowmatch against its peers on identical data, network, optimiser and budget, in one run.
 
-Systems (every one trains the SAME network, ``flowmatch.models.MLP(2, width=256, depth=3)`` called
+Systems (every one trains the SAME network, ``flowmatch.models.MLP(dim, width=256, depth=3)`` called
 as ``model(x, t)``, wrapped for each library's calling convention; Adam lr 2e-3, batch 256,
-``STEPS`` steps, one seed each):
+``STEPS`` steps; seeds 0, 1, 2):
 
 - ``seed (reverse)`` / ``seed (forward)``: the seed document's path (``bench.seed_recipe.
   sample_conditional_path``, sigma_min 0), constant lr; sampled with torchdiffeq ``odeint``, its
-  own reverse direction (noise at t = 1, integrating -v to t = 0) and forward. One training, two rows.
+  own reverse direction (noise at t = 1, integrating -v to t = 0) and forward. One training, two
+  rows; only on tasks whose source is N(0, I) (the seed path has no other source).
 - ``TorchCFM CFM`` / ``TorchCFM OT-CFM``: ``torchcfm``'s ``ConditionalFlowMatcher(sigma=0)`` and
   ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)``; constant lr; torchdiffeq ``odeint``.
 - ``Meta flow_matching``: ``AffineProbPath(CondOTScheduler())``, constant lr; its ``ODESolver``.
 - ``flowmatch default``: ``flowmatch.training.train`` with its defaults (cosine lr decay, EMA 0.999
-  used for sampling) at the same steps and batch; ``Flow.sample``.
-- ``flowmatch ot``: the same with ``coupling="ot"`` (flowmatch's best few-step configuration for now).
+  with warm-up, used for sampling) at the same steps and batch; ``Flow.sample``. The row
+  ``flowmatch default, bf16`` is the same model sampled with ``Flow.sample(precision="bf16")``.
+- ``flowmatch ot``: the same with ``coupling="ot"``.
+- ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
+  (``flowmatch.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
+  ``DISTILL_STEPS`` steps at lr 1e-3. Its training time adds the teacher's, the pairs' and the
+  student's; it is scored at NFE 1 only (what it was trained for).
 
-Figures per system:
+Figures per system and task, median over the seeds (spread: min to max):
 
-- ``train s``: wall time of the optimisation loop (the peers' clock is paused during probes;
-  flowmatch's includes writing its probe checkpoints, see below).
-- ``W2/floor`` at NFE 1, 2, 4, 8 (euler) and 100 (rk4; Meta: midpoint, its ODESolver has no rk4
-  at a fixed step in the 'midpoint'/'euler' family it documents): exact W2
-  (``flowmatch.metrics.w2_exact``) of 2,000 samples against 2,000 held-out points, over the floor
-  (W2 between two disjoint held-out draws of 2,000). Same noise draw x0 for every peer (flowmatch's
+- ``train s``: wall time of the optimisation loop (every clock is paused during probes).
+- ``W2/floor`` at NFE 1, 2, 4, 8 (euler) and 100 (rk4; Meta: midpoint, its ODESolver has no rk4):
+  exact W2 (``flowmatch.metrics.w2_exact``) of the samples against the held-out set, over the
+  floor, the mean W2 between pairs of disjoint held-out sets of the same size: what a perfect
+  sampler scores on average (see :class:`Task`). Same noise draw x0 for every peer (flowmatch's
   ``Flow.sample`` draws its own with seed ``EVAL_SEED``).
-- ``time to quality``: every ``PROBE_EVERY`` steps the model is sampled (1,000 points, rk4 NFE 20 with
+- ``time to quality``: after each step in ``PROBE_STEPS`` the model is sampled (rk4 NFE 20 with
   ``flowmatch.solvers.integrate`` in the system's direction, with the weights the system samples
-  with: EMA for flowmatch) and scored against 1,000 held-out points; the figure is the training
-  wall time at the first probe with W2 <= 1.1 x the 1,000-point floor ("-" if never). flowmatch's
-  probes come from training checkpoints written every ``PROBE_EVERY`` steps (``checkpoint_every``)
-  and their recorded ``seconds``, so its time includes the checkpoint writes (a handicap).
+  with: EMA for flowmatch, through ``train``'s callback) and scored like W2/floor at the probe size;
+  the figure is the training wall time at the first probe with W2 <= 1.1 x floor ("-" if never).
 - ``samples/s``: each system's own sampler on ``THROUGHPUT_N[nfe]`` points at NFE 8 and 100
   (torchdiffeq rk4 for seed and TorchCFM, Meta ODESolver midpoint, flowmatch ``Flow.sample``
-  rk4), each in a fresh spawned process; ``peak MiB`` is that process's ``ru_maxrss`` growth
-  over its value just before sampling (resident set high-water mark, includes the allocator's
+  rk4 in fp32 and bf16), each in a fresh spawned process; ``peak MiB`` is that process's ``ru_maxrss``
+  growth over its value just before sampling (resident set high-water mark, includes the allocator's
   retained memory; tracemalloc cannot see torch's allocations). 0 means sampling stayed under the
   high-water mark the process had already reached (importing torch, loading the model): the figure
   is coarse and only resolves working sets of tens of MiB.
 
-Run ``python -m bench.peers`` (``--tasks two-gaussians,8gaussians-moons --steps 3000``); it prints a
-Markdown table and writes ``bench/results/peers.md``, ``peers.json`` and ``peers.png``.
-Single-threaded (OMP_NUM_THREADS=1): the numbers are per core.
+Tasks: ``two-gaussians``, ``checkerboard`` (N(0, I) source), ``8gaussians-moons`` (8gaussians as the
+source) and ``wine`` (scikit-learn's bundled table, 13-D, standardised on its train rows; held-out =
+its 36 test rows; every W2 is in standardised coordinates and is the mean over ``TABLE_DRAWS`` sets of
+36 samples, the floor the mean over as many random sets of 36 train rows).
+
+Run ``python -m bench.peers`` (``--tasks two-gaussians,checkerboard --seeds 0 --steps 3000 --jobs 2``); it
+prints a Markdown table and writes ``bench/results/peers.md``, ``peers.json`` and ``peers.png`` (quality
+against NFE and against training time). Single-threaded (OMP_NUM_THREADS=1): the numbers are per core;
+``--jobs`` runs (task, seed) jobs in that many processes at once.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
@@ -60,7 +70,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from flowmatch.data import sample_builtin  # noqa: E402
+from flowmatch.data import TABLE_NAMES, load_dataset, sample_builtin  # noqa: E402
 from flowmatch.metrics import w2_exact  # noqa: E402
 from flowmatch.models import MLP  # noqa: E402
 from flowmatch.solvers import integrate  # noqa: E402
@@ -69,18 +79,25 @@ RESULTS = Path(__file__).parent / "results"
 STEPS = 3000
 BATCH = 256
 LR = 2e-3
-PROBE_EVERY = 250
+SEEDS = (0, 1, 2)
+PROBE_STEPS = (25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000)
 PROBE_N = 1000
 PROBE_SOLVER, PROBE_NFE = "rk4", 20
+THRESHOLD = 1.1
 EVAL_N = 2000
 EVAL_SEED = 123
+FLOOR_PAIRS = 5
+TABLE_DRAWS = 20
+PAIRS = 10_000
+DISTILL_STEPS = 2000
 NFES = (1, 2, 4, 8, 100)
 THROUGHPUT_N = {8: 100_000, 100: 25_000}
 TASKS = {
     # name: (source, data); source None = N(0, I)
     "two-gaussians": (None, "two-gaussians"),
-    "8gaussians-moons": ("8gaussians", "moons"),
     "checkerboard": (None, "checkerboard"),
+    "8gaussians-moons": ("8gaussians", "moons"),
+    "wine": (None, "wine"),
 }
 SYSTEMS = (
     "seed (reverse)",
@@ -89,12 +106,15 @@ SYSTEMS = (
     "TorchCFM OT-CFM",
     "Meta flow_matching",
     "flowmatch default",
+    "flowmatch default, bf16",
     "flowmatch ot",
+    "flowmatch distill-1",
 )
+PEERS = ("seed (reverse)", "seed (forward)", "TorchCFM CFM", "TorchCFM OT-CFM", "Meta flow_matching")
 
 
-def new_model() -> MLP:
-    return MLP(2, width=256, depth=3)
+def new_model(dim: int) -> MLP:
+    return MLP(dim, width=256, depth=3)
 
 
 # -- wrappers for each library's calling convention --------------------------------------------
@@ -122,24 +142,71 @@ def meta_wrapper(model):
 
 # -- data ---------------------------------------------------------------------------------------
 class Task:
-    def __init__(self, name: str):
+    """The data, held-out sets and floors of one task; every W2 is in the model's coordinates.
+
+    2-D sets: held-out sets are disjoint chunks of one large shuffled draw (scikit-learn's moons are
+    evenly spaced along the arcs with exactly half per moon, so two separate draws would be closer to
+    each other than i.i.d. samples can be; chunks of one shuffled draw are not). The reference is the
+    first chunk of ``EVAL_N`` (``PROBE_N`` for probes) and the floor the mean W2 over ``FLOOR_PAIRS``
+    pairs of further chunks. A single pair is a noisy floor: one W2 of 2,000 points is dominated by how
+    many points land in each mode, which differs between two draws by ~sqrt(n).
+
+    ``wine``: the reference is the test split (36 rows) and a score is the mean W2 over
+    ``TABLE_DRAWS`` sets of 36 samples; the floor the mean W2 of as many random sets of 36 train rows.
+    """
+
+    def __init__(self, name: str, seed: int):
         self.name = name
         self.source, self.data = TASKS[name]
-        self.held_a = sample_builtin(self.data, EVAL_N, generator=10_001)
-        self.held_b = sample_builtin(self.data, EVAL_N, generator=10_002)
-        self.floor = w2_exact(self.held_b, self.held_a)
-        self.probe_floor = w2_exact(self.held_b[:PROBE_N], self.held_a[:PROBE_N])
+        if self.data in TABLE_NAMES:
+            dataset = load_dataset(self.data, seed=seed)  # flowmatch's own split and standardiser for this seed
+            self.train = dataset.train
+            self.dim = dataset.dim
+            self.reference = {"eval": dataset.to_model(dataset.test).float()}
+            self.reference["probe"] = self.reference["eval"]
+            self.chunks = {"eval": TABLE_DRAWS, "probe": TABLE_DRAWS}
+            g = torch.Generator().manual_seed(10_001)
+            m = len(self.reference["eval"])
+            floor = statistics.mean(
+                w2_exact(self.train[torch.randperm(len(self.train), generator=g)[:m]], self.reference["eval"])
+                for _ in range(TABLE_DRAWS)
+            )
+            self.floor = {"eval": floor, "probe": floor}
+        else:
+            self.train = None
+            self.dim = 2
+            pool = sample_builtin(self.data, EVAL_N * (2 * FLOOR_PAIRS + 1), generator=10_001)
+            pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(10_002))].float()
+            chunks = pool.split(EVAL_N)
+            self.reference = {"eval": chunks[0], "probe": chunks[0][:PROBE_N]}
+            self.chunks = {"eval": 1, "probe": 1}
+            self.floor = {
+                "eval": statistics.mean(w2_exact(chunks[2 * k + 1], chunks[2 * k + 2]) for k in range(FLOOR_PAIRS)),
+                "probe": statistics.mean(w2_exact(chunks[2 * k + 1][:PROBE_N], chunks[2 * k + 2][:PROBE_N]) for k in range(FLOOR_PAIRS)),
+            }
         g = torch.Generator().manual_seed(EVAL_SEED)
-        self.x0_eval = self.draw_x0(EVAL_N, g)
-        self.x0_probe = self.x0_eval[:PROBE_N]
+        self.x0 = {kind: self.draw_x0(self.n(kind), g) for kind in ("eval", "probe")}
+
+    def n(self, kind: str) -> int:
+        """How many samples a score takes."""
+        return len(self.reference[kind]) * self.chunks[kind]
+
+    def score(self, samples: torch.Tensor, kind: str = "eval") -> float:
+        """W2 / floor of samples in model coordinates (mean over the chunks for a table)."""
+        reference = self.reference[kind]
+        w2 = statistics.mean(w2_exact(c, reference) for c in samples.float().split(len(reference)))
+        return w2 / self.floor[kind]
 
     def draw_x0(self, n: int, g: torch.Generator) -> torch.Tensor:
         if self.source is None:
-            return torch.randn(n, 2, generator=g)
-        return sample_builtin(self.source, n, g)
+            return torch.randn(n, self.dim, generator=g)
+        return sample_builtin(self.source, n, g).float()
 
     def batch(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x1 = sample_builtin(self.data, BATCH, g)
+        if self.train is not None:
+            x1 = self.train[torch.randint(len(self.train), (BATCH,), generator=g)]
+        else:
+            x1 = sample_builtin(self.data, BATCH, g).float()
         return self.draw_x0(BATCH, g), x1
 
 
@@ -201,8 +268,10 @@ def sample_meta(model, x0, method: str, nfe: int):
     return solver.sample(x_init=x0, step_size=1.0 / steps, method=method, time_grid=torch.tensor([0.0, 1.0]))
 
 
-def sample_flowmatch(flow, x0, method: str, nfe: int):
-    return flow.sample(len(x0), solver=method, nfe=nfe, seed=EVAL_SEED)
+def sample_flowmatch(flow, x0, method: str, nfe: int, precision: str = "fp32"):
+    """flowmatch's own sampler (its own noise draw), returned in model coordinates as the others are."""
+    x = flow.sample(len(x0), solver=method, nfe=nfe, seed=EVAL_SEED, precision=precision)
+    return flow.standardizer.forward(x).float()
 
 
 def sampler_for(system: str):
@@ -212,27 +281,31 @@ def sampler_for(system: str):
         return sample_torchdiffeq
     if system.startswith("Meta"):
         return sample_meta
+    if system.endswith("bf16"):
+        return lambda flow, x0, method, nfe: sample_flowmatch(flow, x0, method, nfe, precision="bf16")
     return sample_flowmatch
 
 
-def probe_w2(task: Task, model, reverse: bool = False) -> float:
+def probe_score(task: Task, model, reverse: bool = False) -> float:
+    """W2 / probe floor of rk4 NFE 20 samples of ``model`` (a velocity callable in model coordinates)."""
     with torch.no_grad():
         f = (lambda x, t: -model(x, t)) if reverse else model
-        x = integrate(f, task.x0_probe, solver=PROBE_SOLVER, nfe=PROBE_NFE, t0=1.0 if reverse else 0.0, t1=0.0 if reverse else 1.0).x
-    return w2_exact(x, task.held_a[:PROBE_N])
+        x0 = task.x0["probe"]
+        x = integrate(f, x0, solver=PROBE_SOLVER, nfe=PROBE_NFE, t0=1.0 if reverse else 0.0, t1=0.0 if reverse else 1.0).x
+    return task.score(x, "probe")
 
 
-def time_to_quality(probes: list[dict], floor: float) -> float | None:
+def time_to_quality(probes: list[dict]) -> float | None:
     for p in probes:
-        if p["w2"] <= 1.1 * floor:
+        if p["score"] <= THRESHOLD:
             return p["seconds"]
     return None
 
 
 # -- training -------------------------------------------------------------------------------------
-def train_peer(task: Task, loss_fn, steps: int, also_reverse: bool = False, seed: int = 0):
+def train_peer(task: Task, loss_fn, steps: int, seed: int, also_reverse: bool = False):
     torch.manual_seed(seed)
-    model = new_model()
+    model = new_model(task.dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     g = torch.Generator().manual_seed(seed)
     probes, clock = [], 0.0
@@ -244,45 +317,38 @@ def train_peer(task: Task, loss_fn, steps: int, also_reverse: bool = False, seed
         loss.backward()
         optimizer.step()
         clock += time.perf_counter() - started
-        if step % PROBE_EVERY == 0 or step == steps:
-            probe = {"step": step, "seconds": clock, "w2": probe_w2(task, model.eval())}
+        if step in PROBE_STEPS or step == steps:
+            model.eval()
+            probe = {"step": step, "seconds": clock, "score": probe_score(task, model)}
             if also_reverse:
-                probe["w2_reverse"] = probe_w2(task, model, reverse=True)
+                probe["score_reverse"] = probe_score(task, model, reverse=True)
             probes.append(probe)
             model.train()
     return model.eval(), clock, probes
 
 
-def train_flowmatch(task: Task, steps: int, seed: int = 0, **options):
-    from flowmatch.checkpoints import list_states, load_state, unprefixed
+def train_flowmatch(task: Task, steps: int, seed: int, folder: Path | None = None, **options):
+    """flowmatch.training.train; probes through its callback (the training clock stops during them)."""
     from flowmatch.training import TrainConfig, train
 
+    probes = []
+
+    def probe(step, flow, seconds):
+        probes.append({"step": step, "seconds": seconds, "score": probe_score(task, flow.model)})
+
     config = TrainConfig(
-        data=task.data, source=task.source or "gaussian", steps=steps, batch_size=BATCH, lr=LR, device="cpu",
-        seed=seed, checkpoint_every=PROBE_EVERY, keep_checkpoints=steps // PROBE_EVERY + 2, **options,
-    )  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train(config, run_dir=Path(tmp) / "run", progress=False)
-        probes = []
-        for folder in list_states(Path(tmp) / "run"):
-            tensors, meta = load_state(folder)
-            step = int(folder.name.split("-")[-1])
-            if step == 0:
-                continue
-            model = new_model()
-            model.load_state_dict(unprefixed("ema", tensors) or unprefixed("model", tensors))
-            probes.append({"step": step, "seconds": meta["seconds"], "w2": probe_w2(task, model.eval())})
-    probes.sort(key=lambda p: p["step"])
-    return result.flow, result.seconds, probes
+        data=task.data, source=task.source or "gaussian", steps=steps, batch_size=BATCH, lr=LR, device="cpu", seed=seed, **options
+    )
+    result = train(config, run_dir=folder, progress=False, callback=probe, callback_steps=set(PROBE_STEPS) | {steps})
+    return result, probes
 
 
-def quality(task: Task, system: str, obj) -> dict[str, float]:
+def quality(task: Task, system: str, obj, nfes=NFES) -> dict[str, float]:
     sampler = sampler_for(system)
     out = {}
-    for nfe in NFES:
+    for nfe in nfes:
         method = "euler" if nfe <= 8 else "rk4"
-        x = sampler(obj, task.x0_eval, method, nfe)
-        out[str(nfe)] = w2_exact(x, task.held_a) / task.floor
+        out[str(nfe)] = task.score(sampler(obj, task.x0["eval"], method, nfe))
     return out
 
 
@@ -290,17 +356,19 @@ def quality(task: Task, system: str, obj) -> dict[str, float]:
 def _throughput_worker(args):
     kind, state, nfe, n, queue = args
     torch.set_num_threads(1)
-    model = new_model()
+    model = new_model(2)
     model.load_state_dict(state)
     model.eval()
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
-    if kind == "flowmatch":
+    if kind.startswith("flowmatch"):
+        from flowmatch.data import Standardizer
         from flowmatch.paths import make_path
         from flowmatch.runs import Flow
-        from flowmatch.data import Standardizer
 
-        obj = Flow(model, make_path("linear", 0.0, 0.0), Standardizer(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)), {"source": "gaussian", "seed": 0})
-        run = lambda: obj.sample(n, solver="rk4", nfe=nfe, seed=0)  # noqa: E731
+        identity = Standardizer(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+        obj = Flow(model, make_path("linear", 0.0, 0.0), identity, {"source": "gaussian", "seed": 0})
+        precision = "bf16" if kind.endswith("bf16") else "fp32"
+        run = lambda: obj.sample(n, solver="rk4", nfe=nfe, seed=0, precision=precision)  # noqa: E731
     elif kind == "meta":
         run = lambda: sample_meta(model, x0, "midpoint", nfe)  # noqa: E731
     else:
@@ -332,93 +400,179 @@ SAMPLER_KIND = {
     "Meta flow_matching": "meta",
     "flowmatch default": "flowmatch",
     "flowmatch ot": "flowmatch",
+    "flowmatch default, bf16": "flowmatch-bf16",
 }
-SAMPLER_NAME = {"torchdiffeq": "torchdiffeq odeint rk4", "meta": "Meta ODESolver midpoint", "flowmatch": "flowmatch Flow.sample rk4"}
+SAMPLER_NAME = {
+    "torchdiffeq": "torchdiffeq odeint rk4, fp32",
+    "meta": "Meta ODESolver midpoint, fp32",
+    "flowmatch": "flowmatch Flow.sample rk4, fp32",
+    "flowmatch-bf16": "flowmatch Flow.sample rk4, bf16",
+}
 
 
-# -- the run -----------------------------------------------------------------------------------------
-def run_task(name: str, steps: int, log) -> dict:
-    task = Task(name)
+# -- one task and seed -------------------------------------------------------------------------------
+def run_task(name: str, seed: int, steps: int) -> dict:
+    """Every system on one task and seed: {system: {train_s, w2_over_floor, probes, time_to_quality_s}}."""
+    torch.set_num_threads(1)
+    task = Task(name, seed)
     rows: dict[str, dict] = {}
-    states: dict[str, dict] = {}
+    log = lambda msg: print(f"  [{name} seed {seed}] {msg}", flush=True)  # noqa: E731
 
-    def record(system, obj, seconds, probes, state):
+    def record(system, obj, seconds, probes, nfes=NFES):
         rows[system] = {
             "train_s": seconds,
-            "w2_over_floor": quality(task, system, obj),
+            "w2_over_floor": quality(task, system, obj, nfes),
             "probes": probes,
-            "time_to_quality_s": time_to_quality(probes, task.probe_floor),
+            "time_to_quality_s": time_to_quality(probes) if probes is not None else None,
         }
-        states[system] = state
-        log(f"  {system}: {seconds:.1f} s, W2/floor {rows[system]['w2_over_floor']}, TTQ {rows[system]['time_to_quality_s']}")
+        log(f"{system}: {seconds:.1f} s, W2/floor {rows[system]['w2_over_floor']}, TTQ {rows[system]['time_to_quality_s']}")
 
     if task.source is None:
-        model, seconds, probes = train_peer(task, seed_loss(), steps, also_reverse=True)
-        reverse = [{"step": p["step"], "seconds": p["seconds"], "w2": p.pop("w2_reverse")} for p in probes]
-        record("seed (reverse)", model, seconds, reverse, model.state_dict())
-        record("seed (forward)", model, seconds, probes, model.state_dict())
+        model, seconds, probes = train_peer(task, seed_loss(), steps, seed, also_reverse=True)
+        reverse = [{"step": p["step"], "seconds": p["seconds"], "score": p.pop("score_reverse")} for p in probes]
+        record("seed (reverse)", model, seconds, reverse)
+        record("seed (forward)", model, seconds, probes)
     for system, loss in (("TorchCFM CFM", torchcfm_loss(False)), ("TorchCFM OT-CFM", torchcfm_loss(True)), ("Meta flow_matching", meta_loss())):
-        model, seconds, probes = train_peer(task, loss, steps)
-        record(system, model, seconds, probes, model.state_dict())
-    for system, options in (("flowmatch default", {}), ("flowmatch ot", {"coupling": "ot"})):
-        flow, seconds, probes = train_flowmatch(task, steps, **options)
-        record(system, flow, seconds, probes, flow.model.state_dict())
-    return {"floor": task.floor, "probe_floor": task.probe_floor, "rows": rows, "states": states}
+        model, seconds, probes = train_peer(task, loss, steps, seed)
+        record(system, model, seconds, probes)
+    state = None
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+        result, probes = train_flowmatch(task, steps, seed)
+        record("flowmatch default", result.flow, result.seconds, probes)
+        record("flowmatch default, bf16", result.flow, result.seconds, None)
+        state = result.flow.model.state_dict()
+        teacher = Path(tmp) / "ot"
+        result, probes = train_flowmatch(task, steps, seed, folder=teacher, coupling="ot")
+        result.flow.save_checkpoint(teacher)
+        record("flowmatch ot", result.flow, result.seconds, probes)
+        teacher_seconds = result.seconds
+        from flowmatch.rectify import distill
+
+        student, metrics = distill(
+            teacher, Path(tmp) / "distill-1", nfe=1, n_pairs=PAIRS, steps=DISTILL_STEPS, lr=1e-3, progress=False, evaluate=False
+        )
+        seconds = teacher_seconds + metrics["pair_seconds"] + student.seconds
+        record("flowmatch distill-1", student.flow, seconds, None, nfes=(1,))
+    return {"task": name, "seed": seed, "floor": task.floor, "rows": rows, "state": state if name == "two-gaussians" else None}
 
 
-def table(results: dict, tput: dict, header: str) -> str:
+# -- summary over seeds ---------------------------------------------------------------------------
+def summarise(runs: list[dict]) -> dict:
+    """Median and spread (min, max) over seeds of each figure, per task and system."""
+    out: dict = {}
+    for name in TASKS:
+        of_task = [r for r in runs if r["task"] == name]
+        if not of_task:
+            continue
+        task = {"floor": statistics.median(r["floor"]["eval"] for r in of_task), "seeds": [r["seed"] for r in of_task], "rows": {}}
+        for system in SYSTEMS:
+            entries = [r["rows"][system] for r in of_task if system in r["rows"]]
+            if not entries:
+                continue
+            row = {"train_s": _stat([e["train_s"] for e in entries]), "w2_over_floor": {}}
+            for nfe in entries[0]["w2_over_floor"]:
+                row["w2_over_floor"][nfe] = _stat([e["w2_over_floor"][nfe] for e in entries])
+            if entries[0]["probes"] is not None:
+                reached = [e["time_to_quality_s"] for e in entries]
+                # the median of the seeds, counting a seed that never got there as infinitely slow
+                times = sorted(float("inf") if t is None else t for t in reached)
+                median = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+                row["time_to_quality_s"] = {"median": None if median == float("inf") else median, "each": reached}
+            task["rows"][system] = row
+        out[name] = task
+    return out
+
+
+def _stat(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def table(summary: dict, tput: dict, header: str) -> str:
     lines = [header, ""]
-    for name, res in results.items():
+    for name, res in summary.items():
         lines += [
-            f"### {name} (W2 floor {res['floor']:.3f} at 2,000 points; probe floor {res['probe_floor']:.3f} at 1,000)",
+            f"### {name} (W2 floor {res['floor']:.3f}; seeds {', '.join(map(str, res['seeds']))}; median [min, max])",
             "",
-            "| system | train s | time to W2 <= 1.1x floor, s | W2/floor NFE 1 | 2 | 4 | 8 | 100 |",
+            f"| system | train s | time to W2 <= {THRESHOLD}x floor, s | W2/floor NFE 1 | 2 | 4 | 8 | 100 |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for system in SYSTEMS:
             if system not in res["rows"]:
                 continue
             r = res["rows"][system]
-            q = r["w2_over_floor"]
-            ttq = r["time_to_quality_s"]
-            ttq_s = "-" if ttq is None else f"{ttq:.1f}"
-            lines.append(f"| {system} | {r['train_s']:.1f} | {ttq_s} | " + " | ".join(f"{q[str(n)]:.2f}" for n in NFES) + " |")
+            ttq = r.get("time_to_quality_s")
+            if ttq is None:
+                ttq_s = "n/a"
+            else:
+                each = ", ".join("-" if t is None else f"{t:.1f}" for t in ttq["each"])
+                ttq_s = ("-" if ttq["median"] is None else f"{ttq['median']:.1f}") + f" ({each})"
+            cells = []
+            for nfe in NFES:
+                q = r["w2_over_floor"].get(str(nfe))
+                cells.append("—" if q is None else f"{q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}]")
+            t = r["train_s"]
+            lines.append(f"| {system} | {t['median']:.1f} | {ttq_s} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [
-        f"### Sampling throughput (one thread; NFE 8: {THROUGHPUT_N[8]:,} points, NFE 100: {THROUGHPUT_N[100]:,} points)",
-        "",
-        "| sampler (systems) | samples/s NFE 8 | samples/s NFE 100 | peak MiB NFE 8 | peak MiB NFE 100 |",
-        "|---|---|---|---|---|",
-    ]
-    for kind, r in tput.items():
-        users = ", ".join(s for s, k in SAMPLER_KIND.items() if k == kind)
-        lines.append(
-            f"| {SAMPLER_NAME[kind]} ({users}) | {r['8']['samples_per_s']:,.0f} | {r['100']['samples_per_s']:,.0f} | "
-            f"{r['8']['peak_mib']:.0f} | {r['100']['peak_mib']:.0f} |"
-        )
+    if tput:
+        lines += [
+            f"### Sampling throughput (one thread; NFE 8: {THROUGHPUT_N[8]:,} points, NFE 100: {THROUGHPUT_N[100]:,} points)",
+            "",
+            "| sampler (systems) | samples/s NFE 8 | samples/s NFE 100 | vs torchdiffeq rk4 fp32 (8 / 100) | peak MiB NFE 8 | peak MiB NFE 100 |",
+            "|---|---|---|---|---|---|",
+        ]
+        base = tput.get("torchdiffeq")
+        for kind, r in tput.items():
+            users = ", ".join(s for s, k in SAMPLER_KIND.items() if k == kind)
+            ratio = f"{r['8']['samples_per_s'] / base['8']['samples_per_s']:.2f}x / {r['100']['samples_per_s'] / base['100']['samples_per_s']:.2f}x" if base else "—"
+            lines.append(
+                f"| {SAMPLER_NAME[kind]} ({users}) | {r['8']['samples_per_s']:,.0f} | {r['100']['samples_per_s']:,.0f} | {ratio} | "
+                f"{r['8']['peak_mib']:.0f} | {r['100']['peak_mib']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(summary: dict, runs: list[dict], path: Path) -> None:
+    """Per task: W2/floor against NFE (median of seeds), and the probes' W2/floor against training time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items()):
-        for system in SYSTEMS:
-            if system in res["rows"]:
-                q = res["rows"][system]["w2_over_floor"]
-                ax.plot(NFES, [q[str(n)] for n in NFES], marker="o", label=system)
-        ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(NFES, [str(n) for n in NFES])
-        ax.set_xlabel("NFE (euler 1-8, rk4/midpoint 100)")
-        ax.set_ylabel("W2 / floor")
-        ax.set_title(name)
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, len(summary), figsize=(5.5 * len(summary), 9), squeeze=False)
+    colors = {system: f"C{i}" for i, system in enumerate(SYSTEMS)}
+    for column, (name, res) in enumerate(summary.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        for system, r in res["rows"].items():
+            nfes = [int(n) for n in r["w2_over_floor"]]
+            q = [r["w2_over_floor"][str(n)]["median"] for n in nfes]
+            top.plot(nfes, q, marker="o", ms=4, color=colors[system], label=system)
+        for run in (r for r in runs if r["task"] == name):
+            for system, row in run["rows"].items():
+                if row["probes"]:
+                    seconds = [p["seconds"] for p in row["probes"]]
+                    scores = [p["score"] for p in row["probes"]]
+                    label = system if run["seed"] == res["seeds"][0] else None
+                    bottom.plot(seconds, scores, color=colors[system], lw=1, alpha=0.8, label=label)
+        for ax in (top, bottom):
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+        top.axhline(THRESHOLD, color="grey", lw=0.8, ls=":")
+        bottom.axhline(THRESHOLD, color="grey", lw=0.8, ls=":")
+        top.set_xscale("log")
+        top.set_xticks(NFES, [str(n) for n in NFES])
+        top.set_xlabel("NFE (euler 1-8, rk4/midpoint 100)")
+        top.set_ylabel("W2 / floor (median of seeds)")
+        top.set_title(name)
+        bottom.set_xscale("log")
+        bottom.set_xlabel("training wall time, s (probes: rk4 NFE 20)")
+        bottom.set_ylabel("W2 / floor while training (every seed)")
+        bottom.set_title(f"{name}: time to quality (dotted: {THRESHOLD}x)")
+        top.legend(fontsize=7)
+        bottom.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -426,44 +580,65 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peers")
-    parser.add_argument("--tasks", default="two-gaussians,8gaussians-moons", help=f"comma separated, from {', '.join(TASKS)}")
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma separated, from {', '.join(TASKS)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--jobs", type=int, default=2, help="processes running (task, seed) jobs at once (default 2)")
     parser.add_argument("--no-throughput", action="store_true")
     args = parser.parse_args(argv)
+    names = args.tasks.split(",")
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
     torch.set_num_threads(1)
     load = os.getloadavg()
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    results = {}
     started = time.perf_counter()
-    for name in args.tasks.split(","):
-        log(f"task {name}")
-        results[name] = run_task(name, args.steps, log)
+    jobs = [(name, seed) for seed in args.seeds for name in names]
+    if args.jobs > 1:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(args.jobs) as pool:
+            runs = pool.starmap(run_task, [(name, seed, args.steps) for name, seed in jobs])
+    else:
+        runs = [run_task(name, seed, args.steps) for name, seed in jobs]
+    summary = summarise(runs)
     tput: dict = {}
-    if not args.no_throughput:
-        state = results[next(iter(results))]["states"]["flowmatch default"]
-        for kind in ("torchdiffeq", "meta", "flowmatch"):
+    state = next((r["state"] for r in runs if r["state"] is not None), None)
+    if not args.no_throughput and state is not None:
+        for kind in ("torchdiffeq", "meta", "flowmatch", "flowmatch-bf16"):
             tput[kind] = {str(nfe): throughput(kind, state, nfe) for nfe in (8, 100)}
-            log(f"  throughput {kind}: {tput[kind]}")
+            print(f"  throughput {kind}: {tput[kind]}", flush=True)
     load_end = os.getloadavg()
     header = (
-        f"flowmatch vs peers on {platform.machine()}, 1 thread, torch {torch.__version__}; {args.steps} steps, batch {BATCH}, "
-        f"Adam lr {LR}, MLP width 256 depth 3, ONE seed (0) per system; load average {load[0]:.2f} at start, "
-        f"{load_end[0]:.2f} at end; total {time.perf_counter() - started:.0f} s"
+        f"flowmatch vs peers on {platform.machine()} ({_cpu_name()}), 1 thread per process, {args.jobs} processes, torch "
+        f"{torch.__version__}; {args.steps} steps, batch {BATCH}, Adam lr {LR}, MLP width 256 depth 3; load average "
+        f"{load[0]:.2f} at start, {load_end[0]:.2f} at end; total {time.perf_counter() - started:.0f} s; "
+        f"{time.strftime('%Y-%m-%d')}"
     )
-    text = table(results, tput, header)
+    text = table(summary, tput, header)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peers.md").write_text(text)
     payload = {
         "header": header,
         "steps": args.steps,
-        "probe": {"every": PROBE_EVERY, "n": PROBE_N, "solver": PROBE_SOLVER, "nfe": PROBE_NFE, "threshold": 1.1},
+        "probe": {"steps": PROBE_STEPS, "n": PROBE_N, "solver": PROBE_SOLVER, "nfe": PROBE_NFE, "threshold": THRESHOLD},
         "throughput_points": THROUGHPUT_N,
-        "results": {k: {kk: vv for kk, vv in v.items() if kk != "states"} for k, v in results.items()},
+        "summary": summary,
+        "runs": [{k: v for k, v in r.items() if k != "state"} for r in runs],
         "throughput": tput,
     }
     (RESULTS / "peers.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(results, RESULTS / "peers.png")
+    plot(summary, runs, RESULTS / "peers.png")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
