@@ -139,8 +139,8 @@ def _label_list(text: str) -> list[int]:
 
 
 def _add_solver_flags(p) -> None:
-    p.add_argument("--solver", default="rk4", choices=SOLVERS, help="ODE solver (default: rk4)")
-    p.add_argument("--nfe", type=int, default=100, help="velocity evaluations for fixed-step solvers (default: 100)")
+    p.add_argument("--solver", default=None, choices=SOLVERS, help="ODE solver (default: rk4; a distilled student: euler)")
+    p.add_argument("--nfe", type=int, default=None, help="velocity evaluations for fixed-step solvers (default: 100; a distilled student: its own)")
     p.add_argument("--grid", default="uniform", choices=TIME_GRIDS, help="time grid of fixed-step solvers")
     p.add_argument("--atol", type=float, default=1e-5, help="dopri5 absolute tolerance (default: 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 relative tolerance (default: 1e-5)")
@@ -181,7 +181,7 @@ def _cmd_sample(args) -> int:
     array = np.concatenate(parts, axis=1 if args.trajectory else 0)
     write_array(out, array)
     which = f", labels {','.join(map(str, labels))} ({args.n} each, in that order)" if args.label else ""
-    print(f"wrote {out}: shape {array.shape}{which}, solver {args.solver}, NFE {result.nfe}")
+    print(f"wrote {out}: shape {array.shape}{which}, solver {flow.resolve_sampler(args.solver, args.nfe)[0]}, NFE {result.nfe}")
     return 0
 
 
@@ -213,8 +213,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--quick", action="store_true", help="the cheap report 'flowmatch train' writes: 1,000 samples, rk4 NLL of 500 points, no pictures")
     p.add_argument("-n", type=int, default=None, help="samples for the quality metrics (default: 5000; quick: 1000)")
     p.add_argument("--n-likelihood", type=int, default=None, help="held-out points to score (default: 2000; quick: 500)")
-    p.add_argument("--solver", default="rk4", choices=SOLVERS, help="sampler for the quality metrics (default: rk4)")
-    p.add_argument("--nfe", type=int, default=100, help="sampler NFE (default: 100)")
+    p.add_argument("--solver", default=None, choices=SOLVERS, help="sampler for the quality metrics (default: rk4; a distilled student: euler)")
+    p.add_argument("--nfe", type=int, default=None, help="sampler NFE (default: 100; a distilled student: its own)")
     p.add_argument("--likelihood-solver", default=None, choices=SOLVERS, help="solver for the NLL (default: dopri5; quick: rk4)")
     p.add_argument("--likelihood-nfe", type=int, default=None, help="NFE of a fixed-step likelihood solver (default: 100; quick: 40)")
     p.add_argument("--atol", type=float, default=1e-5, help="dopri5 absolute tolerance (default: 1e-5)")

@@ -258,8 +258,8 @@ def evaluate(
     quick: bool = False,
     n: int | None = None,
     n_likelihood: int | None = None,
-    solver: str = "rk4",
-    nfe: int = 100,
+    solver: str | None = None,
+    nfe: int | None = None,
     likelihood_solver: str | None = None,
     likelihood_nfe: int | None = None,
     atol: float = 1e-5,
@@ -275,10 +275,12 @@ def evaluate(
 
     Defaults (full / ``quick``): ``n`` samples 5,000 / 1,000; ``n_likelihood`` points 2,000 / 500,
     scored with ``likelihood_solver`` dopri5 (``atol``, ``rtol``) / rk4 at ``likelihood_nfe`` 40;
-    ``sweep`` and ``pictures`` on / off. Samples for the metrics come from ``solver`` at ``nfe``.
+    ``sweep`` and ``pictures`` on / off. Samples for the metrics come from ``solver`` at ``nfe``
+    (default: the flow's own sampler, :meth:`flowmatch.runs.Flow.resolve_sampler`).
     Returns the report (see the module docstring).
     """
     started = time.perf_counter()
+    solver, nfe = flow.resolve_sampler(solver, nfe)
     defaults = QUICK if quick else FULL
     n = n or defaults["n"]
     n_likelihood = n_likelihood or defaults["n_likelihood"]

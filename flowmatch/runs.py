@@ -159,13 +159,25 @@ class Flow:
 
         return guided
 
+    def resolve_sampler(self, solver: str | None = None, nfe: int | None = None) -> tuple[str, int]:
+        """The (solver, NFE) to sample with: what is given, the rest from the flow's own default.
+
+        The default is rk4 at NFE 100, and for a distilled student (config ``objective`` distill) the
+        Euler NFE it was trained for; an NFE left out with another solver is 100.
+        """
+        default = ("euler", int(self.config.get("distill_nfe", 1))) if self.config.get("objective") == "distill" else ("rk4", 100)
+        solver = default[0] if solver is None else solver
+        if nfe is None:
+            nfe = default[1] if solver == default[0] else 100
+        return solver, nfe
+
     @torch.no_grad()
     def generate(
         self,
         n: int,
         *,
-        solver: str = "rk4",
-        nfe: int = 100,
+        solver: str | None = None,
+        nfe: int | None = None,
         grid: str = "uniform",
         atol: float = 1e-5,
         rtol: float = 1e-5,
@@ -180,6 +192,9 @@ class Flow:
         batch_size: int | None = None,
     ) -> Samples:
         """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
+
+        ``solver`` and ``nfe`` default to :meth:`resolve_sampler`'s choice (rk4 at NFE 100; a distilled
+        student's own Euler NFE).
 
         ``with_log_prob=True`` also integrates d/dt log p = -div v along each path (see
         ``flowmatch.likelihood``) and fills ``Samples.log_prob`` with each sample's log-density in data
@@ -200,6 +215,7 @@ class Flow:
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        solver, nfe = self.resolve_sampler(solver, nfe)
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
             raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
         if precision not in PRECISIONS:

@@ -79,6 +79,13 @@ def test_distill_cli_end_to_end(teacher, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert (config["objective"], config["distill_nfe"]) == ("distill", 2)
     assert load(out).sample(10, solver="euler", nfe=2).shape == (10, 2)
+    # a student samples with its own Euler NFE unless told otherwise; a plain flow with rk4 at 100
+    student, plain = load(out), load(teacher)
+    assert (student.resolve_sampler(), student.resolve_sampler("rk4"), student.resolve_sampler(nfe=4)) == (("euler", 2), ("rk4", 100), ("euler", 4))
+    assert (plain.resolve_sampler(), plain.resolve_sampler("euler"), plain.resolve_sampler(nfe=8)) == (("rk4", 100), ("euler", 100), ("rk4", 8))
+    assert torch.equal(student.sample(50, seed=3), student.sample(50, solver="euler", nfe=2, seed=3))
+    assert main(["sample", "--run", str(out), "-n", "20", "--out", str(tmp_path / "s.npy")]) == 0
+    assert "solver euler, NFE 2" in capsys.readouterr().out
 
 
 def _one_error_line(capsys, code, needle):
