@@ -219,7 +219,7 @@ def summarise(runs: list[dict]) -> dict:
             summary[task]["models"][name] = {
                 "scores": scores,
                 "best": best,
-                "rk4-100": statistics.median(e["rk4-100"] for e in entries),
+                "rk4-100": None if entries[0]["rk4-100"] is None else statistics.median(e["rk4-100"] for e in entries),
                 "train_seconds": statistics.median(e["train_seconds"] for e in entries),
                 "pair_seconds": statistics.median(e["pair_seconds"] for e in entries),
                 "straightness": None if entries[0]["straightness"] is None else statistics.median(e["straightness"] for e in entries),
@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             runs = [run_task(task, seed, root) for task, seed in jobs]
     seconds = time.perf_counter() - started
+    if not args.no_write:  # the raw runs first: a summary that fails must not lose half an hour of training
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "fewstep-runs.json").write_text(json.dumps(runs, indent=2) + "\n")
     summary = summarise(runs)
     table = markdown(summary, cost, loop, args.seeds, seconds)
     print(table)
