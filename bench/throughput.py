@@ -8,7 +8,7 @@
    depend on the weights). Its FLOPs per evaluation are counted by
    ``torch.utils.flop_counter.FlopCounterMode`` (the matmuls; activations and the solver's axpys are
    not counted), so achieved GFLOP/s = samples/s x NFE x FLOPs per point.
-3. Sampling speed, rk4 at NFE 8 on 100,000 points and NFE 100 on 25,000 (``N_POINTS``), same network:
+3. Sampling speed, rk4 at NFE 8 and NFE 100 on 100,000 points (``N_POINTS``), same network:
    torchdiffeq ``odeint`` (rk4, float32, the whole batch per evaluation); flowmatch ``Flow.sample``
    in fp32 and ``precision="bf16"`` (the product path, default ``batch_size``: cache-sized network
    calls), and ``Flow.sample`` fp32 with ``batch_size=n`` (one network call per stage, as before
@@ -41,7 +41,7 @@ RESULTS = Path(__file__).parent / "results"
 MATMUL_N = 4096
 REPEATS = 3
 ROUNDS = 3
-N_POINTS = {8: 100_000, 100: 25_000}
+N_POINTS = {8: 100_000, 100: 100_000}
 DATA = "8gaussians"
 TRAIN_STEPS = 2000
 QUALITY_N = 2000
