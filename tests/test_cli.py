@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from flowmatch.cli import build_parser, main
+from cli_checks import one_error_line as _one_error_line
 
 FAST = ["--steps", "30", "--width", "16", "--batch-size", "32", "--quiet", "--no-eval"]
 
@@ -28,15 +29,6 @@ def test_python_dash_m_is_the_same_program():
     out = subprocess.run([sys.executable, "-m", "flowmatch", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "sample" in out.stdout
 
-
-def _one_error_line(capsys, code, *needles):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _bad_files(tmp_path):

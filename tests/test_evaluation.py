@@ -26,6 +26,7 @@ from flowmatch.models import build_model
 from flowmatch.paths import make_path
 from flowmatch.runs import Flow, write_json
 from flowmatch.training import TrainConfig
+from cli_checks import one_error_line as _one_error_line
 
 
 class MixtureField(torch.nn.Module):
@@ -188,14 +189,6 @@ def make_run(folder, width=8, data_name="two-gaussians"):
     Flow(model=model.eval(), path=make_path("linear"), standardizer=Standardizer.identity(2), config=config).save_checkpoint(folder)
     return folder
 
-
-def _one_error_line(capsys, code, *needles):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_eval_command_writes_the_report_and_prints_a_table(tmp_path, capsys):

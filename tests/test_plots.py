@@ -15,6 +15,7 @@ from flowmatch.models import build_model
 from flowmatch.paths import make_path
 from flowmatch.runs import Flow, write_json
 from flowmatch.training import TrainConfig
+from cli_checks import one_error_line as _one_error_line
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -133,12 +134,6 @@ def test_plot_command_default_output_goes_into_the_run(run, capsys):
     _png(run / "samples.png")
     capsys.readouterr()
 
-
-def _one_error_line(capsys, code, needle):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert needle in lines[0], lines[0]
 
 
 def test_plot_command_errors(run, tmp_path, capsys):

@@ -17,6 +17,7 @@ from flowmatch.rectify import PAIR_SEED_OFFSET, distill, make_pairs, reflow, str
 from flowmatch.runs import load
 from flowmatch.solvers import integrate
 from flowmatch.training import TrainConfig, fit
+from cli_checks import one_error_line as _one_error_line
 
 SMALL = dict(width=32, depth=2, batch_size=128)
 FAST = ["--pairs", "512", "--steps", "30", "--teacher-nfe", "8", "--batch-size", "64", "--quiet"]
@@ -87,12 +88,6 @@ def test_distill_cli_end_to_end(teacher, tmp_path, capsys):
     assert main(["sample", "--run", str(out), "-n", "20", "--out", str(tmp_path / "s.npy")]) == 0
     assert "solver euler, NFE 2" in capsys.readouterr().out
 
-
-def _one_error_line(capsys, code, needle):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert needle in lines[0], lines[0]
 
 
 def test_bad_input_is_one_line_and_exit_2(teacher, tmp_path, capsys):
