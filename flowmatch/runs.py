@@ -190,8 +190,13 @@ class Flow:
         guidance: float = 1.0,
         precision: str = "fp32",
         batch_size: int | None = None,
+        x0: torch.Tensor | None = None,
     ) -> Samples:
         """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
+
+        ``x0`` gives the starting points yourself, shape (n, D) in model coordinates (for the N(0, I)
+        source: the noise), for example to push the same noise through several models; by default
+        n are drawn from the source with ``seed``.
 
         ``solver`` and ``nfe`` default to :meth:`resolve_sampler`'s choice (rk4 at NFE 100; a distilled
         student's own Euler NFE).
@@ -233,7 +238,14 @@ class Flow:
         else:
             velocity = self._velocity_of(_in_row_chunks(self.model, batch_size), labels, float(guidance))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        x0 = self.draw_source(n, generator).to(self.device)
+        if x0 is None:
+            x0 = self.draw_source(n, generator)
+        elif not isinstance(x0, torch.Tensor) or x0.shape != (n, self.dim) or not x0.is_floating_point():
+            shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise FlowmatchError(f"x0 must be a float tensor of shape ({n}, {self.dim}), got {shape}")
+        elif not torch.isfinite(x0).all():
+            raise FlowmatchError("x0 has non-finite values")
+        x0 = x0.to(self.device, torch.float32)
         if with_log_prob:
             from .likelihood import sample_with_log_prob
 
