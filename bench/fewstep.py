@@ -15,7 +15,7 @@ batch 256, Adam 2e-3 cosine, EMA 0.999):
 Every model is scored by exact W2 (``flowmatch.metrics.w2_exact``) between 2,000 samples and 2,000
 held-out points, averaged over ``NOISE_DRAWS`` draws (noise seed 1000 * seed + k, the same for every
 model of a seed, against its own held-out set A_k), over the floor, the mean W2 between the
-``NOISE_DRAWS`` pairs of disjoint held-out sets (see :func:`held_out_sets`): one draw is too noisy
+``NOISE_DRAWS`` pairs of disjoint held-out sets (see :mod:`bench.heldout`): one draw is too noisy
 to rank models whose W2 is near the floor. The solvers: euler at NFE 1, 2, 4, 8 and the best fixed-step solver among midpoint, heun (NFE 2, 4, 8) and rk4
 (NFE 4, 8). Students are scored at the NFE they were trained for (Euler) only. Training time is
 the wall time of the optimisation (plus the pair generation for reflow and distillation).
@@ -49,7 +49,7 @@ import torch  # noqa: E402
 if __package__ in (None, ""):  # python bench/fewstep.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flowmatch.metrics import w2_exact  # noqa: E402
+from bench.heldout import HeldOut  # noqa: E402
 from flowmatch.rectify import distill, reflow, straightness  # noqa: E402
 from flowmatch.training import TrainConfig, fit  # noqa: E402
 
@@ -120,14 +120,15 @@ def loop_step_ms(coupling: str, steps: int = 300) -> float:
 
 
 # -- one task and seed -------------------------------------------------------------------------------
-def score(flow, sets, floor: float, seed: int, solvers: dict[str, tuple[int, ...]]) -> tuple[dict, dict]:
+def score(flow, held: HeldOut, seed: int, solvers: dict[str, tuple[int, ...]]) -> tuple[dict, dict]:
     """W2 / floor at each (solver, NFE): the mean over the held-out sets A_k of W2(samples_k, A_k),
     samples_k drawn with noise seed 1000 * seed + k (shared by every model of a seed), over the floor.
     Also returns each draw's ratio."""
     means, draws = {}, {}
     for solver, nfes in solvers.items():
         for nfe in nfes:
-            each = [w2_exact(flow.sample(N_EVAL, solver=solver, nfe=nfe, seed=1000 * seed + k), a) / floor for k, (a, _) in enumerate(sets)]
+            samples = torch.cat([flow.sample(N_EVAL, solver=solver, nfe=nfe, seed=1000 * seed + k) for k in range(held.k)])
+            each = held.each(samples)
             means[f"{solver}-{nfe}"], draws[f"{solver}-{nfe}"] = statistics.mean(each), each
     return means, draws
 
@@ -137,12 +138,12 @@ def run_task(task: str, seed: int, root: str) -> dict:
     options = TASKS[task]
     folder = Path(root) / f"{task.replace(' -> ', '-to-')}-{seed}"
     models: dict[str, dict] = {}
-    sets = held_out_sets(options["data"])
-    floor, floor_pairs = floor_of(sets)
+    held = HeldOut(options["data"], N_EVAL, NOISE_DRAWS)
+    floor, floor_pairs = held.floor, held.floor_each
 
     def record(name, result, metrics, solvers, extra_seconds=0.0):
         student = name.startswith("distill")  # trained for its own Euler NFE only: no rk4 trajectory measures
-        scores, draws = score(result.flow, sets, floor, seed, solvers)
+        scores, draws = score(result.flow, held, seed, solvers)
         models[name] = {
             "train_seconds": metrics["train_seconds"],
             "pair_seconds": extra_seconds,
@@ -170,32 +171,6 @@ def run_task(task: str, seed: int, root: str) -> dict:
         record(f"distill-{nfe}", result, metrics, {"euler": (nfe,)}, metrics["pair_seconds"])
         models[f"distill-{nfe}"]["teacher"] = teacher
     return {"task": task, "seed": seed, "floor": floor, "floor_pairs": floor_pairs, "models": models}
-
-
-def held_out_sets(data: str, draws: int = NOISE_DRAWS) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``draws`` pairs (A_k, B_k) of disjoint held-out sets of N_EVAL points: chunks of one large shuffled draw.
-
-    The floor is the mean W2(B_k, A_k): what a perfect sampler scores on average. One pair is a noisy
-    estimate of it: a single W2 of 2,000 points is dominated by how many points land in each mode (two
-    Gaussians, two moons), since the count differs between two draws by ~sqrt(n) and that mass must
-    cross the gap. The chunks come from one large shuffled draw (seed apart from training and test), as
-    the test set does: scikit-learn's moons are not i.i.d. (evenly spaced along the arcs, exactly half
-    per moon), so two separate draws of 2,000 would be closer to each other than i.i.d. points can be.
-    """
-    from flowmatch.data import sample_builtin
-
-    pool = sample_builtin(data, 2 * N_EVAL * draws, 7_000)
-    pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(7_001))]
-    chunks = pool.split(N_EVAL)
-    return [(chunks[2 * k], chunks[2 * k + 1]) for k in range(draws)]
-
-
-def floor_of(sets) -> tuple[float, list[float]]:
-    """The mean floor over the pairs, and each pair's W2."""
-    from flowmatch.metrics import w2_exact
-
-    each = [w2_exact(b, a) for a, b in sets]
-    return statistics.mean(each), each
 
 
 # -- the table ---------------------------------------------------------------------------------------

@@ -24,14 +24,18 @@ Figures per system and task, median over the seeds (spread: min to max):
 
 - ``train s``: wall time of the optimisation loop (every clock is paused during probes).
 - ``W2/floor`` at NFE 1, 2, 4, 8 (euler) and 100 (rk4; Meta: midpoint, its ODESolver has no rk4):
-  exact W2 (``flowmatch.metrics.w2_exact``) of the samples against the held-out set, over the
-  floor, the mean W2 between pairs of disjoint held-out sets of the same size: what a perfect
-  sampler scores on average (see :class:`Task`). Same noise draw x0 for every peer (flowmatch's
-  ``Flow.sample`` draws its own with seed ``EVAL_SEED``).
+  on the 2-D tasks the mean exact W2 (``flowmatch.metrics.w2_exact``) over ``DRAWS`` chunks of
+  ``N_SCORE`` samples, each against its own held-out set, over the floor, the mean W2 between as
+  ``FLOOR_PAIRS`` pairs of disjoint held-out sets: what a perfect sampler scores on average
+  (``bench.heldout``).
+  One draw is too noisy to rank systems: on two-gaussians a perfect sampler's single W2 of 1,000
+  points ranges about 0.5-1.6x the floor (the count of points in each mode). Every system, flowmatch
+  included (``Flow.sample(x0=...)``), starts from the same noise x0.
 - ``time to quality``: after each step in ``PROBE_STEPS`` the model is sampled (rk4 NFE 20 with
   ``flowmatch.solvers.integrate`` in the system's direction, with the weights the system samples
-  with: EMA for flowmatch, through ``train``'s callback) and scored like W2/floor at the probe size;
-  the figure is the training wall time at the first probe with W2 <= 1.1 x floor ("-" if never).
+  with: EMA for flowmatch, through ``train``'s callback) and scored as above; the figure is the
+  training wall time at the first probe with W2 <= 1.1 x floor ("-" if never). The first table
+  compares the fastest flowmatch system with the fastest peer (see :func:`versus_peers`).
 - ``samples/s``: each system's own sampler on ``THROUGHPUT_N[nfe]`` points at NFE 8 and 100
   (torchdiffeq rk4 for seed and TorchCFM, Meta ODESolver midpoint, flowmatch ``Flow.sample``
   rk4 in fp32 and bf16), each in a fresh spawned process; ``peak MiB`` is that process's ``ru_maxrss``
@@ -70,6 +74,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.heldout import HeldOut  # noqa: E402
 from flowmatch.data import TABLE_NAMES, load_dataset, sample_builtin  # noqa: E402
 from flowmatch.metrics import w2_exact  # noqa: E402
 from flowmatch.models import MLP  # noqa: E402
@@ -80,18 +85,17 @@ STEPS = 3000
 BATCH = 256
 LR = 2e-3
 SEEDS = (0, 1, 2)
-PROBE_STEPS = (25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000)
-PROBE_N = 1000
+PROBE_STEPS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000)
 PROBE_SOLVER, PROBE_NFE = "rk4", 20
 THRESHOLD = 1.1
-EVAL_N = 2000
+N_SCORE, DRAWS = 1000, 10  # a 2-D score: the mean W2 over DRAWS chunks of N_SCORE samples (bench.heldout)
+FLOOR_PAIRS = 50  # pairs of held-out sets behind the floor: one pair of 1,000 points ranges 0.6-1.4x their mean
 EVAL_SEED = 123
-FLOOR_PAIRS = 5
 TABLE_DRAWS = 20
 PAIRS = 10_000
 DISTILL_STEPS = 2000
 NFES = (1, 2, 4, 8, 100)
-THROUGHPUT_N = {8: 100_000, 100: 25_000}
+THROUGHPUT_N = {8: 100_000, 100: 100_000}
 TASKS = {
     # name: (source, data); source None = N(0, I)
     "two-gaussians": (None, "two-gaussians"),
@@ -144,12 +148,10 @@ def meta_wrapper(model):
 class Task:
     """The data, held-out sets and floors of one task; every W2 is in the model's coordinates.
 
-    2-D sets: held-out sets are disjoint chunks of one large shuffled draw (scikit-learn's moons are
-    evenly spaced along the arcs with exactly half per moon, so two separate draws would be closer to
-    each other than i.i.d. samples can be; chunks of one shuffled draw are not). The reference is the
-    first chunk of ``EVAL_N`` (``PROBE_N`` for probes) and the floor the mean W2 over ``FLOOR_PAIRS``
-    pairs of further chunks. A single pair is a noisy floor: one W2 of 2,000 points is dominated by how
-    many points land in each mode, which differs between two draws by ~sqrt(n).
+    2-D sets: a score is the mean of W2 over ``DRAWS`` chunks of ``N_SCORE`` samples, each against its
+    own held-out set, over the floor (the mean W2 between as many pairs of disjoint held-out sets; see
+    :mod:`bench.heldout`). Probes and the table use the same score and the same noise x0 for every
+    system.
 
     ``wine``: the reference is the test split (36 rows) and a score is the mean W2 over
     ``TABLE_DRAWS`` sets of 36 samples; the floor the mean W2 of as many random sets of 36 train rows.
@@ -162,40 +164,29 @@ class Task:
             dataset = load_dataset(self.data, seed=seed)  # flowmatch's own split and standardiser for this seed
             self.train = dataset.train
             self.dim = dataset.dim
-            self.reference = {"eval": dataset.to_model(dataset.test).float()}
-            self.reference["probe"] = self.reference["eval"]
-            self.chunks = {"eval": TABLE_DRAWS, "probe": TABLE_DRAWS}
+            self.reference = dataset.to_model(dataset.test).float()
             g = torch.Generator().manual_seed(10_001)
-            m = len(self.reference["eval"])
-            floor = statistics.mean(
-                w2_exact(self.train[torch.randperm(len(self.train), generator=g)[:m]], self.reference["eval"])
+            m = len(self.reference)
+            self.floor = statistics.mean(
+                w2_exact(self.train[torch.randperm(len(self.train), generator=g)[:m]], self.reference)
                 for _ in range(TABLE_DRAWS)
             )
-            self.floor = {"eval": floor, "probe": floor}
+            self.held = None
+            n = m * TABLE_DRAWS
         else:
             self.train = None
             self.dim = 2
-            pool = sample_builtin(self.data, EVAL_N * (2 * FLOOR_PAIRS + 1), generator=10_001)
-            pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(10_002))].float()
-            chunks = pool.split(EVAL_N)
-            self.reference = {"eval": chunks[0], "probe": chunks[0][:PROBE_N]}
-            self.chunks = {"eval": 1, "probe": 1}
-            self.floor = {
-                "eval": statistics.mean(w2_exact(chunks[2 * k + 1], chunks[2 * k + 2]) for k in range(FLOOR_PAIRS)),
-                "probe": statistics.mean(w2_exact(chunks[2 * k + 1][:PROBE_N], chunks[2 * k + 2][:PROBE_N]) for k in range(FLOOR_PAIRS)),
-            }
-        g = torch.Generator().manual_seed(EVAL_SEED)
-        self.x0 = {kind: self.draw_x0(self.n(kind), g) for kind in ("eval", "probe")}
+            self.held = HeldOut(self.data, N_SCORE, DRAWS, floor_pairs=FLOOR_PAIRS)
+            self.floor = self.held.floor
+            n = N_SCORE * DRAWS
+        self.x0 = self.draw_x0(n, torch.Generator().manual_seed(EVAL_SEED))
 
-    def n(self, kind: str) -> int:
-        """How many samples a score takes."""
-        return len(self.reference[kind]) * self.chunks[kind]
-
-    def score(self, samples: torch.Tensor, kind: str = "eval") -> float:
-        """W2 / floor of samples in model coordinates (mean over the chunks for a table)."""
-        reference = self.reference[kind]
-        w2 = statistics.mean(w2_exact(c, reference) for c in samples.float().split(len(reference)))
-        return w2 / self.floor[kind]
+    def score(self, samples: torch.Tensor) -> float:
+        """W2 / floor of samples in model coordinates (the mean over the chunks)."""
+        if self.held is not None:
+            return self.held.score(samples)
+        w2 = statistics.mean(w2_exact(c, self.reference) for c in samples.float().split(len(self.reference)))
+        return w2 / self.floor
 
     def draw_x0(self, n: int, g: torch.Generator) -> torch.Tensor:
         if self.source is None:
@@ -269,8 +260,8 @@ def sample_meta(model, x0, method: str, nfe: int):
 
 
 def sample_flowmatch(flow, x0, method: str, nfe: int, precision: str = "fp32"):
-    """flowmatch's own sampler (its own noise draw), returned in model coordinates as the others are."""
-    x = flow.sample(len(x0), solver=method, nfe=nfe, seed=EVAL_SEED, precision=precision)
+    """flowmatch's own sampler from the same x0, returned in model coordinates as the others are."""
+    x = flow.sample(len(x0), solver=method, nfe=nfe, x0=x0, precision=precision)
     return flow.standardizer.forward(x).float()
 
 
@@ -290,9 +281,8 @@ def probe_score(task: Task, model, reverse: bool = False) -> float:
     """W2 / probe floor of rk4 NFE 20 samples of ``model`` (a velocity callable in model coordinates)."""
     with torch.no_grad():
         f = (lambda x, t: -model(x, t)) if reverse else model
-        x0 = task.x0["probe"]
-        x = integrate(f, x0, solver=PROBE_SOLVER, nfe=PROBE_NFE, t0=1.0 if reverse else 0.0, t1=0.0 if reverse else 1.0).x
-    return task.score(x, "probe")
+        x = integrate(f, task.x0, solver=PROBE_SOLVER, nfe=PROBE_NFE, t0=1.0 if reverse else 0.0, t1=0.0 if reverse else 1.0).x
+    return task.score(x)
 
 
 def time_to_quality(probes: list[dict]) -> float | None:
@@ -348,7 +338,7 @@ def quality(task: Task, system: str, obj, nfes=NFES) -> dict[str, float]:
     out = {}
     for nfe in nfes:
         method = "euler" if nfe <= 8 else "rk4"
-        out[str(nfe)] = task.score(sampler(obj, task.x0["eval"], method, nfe))
+        out[str(nfe)] = task.score(sampler(obj, task.x0, method, nfe))
     return out
 
 
@@ -464,7 +454,7 @@ def summarise(runs: list[dict]) -> dict:
         of_task = [r for r in runs if r["task"] == name]
         if not of_task:
             continue
-        task = {"floor": statistics.median(r["floor"]["eval"] for r in of_task), "seeds": [r["seed"] for r in of_task], "rows": {}}
+        task = {"floor": statistics.median(r["floor"] for r in of_task), "seeds": [r["seed"] for r in of_task], "rows": {}}
         for system in SYSTEMS:
             entries = [r["rows"][system] for r in of_task if system in r["rows"]]
             if not entries:
@@ -487,8 +477,47 @@ def _stat(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def versus_peers(summary: dict) -> dict:
+    """Per task: the fastest flowmatch system to quality against the fastest peer (medians over seeds).
+
+    A peer that never got there in most seeds is slower than its whole training time, so the ratio is
+    then an upper bound ("<").
+    """
+    out = {}
+    for name, res in summary.items():
+        rows = res["rows"]
+        timed = {s: r for s, r in rows.items() if "time_to_quality_s" in r}
+        ours = {s: r["time_to_quality_s"]["median"] for s, r in timed.items() if s.startswith("flowmatch") and r["time_to_quality_s"]["median"] is not None}
+        theirs = {s: r["time_to_quality_s"]["median"] for s, r in timed.items() if s in PEERS}
+        if not ours or not theirs:
+            continue
+        best = min(ours, key=ours.get)
+        reached = {s: t for s, t in theirs.items() if t is not None}
+        if reached:
+            peer = min(reached, key=reached.get)
+            out[name] = {"flowmatch": best, "seconds": ours[best], "peer": peer, "peer_seconds": reached[peer], "bound": False}
+        else:  # no peer got there: each is slower than its own training time
+            peer = min(theirs, key=lambda s: timed[s]["train_s"]["median"])
+            out[name] = {"flowmatch": best, "seconds": ours[best], "peer": peer, "peer_seconds": timed[peer]["train_s"]["median"], "bound": True}
+        out[name]["ratio"] = out[name]["seconds"] / out[name]["peer_seconds"]
+    return out
+
+
 def table(summary: dict, tput: dict, header: str) -> str:
     lines = [header, ""]
+    versus = versus_peers(summary)
+    if versus:
+        lines += [
+            f"### Time to W2 <= {THRESHOLD}x floor: fastest flowmatch system against the fastest peer (medians of seeds)",
+            "",
+            "| task | flowmatch | s | peer | s | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, v in versus.items():
+            peer_s = (">" if v["bound"] else "") + f"{v['peer_seconds']:.1f}"
+            ratio = ("<" if v["bound"] else "") + f"{v['ratio']:.2f}x"
+            lines.append(f"| {name} | {v['flowmatch']} | {v['seconds']:.1f} | {v['peer']} | {peer_s} | {ratio} |")
+        lines.append("")
     for name, res in summary.items():
         lines += [
             f"### {name} (W2 floor {res['floor']:.3f}; seeds {', '.join(map(str, res['seeds']))}; median [min, max])",
@@ -621,9 +650,11 @@ def main(argv: list[str] | None = None) -> None:
     payload = {
         "header": header,
         "steps": args.steps,
-        "probe": {"steps": PROBE_STEPS, "n": PROBE_N, "solver": PROBE_SOLVER, "nfe": PROBE_NFE, "threshold": THRESHOLD},
+        "score": {"n": N_SCORE, "draws": DRAWS, "floor_pairs": FLOOR_PAIRS, "table_draws": TABLE_DRAWS},
+        "probe": {"steps": PROBE_STEPS, "solver": PROBE_SOLVER, "nfe": PROBE_NFE, "threshold": THRESHOLD},
         "throughput_points": THROUGHPUT_N,
         "summary": summary,
+        "versus_peers": versus_peers(summary),
         "runs": [{k: v for k, v in r.items() if k != "state"} for r in runs],
         "throughput": tput,
     }
