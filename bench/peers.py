@@ -52,7 +52,9 @@ its 36 test rows; every W2 is in standardised coordinates and is the mean over `
 Run ``python -m bench.peers`` (``--tasks two-gaussians,checkerboard --seeds 0 --steps 3000 --jobs 2``); it
 prints a Markdown table and writes ``bench/results/peers.md``, ``peers.json`` and ``peers.png`` (quality
 against NFE and against training time). Single-threaded (OMP_NUM_THREADS=1): the numbers are per core;
-``--jobs`` runs (task, seed) jobs in that many processes at once.
+``--jobs`` runs (task, seed) jobs in that many processes at once. ``--peers-only --steps 12000`` trains
+only the peers, for longer, to see whether and when they reach the quality target at all (writes
+``peers-long.*``).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ STEPS = 3000
 BATCH = 256
 LR = 2e-3
 SEEDS = (0, 1, 2)
-PROBE_STEPS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000)
+PROBE_STEPS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10_000, 12_000)
 PROBE_SOLVER, PROBE_NFE = "rk4", 20
 THRESHOLD = 1.1
 N_SCORE, DRAWS = 1000, 10  # a 2-D score: the mean W2 over DRAWS chunks of N_SCORE samples (bench.heldout)
@@ -401,8 +403,12 @@ SAMPLER_NAME = {
 
 
 # -- one task and seed -------------------------------------------------------------------------------
-def run_task(name: str, seed: int, steps: int) -> dict:
-    """Every system on one task and seed: {system: {train_s, w2_over_floor, probes, time_to_quality_s}}."""
+def run_task(name: str, seed: int, steps: int, peers_only: bool = False) -> dict:
+    """Every system on one task and seed: {system: {train_s, w2_over_floor, probes, time_to_quality_s}}.
+
+    ``peers_only``: only the peers' systems (to see whether and when they reach the quality target
+    over a longer budget than flowmatch needs).
+    """
     torch.set_num_threads(1)
     task = Task(name, seed)
     rows: dict[str, dict] = {}
@@ -425,6 +431,8 @@ def run_task(name: str, seed: int, steps: int) -> dict:
     for system, loss in (("TorchCFM CFM", torchcfm_loss(False)), ("TorchCFM OT-CFM", torchcfm_loss(True)), ("Meta flow_matching", meta_loss())):
         model, seconds, probes = train_peer(task, loss, steps, seed)
         record(system, model, seconds, probes)
+    if peers_only:
+        return {"task": name, "seed": seed, "floor": task.floor, "rows": rows, "state": None}
     state = None
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         result, probes = train_flowmatch(task, steps, seed)
@@ -614,6 +622,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--jobs", type=int, default=2, help="processes running (task, seed) jobs at once (default 2)")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument(
+        "--peers-only", action="store_true", help="train only the peers (e.g. with a longer --steps); writes peers-long.* instead"
+    )
     args = parser.parse_args(argv)
     names = args.tasks.split(",")
     unknown = [n for n in names if n not in TASKS]
@@ -626,9 +637,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs > 1:
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs) as pool:
-            runs = pool.starmap(run_task, [(name, seed, args.steps) for name, seed in jobs])
+            runs = pool.starmap(run_task, [(name, seed, args.steps, args.peers_only) for name, seed in jobs])
     else:
-        runs = [run_task(name, seed, args.steps) for name, seed in jobs]
+        runs = [run_task(name, seed, args.steps, args.peers_only) for name, seed in jobs]
     summary = summarise(runs)
     tput: dict = {}
     state = next((r["state"] for r in runs if r["state"] is not None), None)
@@ -646,7 +657,8 @@ def main(argv: list[str] | None = None) -> None:
     text = table(summary, tput, header)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.md").write_text(text)
+    stem = "peers-long" if args.peers_only else "peers"
+    (RESULTS / f"{stem}.md").write_text(text)
     payload = {
         "header": header,
         "steps": args.steps,
@@ -658,8 +670,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs": [{k: v for k, v in r.items() if k != "state"} for r in runs],
         "throughput": tput,
     }
-    (RESULTS / "peers.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(summary, runs, RESULTS / "peers.png")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot(summary, runs, RESULTS / f"{stem}.png")
 
 
 def _cpu_name() -> str:
