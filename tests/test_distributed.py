@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 from safetensors.torch import load_file
 
 from flowmatch.checkpoints import list_states
