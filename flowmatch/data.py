@@ -17,17 +17,22 @@ independent:
     t = 3 pi sqrt(U);  d = (-t cos t + U'/2, t sin t + U''/2);  half the points are d, the other half -d
     (the same d, mirrored);  x = (+-d) / 3 + N(0, 0.1^2 I).
 ``moons``
-    scikit-learn ``make_moons(noise=0.1)``, then x * 2 + (-1, -0.2).
+    scikit-learn's ``make_moons(noise=0.1)``, then x * 2 + (-1, -0.2): half the points on the upper moon
+    (cos a, sin a), half on the lower one (1 - cos a, 1/2 - sin a), at angles a evenly spaced over [0, pi];
+    shuffled; + N(0, 0.1^2 I).
 ``circles``
-    scikit-learn ``make_circles(factor=0.5, noise=0.08)``, then x * 3.
+    scikit-learn's ``make_circles(factor=0.5, noise=0.08)``, then x * 3: half the points on the unit circle,
+    half on the circle of radius 1/2, at evenly spaced angles 2 pi j / m; shuffled; + N(0, 0.08^2 I).
 ``rings``
     4 concentric circles of radius 3 * {1, 0.75, 0.5, 0.25}; n // 4 points on each of the first three and
     the rest on the innermost, at evenly spaced angles 2 pi j / m (j = 0..m-1); shuffled; + N(0, 0.08^2 I).
 ``swissroll``
-    scikit-learn ``make_swiss_roll(noise=1.0)``, columns 0 and 2, divided by 5.
+    scikit-learn's ``make_swiss_roll(noise=1.0)``, columns 0 and 2, divided by 5: t = 1.5 pi (1 + 2 U);
+    x = ((t cos t, t sin t) + N(0, I)) / 5.
 
-All randomness comes from a ``torch.Generator`` (or an integer seed that makes one); the scikit-learn sets get
-their ``random_state`` from that generator, so every draw is reproducible.
+The scikit-learn sets are drawn by these formulas in torch (the same distributions; a training step's
+batch costs microseconds rather than scikit-learn's millisecond of argument checks). All randomness
+comes from a ``torch.Generator`` (or an integer seed that makes one), so every draw is reproducible.
 
 Built-in tables
 ---------------
@@ -137,11 +142,6 @@ def _normal(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=g, device=g.device, dtype=torch.float64)
 
 
-def _sklearn_seed(g: torch.Generator) -> int:
-    """A scikit-learn ``random_state`` drawn from ``g`` (so scikit-learn sets are reproducible too)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device).item())
-
-
 def _two_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
     """x = (4 s, 0) + N(0, I), s = +-1 with probability 1/2 each: the mixture of N((-4, 0), I) and N((4, 0), I)."""
     k = torch.randint(0, 2, (n,), generator=g, device=g.device)
@@ -187,20 +187,44 @@ def _two_spirals(n: int, g: torch.Generator) -> torch.Tensor:
     return x + 0.1 * _normal((n, 2), g), k
 
 
-def _moons(n: int, g: torch.Generator) -> torch.Tensor:
-    """scikit-learn make_moons(noise=0.1), then x * 2 + (-1, -0.2)."""
-    from sklearn.datasets import make_moons
+def _moons(n: int, g: torch.Generator, noise: float = 0.1) -> torch.Tensor:
+    """scikit-learn's make_moons(noise=0.1), then x * 2 + (-1, -0.2).
 
-    x, k = make_moons(n_samples=n, noise=0.1, random_state=_sklearn_seed(g))
-    return torch.from_numpy(x * 2 + np.array([-1.0, -0.2])), torch.from_numpy(k).long()
+    n // 2 points (class 0) on the upper moon (cos a, sin a) and the other n - n // 2 (class 1) on the
+    lower moon (1 - cos a, 1/2 - sin a), each at angles a evenly spaced over [0, pi] (both ends
+    included), shuffled, + N(0, noise^2 I).
+    """
+    upper, lower = _arc(n // 2, math.pi, endpoint=True, g=g), _arc(n - n // 2, math.pi, endpoint=True, g=g)
+    x = torch.cat([upper, torch.stack([1 - lower[:, 0], 0.5 - lower[:, 1]], dim=1)])
+    x, k = _shuffle_with_noise(x, [n // 2, n - n // 2], noise, g)
+    return x * 2 + torch.tensor([-1.0, -0.2], dtype=torch.float64, device=g.device), k
 
 
-def _circles(n: int, g: torch.Generator) -> torch.Tensor:
-    """scikit-learn make_circles(factor=0.5, noise=0.08), then x * 3: radii 3 and 1.5."""
-    from sklearn.datasets import make_circles
+def _circles(n: int, g: torch.Generator, noise: float = 0.08) -> torch.Tensor:
+    """scikit-learn's make_circles(factor=0.5, noise=0.08), then x * 3: radii 3 and 1.5.
 
-    x, k = make_circles(n_samples=n, factor=0.5, noise=0.08, random_state=_sklearn_seed(g))
-    return torch.from_numpy(x * 3), torch.from_numpy(k).long()
+    n // 2 points (class 0) on the unit circle and the other n - n // 2 (class 1) on the circle of
+    radius 1/2, each at angles 2 pi j / m (j = 0..m-1), shuffled, + N(0, noise^2 I); then times 3.
+    """
+    outer, inner = _arc(n // 2, 2 * math.pi, endpoint=False, g=g), _arc(n - n // 2, 2 * math.pi, endpoint=False, g=g)
+    x, k = _shuffle_with_noise(torch.cat([outer, 0.5 * inner]), [n // 2, n - n // 2], noise, g)
+    return x * 3, k
+
+
+def _arc(m: int, end: float, *, endpoint: bool, g: torch.Generator) -> torch.Tensor:
+    """m points (cos a, sin a) at evenly spaced angles a from 0 to ``end`` (numpy's linspace rule)."""
+    if endpoint:
+        angle = torch.linspace(0.0, end, m, dtype=torch.float64, device=g.device)
+    else:
+        angle = torch.arange(m, dtype=torch.float64, device=g.device) * (end / max(m, 1))
+    return torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+
+
+def _shuffle_with_noise(x: torch.Tensor, counts: list[int], noise: float, g: torch.Generator):
+    """Rows of x (the first counts[0] of class 0, the next counts[1] of class 1, ...) in random order, + N(0, noise^2 I)."""
+    k = torch.cat([torch.full((c,), i, dtype=torch.long, device=g.device) for i, c in enumerate(counts)])
+    order = torch.randperm(len(x), generator=g, device=g.device)
+    return x[order] + noise * _normal(tuple(x.shape), g), k[order]
 
 
 def _rings(n: int, g: torch.Generator) -> torch.Tensor:
@@ -210,22 +234,19 @@ def _rings(n: int, g: torch.Generator) -> torch.Tensor:
     the points 3 r (cos(2 pi j / m), sin(2 pi j / m)), j = 0, ..., m - 1.
     """
     quarter = n // 4
-    circles = []
-    for radius, m in ((1.0, quarter), (0.75, quarter), (0.5, quarter), (0.25, n - 3 * quarter)):
-        angle = torch.arange(m, device=g.device, dtype=torch.float64) * (2 * math.pi / max(m, 1))
-        circles.append(3 * radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1))
-    x = torch.cat(circles)
-    k = torch.cat([torch.full((len(c),), i, dtype=torch.long, device=g.device) for i, c in enumerate(circles)])
-    order = torch.randperm(n, generator=g, device=g.device)
-    return x[order] + 0.08 * _normal((n, 2), g), k[order]
+    counts = [quarter, quarter, quarter, n - 3 * quarter]
+    x = torch.cat([3 * radius * _arc(m, 2 * math.pi, endpoint=False, g=g) for radius, m in zip((1.0, 0.75, 0.5, 0.25), counts)])
+    return _shuffle_with_noise(x, counts, 0.08, g)
 
 
-def _swissroll(n: int, g: torch.Generator) -> torch.Tensor:
-    """scikit-learn make_swiss_roll(noise=1.0), columns 0 and 2, divided by 5."""
-    from sklearn.datasets import make_swiss_roll
+def _swissroll(n: int, g: torch.Generator, noise: float = 1.0) -> torch.Tensor:
+    """scikit-learn's make_swiss_roll(noise=1.0), columns 0 and 2, divided by 5.
 
-    x, _ = make_swiss_roll(n_samples=n, noise=1.0, random_state=_sklearn_seed(g))
-    return torch.from_numpy(x[:, [0, 2]] / 5), None
+    t = 1.5 pi (1 + 2 U);  x = ((t cos t, t sin t) + N(0, noise^2 I)) / 5.
+    """
+    t = 1.5 * math.pi * (1 + 2 * _uniform(n, g))
+    x = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1)
+    return (x + noise * _normal((n, 2), g)) / 5, None
 
 
 _BUILTINS = {

@@ -14,11 +14,11 @@ import torch
 from scipy import integrate, stats
 from sklearn.datasets import make_circles, make_moons, make_swiss_roll
 
+import flowmatch.data as data_module
 from flowmatch.data import (
     BUILTIN_NAMES,
     Dataset,
     Standardizer,
-    _sklearn_seed,
     load_array,
     load_dataset,
     sample_builtin,
@@ -180,37 +180,62 @@ def test_rings_uneven_counts():
     assert torch.bincount(ring, minlength=4).tolist() == [2, 2, 2, 4]
 
 
-def test_moons_definition():
-    x = sample_builtin("moons", 20_000, 6)
-    rs = _sklearn_seed(torch.Generator().manual_seed(6))
-    raw, _ = make_moons(n_samples=20_000, noise=0.1, random_state=rs)
-    np.testing.assert_allclose(x.numpy(), raw * 2 + [-1.0, -0.2], rtol=0, atol=1e-6)
+def _rows_sorted(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x[np.lexsort(x.T[::-1])]
+
+
+@pytest.mark.parametrize(
+    "name, make, scale, offset",
+    [
+        ("moons", lambda n, noise: make_moons(n, shuffle=False, noise=noise), 2.0, [-1.0, -0.2]),
+        ("circles", lambda n, noise: make_circles(n, shuffle=False, noise=noise, factor=0.5), 3.0, [0.0, 0.0]),
+    ],
+)
+@pytest.mark.parametrize("n", [1, 7, 20_000])
+def test_moons_and_circles_are_scikit_learns(name, make, scale, offset, n):
+    """The same points as scikit-learn's noise-free layout, in random order, with its noise level and labels."""
+    draw = getattr(data_module, f"_{name}")
+    clean, k_clean = draw(n, torch.Generator().manual_seed(6), noise=0.0)
+    noisy, k = draw(n, torch.Generator().manual_seed(6), noise=0.1)
+    raw, labels = make(n, None)
+    np.testing.assert_allclose(_rows_sorted(clean), _rows_sorted(raw * scale + offset), rtol=0, atol=1e-12)
+    # each point keeps its class: the clean layout of class c is scikit-learn's class c
+    for c in (0, 1):
+        np.testing.assert_allclose(_rows_sorted(clean[k_clean == c]), _rows_sorted(raw[labels == c] * scale + offset), atol=1e-12)
+    assert torch.equal(k, k_clean) and k.bincount(minlength=2).tolist() == [n // 2, n - n // 2]
+    if n == 20_000:  # the same draws, so noisy - clean is the noise alone: std 0.1 * scale (SE 0.0005 * scale)
+        assert (noisy - clean).std().item() == pytest.approx(0.1 * scale, rel=0.02)
+        assert not torch.equal(clean, _rows_sorted_tensor(clean))  # shuffled, not in layout order
+
+
+def _rows_sorted_tensor(x):
+    return torch.from_numpy(_rows_sorted(x))
+
+
+def test_builtin_moons_and_circles_noise_levels():
+    # noise 0.1 for moons (x2 after scaling) and 0.08 for circles (x3): std of the distance to the noise-free curve
+    g = torch.Generator().manual_seed(6)
+    x = sample_builtin("moons", 20_000, 6).double()
+    clean, _ = data_module._moons(20_000, g, noise=0.0)
+    assert (x - clean).std().item() == pytest.approx(0.2, rel=0.02)
     # Noise-free moons have mean (1/2, 1/4); after * 2 + (-1, -0.2) that is (0, 0.3).
-    assert x.double().mean(dim=0).numpy() == pytest.approx([0.0, 0.3], abs=0.01)
-
-
-def test_circles_definition():
-    n = 20_000
-    x = sample_builtin("circles", n, 7)
-    rs = _sklearn_seed(torch.Generator().manual_seed(7))
-    raw, _ = make_circles(n_samples=n, factor=0.5, noise=0.08, random_state=rs)
-    np.testing.assert_allclose(x.numpy(), raw * 3, rtol=0, atol=1e-6)
-    r = x.double().norm(dim=1)
-    outer = r > 2.25  # radii 3 and 1.5, noise 0.24: half-gap 3.1 sigma
-    assert outer.double().mean().item() == pytest.approx(0.5, abs=0.01)
-    assert r[outer].mean().item() == pytest.approx(3.0, abs=0.05)
-    assert r[~outer].mean().item() == pytest.approx(1.5, abs=0.05)
+    assert x.mean(dim=0).numpy() == pytest.approx([0.0, 0.3], abs=0.01)
+    x = sample_builtin("circles", 20_000, 7).double()
+    clean, _ = data_module._circles(20_000, torch.Generator().manual_seed(7), noise=0.0)
+    assert (x - clean).std().item() == pytest.approx(0.24, rel=0.02)
 
 
 def test_swissroll_definition():
-    n = 5000
-    x = sample_builtin("swissroll", n, 8)
-    rs = _sklearn_seed(torch.Generator().manual_seed(8))
-    raw, _ = make_swiss_roll(n_samples=n, noise=1.0, random_state=rs)
-    np.testing.assert_allclose(x.numpy(), raw[:, [0, 2]] / 5, rtol=0, atol=1e-6)
-    # Noise-free radius t / 5 with t in [1.5 pi, 4.5 pi]; noise 0.2 per coordinate (6 sigma margin).
-    r = x.double().norm(dim=1)
-    assert (r >= 1.5 * math.pi / 5 - 1.2).all() and (r <= 4.5 * math.pi / 5 + 1.2).all()
+    n = 20_000
+    x = sample_builtin("swissroll", n, 8).double()
+    clean, _ = data_module._swissroll(n, torch.Generator().manual_seed(8), noise=0.0)
+    # on the roll (t cos t, t sin t) / 5, with t distributed as scikit-learn's (uniform on [1.5 pi, 4.5 pi])
+    t = clean.norm(dim=1) * 5
+    np.testing.assert_allclose((clean * 5).numpy(), torch.stack([t * torch.cos(t), t * torch.sin(t)], 1).numpy(), atol=1e-9)
+    _, t_sklearn = make_swiss_roll(n_samples=n, noise=0.0, random_state=0)
+    assert stats.ks_2samp(t.numpy(), t_sklearn).pvalue > 0.01
+    assert (x - clean).std().item() == pytest.approx(0.2, rel=0.02)  # noise 1.0, divided by 5
 
 
 # --------------------------------------------------------------------------------------------------
