@@ -106,7 +106,11 @@ class TrainConfig:
     time_scale: float = _option(1.0, "logit-normal scale", low=1e-6)
     time_shift: float = _option(1.0, "shift of the times toward noise (1 = none, >1 = more noise)", low=1e-6)
     loss_weight: str = _option("none", "weight the loss as a velocity, data (x1) or noise (x0) error", choices=("none", "x1", "x0"))
-    precision: str = _option("fp32", "bf16 autocasts the model where the device supports it", choices=("fp32", "bf16"))
+    precision: str = _option(
+        "auto",
+        "bf16 autocasts the model's matmuls to bfloat16; auto = bf16 where the device has bf16 matrix units, else fp32",
+        choices=("auto", "fp32", "bf16"),
+    )
     compile: bool = _option(False, "torch.compile the model")
     # data and bookkeeping
     standardize: str = _option("auto", "standardise data (auto: files yes, built-ins and images no)", choices=("auto", "yes", "no"))
@@ -171,7 +175,7 @@ def _check_type(key: str, value: Any, type_name: str, source: str):
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The seed document's recipe: Gaussian path (its sigma_min default 0), the [t, x] -> 128 -> 128
-    # ReLU MLP, Adam 1e-3 with a constant rate, batch 128, 10,000 steps, no EMA, seed 42.
+    # ReLU MLP, Adam 1e-3 with a constant rate, batch 128, 10,000 steps, no EMA, seed 42, float32.
     "seed": {
         "data": "two-gaussians",
         "path": "gaussian",
@@ -186,6 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup": 0,
         "ema": 0.0,
         "seed": 42,
+        "precision": "fp32",
     },
 }
 
@@ -216,6 +221,35 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` trains in bf16 where the device multiplies bf16 matrices natively, else in fp32.
+
+    Native means a CUDA GPU that supports bf16 (Ampere and later) or a CPU with AVX512-BF16 or AMX
+    (read from Linux's /proc/cpuinfo; elsewhere fp32). Only the model's matmuls run in bf16 under
+    ``torch.autocast``: weights, optimiser state, the loss and the path stay float32. On such a CPU
+    a training step of the default MLP takes about 0.77x the time in fp32, with the same sample
+    quality (``bench/results/peers.md``); on CPUs that emulate bf16 it would be slower, hence fp32.
+    ``fp32`` gives runs that are bit-for-bit the same on every machine.
+    """
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if device.type == "cpu" and _cpu_has_bf16_units() else "fp32"
+
+
+def _cpu_has_bf16_units() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -393,7 +427,7 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
-    autocast = config.precision == "bf16"
+    autocast = resolve_precision(config.precision, device) == "bf16"
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
         if folder is None or not main_process:
@@ -547,9 +581,10 @@ def _initial_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    """Adam or AdamW, fused: one kernel updates every parameter (on the CPU torch's default is a
+    Python loop over the tensors, 1.1 ms a step for the default MLP against 0.34 ms fused)."""
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def _flow_for(model, ema, path, dataset, config, *, source=None):

@@ -7,7 +7,8 @@ import torch
 
 from flowmatch.errors import FlowmatchError
 from flowmatch.metrics import w2_exact
-from flowmatch.training import PRESETS, TrainConfig, learning_rate, resolve_config, train
+import flowmatch.training as training
+from flowmatch.training import PRESETS, TrainConfig, learning_rate, resolve_config, resolve_precision, train
 
 TINY = dict(steps=40, width=16, depth=2, batch_size=32)
 
@@ -30,7 +31,7 @@ def test_seed_preset_is_the_seed_recipe():
     config = resolve_config("seed")
     assert (config.path, config.sigma_min, config.model) == ("gaussian", 0.0, "seed-mlp")
     assert (config.batch_size, config.steps, config.lr, config.lr_schedule, config.ema) == (128, 10_000, 1e-3, "constant", 0.0)
-    assert config.data == "two-gaussians"
+    assert (config.data, config.precision) == ("two-gaussians", "fp32")
     assert set(PRESETS) == {"seed"}
     model = train(config, steps=1, progress=False).flow.model
     shapes = [tuple(p.shape) for p in model.parameters()]
@@ -45,6 +46,20 @@ def test_learning_rate_schedule():
     assert learning_rate(config, 55) == pytest.approx(0.5)
     assert learning_rate(config, 100) == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(TrainConfig(lr=0.3, lr_schedule="constant"), 500) == 0.3
+
+
+def test_precision_auto_is_bf16_only_on_native_bf16_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    assert TrainConfig().precision == "auto"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(training, "_cpu_has_bf16_units", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(training, "_cpu_has_bf16_units", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    # auto trains exactly as the precision it resolves to, and bf16 really changes the arithmetic
+    weights = {p: train(seed=3, precision=p, progress=False, **TINY).flow.model.state_dict() for p in ("auto", "fp32", "bf16")}
+    assert all(torch.equal(weights["auto"][k], weights["fp32"][k]) for k in weights["auto"])
+    assert not all(torch.equal(weights["bf16"][k], weights["fp32"][k]) for k in weights["bf16"])
 
 
 def test_same_seed_same_weights_different_seed_different():
