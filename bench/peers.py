@@ -12,8 +12,11 @@ as ``model(x, t)``, wrapped for each library's calling convention; Adam lr 2e-3,
   ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)``; constant lr; torchdiffeq ``odeint``.
 - ``Meta flow_matching``: ``AffineProbPath(CondOTScheduler())``, constant lr; its ``ODESolver``.
 - ``flowmatch default``: ``flowmatch.training.train`` with its defaults (cosine lr decay, EMA 0.999
-  with warm-up, used for sampling) at the same steps and batch; ``Flow.sample``. The row
-  ``flowmatch default, bf16`` is the same model sampled with ``Flow.sample(precision="bf16")``.
+  with warm-up, used for sampling; fused Adam; ``precision="auto"``, which on a CPU with bf16 units
+  autocasts the model's matmuls to bfloat16) at the same steps and batch; ``Flow.sample``. The row
+  ``flowmatch default, bf16 sampling`` is the same model sampled with ``Flow.sample(precision="bf16")``;
+  ``flowmatch default, fp32 training`` trains with ``precision="fp32"`` (everything else the default),
+  to show what bf16 training changes (on a CPU without bf16 units it is the default itself).
 - ``flowmatch ot``: the same with ``coupling="ot"``.
 - ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
   (``flowmatch.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
@@ -112,7 +115,8 @@ SYSTEMS = (
     "TorchCFM OT-CFM",
     "Meta flow_matching",
     "flowmatch default",
-    "flowmatch default, bf16",
+    "flowmatch default, bf16 sampling",
+    "flowmatch default, fp32 training",
     "flowmatch ot",
     "flowmatch distill-1",
 )
@@ -274,7 +278,7 @@ def sampler_for(system: str):
         return sample_torchdiffeq
     if system.startswith("Meta"):
         return sample_meta
-    if system.endswith("bf16"):
+    if system.endswith("bf16 sampling"):
         return lambda flow, x0, method, nfe: sample_flowmatch(flow, x0, method, nfe, precision="bf16")
     return sample_flowmatch
 
@@ -392,7 +396,7 @@ SAMPLER_KIND = {
     "Meta flow_matching": "meta",
     "flowmatch default": "flowmatch",
     "flowmatch ot": "flowmatch",
-    "flowmatch default, bf16": "flowmatch-bf16",
+    "flowmatch default, bf16 sampling": "flowmatch-bf16",
 }
 SAMPLER_NAME = {
     "torchdiffeq": "torchdiffeq odeint rk4, fp32",
@@ -437,8 +441,10 @@ def run_task(name: str, seed: int, steps: int, peers_only: bool = False) -> dict
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         result, probes = train_flowmatch(task, steps, seed)
         record("flowmatch default", result.flow, result.seconds, probes)
-        record("flowmatch default, bf16", result.flow, result.seconds, None)
+        record("flowmatch default, bf16 sampling", result.flow, result.seconds, None)
         state = result.flow.model.state_dict()
+        result, probes = train_flowmatch(task, steps, seed, precision="fp32")
+        record("flowmatch default, fp32 training", result.flow, result.seconds, probes)
         teacher = Path(tmp) / "ot"
         result, probes = train_flowmatch(task, steps, seed, folder=teacher, coupling="ot")
         result.flow.save_checkpoint(teacher)
@@ -648,9 +654,12 @@ def main(argv: list[str] | None = None) -> None:
             tput[kind] = {str(nfe): throughput(kind, state, nfe) for nfe in (8, 100)}
             print(f"  throughput {kind}: {tput[kind]}", flush=True)
     load_end = os.getloadavg()
+    from flowmatch.training import resolve_precision
+
     header = (
         f"flowmatch vs peers on {platform.machine()} ({_cpu_name()}), 1 thread per process, {args.jobs} processes, torch "
-        f"{torch.__version__}; {args.steps} steps, batch {BATCH}, Adam lr {LR}, MLP width 256 depth 3; load average "
+        f"{torch.__version__}; {args.steps} steps, batch {BATCH}, Adam lr {LR}, MLP width 256 depth 3 (peers in fp32; "
+        f"flowmatch's default precision here: {resolve_precision('auto', torch.device('cpu'))}); load average "
         f"{load[0]:.2f} at start, {load_end[0]:.2f} at end; total {time.perf_counter() - started:.0f} s; "
         f"{time.strftime('%Y-%m-%d')}"
     )

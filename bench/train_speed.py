@@ -1,12 +1,14 @@
 """Training speed: optimiser steps per second of flowmatch's loop and the seed document's loop.
 
 Side by side in one run, same machine: the seed loop (its own code, bench/seed_recipe.py), flowmatch
-with the seed's network (``--preset seed``) and flowmatch's default model, at batch 128 and 4,096.
+with the seed's network (``--preset seed``, float32 as the seed trains) and flowmatch's default model (its
+default precision ``auto``, bf16 on a CPU with bf16 units, and again in fp32), at batch 128 and 4,096.
 Run ``python -m bench.train_speed``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bench.seed_recipe import train_seed
-from flowmatch.training import TrainConfig, resolve_config, train
+from flowmatch.training import TrainConfig, resolve_config, resolve_precision, train
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,10 +32,12 @@ def measure(batch: int, steps: int) -> dict[str, float]:
     seed_loop = steps / seconds
     seedlike = resolve_config("seed", {"steps": steps, "batch_size": batch, "device": "cpu"})
     default = TrainConfig(steps=steps, batch_size=batch, device="cpu")
+    precision = resolve_precision("auto", torch.device("cpu"))
     return {
         "seed loop (its MLP)": seed_loop,
         "flowmatch, seed MLP": _flowmatch_rate(seedlike),
-        "flowmatch, default MLP": _flowmatch_rate(default),
+        f"flowmatch, default MLP ({precision})": _flowmatch_rate(default),
+        "flowmatch, default MLP (fp32)": _flowmatch_rate(dataclasses.replace(default, precision="fp32")),
     }
 
 
