@@ -1,6 +1,6 @@
 """Run every benchmark in sequence: ``python -m bench`` (``make bench``).
 
-train_speed, peers (four tasks, three seeds, two processes: about 40 minutes on 2 cores), throughput,
+train_speed, peers (four tasks, three seeds, two processes: about 50 minutes on 2 cores), throughput,
 and fewstep; each prints its Markdown table and writes its results under ``bench/results/``. Everything
 runs on one thread per process (OMP_NUM_THREADS=1). fewstep runs with one seed here (its full
 three-seed run is about half an hour on its own: ``python -m bench.fewstep``); ``--quick`` runs the
