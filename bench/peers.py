@@ -1,8 +1,8 @@
 """flowmatch against its peers on identical data, network, optimiser and budget, in one run.
 
 Systems (every one trains the SAME network, ``flowmatch.models.MLP(dim, width=256, depth=3)`` called
-as ``model(x, t)``, wrapped for each library's calling convention; Adam lr 2e-3, batch 256,
-``STEPS`` steps; seeds 0, 1, 2):
+as ``model(x, t)``, wrapped for each library's calling convention; Adam lr 2e-3, ``STEPS`` steps;
+seeds 0, 1, 2; the peers at batch ``BATCH`` = 256, flowmatch's default at its own batch schedule):
 
 - ``seed (reverse)`` / ``seed (forward)``: the seed document's path (``bench.seed_recipe.
   sample_conditional_path``, sigma_min 0), constant lr; sampled with torchdiffeq ``odeint``, its
@@ -13,11 +13,17 @@ as ``model(x, t)``, wrapped for each library's calling convention; Adam lr 2e-3,
 - ``Meta flow_matching``: ``AffineProbPath(CondOTScheduler())``, constant lr; its ``ODESolver``.
 - ``flowmatch default``: ``flowmatch.training.train`` with its defaults (cosine lr decay, EMA 0.999
   with warm-up, used for sampling; fused Adam; ``precision="auto"``, which on a CPU with bf16 units
-  autocasts the model's matmuls to bfloat16) at the same steps and batch; ``Flow.sample``. The row
+  autocasts the model's matmuls to bfloat16; batch 512 after a warm-up from 256 over the first 1,000
+  steps) at the same steps; ``Flow.sample``. The row
   ``flowmatch default, bf16 sampling`` is the same model sampled with ``Flow.sample(precision="bf16")``;
   ``flowmatch default, fp32 training`` trains with ``precision="fp32"`` (everything else the default),
   to show what bf16 training changes (on a CPU without bf16 units it is the default itself).
-- ``flowmatch ot``: the same with ``coupling="ot"``.
+- ``flowmatch ot``: the same with ``coupling="ot"`` at the peers' batch (256, no warm-up: the exact
+  coupling costs about 5x as much at 512).
+
+The peers train at a constant learning rate, so a larger batch only lowers their noise floor
+slowly: at batch 512 on checkerboard (seed 0, 6,000 steps, ``--peers-only --batch 512``) none of
+seed, TorchCFM CFM or Meta reached W2 <= 1.1x floor, so 256 is the peers' best measured batch.
 - ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
   (``flowmatch.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
   ``DISTILL_STEPS`` steps at lr 1e-3. Its training time adds the teacher's, the pairs' and the
@@ -57,7 +63,8 @@ prints a Markdown table and writes ``bench/results/peers.md``, ``peers.json`` an
 against NFE and against training time). Single-threaded (OMP_NUM_THREADS=1): the numbers are per core;
 ``--jobs`` runs (task, seed) jobs in that many processes at once. ``--peers-only --steps 12000`` trains
 only the peers, for longer, to see whether and when they reach the quality target at all (writes
-``peers-long.*``).
+``peers-long.*``); ``--batch`` sets the peers' batch (and ``flowmatch ot``'s; result files then carry
+``-b<batch>``).
 """
 
 from __future__ import annotations
@@ -332,9 +339,7 @@ def train_flowmatch(task: Task, steps: int, seed: int, folder: Path | None = Non
     def probe(step, flow, seconds):
         probes.append({"step": step, "seconds": seconds, "score": probe_score(task, flow.model)})
 
-    config = TrainConfig(
-        data=task.data, source=task.source or "gaussian", steps=steps, batch_size=BATCH, lr=LR, device="cpu", seed=seed, **options
-    )
+    config = TrainConfig(data=task.data, source=task.source or "gaussian", steps=steps, lr=LR, device="cpu", seed=seed, **options)
     result = train(config, run_dir=folder, progress=False, callback=probe, callback_steps=set(PROBE_STEPS) | {steps})
     return result, probes
 
@@ -407,12 +412,14 @@ SAMPLER_NAME = {
 
 
 # -- one task and seed -------------------------------------------------------------------------------
-def run_task(name: str, seed: int, steps: int, peers_only: bool = False) -> dict:
+def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: int = BATCH) -> dict:
     """Every system on one task and seed: {system: {train_s, w2_over_floor, probes, time_to_quality_s}}.
 
     ``peers_only``: only the peers' systems (to see whether and when they reach the quality target
     over a longer budget than flowmatch needs).
     """
+    global BATCH
+    BATCH = batch  # set here, in the worker process (spawned workers do not see the parent's globals)
     torch.set_num_threads(1)
     task = Task(name, seed)
     rows: dict[str, dict] = {}
@@ -446,7 +453,7 @@ def run_task(name: str, seed: int, steps: int, peers_only: bool = False) -> dict
         result, probes = train_flowmatch(task, steps, seed, precision="fp32")
         record("flowmatch default, fp32 training", result.flow, result.seconds, probes)
         teacher = Path(tmp) / "ot"
-        result, probes = train_flowmatch(task, steps, seed, folder=teacher, coupling="ot")
+        result, probes = train_flowmatch(task, steps, seed, folder=teacher, coupling="ot", batch_size=BATCH, batch_warmup=0)
         result.flow.save_checkpoint(teacher)
         record("flowmatch ot", result.flow, result.seconds, probes)
         teacher_seconds = result.seconds
@@ -628,6 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--jobs", type=int, default=2, help="processes running (task, seed) jobs at once (default 2)")
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"the peers' (and flowmatch ot's) batch (default {BATCH})")
     parser.add_argument(
         "--peers-only", action="store_true", help="train only the peers (e.g. with a longer --steps); writes peers-long.* instead"
     )
@@ -643,9 +651,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs > 1:
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs) as pool:
-            runs = pool.starmap(run_task, [(name, seed, args.steps, args.peers_only) for name, seed in jobs])
+            runs = pool.starmap(run_task, [(name, seed, args.steps, args.peers_only, args.batch) for name, seed in jobs])
     else:
-        runs = [run_task(name, seed, args.steps, args.peers_only) for name, seed in jobs]
+        runs = [run_task(name, seed, args.steps, args.peers_only, args.batch) for name, seed in jobs]
     summary = summarise(runs)
     tput: dict = {}
     state = next((r["state"] for r in runs if r["state"] is not None), None)
@@ -654,19 +662,22 @@ def main(argv: list[str] | None = None) -> None:
             tput[kind] = {str(nfe): throughput(kind, state, nfe) for nfe in (8, 100)}
             print(f"  throughput {kind}: {tput[kind]}", flush=True)
     load_end = os.getloadavg()
-    from flowmatch.training import resolve_precision
+    from flowmatch.training import TrainConfig, resolve_precision
 
+    default = TrainConfig()
     header = (
         f"flowmatch vs peers on {platform.machine()} ({_cpu_name()}), 1 thread per process, {args.jobs} processes, torch "
-        f"{torch.__version__}; {args.steps} steps, batch {BATCH}, Adam lr {LR}, MLP width 256 depth 3 (peers in fp32; "
-        f"flowmatch's default precision here: {resolve_precision('auto', torch.device('cpu'))}); load average "
+        f"{torch.__version__}; {args.steps} steps, Adam lr {LR}, MLP width 256 depth 3; the peers and flowmatch ot at "
+        f"batch {args.batch}, peers in fp32; flowmatch default at batch {default.batch_size} after a warm-up from "
+        f"{default.batch_size // 2} over {default.batch_warmup} steps, precision "
+        f"{resolve_precision('auto', torch.device('cpu'))} here; load average "
         f"{load[0]:.2f} at start, {load_end[0]:.2f} at end; total {time.perf_counter() - started:.0f} s; "
         f"{time.strftime('%Y-%m-%d')}"
     )
     text = table(summary, tput, header)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = "peers-long" if args.peers_only else "peers"
+    stem = ("peers-long" if args.peers_only else "peers") + ("" if args.batch == BATCH else f"-b{args.batch}")
     (RESULTS / f"{stem}.md").write_text(text)
     payload = {
         "header": header,

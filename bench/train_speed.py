@@ -31,7 +31,7 @@ def measure(batch: int, steps: int) -> dict[str, float]:
     _, seconds = train_seed(steps=steps, batch_size=batch)
     seed_loop = steps / seconds
     seedlike = resolve_config("seed", {"steps": steps, "batch_size": batch, "device": "cpu"})
-    default = TrainConfig(steps=steps, batch_size=batch, device="cpu")
+    default = TrainConfig(steps=steps, batch_size=batch, batch_warmup=0, device="cpu")  # this batch from the first step
     precision = resolve_precision("auto", torch.device("cpu"))
     return {
         "seed loop (its MLP)": seed_loop,

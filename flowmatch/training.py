@@ -92,7 +92,8 @@ class TrainConfig:
     dropout: float = _option(0.0, "dropout in residual blocks (unet)", low=0.0, high=0.9)
     init_from: str = _option("", "start from the weights (and architecture) of this run folder")
     # optimisation
-    batch_size: int = _option(256, "batch size per process", low=1)
+    batch_size: int = _option(512, "batch size per process (after the batch warm-up)", low=1)
+    batch_warmup: int = _option(1000, "grow the batch linearly from half of batch_size to batch_size over the first N steps", low=0)
     steps: int = _option(6000, "optimiser steps", low=1)
     optimizer: str = _option("adam", "optimiser", choices=("adam", "adamw"))
     lr: float = _option(2e-3, "learning rate", low=0.0)
@@ -183,6 +184,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "seed-mlp",
         "width": 128,
         "batch_size": 128,
+        "batch_warmup": 0,
         "steps": 10_000,
         "optimizer": "adam",
         "lr": 1e-3,
@@ -251,6 +253,16 @@ def _cpu_has_bf16_units() -> bool:
     except OSError:
         pass
     return False
+
+
+def batch_size_at(config: TrainConfig, step: int) -> int:
+    """The batch of step ``step`` (0-based): batch_size, or during the first ``batch_warmup`` steps
+    a linear ramp b_k = b/2 + (b/2) k / K from half of it, in multiples of 8 (so a few shapes)."""
+    full = config.batch_size
+    if step >= config.batch_warmup or full < 16:
+        return full
+    start = full // 2
+    return max(start, (start + (full - start) * step // config.batch_warmup) // 8 * 8)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -461,10 +473,11 @@ def train(
     with stop:
         for step in range(start_step, config.steps):
             # one global batch, drawn identically by every process; each trains on its own shard
-            x0, x1, y = pairs(config.batch_size * world, generator)
+            size = batch_size_at(config, step)
+            x0, x1, y = pairs(size * world, generator)
             t = sample_times(config, len(x1), generator)
             noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
-            shard = slice(rank * config.batch_size, (rank + 1) * config.batch_size)
+            shard = slice(rank * size, (rank + 1) * size)
             x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
             y = None if y is None else y[shard].to(device)
 

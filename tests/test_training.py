@@ -8,7 +8,7 @@ import torch
 from flowmatch.errors import FlowmatchError
 from flowmatch.metrics import w2_exact
 import flowmatch.training as training
-from flowmatch.training import PRESETS, TrainConfig, learning_rate, resolve_config, resolve_precision, train
+from flowmatch.training import PRESETS, TrainConfig, batch_size_at, learning_rate, resolve_config, resolve_precision, train
 
 TINY = dict(steps=40, width=16, depth=2, batch_size=32)
 
@@ -46,6 +46,22 @@ def test_learning_rate_schedule():
     assert learning_rate(config, 55) == pytest.approx(0.5)
     assert learning_rate(config, 100) == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(TrainConfig(lr=0.3, lr_schedule="constant"), 500) == 0.3
+
+
+def test_batch_warmup_ramps_from_half_to_the_full_batch(monkeypatch):
+    config = TrainConfig(batch_size=512, batch_warmup=1000, steps=3000)
+    sizes = [batch_size_at(config, k) for k in range(3000)]
+    assert (sizes[0], sizes[500], sizes[999]) == (256, 384, 504) and set(sizes[1000:]) == {512}
+    assert all(a <= b for a, b in zip(sizes, sizes[1:])) and all(s % 8 == 0 for s in sizes)
+    assert len(set(sizes)) == 33  # 256, 264, ..., 512: few shapes for the matmul kernels
+    assert {batch_size_at(TrainConfig(batch_size=512, batch_warmup=0), k) for k in (0, 1, 10)} == {512}
+    # the loop draws exactly those batches
+    seen, real = [], training.sample_times
+    monkeypatch.setattr(training, "sample_times", lambda c, n, g: seen.append(n) or real(c, n, g))
+    options = dict(steps=12, width=16, depth=2, batch_size=32, batch_warmup=8)
+    train(seed=0, progress=False, **options)
+    assert seen == [batch_size_at(TrainConfig(**options), k) for k in range(12)]
+    assert (seen[0], seen[4], seen[-1]) == (16, 24, 32)
 
 
 def test_precision_auto_is_bf16_only_on_native_bf16_hardware(monkeypatch):
