@@ -183,6 +183,18 @@ def test_resume_refuses_changed_config(tmp_path, capsys):
     assert list_states(run)[-1].name == "step-00000020"
 
 
+def test_resuming_a_run_saved_before_a_key_existed_keeps_its_old_behaviour(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    fit(TrainConfig(steps=10, width=8, batch_size=16, batch_warmup=0), out=run, progress=False, evaluate=False)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["batch_warmup"]  # as written before the batch warm-up existed
+    (run / "config.json").write_text(json.dumps(saved))
+    assert training.resume_config(run, None).batch_warmup == 0
+    assert TrainConfig.from_dict(saved).batch_warmup == TrainConfig().batch_warmup  # a new run: defaults
+
+
 def test_toml_config_and_flag_override(tmp_path, capsys):
     toml = tmp_path / "train.toml"
     toml.write_text('steps = 12\nwidth = 8\nbatch_size = 16\nlr = 0.01\ntime_sampling = "logit-normal"\n')
