@@ -20,15 +20,15 @@ seeds 0, 1, 2; the peers at batch ``BATCH`` = 256, flowmatch's default at its ow
   to show what bf16 training changes (on a CPU without bf16 units it is the default itself).
 - ``flowmatch ot``: the same with ``coupling="ot"`` at the peers' batch (256, no warm-up: the exact
   coupling costs about 5x as much at 512).
+- ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
+  (``flowmatch.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
+  ``DISTILL_STEPS`` steps at lr 1e-3. Its training time adds the teacher's, the pairs' and the
+  student's; it is scored at NFE 1 only (what it was trained for).
 
 The peers train at a constant learning rate, so a larger batch only lowers their noise floor
 slowly: at batch 512 on checkerboard (seed 0, 6,000 steps, this module's peer loop) none of seed,
 TorchCFM CFM or Meta reached W2 <= 1.1x floor (best probes 1.15, 1.19, 1.16), so 256 is the peers'
 best measured batch.
-- ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
-  (``flowmatch.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
-  ``DISTILL_STEPS`` steps at lr 1e-3. Its training time adds the teacher's, the pairs' and the
-  student's; it is scored at NFE 1 only (what it was trained for).
 
 Figures per system and task, median over the seeds (spread: min to max):
 

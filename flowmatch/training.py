@@ -264,7 +264,8 @@ def _cpu_has_bf16_units() -> bool:
 
 def batch_size_at(config: TrainConfig, step: int) -> int:
     """The batch of step ``step`` (0-based): batch_size, or during the first ``batch_warmup`` steps
-    a linear ramp b_k = b/2 + (b/2) k / K from half of it, in multiples of 8 (so a few shapes)."""
+    a linear ramp b_k = b/2 + (b/2) k / K from half of it, rounded down to a multiple of 8 (so the
+    matmul kernels see a few shapes, not one per step); a batch under 16 does not ramp."""
     full = config.batch_size
     if step >= config.batch_warmup or full < 16:
         return full
