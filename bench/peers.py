@@ -95,7 +95,8 @@ from flowmatch.solvers import integrate  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = 3000
-BATCH = 256
+DEFAULT_BATCH = 256
+BATCH = DEFAULT_BATCH  # the peers' batch; run_task sets it from --batch in each worker
 LR = 2e-3
 SEEDS = (0, 1, 2)
 PROBE_STEPS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10_000, 12_000)
@@ -413,7 +414,7 @@ SAMPLER_NAME = {
 
 
 # -- one task and seed -------------------------------------------------------------------------------
-def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: int = BATCH) -> dict:
+def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: int = DEFAULT_BATCH) -> dict:
     """Every system on one task and seed: {system: {train_s, w2_over_floor, probes, time_to_quality_s}}.
 
     ``peers_only``: only the peers' systems (to see whether and when they reach the quality target
@@ -636,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--jobs", type=int, default=2, help="processes running (task, seed) jobs at once (default 2)")
     parser.add_argument("--no-throughput", action="store_true")
-    parser.add_argument("--batch", type=int, default=BATCH, help=f"the peers' (and flowmatch ot's) batch (default {BATCH})")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"the peers' (and flowmatch ot's) batch (default {DEFAULT_BATCH})")
     parser.add_argument(
         "--peers-only", action="store_true", help="train only the peers (e.g. with a longer --steps); writes peers-long.* instead"
     )
@@ -678,7 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(summary, tput, header)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = ("peers-long" if args.peers_only else "peers") + ("" if args.batch == BATCH else f"-b{args.batch}")
+    stem = ("peers-long" if args.peers_only else "peers") + ("" if args.batch == DEFAULT_BATCH else f"-b{args.batch}")
     (RESULTS / f"{stem}.md").write_text(text)
     payload = {
         "header": header,
