@@ -133,6 +133,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "TrainConfig":
         """Build and validate a config; unknown keys, wrong types and bad values name the key."""
+        if not isinstance(values, dict):
+            raise FlowmatchError(f"{source}: a config must be a mapping of keys to values, got {type(values).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
@@ -238,7 +240,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     Native means a CUDA GPU that supports bf16 (Ampere and later) or a CPU with AVX512-BF16 or AMX
     (read from Linux's /proc/cpuinfo; elsewhere fp32). Only the model's matmuls run in bf16 under
     ``torch.autocast``: weights, optimiser state, the loss and the path stay float32. On an AMD EPYC
-    with AVX512-BF16, 3,000 steps of the default MLP at batch 256 take 0.69-0.77x their fp32 time
+    with AVX512-BF16, 3,000 steps of the default recipe take 0.65-0.74x their fp32 time
     with sample quality within 0.01 in W2 / floor (``bench/results/peers.md``); on CPUs that emulate
     bf16 it would be slower, hence fp32 there.
     ``fp32`` gives runs that are bit-for-bit the same on every machine.

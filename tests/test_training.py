@@ -192,6 +192,9 @@ def test_resuming_a_run_saved_before_a_key_existed_keeps_its_old_behaviour(tmp_p
     del saved["batch_warmup"]  # as written before the batch warm-up existed
     (run / "config.json").write_text(json.dumps(saved))
     assert training.resume_config(run, None).batch_warmup == 0
+    (run / "config.json").write_text("[1, 2]")
+    with pytest.raises(FlowmatchError, match="config must be a mapping"):
+        training.resume_config(run, None)
     assert TrainConfig.from_dict(saved).batch_warmup == TrainConfig().batch_warmup  # a new run: defaults
 
 
