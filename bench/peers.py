@@ -14,7 +14,7 @@ seeds 0, 1, 2; the peers at batch ``BATCH`` = 256, flowmatch's default at its ow
 - ``flowmatch default``: ``flowmatch.training.train`` with its defaults (cosine lr decay, EMA 0.999
   with warm-up, used for sampling; fused Adam; ``precision="auto"``, which on a CPU with bf16 units
   autocasts the model's matmuls to bfloat16; batch 512 after a warm-up from 256 over the first 1,000
-  steps) at the same steps; ``Flow.sample``. The row
+  steps; 32 stratified training times per batch, each shared by a run of pairs) at the same steps; ``Flow.sample``. The row
   ``flowmatch default, bf16 sampling`` is the same model sampled with ``Flow.sample(precision="bf16")``;
   ``flowmatch default, fp32 training`` trains with ``precision="fp32"`` (everything else the default),
   to show what bf16 training changes (on a CPU without bf16 units it is the default itself).

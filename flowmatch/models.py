@@ -7,8 +7,9 @@ tensor of times in [0, 1]; it returns a tensor shaped like x.
 - ``seed-mlp``: the seed document's network, input [t, x] -> 128 -> ReLU -> 128 -> ReLU -> D.
 - ``mlp``: the default. A sinusoidal embedding of t feeds a learned projection that is added to
   the first layer's pre-activation (no concatenation of t onto x, so at sampling time, where t is
-  one number for the whole batch, the time term is computed once per call), then ``depth``
-  hidden layers of ``width`` units with a configurable activation.
+  one number for the whole batch, the time term is computed once per call, and in training, where
+  the times come in runs of equal values, once per run), then ``depth`` hidden layers of ``width``
+  units with a configurable activation.
 
 Models are rebuilt from plain data: ``build_model(name, dim, **options)`` and ``model.config``
 round-trip through a checkpoint's JSON metadata.
@@ -102,7 +103,7 @@ class MLP(nn.Module):
         # the embeddings are added into the first layer's output in place (a Linear's backward
         # does not need its output, so autograd is unaffected), saving a (batch, width) temporary
         h = self.x_in(x)
-        h += self.t_in(sinusoidal_embedding(time_column(t, x), self.time_dim))
+        h = self._add_time(h, time_column(t, x))
         if self.y_in is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
@@ -113,6 +114,23 @@ class MLP(nn.Module):
         for layer in self.body:
             in_place = _IN_PLACE.get(type(layer))
             h = in_place(h) if in_place is not None else layer(h)
+        return h
+
+    def _add_time(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """h + t_in(emb(t)), evaluating the time branch once per run of equal consecutive times.
+
+        Training times come in runs (``training.sample_times``' strata) and sampling times are one
+        number, so the (batch, width) time branch, a third of the network's multiply-adds, shrinks
+        to (runs, width). Equal runs broadcast through a view; unequal ones repeat rows.
+        """
+        if t.shape[0] > 1 and not torch.compiler.is_compiling():
+            times, runs = torch.unique_consecutive(t.reshape(-1), return_counts=True)
+            if len(times) < t.shape[0]:
+                e = self.t_in(sinusoidal_embedding(times.reshape(-1, 1), self.time_dim)).to(h.dtype)
+                if bool((runs == runs[0]).all()):
+                    return (h.view(len(times), -1, h.shape[1]) + e[:, None]).view(h.shape)
+                return h + e.repeat_interleave(runs, dim=0, output_size=h.shape[0])
+        h += self.t_in(sinusoidal_embedding(t, self.time_dim))
         return h
 
 

@@ -20,7 +20,11 @@ larger batch lowers the noise floor that the cosine decay and the EMA then avera
 256 got there on none).
 
 Times: t ~ U[0, 1], or logit-normal t = sigmoid(m + s n), n ~ N(0, 1); then an optional shift
-toward noise: with noise level r = 1 - t, r <- k r / (1 + (k - 1) r). Loss weights ``x1`` and
+toward noise: with noise level r = 1 - t, r <- k r / (1 + (k - 1) r). By default the uniforms are
+stratified (:func:`sample_times`): a batch holds ``time_strata`` = 32 times, one in each of
+[k/32, (k+1)/32), each shared by a run of pairs; the loss keeps its expectation, its variance over t
+drops, and the model's time branch runs once per run instead of once per pair (a step at batch 512
+costs about 0.77x as much on one CPU core). Loss weights ``x1`` and
 ``x0`` turn the velocity error into the data- or noise-prediction error: since
 x1 = (sigma'_t x_t - sigma_t u) / det, an error e in u is an error sigma_t e / det in x1, so
 w = (sigma_t / det)^2 (and (alpha_t / det)^2 for x0), det = alpha_t sigma'_t - sigma_t alpha'_t.
@@ -110,6 +114,9 @@ class TrainConfig:
     grad_clip: float = _option(0.0, "clip the gradient norm to this (0 = off)", low=0.0)
     ema: float = _option(0.999, "EMA decay of the weights used for sampling (0 = off)", low=0.0, high=0.99999)
     time_sampling: str = _option("uniform", "distribution of training times", choices=("uniform", "logit-normal"))
+    time_strata: int = _option(
+        32, "stratify each batch's times: K strata, one shared time per stratum (0 = a time per pair)", low=0
+    )
     time_loc: float = _option(0.0, "logit-normal location")
     time_scale: float = _option(1.0, "logit-normal scale", low=1e-6)
     time_shift: float = _option(1.0, "shift of the times toward noise (1 = none, >1 = more noise)", low=1e-6)
@@ -286,11 +293,30 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def sample_times(config: TrainConfig, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Training times in [0, 1]: uniform or logit-normal, then shifted toward noise."""
-    if config.time_sampling == "uniform":
-        t = torch.rand(n, generator=generator)
+    """Training times in [0, 1]: uniform or logit-normal, then shifted toward noise.
+
+    With ``time_strata`` K > 0 the uniforms are stratified: u_k = (k + v) / K, k = 0..K-1, one
+    v ~ U[0, 1) per batch, each u_k shared by a consecutive run of n / K pairs (the first n mod K
+    runs one longer). Every u_k is U[0, 1) on its own, so the loss stays an unbiased estimate of
+    the integral over t, with less variance than independent times; and a model that sees a time
+    repeated evaluates its time embedding once per run (``flowmatch.models.MLP``). The
+    logit-normal times are then sigmoid(m + s Phi^-1(u)).
+    """
+    strata = min(config.time_strata, n)
+    if strata:
+        v = torch.rand(1, generator=generator)
+        runs = torch.full((strata,), n // strata, dtype=torch.long)
+        runs[: n % strata] += 1
+        u = ((torch.arange(strata) + v) / strata).repeat_interleave(runs, output_size=n)
+        u = u.clamp(max=1.0 - 2**-24)  # (K - 1 + v) / K can round to 1 in float32
     else:
+        u = None
+    if config.time_sampling == "uniform":
+        t = torch.rand(n, generator=generator) if u is None else u
+    elif u is None:
         t = torch.sigmoid(config.time_loc + config.time_scale * torch.randn(n, generator=generator))
+    else:
+        t = torch.sigmoid(config.time_loc + config.time_scale * torch.special.ndtri(u.clamp(min=2**-24)))
     if config.time_shift != 1.0:
         r = 1.0 - t
         t = 1.0 - config.time_shift * r / (1.0 + (config.time_shift - 1.0) * r)
@@ -837,7 +863,7 @@ def fit(
 
 #: Keys added to TrainConfig after runs were first saved, with the value that reproduces a run saved
 #: without them (its config.json lacks the key): resuming such a run continues it as it started.
-ADDED_KEYS = {"batch_warmup": 0}
+ADDED_KEYS = {"batch_warmup": 0, "time_strata": 0}
 
 
 def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:

@@ -80,3 +80,23 @@ def test_sampling_path_equals_training_path(activation, num_classes):
     with_grad.square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.x_in.parameters())
     assert model.t_in[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("runs", [[8, 8, 8, 8], [11, 7, 1, 13], [1] * 5])
+def test_runs_of_equal_times_share_one_time_embedding(runs):
+    # training times come in runs (training.sample_times' strata): the time branch is evaluated
+    # once per run, and the output and the gradients are those of one evaluation per pair
+    torch.manual_seed(0)
+    model = MLP(3, width=32, num_classes=2)
+    t = torch.cat([torch.full((r,), v) for r, v in zip(runs, torch.rand(len(runs)).tolist())])
+    x, y = torch.randn(len(t), 3), torch.randint(0, 2, (len(t),))
+    rows = []
+    model.t_in.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    shared = model(x, t, y)
+    grads = torch.autograd.grad(shared.square().sum(), list(model.parameters()))
+    assert rows == [len(runs)]
+    pairwise = torch.cat([model(x[i : i + 1], t[i : i + 1], y[i : i + 1]) for i in range(len(t))])
+    reference = torch.autograd.grad(pairwise.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(shared, pairwise, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, reference):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
