@@ -402,6 +402,7 @@ SAMPLER_KIND = {
     "TorchCFM OT-CFM": "torchdiffeq",
     "Meta flow_matching": "meta",
     "flowmatch default": "flowmatch",
+    "flowmatch default, fp32 training": "flowmatch",
     "flowmatch ot": "flowmatch",
     "flowmatch default, bf16 sampling": "flowmatch-bf16",
 }

@@ -25,6 +25,11 @@ from torch import nn
 from .errors import FlowmatchError
 from .unet import UNet
 
+try:
+    from torch.compiler import is_compiling
+except ImportError:  # torch < 2.3
+    from torch._dynamo import is_compiling
+
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
 
@@ -100,7 +105,7 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
-        # the embeddings are added into the first layer's output in place (a Linear's backward
+        # per-row embeddings are added into the first layer's output in place (a Linear's backward
         # does not need its output, so autograd is unaffected), saving a (batch, width) temporary
         h = self.x_in(x)
         h = self._add_time(h, time_column(t, x))
@@ -123,7 +128,7 @@ class MLP(nn.Module):
         number, so the (batch, width) time branch, a third of the network's multiply-adds, shrinks
         to (runs, width). Equal runs broadcast through a view; unequal ones repeat rows.
         """
-        if t.shape[0] > 1 and not torch.compiler.is_compiling():
+        if t.shape[0] > 1 and not is_compiling():  # a data-dependent shape would break the graph
             times, runs = torch.unique_consecutive(t.reshape(-1), return_counts=True)
             if len(times) < t.shape[0]:
                 e = self.t_in(sinusoidal_embedding(times.reshape(-1, 1), self.time_dim)).to(h.dtype)

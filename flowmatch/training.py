@@ -247,7 +247,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     Native means a CUDA GPU that supports bf16 (Ampere and later) or a CPU with AVX512-BF16 or AMX
     (read from Linux's /proc/cpuinfo; elsewhere fp32). Only the model's matmuls run in bf16 under
     ``torch.autocast``: weights, optimiser state, the loss and the path stay float32. On an AMD EPYC
-    with AVX512-BF16, 3,000 steps of the default recipe take 0.65-0.74x their fp32 time
+    with AVX512-BF16, 3,000 steps of the default recipe take 0.74-0.77x their fp32 time
     with sample quality within 0.01 in W2 / floor (``bench/results/peers.md``); on CPUs that emulate
     bf16 it would be slower, hence fp32 there.
     ``fp32`` gives runs that are bit-for-bit the same on every machine.
@@ -395,6 +395,7 @@ class TrainResult:
     seconds: float
     step: int
     interrupted: bool = False
+    precision: str = "fp32"  # what the model was trained in ("auto" resolved on this device)
 
     @property
     def final_loss(self) -> float:
@@ -568,7 +569,9 @@ def train(
         _record_rank_agreement(model, run if main_process else None, world)
     seconds = elapsed + time.perf_counter() - started
     flow = _flow_for(model, ema, path, dataset, config, source=source)
-    return TrainResult(flow, config, losses, seconds, step=done, interrupted=stop.requested)
+    return TrainResult(
+        flow, config, losses, seconds, step=done, interrupted=stop.requested, precision="bf16" if autocast else "fp32"
+    )
 
 
 @torch.no_grad()
@@ -848,6 +851,7 @@ def fit(
         "sampler": {"solver": solver, "nfe": nfe},
         "train_seconds": result.seconds,
         "steps": config.steps,
+        "precision": result.precision,
     }
     if out is not None:
         folder = Path(out)

@@ -8,7 +8,7 @@ import torch
 
 import flowmatch
 from flowmatch.errors import FlowmatchError
-from flowmatch.training import TrainConfig, fit
+from flowmatch.training import TrainConfig, fit, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,8 @@ def test_reload_samples_identically(run):
     assert flow.config["steps"] == 30
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"final_loss", "w2", "w2_floor", "w2_ratio"} <= set(metrics)
+    # what "auto" resolved to on this machine, as the run trained
+    assert metrics["precision"] == result.precision == resolve_precision("auto", torch.device("cpu"))
 
 
 def test_generate_reports_nfe_and_trajectory(run):

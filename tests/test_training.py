@@ -287,8 +287,6 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
 
 
 # -- conditional generation -----------------------------------------------------------------------
-import math  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 
