@@ -188,15 +188,18 @@ def test_resuming_a_run_saved_before_a_key_existed_keeps_its_old_behaviour(tmp_p
     import json
 
     run = tmp_path / "run"
-    fit(TrainConfig(steps=10, width=8, batch_size=16, batch_warmup=0), out=run, progress=False, evaluate=False)
+    fit(TrainConfig(steps=10, width=8, batch_size=16, batch_warmup=0, time_strata=0), out=run, progress=False, evaluate=False)
     saved = json.loads((run / "config.json").read_text())
-    del saved["batch_warmup"]  # as written before the batch warm-up existed
+    del saved["batch_warmup"], saved["time_strata"]  # as written before the batch warm-up and the strata existed
     (run / "config.json").write_text(json.dumps(saved))
-    assert training.resume_config(run, None).batch_warmup == 0
+    resumed = training.resume_config(run, None)
+    assert (resumed.batch_warmup, resumed.time_strata) == (0, 0)
+    fit(TrainConfig.from_dict({**resumed.to_dict(), "steps": 12}), out=run, resume=True, progress=False, evaluate=False)
     (run / "config.json").write_text("[1, 2]")
     with pytest.raises(FlowmatchError, match="config must be a mapping"):
         training.resume_config(run, None)
-    assert TrainConfig.from_dict(saved).batch_warmup == TrainConfig().batch_warmup  # a new run: defaults
+    fresh = TrainConfig.from_dict(saved)  # a new run: the defaults
+    assert (fresh.batch_warmup, fresh.time_strata) == (TrainConfig().batch_warmup, TrainConfig().time_strata)
 
 
 def test_toml_config_and_flag_override(tmp_path, capsys):
