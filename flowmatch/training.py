@@ -16,8 +16,8 @@ Batch: ``batch_size`` pairs a step, after a warm-up during which the batch grows
 half of it over the first ``batch_warmup`` steps (:func:`batch_size_at`). Early, when the gradient
 is large against its noise, a small batch makes the same progress per step at less cost; later, the
 larger batch lowers the noise floor that the cosine decay and the EMA then average away (in
-``bench.peers`` on checkerboard, 3,000 steps: W2 <= 1.1x floor on every seed, where a fixed batch of
-256 got there on none).
+``bench.peers`` on checkerboard, 3,000 steps, with a time per pair: W2 <= 1.1x floor on every seed,
+where a fixed batch of 256 got there on none).
 
 Times: t ~ U[0, 1], or logit-normal t = sigmoid(m + s n), n ~ N(0, 1); then an optional shift
 toward noise: with noise level r = 1 - t, r <- k r / (1 + (k - 1) r). By default the uniforms are
