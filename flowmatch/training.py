@@ -303,24 +303,25 @@ def sample_times(config: TrainConfig, n: int, generator: torch.Generator) -> tor
     logit-normal times are then sigmoid(m + s Phi^-1(u)).
     """
     strata = min(config.time_strata, n)
-    if strata:
-        v = torch.rand(1, generator=generator)
-        runs = torch.full((strata,), n // strata, dtype=torch.long)
-        runs[: n % strata] += 1
-        u = ((torch.arange(strata) + v) / strata).repeat_interleave(runs, output_size=n)
-        u = u.clamp(max=1.0 - 2**-24)  # (K - 1 + v) / K can round to 1 in float32
-    else:
-        u = None
+    u = _stratified_uniforms(n, strata, generator) if strata else None
     if config.time_sampling == "uniform":
         t = torch.rand(n, generator=generator) if u is None else u
-    elif u is None:
-        t = torch.sigmoid(config.time_loc + config.time_scale * torch.randn(n, generator=generator))
-    else:
-        t = torch.sigmoid(config.time_loc + config.time_scale * torch.special.ndtri(u.clamp(min=2**-24)))
+    else:  # logit-normal; stratified through the normal's inverse CDF
+        z = torch.randn(n, generator=generator) if u is None else torch.special.ndtri(u.clamp(min=2**-24))
+        t = torch.sigmoid(config.time_loc + config.time_scale * z)
     if config.time_shift != 1.0:
         r = 1.0 - t
         t = 1.0 - config.time_shift * r / (1.0 + (config.time_shift - 1.0) * r)
     return t
+
+
+def _stratified_uniforms(n: int, strata: int, generator: torch.Generator) -> torch.Tensor:
+    """(k + v) / strata for k = 0..strata-1, one v ~ U[0, 1), in consecutive runs that sum to n."""
+    v = torch.rand(1, generator=generator)
+    runs = torch.full((strata,), n // strata, dtype=torch.long)
+    runs[: n % strata] += 1
+    u = ((torch.arange(strata) + v) / strata).repeat_interleave(runs, output_size=n)
+    return u.clamp(max=1.0 - 2**-24)  # (strata - 1 + v) / strata can round to 1 in float32
 
 
 def loss_weights(path: AffinePath, t: torch.Tensor, kind: str) -> torch.Tensor | None:
@@ -477,7 +478,8 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
-    autocast = resolve_precision(config.precision, device) == "bf16"
+    precision = resolve_precision(config.precision, device)
+    autocast = precision == "bf16"
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
         if folder is None or not main_process:
@@ -570,7 +572,7 @@ def train(
     seconds = elapsed + time.perf_counter() - started
     flow = _flow_for(model, ema, path, dataset, config, source=source)
     return TrainResult(
-        flow, config, losses, seconds, step=done, interrupted=stop.requested, precision="bf16" if autocast else "fp32"
+        flow, config, losses, seconds, step=done, interrupted=stop.requested, precision=precision
     )
 
 
