@@ -196,6 +196,7 @@ def _retrain(
         **old.to_dict(),
         "coupling": "independent",
         "bridge_sigma": 0.0,
+        "target": "auto",  # fixed pairs: their own velocity
         "objective": objective,
         "steps": steps,
         "init_from": str(run_dir.resolve()),

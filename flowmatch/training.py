@@ -8,9 +8,13 @@ matching loss is
 
 whose minimiser (for w = 1) is the marginal velocity field that carries the source at t = 0 to the
 data at t = 1. The pairs are independent draws by default, or re-paired by a coupling
-(``flowmatch.couplings``), or fixed pairs from a file (reflow). With ``objective = "distill"``
-the loss is instead || Phi_theta(x0) - x1 ||^2 where Phi_theta integrates the model with a
-few-step solver: the student learns to reach the teacher's endpoint x1 in ``distill_nfe`` calls.
+(``flowmatch.couplings``), or fixed pairs from a file (reflow). For independent pairs from a
+Gaussian source the target is by default (``target = "auto"``) not each pair's own u_t but its
+posterior mean over the batch's data points (``AffinePath.posterior_velocity``): the same
+minimiser, with far less variance at early times, where a mixture's mass is divided between its
+modes. With ``objective = "distill"`` the loss is instead || Phi_theta(x0) - x1 ||^2 where
+Phi_theta integrates the model with a few-step solver: the student learns to reach the teacher's
+endpoint x1 in ``distill_nfe`` calls.
 
 Batch: ``batch_size`` pairs a step, after a warm-up during which the batch grows linearly from
 half of it over the first ``batch_warmup`` steps (:func:`batch_size_at`). Early, when the gradient
@@ -68,6 +72,13 @@ from .models import build_model
 from .paths import PATHS, AffinePath, make_path
 
 
+TARGETS = ("auto", "conditional", "posterior")
+#: The posterior target averages over the first this many points of the global batch (and the pair's
+#: own): its variance at early times is already ~1/256 of the conditional target's, at half the cost
+#: of the whole batch of 512.
+POSTERIOR_REFERENCE = 256
+
+
 def _option(default, help: str, choices=None, low=None, high=None):
     """A config field with its help text and allowed values, shared by the CLI and validation."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high})
@@ -90,6 +101,12 @@ class TrainConfig:
     cond_dropout: float = _option(0.1, "probability of dropping a label for the learned null label (guidance)", low=0.0, high=1.0)
     label_column: str = _option("", "CSV column (name or 1-based number) holding class labels")
     objective: str = _option("flow-matching", "training loss", choices=("flow-matching", "distill"))
+    target: str = _option(
+        "auto",
+        "regression target: each pair's own velocity (conditional), or its posterior mean over the batch's data "
+        "points (posterior: same minimiser, less variance; gaussian source, independent pairs); auto = posterior where it applies",
+        choices=TARGETS,
+    )
     distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
     # model
     model: str = _option("mlp", "velocity model (unet: images)", choices=("mlp", "seed-mlp", "unet"))
@@ -171,6 +188,8 @@ class TrainConfig:
             raise FlowmatchError(f"{source}: channel_mult must be positive integers separated by commas, got '{self.channel_mult}'")
         if self.objective == "distill" and not self.pairs:
             raise FlowmatchError(f"{source}: objective distill needs teacher pairs (use 'flowmatch distill')")
+        if self.target == "posterior" and _posterior_obstacle(self):
+            raise FlowmatchError(f"{source}: target posterior needs {_posterior_obstacle(self)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -222,6 +241,27 @@ def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None =
         values.update(PRESETS[preset])
     values.update(overrides or {})
     return TrainConfig.from_dict(values)
+
+
+def resolve_target(config: TrainConfig) -> str:
+    """The regression target a config trains on: ``auto`` is posterior where it applies, else conditional."""
+    if config.target == "auto":
+        return "conditional" if _posterior_obstacle(config) else "posterior"
+    return config.target
+
+
+def _posterior_obstacle(config: TrainConfig) -> str:
+    """Why the posterior target does not apply to ``config`` ("" if it does): it needs x0 ~ N(0, I) drawn
+    independently of x1, so that the path through a data point is a known Gaussian."""
+    if config.objective != "flow-matching":
+        return f"objective flow-matching, not {config.objective}"
+    if config.pairs:
+        return "drawn pairs, not a pairs file"
+    if config.source != "gaussian":
+        return f"a gaussian source, not '{config.source}'"
+    if config.coupling != "independent":
+        return f"independent pairs, not coupling {config.coupling}"
+    return ""
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -345,14 +385,14 @@ class PairSampler:
             self.fixed = load_pairs(config.pairs, dataset.dim)
 
     def __call__(self, n: int, generator: torch.Generator):
-        """(x0, x1, labels): labels are None unless the config is conditional.
+        """(x0, x1, labels, classes): labels and classes are None unless the config is conditional.
 
         With labels, the coupling pairs points within each class, and each label is replaced by the
-        null label (``num_classes``) with probability ``cond_dropout``.
+        null label (``num_classes``) with probability ``cond_dropout``; ``classes`` keeps them all.
         """
         if self.fixed is not None:
             index = torch.randint(len(self.fixed[0]), (n,), generator=generator)
-            return self.fixed[0][index], self.fixed[1][index], None
+            return self.fixed[0][index], self.fixed[1][index], None, None
         x1, y = self.dataset.sample(n, generator, labels=True)
         if not self.config.conditional:
             y = None
@@ -361,10 +401,11 @@ class PairSampler:
             from .couplings import couple
 
             x0, x1 = couple(x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y)
+        classes = y
         if y is not None:
             drop = torch.rand(n, generator=generator) < self.config.cond_dropout
             y = torch.where(drop, torch.full_like(y, self.dataset.num_classes), y)
-        return x0, x1, y
+        return x0, x1, y, classes
 
 
 def load_pairs(path: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,6 +521,7 @@ def train(
         net = torch.compile(net)
     precision = resolve_precision(config.precision, device)
     autocast = precision == "bf16"
+    posterior = resolve_target(config) == "posterior"
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
         if folder is None or not main_process:
@@ -513,19 +555,27 @@ def train(
         for step in range(start_step, config.steps):
             # one global batch, drawn identically by every process; each trains on its own shard
             size = batch_size_at(config, step)
-            x0, x1, y = pairs(size * world, generator)
+            x0, x1, y, classes = pairs(size * world, generator)
             t = sample_times(config, len(x1), generator)
             noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
             shard = slice(rank * size, (rank + 1) * size)
+            reference = x1[:POSTERIOR_REFERENCE].to(device)  # the same points on every process
             x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
             y = None if y is None else y[shard].to(device)
 
+            if config.objective != "distill":
+                target = path.sample(x0, x1, t, None if noise is None else noise[shard].to(device))
+                velocity = target.velocity
+                if posterior:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
+                    own = torch.arange(shard.start, shard.stop, device=device)
+                    own = torch.where(own < len(reference), own, -1)
+                    allowed = _same_class(y, None if classes is None else classes[: len(reference)], dataset.num_classes)
+                    velocity = path.posterior_velocity(target, x1, reference, own, allowed)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if config.objective == "distill":
                     loss = _distill_loss(net, x0, x1, config.distill_nfe)
                 else:
-                    target = path.sample(x0, x1, t, None if noise is None else noise[shard].to(device))
-                    error = (net(target.x_t, t, y).float() - target.velocity).pow(2).flatten(1).mean(1)
+                    error = (net(target.x_t, t, y).float() - velocity).pow(2).flatten(1).mean(1)
                     weights = loss_weights(path, t, config.loss_weight)
                     loss = (error if weights is None else weights * error).mean()
             if not torch.isfinite(loss):
@@ -574,6 +624,15 @@ def train(
     return TrainResult(
         flow, config, losses, seconds, step=done, interrupted=stop.requested, precision=precision
     )
+
+
+def _same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null: int) -> torch.Tensor | None:
+    """(n, R) mask of the batch points each pair's posterior may average over: those of its label's class,
+    or all of them for a pair with the null label; None (all) for an unconditional model."""
+    if labels is None:
+        return None
+    classes = classes.to(labels.device)
+    return (classes[None, :] == labels[:, None]) | (labels[:, None] == null)
 
 
 @torch.no_grad()
@@ -854,6 +913,7 @@ def fit(
         "train_seconds": result.seconds,
         "steps": config.steps,
         "precision": result.precision,
+        "target": resolve_target(config),
     }
     if out is not None:
         folder = Path(out)
@@ -869,7 +929,7 @@ def fit(
 
 #: Keys added to TrainConfig after runs were first saved, with the value that reproduces a run saved
 #: without them (its config.json lacks the key): resuming such a run continues it as it started.
-ADDED_KEYS = {"batch_warmup": 0, "time_strata": 0}
+ADDED_KEYS = {"batch_warmup": 0, "time_strata": 0, "target": "conditional"}
 
 
 def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:

@@ -63,6 +63,7 @@ def test_reflow_cli_end_to_end_resume_and_repeat(teacher, tmp_path, capsys):
         torch.testing.assert_close(x1, integrate(flow.model, x0, solver="rk4", nfe=8).x, rtol=1e-6, atol=1e-6)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["few_step"]) == {"euler-1", "euler-2", "floor"} and metrics["straightness"] >= 0
+    assert (config["target"], metrics["target"]) == ("auto", "conditional")  # fixed pairs: their own velocity
     # resume (more steps) finds the pairs through config.json; reflow of the reflow run works
     assert main(["train", "--resume", str(out), "--steps", "40", "--quiet"]) == 0
     again = tmp_path / "reflow-2"
@@ -160,3 +161,14 @@ def test_resume_of_a_warm_started_run_needs_no_teacher(teacher, tmp_path, capsys
     shutil.rmtree(copy)  # the teacher is gone; the run's checkpoint has the architecture and weights
     assert main(["train", "--resume", str(out), "--steps", "40", "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 40
+
+
+def test_reflow_of_a_run_trained_on_the_posterior_target(teacher, tmp_path):
+    # the teacher's explicit target (posterior) does not apply to fixed pairs; the reflow run resets it
+    copy = tmp_path / "teacher"
+    shutil.copytree(teacher, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "target": "posterior"}))
+    out = tmp_path / "reflow"
+    assert main(["reflow", "--run", str(copy), "--out", str(out), *FAST]) == 0
+    assert json.loads((out / "metrics.json").read_text())["target"] == "conditional"

@@ -9,7 +9,16 @@ import torch
 from flowmatch.errors import FlowmatchError
 from flowmatch.metrics import w2_exact
 import flowmatch.training as training
-from flowmatch.training import PRESETS, TrainConfig, batch_size_at, learning_rate, resolve_config, resolve_precision, train
+from flowmatch.training import (
+    PRESETS,
+    TrainConfig,
+    batch_size_at,
+    learning_rate,
+    resolve_config,
+    resolve_precision,
+    resolve_target,
+    train,
+)
 
 TINY = dict(steps=40, width=16, depth=2, batch_size=32)
 
@@ -188,18 +197,19 @@ def test_resuming_a_run_saved_before_a_key_existed_keeps_its_old_behaviour(tmp_p
     import json
 
     run = tmp_path / "run"
-    fit(TrainConfig(steps=10, width=8, batch_size=16, batch_warmup=0, time_strata=0), out=run, progress=False, evaluate=False)
+    old = dict(batch_warmup=0, time_strata=0, target="conditional")
+    fit(TrainConfig(steps=10, width=8, batch_size=16, **old), out=run, progress=False, evaluate=False)
     saved = json.loads((run / "config.json").read_text())
-    del saved["batch_warmup"], saved["time_strata"]  # as written before the batch warm-up and the strata existed
+    del saved["batch_warmup"], saved["time_strata"], saved["target"]  # as written before these keys existed
     (run / "config.json").write_text(json.dumps(saved))
     resumed = training.resume_config(run, None)
-    assert (resumed.batch_warmup, resumed.time_strata) == (0, 0)
+    assert {key: getattr(resumed, key) for key in old} == old
     fit(TrainConfig.from_dict({**resumed.to_dict(), "steps": 12}), out=run, resume=True, progress=False, evaluate=False)
     (run / "config.json").write_text("[1, 2]")
     with pytest.raises(FlowmatchError, match="config must be a mapping"):
         training.resume_config(run, None)
     fresh = TrainConfig.from_dict(saved)  # a new run: the defaults
-    assert (fresh.batch_warmup, fresh.time_strata) == (TrainConfig().batch_warmup, TrainConfig().time_strata)
+    assert {key: getattr(fresh, key) for key in old} == {key: getattr(TrainConfig(), key) for key in old}
 
 
 def test_toml_config_and_flag_override(tmp_path, capsys):
@@ -355,3 +365,43 @@ def test_sample_pictures_during_training_and_bf16(tmp_path):
     fit(TrainConfig(steps=20, width=8, batch_size=16, sample_every=10, precision="bf16"), out=run, progress=False, evaluate=False)
     assert sorted(p.name for p in (run / "progress").iterdir()) == ["step-00000010.png", "step-00000020.png"]
     assert (run / "progress" / "step-00000020.png").stat().st_size > 1000
+
+
+def test_target_auto_is_the_posterior_where_it_applies(tmp_path, capsys):
+    assert TrainConfig().target == "auto" and resolve_target(TrainConfig()) == "posterior"
+    for other in [dict(source="moons"), dict(coupling="ot"), dict(pairs="p.npz"), dict(pairs="p.npz", objective="distill")]:
+        assert resolve_target(TrainConfig(**other)) == "conditional", other
+    assert resolve_target(TrainConfig(target="conditional")) == "conditional"
+    with pytest.raises(FlowmatchError, match="target posterior needs a gaussian source, not 'moons'"):
+        TrainConfig.from_dict({"target": "posterior", "source": "moons"})
+    with pytest.raises(FlowmatchError, match="target posterior needs independent pairs, not coupling ot"):
+        TrainConfig.from_dict({"target": "posterior", "coupling": "ot"})
+    run = tmp_path / "run"
+    assert main(["train", "--target", "posterior", "--coupling", "sinkhorn", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "target posterior needs independent pairs" in err and not run.exists()
+
+
+def test_posterior_target_trains_and_changes_the_regression(tmp_path):
+    # The same seed and batches: the targets differ, so the weights do; the run records what it used.
+    weights = {}
+    for target in ("conditional", "posterior"):
+        result, metrics = fit(TrainConfig(target=target, seed=2, **TINY), out=tmp_path / target, progress=False, evaluate=False)
+        assert metrics["target"] == target and math.isfinite(metrics["w2"])
+        weights[target] = result.flow.model.state_dict()
+    assert any(not torch.equal(weights["conditional"][k], weights["posterior"][k]) for k in weights["posterior"])
+    auto = fit(TrainConfig(seed=2, **TINY), progress=False, evaluate=False)[0].flow.model.state_dict()
+    assert all(torch.equal(auto[k], weights["posterior"][k]) for k in auto)
+
+
+def test_posterior_target_of_a_conditional_model_averages_within_the_class():
+    labels = torch.tensor([0, 1, 2, 2])  # the last pair's label was dropped: 2 is the null label here
+    classes = torch.tensor([0, 1, 1, 0, 1])  # the global batch's true classes
+    allowed = training._same_class(labels, classes, null=2)
+    assert allowed.tolist() == [
+        [True, False, False, True, False],
+        [False, True, True, False, True],
+        [True, True, True, True, True],
+        [True, True, True, True, True],
+    ]
+    assert training._same_class(None, None, null=2) is None
