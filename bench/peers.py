@@ -1,8 +1,9 @@
 """flowmatch against its peers on identical data, network, optimiser and budget, in one run.
 
 Systems (every one trains the SAME network, ``flowmatch.models.MLP(dim, width=256, depth=3)`` called
-as ``model(x, t)``, wrapped for each library's calling convention; Adam lr 2e-3, ``STEPS`` steps;
-seeds 0, 1, 2; the peers at batch ``BATCH`` = 256, flowmatch's default at its own batch schedule):
+as ``model(x, t)``, wrapped for each library's calling convention; Adam, ``STEPS`` steps; seeds 0,
+1, 2; the peers at lr ``LR`` = 2e-3 and batch ``BATCH`` = 256, flowmatch's default at its own lr
+and batch schedule):
 
 - ``seed (reverse)`` / ``seed (forward)``: the seed document's path (``bench.seed_recipe.
   sample_conditional_path``, sigma_min 0), constant lr; sampled with torchdiffeq ``odeint``, its
@@ -13,13 +14,14 @@ seeds 0, 1, 2; the peers at batch ``BATCH`` = 256, flowmatch's default at its ow
 - ``Meta flow_matching``: ``AffineProbPath(CondOTScheduler())``, constant lr; its ``ODESolver``.
 - ``flowmatch default``: ``flowmatch.training.train`` with its defaults (cosine lr decay, EMA 0.999
   with warm-up, used for sampling; fused Adam; ``precision="auto"``, which on a CPU with bf16 units
-  autocasts the model's matmuls to bfloat16; batch 512 after a warm-up from 256 over the first 1,000
-  steps; 32 stratified training times per batch, each shared by a run of pairs) at the same steps; ``Flow.sample``. The row
+  autocasts the model's matmuls to bfloat16; lr 4e-3; batch 512 after a warm-up from 256 over the
+  first 1,000 steps; 32 stratified training times per batch, each shared by a run of pairs; the
+  posterior target where it applies, i.e. from N(0, I)) at the same steps; ``Flow.sample``. The row
   ``flowmatch default, bf16 sampling`` is the same model sampled with ``Flow.sample(precision="bf16")``;
   ``flowmatch default, fp32 training`` trains with ``precision="fp32"`` (everything else the default),
   to show what bf16 training changes (on a CPU without bf16 units it is the default itself).
-- ``flowmatch ot``: the same with ``coupling="ot"`` at the peers' batch (256, no warm-up: the exact
-  coupling costs about 5x as much at 512).
+- ``flowmatch ot``: the same with ``coupling="ot"`` at the peers' lr and batch (256, no warm-up: the
+  exact coupling costs about 5x as much at 512).
 - ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
   (``flowmatch.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
   ``DISTILL_STEPS`` steps at lr 1e-3. Its training time adds the teacher's, the pairs' and the
@@ -28,7 +30,8 @@ seeds 0, 1, 2; the peers at batch ``BATCH`` = 256, flowmatch's default at its ow
 The peers train at a constant learning rate, so a larger batch only lowers their noise floor
 slowly: at batch 512 on checkerboard (seed 0, 6,000 steps, this module's peer loop) none of seed,
 TorchCFM CFM or Meta reached W2 <= 1.1x floor (best probes 1.15, 1.19, 1.16), so 256 is the peers'
-best measured batch.
+best measured batch. Nor does flowmatch's lr of 4e-3 help them: ``--peers-only --lr 0.004`` reruns
+them at it (``peers-long-lr0.004.*``; see the README for the figures).
 
 Figures per system and task, median over the seeds (spread: min to max):
 
@@ -97,7 +100,8 @@ RESULTS = Path(__file__).parent / "results"
 STEPS = 3000
 DEFAULT_BATCH = 256
 BATCH = DEFAULT_BATCH  # the peers' batch; run_task sets it from --batch in each worker
-LR = 2e-3
+DEFAULT_LR = 2e-3
+LR = DEFAULT_LR  # the peers' (and flowmatch ot's) learning rate; run_task sets it from --lr in each worker
 SEEDS = (0, 1, 2)
 PROBE_STEPS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10_000, 12_000)
 PROBE_SOLVER, PROBE_NFE = "rk4", 20
@@ -341,7 +345,7 @@ def train_flowmatch(task: Task, steps: int, seed: int, folder: Path | None = Non
     def probe(step, flow, seconds):
         probes.append({"step": step, "seconds": seconds, "score": probe_score(task, flow.model)})
 
-    config = TrainConfig(data=task.data, source=task.source or "gaussian", steps=steps, lr=LR, device="cpu", seed=seed, **options)
+    config = TrainConfig(data=task.data, source=task.source or "gaussian", steps=steps, device="cpu", seed=seed, **options)
     result = train(config, run_dir=folder, progress=False, callback=probe, callback_steps=set(PROBE_STEPS) | {steps})
     return result, probes
 
@@ -415,14 +419,14 @@ SAMPLER_NAME = {
 
 
 # -- one task and seed -------------------------------------------------------------------------------
-def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: int = DEFAULT_BATCH) -> dict:
+def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: int = DEFAULT_BATCH, lr: float = DEFAULT_LR) -> dict:
     """Every system on one task and seed: {system: {train_s, w2_over_floor, probes, time_to_quality_s}}.
 
     ``peers_only``: only the peers' systems (to see whether and when they reach the quality target
     over a longer budget than flowmatch needs).
     """
-    global BATCH
-    BATCH = batch  # set here, in the worker process (spawned workers do not see the parent's globals)
+    global BATCH, LR
+    BATCH, LR = batch, lr  # set here, in the worker process (spawned workers do not see the parent's globals)
     torch.set_num_threads(1)
     task = Task(name, seed)
     rows: dict[str, dict] = {}
@@ -456,7 +460,7 @@ def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: 
         result, probes = train_flowmatch(task, steps, seed, precision="fp32")
         record("flowmatch default, fp32 training", result.flow, result.seconds, probes)
         teacher = Path(tmp) / "ot"
-        result, probes = train_flowmatch(task, steps, seed, folder=teacher, coupling="ot", batch_size=BATCH, batch_warmup=0)
+        result, probes = train_flowmatch(task, steps, seed, folder=teacher, coupling="ot", batch_size=BATCH, batch_warmup=0, lr=LR)
         result.flow.save_checkpoint(teacher)
         record("flowmatch ot", result.flow, result.seconds, probes)
         teacher_seconds = result.seconds
@@ -639,6 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes running (task, seed) jobs at once (default 2)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"the peers' (and flowmatch ot's) batch (default {DEFAULT_BATCH})")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"the peers' (and flowmatch ot's) learning rate (default {DEFAULT_LR:g})")
     parser.add_argument(
         "--peers-only", action="store_true", help="train only the peers (e.g. with a longer --steps); writes peers-long.* instead"
     )
@@ -654,9 +659,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs > 1:
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs) as pool:
-            runs = pool.starmap(run_task, [(name, seed, args.steps, args.peers_only, args.batch) for name, seed in jobs])
+            runs = pool.starmap(run_task, [(name, seed, args.steps, args.peers_only, args.batch, args.lr) for name, seed in jobs])
     else:
-        runs = [run_task(name, seed, args.steps, args.peers_only, args.batch) for name, seed in jobs]
+        runs = [run_task(name, seed, args.steps, args.peers_only, args.batch, args.lr) for name, seed in jobs]
     summary = summarise(runs)
     tput: dict = {}
     state = next((r["state"] for r in runs if r["state"] is not None), None)
@@ -670,9 +675,9 @@ def main(argv: list[str] | None = None) -> None:
     default = TrainConfig()
     header = (
         f"flowmatch vs peers on {platform.machine()} ({_cpu_name()}), 1 thread per process, {args.jobs} processes, torch "
-        f"{torch.__version__}; {args.steps} steps, Adam lr {LR}, MLP width 256 depth 3; the peers and flowmatch ot at "
-        f"batch {args.batch}, peers in fp32; flowmatch default at batch {default.batch_size} after a warm-up from "
-        f"{default.batch_size // 2} over {default.batch_warmup} steps, precision "
+        f"{torch.__version__}; {args.steps} steps, MLP width 256 depth 3; the peers and flowmatch ot at Adam lr {args.lr:g}, "
+        f"batch {args.batch}, peers in fp32; flowmatch default at its lr {default.lr:g}, batch {default.batch_size} after a "
+        f"warm-up from {default.batch_size // 2} over {default.batch_warmup} steps, precision "
         f"{resolve_precision('auto', torch.device('cpu'))} here; load average "
         f"{load[0]:.2f} at start, {load_end[0]:.2f} at end; total {time.perf_counter() - started:.0f} s; "
         f"{time.strftime('%Y-%m-%d')}"
@@ -681,10 +686,13 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     RESULTS.mkdir(exist_ok=True)
     stem = ("peers-long" if args.peers_only else "peers") + ("" if args.batch == DEFAULT_BATCH else f"-b{args.batch}")
+    stem += "" if args.lr == DEFAULT_LR else f"-lr{args.lr:g}"
     (RESULTS / f"{stem}.md").write_text(text)
     payload = {
         "header": header,
         "steps": args.steps,
+        "peer_lr": args.lr,
+        "flowmatch_lr": TrainConfig().lr,
         "score": {"n": N_SCORE, "draws": DRAWS, "floor_pairs": FLOOR_PAIRS, "table_draws": TABLE_DRAWS},
         "probe": {"steps": PROBE_STEPS, "solver": PROBE_SOLVER, "nfe": PROBE_NFE, "threshold": THRESHOLD},
         "throughput_points": THROUGHPUT_N,
