@@ -559,7 +559,7 @@ def train(
             t = sample_times(config, len(x1), generator)
             noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
             shard = slice(rank * size, (rank + 1) * size)
-            reference = x1[:POSTERIOR_REFERENCE].to(device)  # the same points on every process
+            reference = x1[:POSTERIOR_REFERENCE].to(device) if posterior else None  # the same on every process
             x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
             y = None if y is None else y[shard].to(device)
 
