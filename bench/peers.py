@@ -31,7 +31,7 @@ The peers train at a constant learning rate, so a larger batch only lowers their
 slowly: at batch 512 on checkerboard (seed 0, 6,000 steps, this module's peer loop) none of seed,
 TorchCFM CFM or Meta reached W2 <= 1.1x floor (best probes 1.15, 1.19, 1.16), so 256 is the peers'
 best measured batch. Nor does flowmatch's lr of 4e-3 help them: ``--peers-only --lr 0.004`` reruns
-them at it (``peers-long-lr0.004.*``; see the README for the figures).
+them at it (``peers-long-two-gaussians-lr0.004.*``; see the README for the figures).
 
 Figures per system and task, median over the seeds (spread: min to max):
 
@@ -67,8 +67,8 @@ prints a Markdown table and writes ``bench/results/peers.md``, ``peers.json`` an
 against NFE and against training time). Single-threaded (OMP_NUM_THREADS=1): the numbers are per core;
 ``--jobs`` runs (task, seed) jobs in that many processes at once. ``--peers-only --steps 12000`` trains
 only the peers, for longer, to see whether and when they reach the quality target at all (writes
-``peers-long.*``); ``--batch`` sets the peers' batch (and ``flowmatch ot``'s; result files then carry
-``-b<batch>``).
+``peers-long-<tasks>.*``, e.g. ``peers-long-checkerboard.*``); ``--batch`` and ``--lr`` set the peers'
+batch and learning rate (and ``flowmatch ot``'s; result files then carry ``-b<batch>``, ``-lr<lr>``).
 """
 
 from __future__ import annotations
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"the peers' (and flowmatch ot's) batch (default {DEFAULT_BATCH})")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"the peers' (and flowmatch ot's) learning rate (default {DEFAULT_LR:g})")
     parser.add_argument(
-        "--peers-only", action="store_true", help="train only the peers (e.g. with a longer --steps); writes peers-long.* instead"
+        "--peers-only", action="store_true", help="train only the peers (e.g. with a longer --steps); writes peers-long-<tasks>.* instead"
     )
     args = parser.parse_args(argv)
     names = args.tasks.split(",")
@@ -685,8 +685,10 @@ def main(argv: list[str] | None = None) -> None:
     text = table(summary, tput, header)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = ("peers-long" if args.peers_only else "peers") + ("" if args.batch == DEFAULT_BATCH else f"-b{args.batch}")
-    stem += "" if args.lr == DEFAULT_LR else f"-lr{args.lr:g}"
+    stem = "peers"
+    if args.peers_only:  # named by their tasks, so that runs of different tasks keep their own files
+        stem = "peers-long" + ("" if names == list(TASKS) else "-" + "-".join(names))
+    stem += ("" if args.batch == DEFAULT_BATCH else f"-b{args.batch}") + ("" if args.lr == DEFAULT_LR else f"-lr{args.lr:g}")
     (RESULTS / f"{stem}.md").write_text(text)
     payload = {
         "header": header,
