@@ -188,8 +188,9 @@ class TrainConfig:
             raise FlowmatchError(f"{source}: channel_mult must be positive integers separated by commas, got '{self.channel_mult}'")
         if self.objective == "distill" and not self.pairs:
             raise FlowmatchError(f"{source}: objective distill needs teacher pairs (use 'flowmatch distill')")
-        if self.target == "posterior" and _posterior_obstacle(self):
-            raise FlowmatchError(f"{source}: target posterior needs {_posterior_obstacle(self)}")
+        obstacle = _posterior_obstacle(self) if self.target == "posterior" else ""
+        if obstacle:
+            raise FlowmatchError(f"{source}: target posterior needs {obstacle}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
