@@ -258,8 +258,8 @@ class AffinePath:
         scale = (a / var).expand(n, 1)
         lhs = torch.cat([scale * sample.x_t.to(dtype).flatten(1), -scale * a], dim=1)
         z, own_z = reference.to(dtype).flatten(1), x1.to(dtype).flatten(1)
-        rhs = torch.cat([z, 0.5 * (z * z).sum(1, keepdim=True)], dim=1)
-        own_logit = (lhs * torch.cat([own_z, 0.5 * (own_z * own_z).sum(1, keepdim=True)], dim=1)).sum(1, keepdim=True)
+        rhs = _with_half_norm(z)
+        own_logit = (lhs * _with_half_norm(own_z)).sum(1, keepdim=True)
         in_reference = own[:, None] >= 0  # the own point is already among the reference: not again
         means = []  # m, a chunk of pairs at a time: weights over the reference, then the own point
         for start in range(0, n, chunk):
@@ -303,6 +303,11 @@ class AffinePath:
             return x1
         _, _, da, ds = self._coefficients(t, x_t)
         return da * x1 + ds * x0
+
+
+def _with_half_norm(z: torch.Tensor) -> torch.Tensor:
+    """[z, |z|^2 / 2]: the right-hand side of the posterior's log-weight matmul."""
+    return torch.cat([z, 0.5 * (z * z).sum(1, keepdim=True)], dim=1)
 
 
 def _exclude(logits: torch.Tensor, in_reference: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
