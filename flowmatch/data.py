@@ -81,6 +81,8 @@ __all__ = [
     "entropy",
     "has_log_prob",
     "log_prob",
+    "GaussianMixture",
+    "GAUSSIAN_MIXTURES",
 ]
 
 BUILTIN_NAMES: tuple[str, ...] = (
@@ -310,15 +312,48 @@ def sample_builtin(name: str, n: int, generator: torch.Generator | int | None = 
 # --------------------------------------------------------------------------------------------------
 
 
-def _log_normal_2d(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
-    """log N(x; mean, std^2 I) in 2-D for x (n, 2) against k means (k, 2): shape (n, k)."""
-    d2 = ((x[:, None, :] - mean[None, :, :]) ** 2).sum(-1)
-    return -d2 / (2 * std**2) - math.log(2 * math.pi * std**2)
+@dataclass(frozen=True)
+class GaussianMixture:
+    """The density sum_k pi_k N(x; mu_k, tau_k^2 I): ``weights`` pi (K,), ``means`` mu (K, D), ``stds`` tau (K,).
+
+    The built-in sets that are such mixtures (:data:`GAUSSIAN_MIXTURES`) have closed-form densities
+    (:func:`log_prob`), and as a training source they admit the posterior target
+    (``AffinePath.posterior_velocity``).
+    """
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    stds: torch.Tensor
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) for points x (n, D): shape (n,), in the mixture's dtype."""
+        weights, means, stds = (v.to(device=x.device) for v in (self.weights, self.means, self.stds))
+        x = x.to(means.dtype)
+        d2 = ((x[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+        var = stds**2
+        log_normal = -d2 / (2 * var) - 0.5 * x.shape[1] * torch.log(2 * math.pi * var)
+        return torch.logsumexp(weights.log() + log_normal, dim=1)
+
+    def affine(self, shift: torch.Tensor, scale: float) -> GaussianMixture:
+        """The mixture of (x - shift) / scale for x drawn from this one."""
+        return GaussianMixture(self.weights, (self.means - shift) / scale, self.stds / scale)
 
 
-def _log_gaussian_mixture(x: torch.Tensor, means: torch.Tensor, std: float) -> torch.Tensor:
-    """log (1/k) sum_j N(x; m_j, std^2 I): an equal-weight isotropic mixture."""
-    return torch.logsumexp(_log_normal_2d(x, means, std), dim=1) - math.log(len(means))
+def _equal_mixture(means: list[list[float]], std: float) -> GaussianMixture:
+    k = len(means)
+    return GaussianMixture(torch.full((k,), 1.0 / k, dtype=torch.float64), torch.tensor(means, dtype=torch.float64),
+                           torch.full((k,), std, dtype=torch.float64))
+
+
+#: The built-in sets that are isotropic Gaussian mixtures, in data coordinates: two-gaussians is the
+#: equal mixture of N((-4, 0), I) and N((4, 0), I); 8gaussians of N(4 (cos k pi/4, sin k pi/4) / 1.414,
+#: (0.5 / 1.414)^2 I), k = 0..7.
+GAUSSIAN_MIXTURES: dict[str, GaussianMixture] = {
+    "two-gaussians": _equal_mixture([[-4.0, 0.0], [4.0, 0.0]], 1.0),
+    "8gaussians": _equal_mixture(
+        [[4 * math.cos(k * math.pi / 4) / 1.414, 4 * math.sin(k * math.pi / 4) / 1.414] for k in range(8)], 0.5 / 1.414
+    ),
+}
 
 
 def _log_noisy_circles(x: torch.Tensor, radii: tuple[float, ...], std: float) -> torch.Tensor:
@@ -332,18 +367,6 @@ def _log_noisy_circles(x: torch.Tensor, radii: tuple[float, ...], std: float) ->
     r = torch.tensor(radii, dtype=x.dtype, device=x.device)[None, :]
     log_p = -((rho - r) ** 2) / (2 * std**2) + torch.log(torch.special.i0e(rho * r / std**2)) - math.log(2 * math.pi * std**2)
     return torch.logsumexp(log_p, dim=1) - math.log(len(radii))
-
-
-def _log_prob_two_gaussians(x: torch.Tensor) -> torch.Tensor:
-    """log (N(x; (-4, 0), I) + N(x; (4, 0), I)) / 2."""
-    return _log_gaussian_mixture(x, torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=x.dtype, device=x.device), 1.0)
-
-
-def _log_prob_eight_gaussians(x: torch.Tensor) -> torch.Tensor:
-    """log (1/8) sum_k N(x; 4 (cos k pi/4, sin k pi/4) / 1.414, (0.5 / 1.414)^2 I)."""
-    angle = torch.arange(8, dtype=x.dtype, device=x.device) * (math.pi / 4)
-    means = 4 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) / 1.414
-    return _log_gaussian_mixture(x, means, 0.5 / 1.414)
 
 
 def _log_prob_checkerboard(x: torch.Tensor) -> torch.Tensor:
@@ -364,8 +387,7 @@ def _log_prob_rings(x: torch.Tensor) -> torch.Tensor:
 
 
 _LOG_PROBS = {
-    "two-gaussians": _log_prob_two_gaussians,
-    "8gaussians": _log_prob_eight_gaussians,
+    **{name: mixture.log_prob for name, mixture in GAUSSIAN_MIXTURES.items()},
     "checkerboard": _log_prob_checkerboard,
     "circles": _log_prob_circles,
     "rings": _log_prob_rings,
@@ -786,6 +808,16 @@ class Dataset:
             x = self.train[index]
             k = None if self.train_labels is None else self.train_labels[index]
         return (x, k) if labels else x
+
+    @property
+    def gaussian_mixture(self) -> GaussianMixture | None:
+        """The set's density in model coordinates where it is an isotropic Gaussian mixture
+        (:data:`GAUSSIAN_MIXTURES`, standardised by one scale for every column), else None."""
+        mixture = GAUSSIAN_MIXTURES.get(self.name) if self.builtin else None
+        std = self.standardizer.std
+        if mixture is None or not torch.all(std == std[0]):
+            return None
+        return mixture.affine(self.standardizer.mean, float(std[0]))
 
     def to_model(self, x_data) -> torch.Tensor:
         """Data -> model coordinates (``standardizer.forward``)."""

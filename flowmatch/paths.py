@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .errors import FlowmatchError
+
+if TYPE_CHECKING:
+    from .data import GaussianMixture
 
 PREDICTIONS = ("velocity", "x1", "x0")
 
@@ -213,66 +216,111 @@ class AffinePath:
         reference: torch.Tensor,
         own: torch.Tensor | None = None,
         allowed: torch.Tensor | None = None,
+        source: GaussianMixture | None = None,
         chunk: int = 1024,
     ) -> torch.Tensor:
         """A lower-variance target with the same minimiser: u_t averaged over the data's posterior.
 
-        For a standard Gaussian source (x0 ~ N(0, I)) the path through one data point z is Gaussian,
-        x_t | z ~ N(alpha_t z, s_t^2 I) with s_t^2 = sigma_t^2 + g_t^2 (g_t the bridge noise), and the
-        velocity it implies at x_t is u(x_t | z) = alpha'_t z + c_t (x_t - alpha_t z), with
-        c_t = (sigma_t sigma'_t + g_t g'_t) / s_t^2. The marginal velocity is its posterior mean over z.
-        Over a set z_1..z_R holding the pair's own x1 and otherwise independent draws of the data,
-        the self-normalised estimate
+        The source is an isotropic Gaussian mixture, x0 ~ sum_k pi_k N(mu_k, tau_k^2 I) (by default
+        N(0, I): one component). Given a data point z and a component k the path is Gaussian,
+        x_t | z, k ~ N(alpha_t z + sigma_t mu_k, V_k I) with V_k = sigma_t^2 tau_k^2 + g_t^2 (g_t the
+        bridge noise), and the velocity it implies at x_t is the regression of u_t on x_t,
 
-            T = sum_j w_j u(x_t | z_j),   w_j proportional to exp(-|x_t - alpha_t z_j|^2 / (2 s_t^2)),
+            u(x_t | z, k) = alpha'_t z + sigma'_t mu_k + c_k (x_t - alpha_t z - sigma_t mu_k),
+            c_k = (sigma_t sigma'_t tau_k^2 + g_t g'_t) / V_k.
+
+        The marginal velocity is its posterior mean over (z, k). Over a set z_1..z_R holding the pair's
+        own x1 and otherwise independent draws of the data, the self-normalised estimate
+
+            T = sum_{j,k} w_jk u(x_t | z_j, k),   w_jk proportional to pi_k N(x_t; alpha_t z_j + sigma_t mu_k, V_k I),
 
         has E[T | x_t] = v(x_t, t) exactly: T is symmetric in the z_j, so the own point's likelihood in
         the joint density can be replaced by the mean likelihood over all z_j, which cancels T's
-        denominator and leaves E_z[p(x_t | z) u(x_t | z)] / p_t(x_t) = v(x_t, t). Regressing on T
+        denominator and leaves E_z[p(x_t | z) E[u | x_t, z]] / p_t(x_t) = v(x_t, t). Regressing on T
         therefore has the minimiser of regressing on u_t (the stable target field of Xu et al. 2023;
         explicit flow matching, Ryzhakov et al. 2024), with far less variance where the posterior is
         broad: early times, where a mixture's mass is divided between its modes. Late, the weights
         fall onto the own point and T is u_t.
 
-        Written as a correction to the pair's own target, which keeps it exact when s_t -> 0:
-        T = u_t + (alpha'_t - c_t alpha_t) (m - x1), m = sum_j w_j z_j; u_t's own noise (bridge) stays.
+        Computed as the pair's own target plus a correction, T = u_t + sum_jk w_jk u_jk - E[u_t | x_t, x1]
+        with E[u_t | x_t, x1] = sum_k r_k u(x_t | x1, k), r_k the own point's posterior over components
+        (the part of u_t that x_t and x1 leave open, such as bridge noise, stays; it has mean zero).
+        With O_k = sum_j w_jk over the other points j,
+
+            T - u_t = sum_k (alpha'_t - c_k alpha_t) sum_j w_jk (z_j - x1) + sum_k D_k (c_k e_k + sigma'_t mu_k),
+
+        D_k = O_k - r_k sum_k' O_k', e_k = x_t - alpha_t x1 - sigma_t mu_k. It vanishes with the other
+        points' weights, so T stays exact as V_k -> 0; for one component D = 0 and the correction is
+        (alpha'_t - c alpha_t)(m - x1), m the weighted mean of the z_j.
 
         ``sample``: the pairs' PathSample; ``x1``: their data points (n, ...); ``reference``: other
         draws of the data (R, ...); ``own``: (n,) the row of ``reference`` that is each pair's own x1,
-        or -1 where it is not among them (it then joins that pair's set); None means row i of
-        ``reference`` is x1[i]. ``allowed``: an optional (n, R) boolean mask of the reference points
-        each pair may average over (its class). Computed in the inputs' precision (at least float32),
-        ``chunk`` pairs at a time.
+        or -1 where it is not among them; None means row i of ``reference`` is x1[i]. ``allowed``: an
+        optional (n, R) boolean mask of the reference points each pair may average over (its class).
+        ``source``: the source's :class:`~flowmatch.data.GaussianMixture` in model coordinates (None:
+        N(0, I)). Computed in the inputs' precision (at least float32), ``chunk`` pairs at a time.
         """
         dtype = torch.promote_types(x1.dtype, torch.float32)
+        device = x1.device
         a, s, da, ds = (v.to(dtype).reshape(-1, 1) for v in self._coefficients(sample.t, x1[:, :1]))
-        var, cov = s * s, s * ds
+        n, x, z, x1f = len(x1), sample.x_t.to(dtype).flatten(1), reference.to(dtype).flatten(1), x1.to(dtype).flatten(1)
+        dim = x.shape[1]
+        like = dict(dtype=dtype, device=device)
+        if source is None:  # N(0, I)
+            log_pi, mu, tau2 = torch.zeros(1, **like), torch.zeros(1, dim, **like), torch.ones(1, **like)
+        else:
+            log_pi, mu, tau2 = (v.to(**like) for v in (source.weights.log(), source.means.flatten(1), source.stds**2))
+        var, cov = s * s * tau2, s * ds * tau2  # (n, K)
         if self.bridge_sigma > 0:  # g_t^2 = b^2 t (1 - t), g_t g'_t = b^2 (1 - 2t) / 2
-            tt = torch.as_tensor(sample.t, device=x1.device).to(dtype).reshape(-1, 1)
+            tt = torch.as_tensor(sample.t, device=device).to(dtype).reshape(-1, 1)
             var, cov = var + self.bridge_sigma**2 * tt * (1 - tt), cov + self.bridge_sigma**2 * (1 - 2 * tt) / 2
         var = var.clamp_min(torch.finfo(dtype).tiny ** 0.5)
-        n = len(x1)
-        own = torch.arange(n, device=x1.device) if own is None else own
-        # log w_j = (a / s^2) x_t . z_j - (a^2 / s^2) |z_j|^2 / 2 + (a constant per pair): one matmul
-        # of [(a / s^2) x_t, -a^2 / s^2] with [z_j, |z_j|^2 / 2]
-        scale = (a / var).expand(n, 1)
-        lhs = torch.cat([scale * sample.x_t.to(dtype).flatten(1), -scale * a], dim=1)
-        z, own_z = reference.to(dtype).flatten(1), x1.to(dtype).flatten(1)
-        rhs = _with_half_norm(z)
-        own_logit = (lhs * _with_half_norm(own_z)).sum(1, keepdim=True)
-        in_reference = own[:, None] >= 0  # the own point is already among the reference: not again
-        means = []  # m, a chunk of pairs at a time: weights over the reference, then the own point
+        c = cov / var
+        y = x[:, None, :] - s[:, :, None] * mu  # x_t - sigma_t mu_k: (n, K, D)
+        e = y - a[:, :, None] * x1f[:, None, :]  # x_t - alpha_t x1 - sigma_t mu_k
+        base = log_pi - 0.5 * dim * var.log()
+        own_logit = base - (e * e).sum(-1) / (2 * var)  # (n, K)
+        # log w_jk = [a y_k / V_k, -a^2 / V_k, b_k - |y_k|^2 / (2 V_k)] . [z_j, |z_j|^2 / 2, 1]: one matmul
+        scale = (a / var)[:, :, None]
+        lhs = torch.cat([scale * y, -scale * a[:, :, None], (base - (y * y).sum(-1) / (2 * var))[:, :, None]], dim=2)
+        z_one = torch.cat([z, torch.ones_like(z[:, :1])], dim=1)
+        rhs = torch.cat([z, 0.5 * (z * z).sum(1, keepdim=True), z_one[:, -1:]], dim=1)
+        own = torch.arange(n, device=device) if own is None else own
+        k = len(log_pi)
+        duplicate = own >= 0  # the own point has a column of its own; its copy in the reference stays out
+        corrections = []
         for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
-            mask = None if allowed is None else allowed[rows]
-            logits = _exclude(torch.cat([lhs[rows] @ rhs.T, own_logit[rows]], dim=1), in_reference[rows], mask)
-            # log-weights more than 80 below the largest are floored there (such weights do not count),
-            # so that float32 exp never makes slow subnormal numbers; excluded points stay out
-            logits = _exclude((logits - logits.amax(1, keepdim=True)).clamp_(min=-80.0), in_reference[rows], mask)
-            w = torch.softmax(logits, dim=1)
-            means.append((z.T @ w[:, :-1].T).T + w[:, -1:] * own_z[rows])
-        correction = (da - cov / var * a) * (torch.cat(means) - own_z)
-        return sample.velocity + correction.reshape(x1.shape).to(sample.velocity.dtype)
+            m = len(x[rows])
+            ref = (lhs[rows].reshape(m * k, dim + 2) @ rhs.T).reshape(m, k, -1)  # the other points' log-weights
+            pairs = duplicate[rows].nonzero()[:, 0]
+            pairs = (pairs, own[rows][pairs])
+            forbidden = None if allowed is None else ~allowed[rows, None, :]
+
+            def exclude():
+                ref.transpose(1, 2)[pairs] = -math.inf
+                if forbidden is not None:
+                    ref.masked_fill_(forbidden, -math.inf)
+
+            exclude()
+            top = torch.maximum(ref.flatten(1).amax(1), own_logit[rows].amax(1))[:, None]
+            # log-weights more than 80 below the largest are floored there (such weights do not count), so
+            # that float32 exp never makes slow subnormal numbers; then the excluded points are put back out
+            ref.clamp_(min=top[:, :, None] - 80.0)
+            exclude()
+            w = ref.sub_(top[:, :, None]).exp_()  # unnormalised, in place
+            own_w = (own_logit[rows] - top).clamp_(min=-80.0).exp_()
+            sums = (z_one.T @ w.reshape(m * k, -1).T).T.reshape(m, k, dim + 1)  # [sum_j w_jk z_j, sum_j w_jk]
+            total = sums[:, :, -1].sum(1, keepdim=True) + own_w.sum(1, keepdim=True)
+            mass = sums[:, :, -1] / total  # O_k
+            spread = sums[:, :, :-1] / total[:, :, None] - mass[:, :, None] * x1f[rows, None, :]
+            correction = ((da[rows] - c[rows] * a[rows])[:, :, None] * spread).sum(1)
+            if k > 1:
+                r = torch.softmax(own_logit[rows], dim=1)
+                d = mass - r * mass.sum(1, keepdim=True)
+                correction = correction + (d[:, :, None] * (c[rows, :, None] * e[rows] + ds[rows, :, None] * mu)).sum(1)
+            corrections.append(correction)
+        return sample.velocity + torch.cat(corrections).reshape(x1.shape).to(sample.velocity.dtype)
 
     def to_endpoints(self, pred: torch.Tensor, x_t: torch.Tensor, t, kind: str = "velocity"):
         """(x0, x1) implied by a prediction of ``kind`` (velocity, x1 or x0) at x_t.
@@ -308,14 +356,6 @@ class AffinePath:
 def _with_half_norm(z: torch.Tensor) -> torch.Tensor:
     """[z, |z|^2 / 2]: the right-hand side of the posterior's log-weight matmul."""
     return torch.cat([z, 0.5 * (z * z).sum(1, keepdim=True)], dim=1)
-
-
-def _exclude(logits: torch.Tensor, in_reference: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    """Posterior log-weights over [reference points, own point] with the points a pair may not use at -inf."""
-    logits[:, -1:].masked_fill_(in_reference, -math.inf)
-    if allowed is not None:
-        logits[:, :-1].masked_fill_(~allowed, -math.inf)
-    return logits
 
 
 def _as_time(t, like: torch.Tensor) -> torch.Tensor:

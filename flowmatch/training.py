@@ -9,8 +9,9 @@ matching loss is
 whose minimiser (for w = 1) is the marginal velocity field that carries the source at t = 0 to the
 data at t = 1. The pairs are independent draws by default, or re-paired by a coupling
 (``flowmatch.couplings``), or fixed pairs from a file (reflow). For independent pairs from a
-Gaussian source the target is by default (``target = "auto"``) not each pair's own u_t but its
-posterior mean over the batch's data points (``AffinePath.posterior_velocity``): the same
+Gaussian or Gaussian-mixture source the target is by default (``target = "auto"``) not each pair's
+own u_t but its posterior mean over the batch's data points (and the source's components;
+``AffinePath.posterior_velocity``): the same
 minimiser, with far less variance at early times, where a mixture's mass is divided between its
 modes. With ``objective = "distill"`` the loss is instead || Phi_theta(x0) - x1 ||^2 where
 Phi_theta integrates the model with a few-step solver: the student learns to reach the teacher's
@@ -66,17 +67,20 @@ from .checkpoints import (
     unprefixed,
     write_json_atomic,
 )
-from .data import Dataset, load_dataset
+from .data import GAUSSIAN_MIXTURES, Dataset, load_dataset
 from .errors import FlowmatchError
 from .models import build_model
 from .paths import PATHS, AffinePath, make_path
 
 
 TARGETS = ("auto", "conditional", "posterior")
-#: The posterior target averages over the first this many points of the global batch (and the pair's
-#: own): its variance at early times is already about 1/300 of the conditional target's (two-gaussians,
-#: t = 0.1-0.2), at half the cost of the whole default batch of 512.
-POSTERIOR_REFERENCE = 256
+#: The posterior target averages over (data point, source component) pairs: the first
+#: POSTERIOR_PAIRS / K points of the global batch (and the pair's own), each with every one of the
+#: source's K components (one for N(0, I): the whole default batch; 8 for 8gaussians: 256 points).
+#: Measured on two-gaussians (N(0, I), seeds 0-7, first probe with W2 <= 1.1x floor): the first 256
+#: points, median step 125; the whole batch of 512, 87.5 (no seed later) for about 0.4 ms more a step.
+#: On 8gaussians -> moons: 32 points crossed at steps 700, 800, 500 (seeds 0-2), 256 at 450 on each.
+POSTERIOR_PAIRS = 2048
 
 
 def _option(default, help: str, choices=None, low=None, high=None):
@@ -104,7 +108,8 @@ class TrainConfig:
     target: str = _option(
         "auto",
         "regression target: each pair's own velocity (conditional), or its posterior mean over the batch's data "
-        "points (posterior: same minimiser, less variance; gaussian source, independent pairs); auto = posterior where it applies",
+        "points (posterior: same minimiser, less variance; gaussian or gaussian-mixture source, independent pairs); "
+        "auto = posterior where it applies",
         choices=TARGETS,
     )
     distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
@@ -130,6 +135,7 @@ class TrainConfig:
     warmup: int = _option(0, "linear learning-rate warm-up steps", low=0)
     grad_clip: float = _option(0.0, "clip the gradient norm to this (0 = off)", low=0.0)
     ema: float = _option(0.999, "EMA decay of the weights used for sampling (0 = off)", low=0.0, high=0.99999)
+    ema_warmup: int = _option(10, "EMA warm-up: the decay after step k is min(ema, (1 + k) / (ema_warmup + k))", low=2)
     time_sampling: str = _option("uniform", "distribution of training times", choices=("uniform", "logit-normal"))
     time_strata: int = _option(
         32, "stratify each batch's times: K strata, one shared time per stratum (0 = a time per pair)", low=0
@@ -252,14 +258,15 @@ def resolve_target(config: TrainConfig) -> str:
 
 
 def _posterior_obstacle(config: TrainConfig) -> str:
-    """Why the posterior target does not apply to ``config`` ("" if it does): it needs x0 ~ N(0, I) drawn
-    independently of x1, so that the path through a data point is a known Gaussian."""
+    """Why the posterior target does not apply to ``config`` ("" if it does): it needs x0 drawn from a
+    Gaussian or a built-in Gaussian mixture, independently of x1, so that the path through a data point
+    is a known Gaussian mixture."""
     if config.objective != "flow-matching":
         return f"objective flow-matching, not {config.objective}"
     if config.pairs:
         return "drawn pairs, not a pairs file"
-    if config.source != "gaussian":
-        return f"a gaussian source, not '{config.source}'"
+    if config.source != "gaussian" and config.source not in GAUSSIAN_MIXTURES:
+        return f"a gaussian or gaussian-mixture source ({', '.join(['gaussian', *GAUSSIAN_MIXTURES])}), not '{config.source}'"
     if config.coupling != "independent":
         return f"independent pairs, not coupling {config.coupling}"
     return ""
@@ -499,7 +506,7 @@ def train(
         model = _initial_model(config, dataset)
     model = model.to(device)
     flow_meta = Flow(model=model, path=path, standardizer=dataset.standardizer, config=config.to_dict()).checkpoint_meta()
-    ema = EMA(model, config.ema)
+    ema = EMA(model, config.ema, config.ema_warmup)
     optimizer = _optimizer(config, model)
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
@@ -523,6 +530,10 @@ def train(
     precision = resolve_precision(config.precision, device)
     autocast = precision == "bf16"
     posterior = resolve_target(config) == "posterior"
+    source_mixture = None if source is None else source.gaussian_mixture  # the posterior's source density
+    if posterior and source is not None and source_mixture is None:
+        raise FlowmatchError(f"target posterior: source '{config.source}' has no isotropic Gaussian-mixture density here")
+    reference_size = POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights))
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
         if folder is None or not main_process:
@@ -560,7 +571,7 @@ def train(
             t = sample_times(config, len(x1), generator)
             noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
             shard = slice(rank * size, (rank + 1) * size)
-            reference = x1[:POSTERIOR_REFERENCE].to(device) if posterior else None  # the same on every process
+            reference = x1[:reference_size].to(device) if posterior else None  # the same on every process
             x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
             y = None if y is None else y[shard].to(device)
 
@@ -571,7 +582,7 @@ def train(
                     own = torch.arange(shard.start, shard.stop, device=device)
                     own = torch.where(own < len(reference), own, -1)
                     allowed = _same_class(y, None if classes is None else classes[: len(reference)], dataset.num_classes)
-                    velocity = path.posterior_velocity(target, x1, reference, own, allowed)
+                    velocity = path.posterior_velocity(target, x1, reference, own, allowed, source_mixture)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 if config.objective == "distill":
                     loss = _distill_loss(net, x0, x1, config.distill_nfe)
@@ -711,20 +722,22 @@ def _flow_for(model, ema, path, dataset, config, *, source=None):
 
 
 class EMA:
-    """theta_ema <- d_k theta_ema + (1 - d_k) theta after step k, d_k = min(decay, (1 + k) / (10 + k)).
+    """theta_ema <- d_k theta_ema + (1 - d_k) theta after step k, d_k = min(decay, (1 + k) / (warmup + k)).
 
-    The warm-up of d_k keeps early, random weights from dominating short runs. Off when decay = 0.
+    The warm-up of d_k keeps early, random weights from dominating short runs: until d_k reaches
+    ``decay`` the average spans about the last 1 / (1 - d_k) = (warmup + k) / (warmup - 1) steps, a
+    fixed fraction of the run so far (a ninth for warmup 10). Off when decay = 0.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: int = 10):
+        self.decay, self.warmup = decay, warmup
         self.updates = 0
         self.shadow = [p.detach().clone() for p in model.parameters()] if decay > 0 else None
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         if self.shadow is not None:
-            decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+            decay = min(self.decay, (1 + self.updates) / (self.warmup + self.updates))
             torch._foreach_lerp_(self.shadow, [p.detach() for p in model.parameters()], 1.0 - decay)
         self.updates += 1
 

@@ -4,6 +4,7 @@ Statistical checks use fixed seeds and tolerances of several standard errors (SE
 so they are deterministic and far from flaky boundaries.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from sklearn.datasets import make_circles, make_moons, make_swiss_roll
 import flowmatch.data as data_module
 from flowmatch.data import (
     BUILTIN_NAMES,
+    GAUSSIAN_MIXTURES,
     Dataset,
     Standardizer,
     load_array,
@@ -648,3 +650,19 @@ def test_load_dataset_file_needs_two_test_rows(tmp_path):
     np.save(path, _distinct_points(10))
     with pytest.raises(FlowmatchError, match="n_test must be at least 2"):
         load_dataset(path, n_test=1)
+
+
+def test_gaussian_mixture_density_in_model_coordinates():
+    # The built-in mixtures as a posterior target's source. Their densities integrate to 1 and match
+    # their samplers' entropy (tests/test_evaluation.py); here, the change of coordinates: under an
+    # isotropic standardiser z = (x - m) / s, p_z(z) = p_x(s z + m) s^D.
+    mixture = GAUSSIAN_MIXTURES["8gaussians"]
+    dataset = load_dataset("8gaussians")
+    torch.testing.assert_close(dataset.gaussian_mixture.means, mixture.means)
+    mean = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    scaled = dataclasses.replace(dataset, standardizer=Standardizer(mean, torch.tensor([2.0, 2.0])))
+    z = torch.randn(100, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(scaled.gaussian_mixture.log_prob(z), mixture.log_prob(2 * z + mean) + 2 * math.log(2.0))
+    # per-column scales make the components anisotropic: no mixture; nor for sets that are not mixtures
+    assert load_dataset("two-gaussians", standardize=True).gaussian_mixture is None
+    assert load_dataset("moons").gaussian_mixture is None and load_dataset("wine").gaussian_mixture is None

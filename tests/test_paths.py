@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from flowmatch.data import GaussianMixture
 from flowmatch.errors import FlowmatchError
 from flowmatch.paths import AffinePath, CustomSchedule, make_path
 
@@ -107,7 +108,19 @@ def test_bridge_noise_velocity_is_time_derivative():
 
 
 # -- the posterior (batch-averaged) target --------------------------------------------------------
-MIXTURE = [(0.5, (-4.0, 0.0), 1.0), (0.5, (4.0, 0.0), 1.0)]  # two-gaussians: (weight, mean, std) each
+DATA = GaussianMixture(  # two-gaussians
+    torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64),
+    torch.tensor([1.0, 1.0], dtype=torch.float64),
+)
+SOURCES = {  # N(0, I) (the default, None), and an unequal mixture with unequal spreads
+    "normal": None,
+    "mixture": GaussianMixture(
+        torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64),
+        torch.tensor([[-2.0, 1.0], [1.0, 1.0], [0.0, -2.0]], dtype=torch.float64),
+        torch.tensor([0.3, 0.6, 1.0], dtype=torch.float64),
+    ),
+}
+NORMAL = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
 POSTERIOR_PATHS = {
     "linear": make_path("linear"),
     "gaussian-0.1": make_path("gaussian", sigma_min=0.1),
@@ -116,59 +129,60 @@ POSTERIOR_PATHS = {
 }
 
 
-def _mixture_draw(n, g):
-    k = torch.multinomial(torch.tensor([w for w, _, _ in MIXTURE], dtype=torch.float64), n, replacement=True, generator=g)
-    means = torch.tensor([m for _, m, _ in MIXTURE], dtype=torch.float64)[k]
-    stds = torch.tensor([s for _, _, s in MIXTURE], dtype=torch.float64)[k, None]
-    return means + stds * torch.randn(n, 2, generator=g, dtype=torch.float64)
+def _draw(mixture, n, g):
+    k = torch.multinomial(mixture.weights, n, replacement=True, generator=g)
+    return mixture.means[k] + mixture.stds[k, None] * torch.randn(n, 2, generator=g, dtype=torch.float64)
 
 
-def _mixture_velocity(path, x_t, t):
-    """The marginal velocity of a Gaussian mixture (x1 ~ sum_k w_k N(m_k, s_k^2 I), x0 ~ N(0, I)), closed form.
+def _marginal_velocity(path, x_t, t, source=None):
+    """The marginal velocity between two Gaussian mixtures (x0 ~ sum_k pi_k N(mu_k, tau_k^2 I) drawn
+    independently of x1 ~ sum_l rho_l N(m_l, s_l^2 I)), closed form.
 
-    Given component k, (x1, x_t) is jointly Gaussian: x_t ~ N(a m_k, (a^2 s_k^2 + S) I) with
-    S = sigma^2 + g^2, and E[x1 | x_t, k] = m_k + a s_k^2 / (a^2 s_k^2 + S) (x_t - a m_k); then
-    v = sum_k P(k | x_t) (a' - c a) E[x1 | x_t, k] + c x_t with c = (sigma sigma' + g g') / S.
+    Given the components (k, l), (x0, x1, x_t, u_t) are jointly Gaussian: x_t ~ N(a m_l + sigma mu_k, V I)
+    with V = a^2 s_l^2 + sigma^2 tau_k^2 + g^2, and E[u_t | x_t, k, l] = a' m_l + sigma' mu_k
+    + (a a' s_l^2 + sigma sigma' tau_k^2 + g g') / V (x_t - a m_l - sigma mu_k); v is their mean
+    under P(k, l | x_t).
     """
+    source = NORMAL if source is None else source
     tt = torch.full((1,), t, dtype=torch.float64)
     s = path.schedule
     a, sg, da, ds = s.alpha(tt), s.sigma(tt), s.d_alpha(tt), s.d_sigma(tt)
     b2 = path.bridge_sigma**2
-    var, cov = sg**2 + b2 * t * (1 - t), sg * ds + b2 * (1 - 2 * t) / 2
-    c = cov / var
+    g2, ggd = b2 * t * (1 - t), b2 * (1 - 2 * t) / 2
     log_r, means = [], []
-    for w, m, sd in MIXTURE:
-        m = torch.tensor(m, dtype=torch.float64)
-        spread = a**2 * sd**2 + var
-        log_r.append(math.log(w) - ((x_t - a * m) ** 2).sum(1) / (2 * spread) - x_t.shape[1] / 2 * torch.log(spread))
-        means.append(m + a * sd**2 / spread * (x_t - a * m))
+    for pi, mu, tau in zip(source.weights, source.means, source.stds):
+        for rho, m, sd in zip(DATA.weights, DATA.means, DATA.stds):
+            centre = a * m + sg * mu
+            var = a**2 * sd**2 + sg**2 * tau**2 + g2
+            log_r.append(torch.log(pi * rho) - ((x_t - centre) ** 2).sum(1) / (2 * var) - torch.log(var))
+            means.append(da * m + ds * mu + (a * da * sd**2 + sg * ds * tau**2 + ggd) / var * (x_t - centre))
     r = torch.softmax(torch.stack(log_r, 1), 1)
-    mean_x1 = (r[:, :, None] * torch.stack(means, 1)).sum(1)
-    return (da - c * a) * mean_x1 + c * x_t
+    return (r[:, :, None] * torch.stack(means, 1)).sum(1)
 
 
-def _targets(path, t, batches, batch=256, seed=0):
+def _targets(path, t, batches, batch=256, seed=0, source=None):
     """(x_t, conditional u_t, posterior T) over ``batches`` batches at time t; each batch is its own reference."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(batches):
-        x1 = _mixture_draw(batch, g)
-        x0 = torch.randn(batch, 2, generator=g, dtype=torch.float64)
+        x1 = _draw(DATA, batch, g)
+        x0 = _draw(NORMAL if source is None else source, batch, g)
         eps = torch.randn(batch, 2, generator=g, dtype=torch.float64)
         s = path.sample(x0, x1, torch.full((batch,), t, dtype=torch.float64), noise=eps)
-        rows.append((s.x_t, s.velocity, path.posterior_velocity(s, x1, x1)))
+        rows.append((s.x_t, s.velocity, path.posterior_velocity(s, x1, x1, source=source)))
     return [torch.cat(column) for column in zip(*rows)]
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("name", POSTERIOR_PATHS)
-def test_posterior_target_is_unbiased_for_the_marginal_velocity(name, t):
+def test_posterior_target_is_unbiased_for_the_marginal_velocity(name, t, source):
     # E[T - v(x_t) | x_t] = 0 tested against functions of x_t: for each f, the mean of (T - v) f(x_t)
     # is within 4.5 standard errors of 0. The rows of a batch share their reference points, so the
     # standard error is taken over the 160 batch means, which are independent.
     path = POSTERIOR_PATHS[name]
-    x_t, _, posterior = _targets(path, t, batches=160)
-    residual = posterior - _mixture_velocity(path, x_t, t)
+    x_t, _, posterior = _targets(path, t, batches=160, source=SOURCES[source])
+    residual = posterior - _marginal_velocity(path, x_t, t, SOURCES[source])
     for f in (torch.ones_like(x_t[:, 0]), x_t[:, 0], x_t[:, 1], torch.tanh(x_t[:, 0])):
         per_batch = (residual * f[:, None]).reshape(160, -1, 2).mean(1)
         z = per_batch.mean(0) / (per_batch.std(0) / math.sqrt(160))
@@ -181,14 +195,14 @@ def test_posterior_target_has_far_less_variance_early():
     # 300 at t = 0.1, 48 at t = 0.5, 7 at t = 0.8).
     path = make_path("linear")
     x_t, conditional, posterior = _targets(path, 0.2, batches=40, seed=1)
-    v = _mixture_velocity(path, x_t, 0.2)
+    v = _marginal_velocity(path, x_t, 0.2)
     assert ((posterior - v) ** 2).mean() < ((conditional - v) ** 2).mean() / 200
 
 
 def test_posterior_target_at_the_ends():
     path = make_path("linear")
     g = torch.Generator().manual_seed(4)
-    x1 = _mixture_draw(64, g)
+    x1 = _draw(DATA, 64, g)
     x0 = torch.randn(64, 2, generator=g, dtype=torch.float64)
     # t = 0: every point is equally likely, so T = mean(x1) - x0 (the exact field's batch estimate)
     s = path.sample(x0, x1, torch.zeros(64, dtype=torch.float64))
@@ -200,7 +214,7 @@ def test_posterior_target_at_the_ends():
     # float32 (training's precision) against float64 over 512 points: measured 0.0067 and 0.022 apart at
     # most on two draws (at t = 0.99, where the weights between neighbours are most delicate and the
     # correction is multiplied by 1 / (1 - t)), against targets of ~5; bf16 training rounds more
-    x1b, x0b = _mixture_draw(512, g), torch.randn(512, 2, generator=g, dtype=torch.float64)
+    x1b, x0b = _draw(DATA, 512, g), torch.randn(512, 2, generator=g, dtype=torch.float64)
     for t in (0.3, 0.9, 0.99, 0.999, 0.9999):
         t = torch.full((512,), t, dtype=torch.float64)
         exact = path.posterior_velocity(path.sample(x0b, x1b, t), x1b, x1b)
@@ -214,28 +228,41 @@ def test_posterior_target_at_the_ends():
     torch.testing.assert_close(out, s.velocity)
 
 
-def test_posterior_target_matches_the_weighted_sum_of_conditional_velocities():
-    # T = sum_j w_j u(x_t | z_j) written out term by term, for a bridge path, per-pair times, a mask,
-    # and a reference that holds the own point of half the pairs (own = its row) but not of the
-    # other half (own = -1: it joins their set), as training does with the global batch's first points.
-    path = make_path("linear", bridge_sigma=0.7)
+@pytest.mark.parametrize("source", SOURCES)
+def test_posterior_target_matches_the_weighted_sum_of_conditional_velocities(source):
+    # T = u_t + sum_jk w_jk u(x_t | z_j, k) - sum_k r_k u(x_t | x1, k) written out term by term, for a
+    # bridge path, per-pair times, a mask, and a reference that holds the own point of half the pairs
+    # (own = its row) but not of the other half (own = -1: it joins their set), as training does with
+    # the global batch's first points. (Any function in place of u here would leave T unbiased; this
+    # pins down the u of the docstring.)
+    path, mixture = make_path("linear", bridge_sigma=0.7), SOURCES[source]
+    comps = NORMAL if mixture is None else mixture
     g = torch.Generator().manual_seed(5)
-    z = _mixture_draw(50, g)
-    x1 = torch.cat([z[:10], _mixture_draw(10, g)])
+    z = _draw(DATA, 50, g)
+    x1 = torch.cat([z[:10], _draw(DATA, 10, g)])
     own = torch.tensor(list(range(10)) + [-1] * 10)
-    x0, eps = torch.randn(20, 2, generator=g, dtype=torch.float64), torch.randn(20, 2, generator=g, dtype=torch.float64)
+    x0, eps = _draw(comps, 20, g), torch.randn(20, 2, generator=g, dtype=torch.float64)
     t = torch.rand(20, generator=g, dtype=torch.float64)
     allowed = torch.rand(20, 50, generator=g) < 0.5
     allowed[torch.arange(10), torch.arange(10)] = True
     s = path.sample(x0, x1, t, noise=eps)
     expected = []
     for i in range(20):
-        ti = t[i]
-        a, sg = ti, 1 - ti
-        var, cov = sg**2 + 0.49 * ti * (1 - ti), -sg + 0.49 * (1 - 2 * ti) / 2
+        ti, x_t = t[i], s.x_t[i]
+        a, sg, g2, ggd = ti, 1 - ti, 0.49 * ti * (1 - ti), 0.49 * (1 - 2 * ti) / 2
         points = z[allowed[i]] if own[i] >= 0 else torch.cat([z[allowed[i]], x1[i : i + 1]])
-        w = torch.softmax(-((s.x_t[i] - a * points) ** 2).sum(1) / (2 * var), 0)
-        u = points + cov / var * (s.x_t[i] - a * points)  # u(x_t | z_j) for every point of the set
-        # the pair's own noise stays: u_t - u(x_t | x1_i) is zero-mean given x_t and x1
-        expected.append((w[:, None] * u).sum(0) + s.velocity[i] - (x1[i] + cov / var * (s.x_t[i] - a * x1[i])))
-    torch.testing.assert_close(path.posterior_velocity(s, x1, z, own, allowed, chunk=7), torch.stack(expected))
+
+        def terms(points):  # (log-weight, u(x_t | z, k)) of every (point, component)
+            logw, u = [], []
+            for pi, mu, tau in zip(comps.weights, comps.means, comps.stds):
+                var, cov = sg**2 * tau**2 + g2, -sg * tau**2 + ggd
+                centre = a * points + sg * mu
+                logw.append(torch.log(pi) - torch.log(var) - ((x_t - centre) ** 2).sum(1) / (2 * var))
+                u.append(points - mu + cov / var * (x_t - centre))
+            return torch.softmax(torch.cat(logw), 0), torch.cat(u)
+
+        w, u = terms(points)
+        r, u_own = terms(x1[i : i + 1])
+        expected.append((w[:, None] * u).sum(0) + s.velocity[i] - (r[:, None] * u_own).sum(0))
+    out = path.posterior_velocity(s, x1, z, own, allowed, source=mixture, chunk=7)
+    torch.testing.assert_close(out, torch.stack(expected))

@@ -117,6 +117,22 @@ def test_callback_sees_the_ema_flow_and_stops_the_clock():
     assert all(torch.equal(plain[k], final[k]) for k in final)
 
 
+def test_ema_follows_its_warm_up_then_its_decay():
+    # one weight set to k + 1 before update k: the average follows d_k = min(decay, (1 + k) / (warmup + k))
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema, expected = training.EMA(model, 0.6, warmup=5), 0.0
+    for k in range(8):
+        with torch.no_grad():
+            model.weight.fill_(k + 1.0)
+        ema.update(model)
+        d = min(0.6, (1 + k) / (5 + k))
+        expected = d * expected + (1 - d) * (k + 1.0)
+        assert ema.state_dict(model)["weight"].item() == pytest.approx(expected, rel=1e-6)
+    assert min(0.6, 8 / 12) == 0.6  # the last steps ran at the decay itself
+
+
 def test_short_training_learns_two_gaussians():
     # 600 steps of a small MLP: measured W2 0.67 against a floor of 0.28; untrained W2 is ~4
     result = train(steps=600, width=64, depth=2, batch_size=256, lr=3e-3, progress=False)
@@ -200,7 +216,8 @@ def test_resuming_a_run_saved_before_a_key_existed_keeps_its_old_behaviour(tmp_p
     old = dict(batch_warmup=0, time_strata=0, target="conditional")
     fit(TrainConfig(steps=10, width=8, batch_size=16, **old), out=run, progress=False, evaluate=False)
     saved = json.loads((run / "config.json").read_text())
-    del saved["batch_warmup"], saved["time_strata"], saved["target"]  # as written before these keys existed
+    for key in old:  # as written before these keys existed
+        del saved[key]
     (run / "config.json").write_text(json.dumps(saved))
     resumed = training.resume_config(run, None)
     assert {key: getattr(resumed, key) for key in old} == old
@@ -369,10 +386,13 @@ def test_sample_pictures_during_training_and_bf16(tmp_path):
 
 def test_target_auto_is_the_posterior_where_it_applies(tmp_path, capsys):
     assert TrainConfig().target == "auto" and resolve_target(TrainConfig()) == "posterior"
+    for mixture in ("8gaussians", "two-gaussians"):  # Gaussian-mixture sources have it too
+        assert resolve_target(TrainConfig(source=mixture, data="moons")) == "posterior"
     for other in [dict(source="moons"), dict(coupling="ot"), dict(pairs="p.npz"), dict(pairs="p.npz", objective="distill")]:
         assert resolve_target(TrainConfig(**other)) == "conditional", other
     assert resolve_target(TrainConfig(target="conditional")) == "conditional"
-    with pytest.raises(FlowmatchError, match="target posterior needs a gaussian source, not 'moons'"):
+    with pytest.raises(FlowmatchError, match=r"target posterior needs a gaussian or gaussian-mixture source \(gaussian, "
+                       r"two-gaussians, 8gaussians\), not 'moons'"):
         TrainConfig.from_dict({"target": "posterior", "source": "moons"})
     with pytest.raises(FlowmatchError, match="target posterior needs independent pairs, not coupling ot"):
         TrainConfig.from_dict({"target": "posterior", "coupling": "ot"})
@@ -392,6 +412,17 @@ def test_posterior_target_trains_and_changes_the_regression(tmp_path):
     assert any(not torch.equal(weights["conditional"][k], weights["posterior"][k]) for k in weights["posterior"])
     auto = fit(TrainConfig(seed=2, **TINY), progress=False, evaluate=False)[0].flow.model.state_dict()
     assert all(torch.equal(auto[k], weights["posterior"][k]) for k in auto)
+
+
+def test_posterior_target_with_a_gaussian_mixture_source(tmp_path):
+    # 8gaussians -> moons: auto resolves to the posterior over (point, component) pairs, and trains
+    weights = {}
+    for target in ("conditional", "auto"):
+        config = TrainConfig(source="8gaussians", data="moons", target=target, seed=3, **TINY)
+        result, metrics = fit(config, out=tmp_path / target, progress=False, evaluate=False)
+        assert metrics["target"] == {"auto": "posterior"}.get(target, target) and math.isfinite(metrics["w2"])
+        weights[target] = result.flow.model.state_dict()
+    assert any(not torch.equal(weights["conditional"][k], weights["auto"][k]) for k in weights["auto"])
 
 
 def test_posterior_target_of_a_conditional_model_averages_within_the_class():
