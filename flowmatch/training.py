@@ -75,11 +75,13 @@ from .paths import PATHS, AffinePath, make_path
 
 TARGETS = ("auto", "conditional", "posterior")
 #: The posterior target averages over (data point, source component) pairs: the first
-#: POSTERIOR_PAIRS / K points of the global batch (and the pair's own), each with every one of the
-#: source's K components (one for N(0, I): the whole default batch; 8 for 8gaussians: 256 points).
+#: min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS / K) points of the global batch (and the pair's own), each
+#: with every one of the source's K components (one for N(0, I): the whole default batch of 512; 8
+#: for 8gaussians: 256 points). Its cost is (batch x points x K) a step.
 #: Measured on two-gaussians (N(0, I), seeds 0-7, first probe with W2 <= 1.1x floor): the first 256
-#: points, median step 125; the whole batch of 512, 87.5 (no seed later) for about 0.4 ms more a step.
-#: On 8gaussians -> moons: 32 points crossed at steps 700, 800, 500 (seeds 0-2), 256 at 450 on each.
+#: points, median step 125; the whole batch of 512, 87.5 (no seed later). On 8gaussians -> moons:
+#: 32 points crossed at steps 700, 800, 500 (seeds 0-2), 256 at 450 on each.
+POSTERIOR_REFERENCE = 512
 POSTERIOR_PAIRS = 2048
 
 
@@ -533,7 +535,7 @@ def train(
     source_mixture = None if source is None else source.gaussian_mixture  # the posterior's source density
     if posterior and source is not None and source_mixture is None:
         raise FlowmatchError(f"target posterior: source '{config.source}' has no isotropic Gaussian-mixture density here")
-    reference_size = POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights))
+    reference_size = min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights)))
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
         if folder is None or not main_process:
