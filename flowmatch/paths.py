@@ -353,11 +353,6 @@ class AffinePath:
         return da * x1 + ds * x0
 
 
-def _with_half_norm(z: torch.Tensor) -> torch.Tensor:
-    """[z, |z|^2 / 2]: the right-hand side of the posterior's log-weight matmul."""
-    return torch.cat([z, 0.5 * (z * z).sum(1, keepdim=True)], dim=1)
-
-
 def _as_time(t, like: torch.Tensor) -> torch.Tensor:
     """Times as a tensor that broadcasts against ``like`` (batch, ...): a scalar or shape (batch,)."""
     t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
