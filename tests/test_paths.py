@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from flowmatch.data import GaussianMixture
+from flowmatch.data import GAUSSIAN_MIXTURES, GaussianMixture
 from flowmatch.errors import FlowmatchError
 from flowmatch.paths import AffinePath, CustomSchedule, make_path
 
@@ -108,10 +108,7 @@ def test_bridge_noise_velocity_is_time_derivative():
 
 
 # -- the posterior (batch-averaged) target --------------------------------------------------------
-DATA = GaussianMixture(  # two-gaussians
-    torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64),
-    torch.tensor([1.0, 1.0], dtype=torch.float64),
-)
+DATA = GAUSSIAN_MIXTURES["two-gaussians"]
 SOURCES = {  # N(0, I) (the default, None), and an unequal mixture with unequal spreads
     "normal": None,
     "mixture": GaussianMixture(

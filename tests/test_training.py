@@ -402,27 +402,20 @@ def test_target_auto_is_the_posterior_where_it_applies(tmp_path, capsys):
     assert err.count("\n") == 1 and "target posterior needs independent pairs" in err and not run.exists()
 
 
-def test_posterior_target_trains_and_changes_the_regression(tmp_path):
+@pytest.mark.parametrize("source, data, seed", [("gaussian", "two-gaussians", 2), ("8gaussians", "moons", 3)])
+def test_posterior_target_trains_and_changes_the_regression(tmp_path, source, data, seed):
     # The same seed and batches: the targets differ, so the weights do; the run records what it used.
+    # With the 8gaussians source the posterior runs over (point, component) pairs; auto picks it too.
     weights = {}
     for target in ("conditional", "posterior"):
-        result, metrics = fit(TrainConfig(target=target, seed=2, **TINY), out=tmp_path / target, progress=False, evaluate=False)
+        config = TrainConfig(source=source, data=data, target=target, seed=seed, **TINY)
+        result, metrics = fit(config, out=tmp_path / target, progress=False, evaluate=False)
         assert metrics["target"] == target and math.isfinite(metrics["w2"])
         weights[target] = result.flow.model.state_dict()
     assert any(not torch.equal(weights["conditional"][k], weights["posterior"][k]) for k in weights["posterior"])
-    auto = fit(TrainConfig(seed=2, **TINY), progress=False, evaluate=False)[0].flow.model.state_dict()
-    assert all(torch.equal(auto[k], weights["posterior"][k]) for k in auto)
-
-
-def test_posterior_target_with_a_gaussian_mixture_source(tmp_path):
-    # 8gaussians -> moons: auto resolves to the posterior over (point, component) pairs, and trains
-    weights = {}
-    for target in ("conditional", "auto"):
-        config = TrainConfig(source="8gaussians", data="moons", target=target, seed=3, **TINY)
-        result, metrics = fit(config, out=tmp_path / target, progress=False, evaluate=False)
-        assert metrics["target"] == {"auto": "posterior"}.get(target, target) and math.isfinite(metrics["w2"])
-        weights[target] = result.flow.model.state_dict()
-    assert any(not torch.equal(weights["conditional"][k], weights["auto"][k]) for k in weights["auto"])
+    auto = fit(TrainConfig(source=source, data=data, seed=seed, **TINY), progress=False, evaluate=False)
+    assert auto[1]["target"] == "posterior"
+    assert all(torch.equal(auto[0].flow.model.state_dict()[k], weights["posterior"][k]) for k in weights["posterior"])
 
 
 def test_posterior_target_of_a_conditional_model_averages_within_the_class():
