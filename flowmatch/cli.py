@@ -109,6 +109,8 @@ def _cmd_train(args) -> int:
             from .evaluation import summary_line
 
             print(f"quick evaluation (report.json): {summary_line(metrics['report'])}")
+        if metrics.get("memorisation", {}).get("warning"):
+            print(f"flowmatch train: {metrics['memorisation']['warning']}", file=sys.stderr)
     return 0
 
 
@@ -253,6 +255,8 @@ def _cmd_eval(args) -> int:
     )
     print(format_report(report))
     print(f"wrote {Path(args.run) / 'report.json'}")
+    if report.get("memorisation", {}).get("warning"):
+        print(f"flowmatch eval: {report['memorisation']['warning']}", file=sys.stderr)
     return 0
 
 

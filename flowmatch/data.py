@@ -54,6 +54,7 @@ z; likelihoods in data coordinates add log |dz/dx| = -sum(log std) (see :meth:`S
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import math
 import os
@@ -102,6 +103,9 @@ MIN_ROWS = 4  # a data file needs enough rows for a train split and a test split
 _TEST_SEED_OFFSET = 1_000_003  # built-in test sets: seed + offset, apart from the training draws
 _FIT_SEED_OFFSET = 2_000_003  # built-in standardisation fit sample: seed + offset
 _FIT_SAMPLES = 100_000
+_VAL_SEED_OFFSET = 3_000_017  # the validation rows: seed + offset
+#: At most this many training rows are held out for validation.
+MAX_VALIDATION_ROWS = 2000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -785,6 +789,8 @@ class Dataset:
     class_names: list[str] | None = None  # None: the data are unlabelled
     image_shape: tuple[int, ...] | None = None  # (C, H, W) for image data, flattened in that order
     mapped: "_MappedRows | None" = None  # training rows of a memory-mapped file (then train is None)
+    val: torch.Tensor | None = None  # validation rows carved out of the training rows (model coordinates)
+    val_labels: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -808,6 +814,50 @@ class Dataset:
             x = self.train[index]
             k = None if self.train_labels is None else self.train_labels[index]
         return (x, k) if labels else x
+
+    @property
+    def n_train(self) -> int | None:
+        """How many training rows there are (None for built-in sets, which draw fresh points)."""
+        if self.builtin:
+            return None
+        return len(self.mapped) if self.mapped is not None else len(self.train)
+
+    def training_rows(self, limit: int | None = None, seed: int = 0) -> torch.Tensor:
+        """The training rows in data coordinates (at most ``limit``, a seeded random subset; finite data only)."""
+        n = self.n_train
+        if n is None:
+            raise FlowmatchError(f"'{self.name}' draws fresh points: it has no fixed training rows")
+        index = torch.arange(n) if limit is None or n <= limit else torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+        if self.mapped is not None:  # a mapped file's rows are read in data coordinates
+            return self.mapped[index]
+        return self.to_data(self.train[index]).to(torch.float32)
+
+    def hold_out_validation(self, fraction: float, seed: int) -> "Dataset":
+        """The same data set with round(fraction * n_train) training rows (at least 2, at most
+        :data:`MAX_VALIDATION_ROWS`, leaving at least 2) moved to ``val``, chosen with ``seed``.
+
+        Built-in sets (fresh draws) and ``fraction == 0`` come back unchanged.
+        """
+        n = self.n_train
+        if n is None or fraction <= 0:
+            return self
+        n_val = min(max(2, round(fraction * n)), MAX_VALIDATION_ROWS, n - 2)
+        if n_val < 2:
+            raise FlowmatchError(f"{self.name}: {n} training rows are too few to hold out a validation split (val_fraction 0)")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + _VAL_SEED_OFFSET))
+        held, kept = order[:n_val], order[n_val:]
+        if self.mapped is not None:
+            val = self.mapped[held]
+            val = self.standardizer.forward(val).to(torch.float32)
+            return dataclasses.replace(self, mapped=_MappedRows(self.mapped.array, self.mapped.rows[kept]), val=val)
+        labels = self.train_labels
+        return dataclasses.replace(
+            self,
+            train=self.train[kept].contiguous(),
+            train_labels=None if labels is None else labels[kept].contiguous(),
+            val=self.train[held].contiguous(),
+            val_labels=None if labels is None else labels[held].contiguous(),
+        )
 
     @property
     def gaussian_mixture(self) -> GaussianMixture | None:

@@ -16,6 +16,10 @@
   :data:`flowmatch.data.ENTROPY`.
 - ``nfe_sweep`` (full report): exact W2 and MMD^2 of 1,000 samples to held-out data for each
   fixed-step solver at NFE 1 to 100, with their floors.
+- ``memorisation`` (finite data: files, tables, images): the copy share, the distance-to-closest-
+  record ratio, W_train and W_test of generated rows, each beside the test split's own
+  (:mod:`flowmatch.memorisation`; :func:`memorisation_report`); for images also ``nearest.png``,
+  generated images over their nearest training images.
 - ``pictures``: the files written (see :data:`PICTURES`).
 
 ``quick=True`` (what ``flowmatch train`` runs at the end) keeps it to a few seconds: 1,000 samples
@@ -43,6 +47,7 @@ from . import data as data_module
 from .checkpoints import write_json_atomic
 from .errors import FlowmatchError
 from .likelihood import summarize
+from .memorisation import memorisation, memorisation_warning
 from .metrics import MAX_EXACT_W2, mmd, mmd_bandwidths, quality, w2_exact
 from .solvers import TABLEAUS
 
@@ -250,6 +255,51 @@ def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, swe
     return out
 
 
+# -- memorisation ----------------------------------------------------------------------------------
+#: Generated rows scored for memorisation: as many as the training rows, within these bounds.
+MEMORISATION_ROWS = {"full": 5000, "quick": 2000}
+
+
+def memorisation_report(flow, *, quick: bool = False, solver=None, nfe=None, seed: int = 0, folder: Path | None = None) -> dict[str, Any] | None:
+    """:func:`flowmatch.memorisation.memorisation` of the flow's samples against its data set's training
+    and test rows (None for built-in sets, which draw fresh points and have no training rows).
+
+    As many rows are generated as there are training rows (at least the test split's size, at most
+    :data:`MEMORISATION_ROWS`), from the training labels' classes for a conditional model. For
+    images with a ``folder``, ``nearest.png`` shows 16 generated images above their nearest
+    training images (the same L1 distance).
+    """
+    ds = flow.dataset
+    if ds.n_train is None:
+        return None
+    cap = MEMORISATION_ROWS["quick" if quick else "full"]
+    train = ds.training_rows(limit=cap * 4, seed=seed)  # the records (a random subset of very large sets)
+    n = min(max(ds.n_train, len(ds.test)), cap)
+    labels = None
+    if flow.num_classes and ds.train_labels is not None:
+        labels = ds.train_labels[torch.randint(len(ds.train_labels), (n,), generator=torch.Generator().manual_seed(seed))]
+    solver, nfe = flow.resolve_sampler(solver, nfe)
+    generated = flow.sample(n, solver=solver, nfe=nfe, seed=seed + 2, label=labels)
+    report = memorisation(generated, train, ds.test, seed=seed)
+    report["sampler"] = {"solver": solver, "nfe": nfe}
+    if folder is not None and ds.image_shape is not None:
+        report["pictures"] = [_nearest_picture(generated[:16], train, ds.image_shape, folder / "nearest.png")]
+    return report
+
+
+def _nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, out: Path) -> str:
+    from . import images
+    from .memorisation import MinMaxScale
+
+    scale = MinMaxScale(train.double())
+    nearest = torch.cdist(scale(generated.double()), scale(train.double()), p=1).argmin(1)
+    half = len(generated) // 2
+    rows = [generated[:half], train[nearest[:half]], generated[half:], train[nearest[half:]]]
+    images.save_class_grid(rows, image_shape, out, row_labels=["generated", "nearest train", "generated", "nearest train"],
+                           title="generated images and their nearest training images (L1, min-max)")
+    return out.name
+
+
 # -- the report ------------------------------------------------------------------------------------
 def evaluate(
     flow,
@@ -322,6 +372,13 @@ def evaluate(
     else:
         report["likelihood"] = {"skipped": "the flow starts from a data set, whose density is unknown"}
 
+    t = time.perf_counter()
+    memo = memorisation_report(flow, quick=quick, solver=solver, nfe=nfe, seed=seed, folder=folder if pictures else None)
+    if memo is not None:
+        memo["seconds"] = time.perf_counter() - t
+        memo["warning"] = memorisation_warning(memo)
+        report["memorisation"] = memo
+
     if sweep:
         t = time.perf_counter()
         report["nfe_sweep"] = nfe_sweep(flow, held_a, held_b, seed=seed, progress=progress)
@@ -363,6 +420,10 @@ def summary_line(report: dict[str, Any]) -> str:
     kl = report.get("known_density", {}).get("kl")
     if kl is not None:
         parts.append(f"KL(data || model) {kl:.4f}")
+    memo = report.get("memorisation")
+    if memo:
+        parts.append(f"copy share {memo['copy_share']['value']:.2f} (test split {memo['copy_share']['test']:.2f}), "
+                     f"DCR ratio {memo['dcr_ratio']['value']:.2f}")
     return "eval" + (" (quick)" if report.get("quick") else "") + ": " + ", ".join(parts)
 
 
@@ -401,6 +462,15 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{'KL(data || model)':<22}{known['kl']:>12.4f} +- {known['kl_se']:.4f}   ({known['kl_method']})")
         else:
             lines.append(f"KL(data || model): {known.get('kl_note', 'not available')}")
+    memo = report.get("memorisation")
+    if memo:
+        lines.append(f"memorisation ({memo['n']} generated rows, {memo['n_train']} training rows, {memo['n_test']} test rows; "
+                     "L1 after min-max scaling)")
+        lines.append(f"{'':<22}{'model':>12}{'test split':>12}")
+        for key, label in (("copy_share", "copy share"), ("dcr_ratio", "DCR ratio"), ("w_train", "W_train"), ("w_test", "W_test")):
+            lines.append(f"{label:<22}{memo[key]['value']:>12.4g}{memo[key]['test']:>12.4g}")
+        lines.append("  (copy share: generated rows nearer a training row than 95% of test rows are; a copy of the training "
+                     "set scores 1; test split's W_test: a draw of training rows)")
     sweep = report.get("nfe_sweep")
     if sweep:
         lines.append(f"W2 against NFE ({sweep['n']} samples; floor {sweep['w2']['floor']:.3f}):")

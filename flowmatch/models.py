@@ -65,6 +65,9 @@ class SeedMLP(nn.Module):
 class MLP(nn.Module):
     """h = act(W_x x + W_t emb(t) [+ E y]), then (depth - 1) x [Linear(width, width), act], then Linear(width, D).
 
+    ``dropout`` > 0 drops hidden units after each activation while training (a regulariser for
+    small data sets; identity at sampling).
+
     With ``num_classes > 0`` a label embedding is added to the first pre-activation; label
     ``num_classes`` is the learned null label used for classifier-free guidance.
     """
@@ -77,8 +80,11 @@ class MLP(nn.Module):
         activation: str = "silu",
         time_dim: int = 64,
         num_classes: int = 0,
+        dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise FlowmatchError(f"dropout must be in [0, 1), got {dropout}")
         if activation not in ACTIVATIONS:
             raise FlowmatchError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
         if width < 1 or depth < 1 or time_dim < 2 or time_dim % 2 or num_classes < 0:
@@ -93,14 +99,17 @@ class MLP(nn.Module):
             "time_dim": time_dim,
             "num_classes": num_classes,
         }
+        if dropout:
+            self.config["dropout"] = dropout
         self.time_dim = time_dim
         self.num_classes = num_classes
         self.x_in = nn.Linear(dim, width)
         self.t_in = nn.Sequential(nn.Linear(time_dim, width), ACTIVATIONS[activation](), nn.Linear(width, width))
         self.y_in = nn.Embedding(num_classes + 1, width) if num_classes else None
-        layers: list[nn.Module] = [ACTIVATIONS[activation]()]
+        drop = [nn.Dropout(dropout)] if dropout else []  # after each hidden activation; identity in eval
+        layers: list[nn.Module] = [ACTIVATIONS[activation](), *drop]
         for _ in range(depth - 1):
-            layers += [nn.Linear(width, width), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(width, width), ACTIVATIONS[activation](), *([nn.Dropout(dropout)] if dropout else [])]
         layers.append(nn.Linear(width, dim))
         self.body = nn.Sequential(*layers)
 

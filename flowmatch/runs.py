@@ -382,14 +382,18 @@ _TRI_STATE = {"auto": None, "yes": True, "no": False}
 
 
 def dataset_from_config(config: dict[str, Any]) -> Dataset:
-    """The training data set a run's config names (its data, seed, standardisation, labels, mmap)."""
-    return load_dataset(
+    """The training data set a run's config names (its data, seed, standardisation, labels, mmap),
+    with its validation rows held out (``val_fraction``; 0 for runs saved before it existed)."""
+    dataset = load_dataset(
         config["data"],
         seed=config["seed"],
         standardize=_TRI_STATE[config.get("standardize", "auto")],
         label_column=config.get("label_column") or None,
         mmap=_TRI_STATE[config.get("mmap", "auto")],
     )
+    if config.get("pairs"):  # reflow and distillation train on a teacher's pairs: nothing to validate against
+        return dataset
+    return dataset.hold_out_validation(float(config.get("val_fraction", 0.0)), int(config["seed"]))
 
 
 def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
