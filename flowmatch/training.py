@@ -158,7 +158,7 @@ class TrainConfig:
     val_fraction: float = _option(
         0.1, "share of a finite data set's training rows held out for the validation loss (0 = none)", low=0.0, high=0.5
     )
-    val_every: int = _option(100, "compute the validation loss (EMA weights) every N steps", low=1)
+    val_every: int = _option(50, "compute the validation loss (EMA weights) every N steps", low=1)
     select: str = _option(
         "auto",
         "weights the run keeps: the last, or those of the lowest validation loss (val-loss); auto = val-loss "
@@ -823,7 +823,9 @@ def _initial_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
         if classes:
             raise FlowmatchError("the seed-mlp model takes no labels; use --model mlp for conditional training")
         return build_model("seed-mlp", dim, width=config.width)
-    return build_model("mlp", dim, width=config.width, depth=config.depth, activation=config.activation, num_classes=classes)
+    return build_model(
+        "mlp", dim, width=config.width, depth=config.depth, activation=config.activation, num_classes=classes, dropout=config.dropout
+    )
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

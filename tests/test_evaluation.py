@@ -168,6 +168,13 @@ def test_evaluate_file_data_in_three_dimensions(tmp_path):
     assert abs(rep["likelihood"]["nll"] - entropy) < 4 * rep["likelihood"]["nll_se"]
     assert "known_density" not in rep
     assert sorted(rep["pictures"]) == ["animation.gif", "nfe.png", "samples.png", "trajectories.png"]
+    # the exact field draws fresh rows: copy share 0.05 up to the 400 test rows' quantile error (sd 0.011)
+    # and the 1,600 samples' (sd 0.0055), 3 sd each; the DCR ratio 1 to within 0.1
+    memo = rep["memorisation"]
+    assert (memo["n"], memo["n_train"], memo["n_test"]) == (1600, 1600, 400)
+    assert memo["copy_share"]["value"] == pytest.approx(0.05, abs=0.05) and memo["warning"] == ""
+    assert memo["dcr_ratio"]["value"] == pytest.approx(1.0, abs=0.1)
+    assert "copy share" in format_report(rep) and "copy share" in summary_line(rep)
 
 
 def test_evaluate_argument_errors(tmp_path):
@@ -240,3 +247,8 @@ def test_image_report_on_a_tiny_conditional_digits_run(tmp_path):
     for name in report["pictures"]:
         assert (tmp_path / name).stat().st_size > 1000
     assert (tmp_path / "classifier.safetensors").is_file()
+    from flowmatch.evaluation import memorisation_report
+
+    memo = memorisation_report(flow, quick=True, nfe=4, folder=tmp_path)
+    assert memo["pictures"] == ["nearest.png"] and (tmp_path / "nearest.png").stat().st_size > 1000
+    assert memo["n_train"] == len(flow.dataset.train) and 0 <= memo["copy_share"]["value"] <= 1

@@ -429,3 +429,111 @@ def test_posterior_target_of_a_conditional_model_averages_within_the_class():
         [True, True, True, True, True],
     ]
     assert training._same_class(None, None, null=2) is None
+
+
+# -- finite data: validation split, selection, early stop ------------------------------------------
+def _small_file(tmp_path, n=160, seed=0):
+    import numpy as np
+
+    g = np.random.default_rng(seed)
+    rows = np.concatenate([g.normal(-3, 1, (n // 2, 2)), g.normal(3, 0.5, (n - n // 2, 2))])
+    path = tmp_path / "small.npy"
+    np.save(path, rows)
+    return str(path)
+
+
+def test_target_auto_is_conditional_on_small_finite_data(tmp_path):
+    config = TrainConfig()
+    assert resolve_target(config, n_train=None) == "posterior"  # fresh draws
+    assert resolve_target(config, n_train=training.POSTERIOR_MIN_ROWS) == "posterior"
+    assert resolve_target(config, n_train=training.POSTERIOR_MIN_ROWS - 1) == "conditional"
+    assert resolve_target(TrainConfig(target="posterior"), n_train=10) == "posterior"  # asked for: kept
+    result = train(data=_small_file(tmp_path), steps=2, width=8, batch_size=8, progress=False)
+    assert result.target == "conditional"
+
+
+def test_validation_rows_are_held_out_of_the_training_rows(tmp_path):
+    from flowmatch.runs import dataset_from_config
+
+    config = TrainConfig(data=_small_file(tmp_path)).to_dict()
+    full = dataset_from_config({**config, "val_fraction": 0.0})
+    ds = dataset_from_config(config)
+    assert (len(full.train), len(ds.train), len(ds.val), len(ds.test)) == (128, 115, 13, 32)  # 10% of 128
+    rows = {tuple(r.tolist()) for r in ds.train}
+    assert not rows & {tuple(r.tolist()) for r in ds.val}
+    assert rows | {tuple(r.tolist()) for r in ds.val} == {tuple(r.tolist()) for r in full.train}
+    again = dataset_from_config(config)
+    assert torch.equal(again.val, ds.val) and torch.equal(again.train, ds.train)
+    assert dataset_from_config({**TrainConfig().to_dict()}).val is None  # built-in sets draw fresh points
+    with pytest.raises(FlowmatchError, match="select val-loss needs a validation split"):
+        train(select="val-loss", steps=1, progress=False)
+
+
+def test_selection_keeps_the_lowest_validation_loss_and_early_stop_ends_the_run(tmp_path):
+    import numpy as np
+
+    run = tmp_path / "run"
+    config = TrainConfig(data=_small_file(tmp_path), steps=3000, width=64, batch_size=64, batch_warmup=0,
+                         val_every=25, early_stop=200, lr=1e-2, precision="fp32")
+    result, metrics = fit(config, out=run, progress=False, evaluate=False)
+    log = np.loadtxt(run / "validation.csv", delimiter=",", skiprows=1)
+    best = int(log[np.argmin(log[:, 1]), 0])
+    v = result.validation
+    assert v["best_step"] == best and v["best_loss"] == pytest.approx(log[:, 1].min(), rel=1e-5)
+    # this small set overfits: the loss rises after its minimum and the run stops 200 steps later
+    assert v["stopped_early"] and result.step == best + 200 < 3000 and log[-1, 0] == result.step
+    assert metrics["validation"] == v and metrics["steps_run"] == result.step
+    # the saved weights are those of the best step: their validation loss is the minimum
+    validation = training.Validation(config, result.flow.dataset, result.flow.path, None, "cpu")
+    from flowmatch.runs import load
+
+    assert validation.loss(load(run).model) == pytest.approx(v["best_loss"], rel=1e-5)
+    last = fit(TrainConfig.from_dict({**config.to_dict(), "select": "last"}), progress=False, evaluate=False)[0]
+    assert validation.loss(last.flow.model) > v["best_loss"]
+
+
+def test_resume_with_validation_is_bitwise_identical(tmp_path):
+    config = TrainConfig(data=_small_file(tmp_path), steps=60, width=16, depth=2, batch_size=16, batch_warmup=0,
+                         val_every=10, checkpoint_every=20, early_stop=0, precision="fp32")
+    fit(config, out=tmp_path / "whole", progress=False, evaluate=False)
+    cut = tmp_path / "cut"
+    fit(config, out=cut, progress=False, evaluate=False)
+    for folder in list_states(cut)[2:]:  # keep step 0 and 20, as a crash after step 20 would
+        shutil.rmtree(folder)
+    for name in ["checkpoint.safetensors", "checkpoint.json", "metrics.json", "samples.png"]:
+        (cut / name).unlink()
+    fit(None, out=cut, resume=True, progress=False, evaluate=False)
+    a, b = load_file(str(tmp_path / "whole" / "checkpoint.safetensors")), load_file(str(cut / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (cut / "validation.csv").read_text() == (tmp_path / "whole" / "validation.csv").read_text()
+
+
+def test_mlp_dropout_is_a_training_time_regulariser():
+    from flowmatch.models import build_model
+
+    model = build_model("mlp", 3, width=32, depth=2, dropout=0.5)
+    x, t = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), torch.full((64,), 0.3)
+    torch.manual_seed(1)
+    assert not torch.equal(model(x, t), model(x, t))  # training mode: a fresh mask each call
+    model.eval()
+    assert torch.equal(model(x, t), model(x, t))
+    assert model.config["dropout"] == 0.5 and "dropout" not in build_model("mlp", 3).config
+    with pytest.raises(FlowmatchError, match="dropout must be in"):
+        build_model("mlp", 3, dropout=1.0)
+
+
+def test_a_run_that_copies_its_rows_says_so_in_one_line(tmp_path, capsys):
+    import json
+
+    data, run = _small_file(tmp_path, n=40), tmp_path / "run"
+    flags = ["--data", data, "--out", str(run), "--steps", "1500", "--select", "last", "--target", "posterior",
+             "--width", "64", "--batch-size", "64", "--batch-warmup", "0", "--precision", "fp32", "--quiet"]
+    assert main(["train", *flags]) == 0
+    err = capsys.readouterr().err
+    memo = json.loads((run / "metrics.json").read_text())["memorisation"]
+    # measured 0.41 (29 generated rows, 8 test rows); the warning needs > max(0.10, twice the test split's own)
+    assert memo["copy_share"]["value"] > max(0.25, 2 * memo["copy_share"]["test"])
+    lines = [line for line in err.splitlines() if "copies its training data" in line]
+    assert len(lines) == 1 and "--select val-loss" in lines[0]
+    assert main(["eval", "--run", str(run), "--quick", "--quiet"]) == 0
+    assert "flowmatch eval: warning" in capsys.readouterr().err

@@ -1,0 +1,232 @@
+"""Memorisation on finite data: flowmatch's defaults before and after issue 17, and ForestFlow.
+
+For each data set and seed, a run trains at the defaults of the moment, and its samples are scored
+against the rows it trained on and the test split (:mod:`flowmatch.memorisation`): the copy share,
+the distance-to-closest-record ratio, W_test and W_train (W1, L1 cost after min-max scaling), each
+the mean over ``SAMPLE_SETS`` sample sets of as many rows as the training set (at most ``MAX_ROWS``),
+so that one draw's luck does not move it. Digits adds the Frechet distance of guided-free samples to
+the test split's classifier features, and ``nearest-digits.png``.
+
+- ``before``: the defaults until issue 17: the posterior target on every data set, no validation
+  split, the last weights after 6,000 steps (``val_fraction 0, select last, early_stop 0,
+  target posterior``).
+- ``after``: today's defaults (a validation split of 10% of the training rows, the weights of the
+  lowest validation loss, early stop after 1,000 steps without improvement, the posterior target
+  only from 2,048 training rows).
+- ``ForestFlow`` (tables): ``forestdiffusion``'s ForestDiffusionModel, flow type, n_t 50,
+  duplicate_K 100 (its defaults), on the same training rows.
+
+Data: scikit-learn's wine (142 training rows) and breast cancer (455), digits (1,437 images) and
+a 5,000-row and a 50,000-row draw of ``moons`` written to .npy files (4,000 and 46,000 training rows).
+The 50,000-row set also reports time to quality: the training seconds at the first probe (every 250
+steps, 2,000 rk4 NFE 20 samples) with exact W2 within 1.1x the floor (two 2,000-row halves of the
+test split).
+
+Run ``python -m bench.memorisation [--seeds 0,1,2] [--sets wine,...] [--variants before,after,forestflow]``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import flowmatch  # noqa: E402
+from flowmatch import data as data_module  # noqa: E402
+from flowmatch.runs import dataset_from_config  # noqa: E402
+from flowmatch.memorisation import memorisation  # noqa: E402
+from flowmatch.metrics import w2_exact  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+SETS = ("wine", "breast-cancer", "digits", "moons-5000", "moons-50000")
+TABLES = ("wine", "breast-cancer")
+BEFORE = {"val_fraction": 0.0, "select": "last", "early_stop": 0, "target": "posterior"}
+SAMPLE_SETS = 5
+MAX_ROWS = 2000
+PROBE_EVERY = 250
+
+
+def data_spec(name: str, folder: Path) -> str:
+    """The data argument of a set: a built-in name, or a .npy of a moons draw written once."""
+    if not name.startswith("moons-"):
+        return name
+    n = int(name.split("-")[1])
+    path = folder / f"moons-{n}.npy"
+    if not path.exists():
+        np.save(path, data_module.sample_builtin("moons", n, 12_345).numpy())
+    return str(path)
+
+
+def _probe(result: dict, test: torch.Tensor):
+    """A callback recording the first probe within 1.1x the W2 floor (time to quality)."""
+    a, b = test[:2000], test[2000:4000]
+    floor = w2_exact(b, a)
+
+    def probe(step, flow, seconds):
+        if "time_to_quality" in result:
+            return
+        w2 = w2_exact(flow.sample(len(a), solver="rk4", nfe=20, seed=11), a)
+        if w2 <= 1.1 * floor:
+            result["time_to_quality"], result["step_to_quality"] = seconds, step
+
+    return probe
+
+
+def score(generate, train: torch.Tensor, test: torch.Tensor, seed: int) -> dict:
+    """Memorisation figures, each the mean over SAMPLE_SETS sample sets (and their spread)."""
+    n = min(len(train), MAX_ROWS)
+    keys = ("copy_share", "dcr_ratio", "w_train", "w_test")
+    runs = [memorisation(generate(max(n, len(test)), seed + 100 + k), train, test, seed=k) for k in range(SAMPLE_SETS)]
+    out = {key: statistics.mean(r[key]["value"] for r in runs) for key in keys}
+    out.update({f"{key}_test": statistics.mean(r[key]["test"] for r in runs) for key in keys})
+    out["copy_share_sets"] = [r["copy_share"]["value"] for r in runs]
+    return out
+
+
+def run_flowmatch(name: str, spec: str, variant: str, seed: int) -> dict:
+    overrides = dict(BEFORE) if variant == "before" else {}
+    config = flowmatch.TrainConfig(data=spec, seed=seed, **overrides)
+    result: dict = {"set": name, "variant": variant, "seed": seed}
+    dataset = dataset_from_config(config.to_dict())
+    callback, steps = None, ()
+    if name == "moons-50000":
+        callback, steps = _probe(result, dataset.test), range(PROBE_EVERY, config.steps + 1, PROBE_EVERY)
+    trained = flowmatch.train(config, progress=False, callback=callback, callback_steps=steps)
+    flow = trained.flow
+    result.update(train_seconds=trained.seconds, steps_run=trained.step, target=trained.target, validation=trained.validation)
+    train_rows = flow.dataset.training_rows(limit=MAX_ROWS * 4, seed=seed)
+    labels = None
+
+    def generate(n, s):
+        return flow.sample(n, seed=s, label=labels)
+
+    result.update(score(generate, train_rows, flow.dataset.test, seed))
+    if name == "digits":
+        result.update(_digits_figures(flow, seed))
+    return result
+
+
+def _digits_figures(flow, seed: int) -> dict:
+    """Frechet distances of 1,437 samples to the test and the training features, beside the floors,
+    and the nearest-neighbour picture of seed 0."""
+    from flowmatch import images
+    from flowmatch.evaluation import _nearest_picture
+
+    ds = flow.dataset
+    with tempfile.TemporaryDirectory() as cache:
+        classifier = images.cached_classifier(Path(cache), ds.train, ds.train_labels, tuple(ds.image_shape), ds.num_classes)
+    x = flow.sample(len(ds.train), seed=seed + 7)
+    f_gen, f_train, f_test = (images.classifier_features(classifier, v) for v in (x, ds.train, ds.test))
+    out = {
+        "fd_test": images.frechet_distance(f_gen, f_test),
+        "fd_train": images.frechet_distance(f_gen, f_train),
+        "fd_floor": images.frechet_distance(f_test, f_train),
+    }
+    if seed == 0:
+        RESULTS.mkdir(exist_ok=True)
+        _nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-digits-{'before' if flow.config.get('select') == 'last' else 'after'}.png")
+    return out
+
+
+def run_forestflow(name: str, seed: int) -> dict:
+    from ForestDiffusion import ForestDiffusionModel
+
+    dataset = data_module.load_dataset(name, seed=seed)
+    train, test = dataset.training_rows(), dataset.test
+    started = time.perf_counter()
+    model = ForestDiffusionModel(train.numpy().astype(np.float64), n_t=50, duplicate_K=100, diffusion_type="flow", n_jobs=int(os.environ.get("FORESTFLOW_JOBS", "2")), seed=seed)
+    seconds = time.perf_counter() - started
+
+    def generate(n, s):
+        np.random.seed(s)
+        return torch.as_tensor(model.generate(batch_size=n), dtype=torch.float32)
+
+    result = {"set": name, "variant": "forestflow", "seed": seed, "train_seconds": seconds}
+    result.update(score(generate, train, test, seed))
+    return result
+
+
+def _median(rows: list[dict], key: str) -> str:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.3g} [{min(values):.3g}, {max(values):.3g}]"
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| set | system | copy share (test split's own) | DCR ratio | W_test (copy's) | W_train (test split's) | train s | steps | "
+        "time to quality s | FD test / train (floor) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in SETS:
+        for variant in ("before", "after", "forestflow"):
+            rows = [r for r in results if r["set"] == name and r["variant"] == variant]
+            if not rows:
+                continue
+            seeds = ", ".join(str(r["seed"]) for r in rows)
+            fd = "-"
+            if "fd_test" in rows[0]:
+                fd = f"{statistics.median(r['fd_test'] for r in rows):.2f} / {statistics.median(r['fd_train'] for r in rows):.2f} ({statistics.median(r['fd_floor'] for r in rows):.2f})"
+            ttq = "-"
+            if name == "moons-50000" and variant != "forestflow":
+                times = [r.get("time_to_quality") for r in rows]
+                shown = ", ".join("-" if t is None else f"{t:.1f}" for t in times)
+                ttq = (f"{statistics.median([t for t in times if t is not None]):.1f}" if any(t is not None for t in times) else "-") + f" ({shown})"
+            label = {"before": "flowmatch before", "after": "flowmatch after", "forestflow": "ForestFlow"}[variant]
+            lines.append(
+                f"| {name} | {label} (seeds {seeds}) | {_median(rows, 'copy_share')} ({statistics.median(r['copy_share_test'] for r in rows):.3f}) "
+                f"| {_median(rows, 'dcr_ratio')} | {_median(rows, 'w_test')} ({statistics.median(r['w_test_test'] for r in rows):.3g}) "
+                f"| {_median(rows, 'w_train')} ({statistics.median(r['w_train_test'] for r in rows):.3g}) | {_median(rows, 'train_seconds')} "
+                f"| {_median(rows, 'steps_run') if 'steps_run' in rows[0] else '-'} | {ttq} | {fd} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.memorisation", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--variants", default="before,after,forestflow")
+    parser.add_argument("--out", default="memorisation", help="result file stem under bench/results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sets = [s for s in args.sets.split(",") if s]
+    variants = [v for v in args.variants.split(",") if v]
+    RESULTS.mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="flowmatch-bench-memo-"))
+    json_path = RESULTS / f"{args.out}.json"
+    results = json.loads(json_path.read_text()) if json_path.exists() else []
+    for name in sets:
+        for variant in variants:
+            if variant == "forestflow" and name not in TABLES:
+                continue
+            for seed in seeds:
+                started = time.perf_counter()
+                row = run_forestflow(name, seed) if variant == "forestflow" else run_flowmatch(name, data_spec(name, folder), variant, seed)
+                results = [r for r in results if (r["set"], r["variant"], r["seed"]) != (name, variant, seed)] + [row]
+                json_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+                print(f"{name} {variant} seed {seed}: copy {row['copy_share']:.3f}, DCR {row['dcr_ratio']:.3f}, "
+                      f"W_test {row['w_test']:.3f}, W_train {row['w_train']:.3f}, {row['train_seconds']:.1f} s "
+                      f"({time.perf_counter() - started:.0f} s in all)", flush=True)
+    text = table(results)
+    print(text)
+    (RESULTS / f"{args.out}.md").write_text(
+        "Memorisation on finite data (python -m bench.memorisation); median [min, max] over seeds; every figure "
+        f"the mean over {SAMPLE_SETS} sample sets.\n\n" + text + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
