@@ -48,7 +48,9 @@ from flowmatch.memorisation import memorisation  # noqa: E402
 from flowmatch.metrics import w2_exact  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-SETS = ("wine", "breast-cancer", "digits", "moons-5000", "moons-50000")
+SETS = ("wine", "breast-cancer", "digits", "digits-unet", "moons-5000", "moons-50000")
+#: Sets that train with other options than the defaults: digits with the README's class-conditional U-Net recipe.
+RECIPES = {"digits-unet": {"model": "unet", "conditional": True, "steps": 4000, "batch_size": 128, "batch_warmup": 0, "lr": 1e-3}}
 TABLES = ("wine", "breast-cancer")
 BEFORE = {"val_fraction": 0.0, "select": "last", "early_stop": 0, "target": "posterior"}
 SAMPLE_SETS = 5
@@ -58,6 +60,8 @@ PROBE_EVERY = 250
 
 def data_spec(name: str, folder: Path) -> str:
     """The data argument of a set: a built-in name, or a .npy of a moons draw written once."""
+    if name == "digits-unet":
+        return "digits"
     if not name.startswith("moons-"):
         return name
     n = int(name.split("-")[1])
@@ -94,7 +98,7 @@ def score(generate, train: torch.Tensor, test: torch.Tensor, seed: int) -> dict:
 
 
 def run_flowmatch(name: str, spec: str, variant: str, seed: int) -> dict:
-    overrides = dict(BEFORE) if variant == "before" else {}
+    overrides = {**RECIPES.get(name, {}), **(BEFORE if variant == "before" else {})}
     config = flowmatch.TrainConfig(data=spec, seed=seed, **overrides)
     result: dict = {"set": name, "variant": variant, "seed": seed}
     dataset = dataset_from_config(config.to_dict())
@@ -105,27 +109,35 @@ def run_flowmatch(name: str, spec: str, variant: str, seed: int) -> dict:
     flow = trained.flow
     result.update(train_seconds=trained.seconds, steps_run=trained.step, target=trained.target, validation=trained.validation)
     train_rows = flow.dataset.training_rows(limit=MAX_ROWS * 4, seed=seed)
-    labels = None
 
     def generate(n, s):
-        return flow.sample(n, seed=s, label=labels)
+        return flow.sample(n, seed=s, label=_labels(flow, n, s))
 
     result.update(score(generate, train_rows, flow.dataset.test, seed))
-    if name == "digits":
-        result.update(_digits_figures(flow, seed))
+    if name.startswith("digits"):
+        result.update(_digits_figures(flow, name, seed))
     return result
 
 
-def _digits_figures(flow, seed: int) -> dict:
-    """Frechet distances of 1,437 samples to the test and the training features, beside the floors,
-    and the nearest-neighbour picture of seed 0."""
+def _labels(flow, n: int, seed: int):
+    """Classes for a conditional model's samples: a draw of the training labels (None: unconditional)."""
+    labels = flow.dataset.train_labels
+    if not flow.num_classes or labels is None:
+        return None
+    return labels[torch.randint(len(labels), (n,), generator=torch.Generator().manual_seed(seed))]
+
+
+def _digits_figures(flow, name: str, seed: int) -> dict:
+    """Frechet distances of as many samples as training images to the test and the training
+    features, beside the floor (test against training features), and the nearest-neighbour picture
+    of seed 0."""
     from flowmatch import images
     from flowmatch.evaluation import _nearest_picture
 
     ds = flow.dataset
     with tempfile.TemporaryDirectory() as cache:
         classifier = images.cached_classifier(Path(cache), ds.train, ds.train_labels, tuple(ds.image_shape), ds.num_classes)
-    x = flow.sample(len(ds.train), seed=seed + 7)
+    x = flow.sample(len(ds.train), seed=seed + 7, label=_labels(flow, len(ds.train), seed + 7))
     f_gen, f_train, f_test = (images.classifier_features(classifier, v) for v in (x, ds.train, ds.test))
     out = {
         "fd_test": images.frechet_distance(f_gen, f_test),
@@ -134,7 +146,7 @@ def _digits_figures(flow, seed: int) -> dict:
     }
     if seed == 0:
         RESULTS.mkdir(exist_ok=True)
-        _nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-digits-{'before' if flow.config.get('select') == 'last' else 'after'}.png")
+        _nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-{name}-{'before' if flow.config.get('select') == 'last' else 'after'}.png")
     return out
 
 

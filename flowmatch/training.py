@@ -34,6 +34,13 @@ costs about 0.77x as much on one CPU core). Loss weights ``x1`` and
 x1 = (sigma'_t x_t - sigma_t u) / det, an error e in u is an error sigma_t e / det in x1, so
 w = (sigma_t / det)^2 (and (alpha_t / det)^2 for x0), det = alpha_t sigma'_t - sigma_t alpha'_t.
 
+Finite data (files, tables, images): the trainer holds out ``val_fraction`` of the training rows and
+scores the EMA weights on them every ``val_every`` steps (:class:`Validation`); by default it keeps
+the weights of the lowest validation loss and stops ``early_stop`` steps after it, and it uses the
+posterior target only from :data:`POSTERIOR_MIN_ROWS` training rows up. Without these, a long run
+learns the exact velocity field of the training rows, whose flow lands on the rows themselves
+(``flowmatch.memorisation`` measures it).
+
 The configuration is plain data (:class:`TrainConfig`), every field a ``flowmatch train`` flag and
 a TOML key. :func:`train` is one loop that reads top to bottom; with a run folder it writes
 crash-safe checkpoints (``flowmatch.checkpoints``) and resumes from them exactly: weights,
@@ -1071,22 +1078,30 @@ def fit(
     }
     if result.validation is not None:
         metrics["validation"] = result.validation
-    from .evaluation import memorisation_report
-    from .memorisation import memorisation_warning
-
-    memo = memorisation_report(flow, quick=True, seed=config.seed)
-    if memo is not None:
-        memo["warning"] = memorisation_warning(memo)
-        metrics["memorisation"] = memo
+    report = None
     if out is not None:
         folder = Path(out)
         flow.save_checkpoint(folder)
         plot_samples(samples, held_a, folder / "samples.png", title=f"{config.data}: W2 {w2:.3f} (floor {floor:.3f})")
-        write_json_atomic(folder / "metrics.json", metrics)
         if evaluate:
             from .evaluation import evaluate as quick_evaluation
 
-            metrics["report"] = quick_evaluation(flow, folder, quick=True, seed=config.seed)
+            report = quick_evaluation(flow, folder, quick=True, seed=config.seed)
+    if report is not None:
+        memo = report.get("memorisation")
+    else:  # the same figures the quick evaluation reports (same samples), for a run without it
+        from .evaluation import memorisation_report
+        from .memorisation import memorisation_warning
+
+        memo = memorisation_report(flow, quick=True, seed=config.seed)
+        if memo is not None:
+            memo["warning"] = memorisation_warning(memo)
+    if memo is not None:
+        metrics["memorisation"] = memo
+    if out is not None:
+        write_json_atomic(Path(out) / "metrics.json", metrics)
+    if report is not None:
+        metrics["report"] = report
     return result, metrics
 
 
