@@ -681,6 +681,7 @@ def train(
     callback_steps = set(callback_steps) if callback is not None and main_process else set()
     done = start_step
     stopped_early = False
+    shown: dict[str, str] = {}  # the progress bar's figures
     with stop:
         for step in range(start_step, config.steps):
             # one global batch, drawn identically by every process; each trains on its own shard
@@ -726,6 +727,7 @@ def train(
             if validation is not None and ((step + 1) % config.val_every == 0 or step + 1 == config.steps):
                 value = validation.update(step + 1, ema.averaged_copy(model).eval())
                 log.validation(step + 1, value)
+                shown["val"] = f"{value:.4f}"
                 stopped_early = config.early_stop > 0 and step + 1 - validation.best_step >= config.early_stop
 
             if world > 1:  # report the global batch's loss, as one process with the whole batch would
@@ -736,7 +738,7 @@ def train(
             done = step + 1
             log.step(done, losses, lr, elapsed + time.perf_counter() - started)
             if bar is not None and (done % 25 == 0 or done == config.steps):
-                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", **shown, refresh=False)
                 bar.update(done - bar.n)
             if done % config.checkpoint_every == 0 or done == config.steps or stop.requested or stopped_early:
                 checkpoint(done)
