@@ -509,6 +509,15 @@ class Validation:
         self.weights = None if weights is None else weights.to(device)
         self.best_loss, self.best_step = math.inf, 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._scratch: torch.nn.Module | None = None
+
+    def scratch(self, model: torch.nn.Module) -> torch.nn.Module:
+        """One eval-mode copy of the model, made once, that each validation fills with the EMA weights."""
+        if self._scratch is None:
+            import copy
+
+            self._scratch = copy.deepcopy(model).eval()
+        return self._scratch
 
     @torch.no_grad()
     def loss(self, model: torch.nn.Module, chunk: int = 512) -> float:
@@ -725,7 +734,7 @@ def train(
             optimizer.step()
             ema.update(model)
             if validation is not None and ((step + 1) % config.val_every == 0 or step + 1 == config.steps):
-                value = validation.update(step + 1, ema.averaged_copy(model).eval())
+                value = validation.update(step + 1, ema.copy_into(model, validation.scratch(model)))
                 log.validation(step + 1, value)
                 shown["val"] = f"{value:.4f}"
                 stopped_early = config.early_stop > 0 and step + 1 - validation.best_step >= config.early_stop
@@ -886,6 +895,15 @@ class EMA:
         if self.shadow is not None:
             for (name, _), s in zip(model.named_parameters(), self.shadow):
                 s.copy_(tensors[name])
+
+    @torch.no_grad()
+    def copy_into(self, model: torch.nn.Module, target: torch.nn.Module) -> torch.nn.Module:
+        """Fill ``target`` (a copy of ``model``) with the EMA weights (the model's own when EMA is off)
+        and the model's buffers; returns ``target``."""
+        torch._foreach_copy_(list(target.parameters()), self.shadow or [p.detach() for p in model.parameters()])
+        for b, source in zip(target.buffers(), model.buffers()):
+            b.copy_(source)
+        return target
 
     @torch.no_grad()
     def averaged_copy(self, model: torch.nn.Module) -> torch.nn.Module:
