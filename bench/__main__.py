@@ -1,7 +1,8 @@
 """Run every benchmark in sequence: ``python -m bench`` (``make bench``).
 
 train_speed, peers (four tasks, three seeds, two processes: about 50 minutes on 2 cores), throughput,
-and fewstep; each prints its Markdown table and writes its results under ``bench/results/``. Everything
+fewstep, and memorisation (seed 0: flowmatch before and after issue 17's defaults and ForestFlow on
+the finite sets, about 40 minutes); each prints its Markdown table and writes its results under ``bench/results/``. Everything
 runs on one thread per process (OMP_NUM_THREADS=1). fewstep runs with one seed here (its full
 three-seed run is about half an hour on its own: ``python -m bench.fewstep``); ``--quick`` runs the
 peers on two-gaussians with one seed.
@@ -21,7 +22,7 @@ import time  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="peers on two-gaussians with one seed")
-    parser.add_argument("--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep")
+    parser.add_argument("--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,memorisation")
     args = parser.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
     started = time.perf_counter()
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
 
         # fewstep's full run (3 seeds) is about half an hour on its own; one seed keeps make bench near it
         stage("fewstep", lambda: fewstep.main(["--seeds", "0"]))
+    from bench import memorisation
+
+    # its full run (three seeds) is python -m bench.memorisation; seed 0 keeps its own result files
+    stage("memorisation", lambda: memorisation.main(["--seeds", "0", "--out", "memorisation-seed0"]))
     print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
 
 
