@@ -13,6 +13,9 @@ the test split's classifier features, and ``nearest-digits.png``.
 - ``after``: today's defaults (a validation split of 10% of the training rows, the weights of the
   lowest validation loss, early stop after 1,000 steps without improvement, the posterior target
   only from 2,048 training rows).
+- ``after-val100``, ``after-wd``, ``after-dropout``: today's defaults with the validation every 100
+  steps, AdamW with weight decay 1.0, or MLP dropout 0.1: the measurements the defaults were chosen by
+  (run with ``--variants after,after-val100,after-wd,after-dropout --out memorisation-regularisers``).
 - ``ForestFlow`` (tables): ``forestdiffusion``'s ForestDiffusionModel, flow type, n_t 50,
   duplicate_K 100 (its defaults), on the same training rows.
 
@@ -53,6 +56,18 @@ SETS = ("wine", "breast-cancer", "digits", "digits-unet", "moons-5000", "moons-5
 RECIPES = {"digits-unet": {"model": "unet", "conditional": True, "steps": 4000, "batch_size": 128, "batch_warmup": 0, "lr": 1e-3}}
 TABLES = ("wine", "breast-cancer")
 BEFORE = {"val_fraction": 0.0, "select": "last", "early_stop": 0, "target": "posterior"}
+#: Configs of the flowmatch variants: today's defaults plus these options. The regulariser variants
+#: are how the defaults were chosen (``--variants after,after-val100,after-wd,after-dropout``).
+VARIANTS = {
+    "before": BEFORE,
+    "after": {},
+    "after-val100": {"val_every": 100},
+    "after-wd": {"optimizer": "adamw", "weight_decay": 1.0},
+    "after-dropout": {"dropout": 0.1},
+}
+LABELS = {"before": "flowmatch before", "after": "flowmatch after", "forestflow": "ForestFlow",
+          "after-val100": "after, validation every 100 steps", "after-wd": "after + AdamW weight decay 1.0",
+          "after-dropout": "after + dropout 0.1"}
 SAMPLE_SETS = 5
 MAX_ROWS = 2000
 PROBE_EVERY = 100
@@ -98,7 +113,7 @@ def score(generate, train: torch.Tensor, test: torch.Tensor, seed: int) -> dict:
 
 
 def run_flowmatch(name: str, spec: str, variant: str, seed: int) -> dict:
-    overrides = {**RECIPES.get(name, {}), **(BEFORE if variant == "before" else {})}
+    overrides = {**RECIPES.get(name, {}), **VARIANTS[variant]}
     config = flowmatch.TrainConfig(data=spec, seed=seed, **overrides)
     result: dict = {"set": name, "variant": variant, "seed": seed}
     dataset = dataset_from_config(config.to_dict())
@@ -115,7 +130,7 @@ def run_flowmatch(name: str, spec: str, variant: str, seed: int) -> dict:
 
     result.update(score(generate, train_rows, flow.dataset.test, seed))
     if name.startswith("digits"):
-        result.update(_digits_figures(flow, name, seed))
+        result.update(_digits_figures(flow, name, variant, seed))
     return result
 
 
@@ -127,7 +142,7 @@ def _labels(flow, n: int, seed: int):
     return labels[torch.randint(len(labels), (n,), generator=torch.Generator().manual_seed(seed))]
 
 
-def _digits_figures(flow, name: str, seed: int) -> dict:
+def _digits_figures(flow, name: str, variant: str, seed: int) -> dict:
     """Frechet distances of as many samples as training images to the test and the training
     features, beside the floor (test against training features), and the nearest-neighbour picture
     of seed 0."""
@@ -146,7 +161,7 @@ def _digits_figures(flow, name: str, seed: int) -> dict:
     }
     if seed == 0:
         RESULTS.mkdir(exist_ok=True)
-        _nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-{name}-{'before' if flow.config.get('select') == 'last' else 'after'}.png")
+        _nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-{name}-{variant}.png")
     return out
 
 
@@ -182,7 +197,7 @@ def table(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in SETS:
-        for variant in ("before", "after", "forestflow"):
+        for variant in LABELS:
             rows = [r for r in results if r["set"] == name and r["variant"] == variant]
             if not rows:
                 continue
@@ -195,7 +210,7 @@ def table(results: list[dict]) -> str:
                 times = [r.get("time_to_quality") for r in rows]
                 shown = ", ".join("-" if t is None else f"{t:.1f}" for t in times)
                 ttq = (f"{statistics.median([t for t in times if t is not None]):.1f}" if any(t is not None for t in times) else "-") + f" ({shown})"
-            label = {"before": "flowmatch before", "after": "flowmatch after", "forestflow": "ForestFlow"}[variant]
+            label = LABELS[variant]
             lines.append(
                 f"| {name} | {label} (seeds {seeds}) | {_median(rows, 'copy_share')} ({statistics.median(r['copy_share_test'] for r in rows):.3f}) "
                 f"| {_median(rows, 'dcr_ratio')} | {_median(rows, 'w_test')} ({statistics.median(r['w_test_test'] for r in rows):.3g}) "
