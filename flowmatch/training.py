@@ -691,10 +691,11 @@ def train(
     bar = _progress_bar(config.steps, start_step, progress and main_process)
     callback_steps = set(callback_steps) if callback is not None and main_process else set()
     done = start_step
-    stopped_early = False
+    # a resumed run that had stopped early is finished (its best weights are already behind it)
+    stopped_early = validation is not None and 0 < config.early_stop <= start_step - validation.best_step
     shown: dict[str, str] = {}  # the progress bar's figures
     with stop:
-        for step in range(start_step, config.steps):
+        for step in range(start_step, start_step if stopped_early else config.steps):
             # one global batch, drawn identically by every process; each trains on its own shard
             size = batch_size_at(config, step)
             x0, x1, y, classes = pairs(size * world, generator)

@@ -537,3 +537,15 @@ def test_a_run_that_copies_its_rows_says_so_in_one_line(tmp_path, capsys):
     assert len(lines) == 1 and "--select val-loss" in lines[0]
     assert main(["eval", "--run", str(run), "--quick", "--quiet"]) == 0
     assert "flowmatch eval: warning" in capsys.readouterr().err
+
+
+def test_a_run_that_stopped_early_is_finished_when_resumed(tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(data=_small_file(tmp_path), steps=3000, width=64, batch_size=64, batch_warmup=0,
+                         val_every=25, early_stop=200, lr=1e-2, precision="fp32")
+    first = fit(config, out=run, progress=False, evaluate=False)[0]
+    assert first.validation["stopped_early"]
+    weights = load_file(str(run / "checkpoint.safetensors"))
+    again = fit(TrainConfig.from_dict({**config.to_dict(), "steps": 4000}), out=run, resume=True, progress=False, evaluate=False)[0]
+    assert again.step == first.step and again.validation == first.validation
+    assert all(torch.equal(weights[k], v) for k, v in load_file(str(run / "checkpoint.safetensors")).items())
