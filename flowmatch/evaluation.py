@@ -402,6 +402,7 @@ def evaluate(
             picture(flow, what, folder / file, held=(held_a, held_b), samples=gen.x, sweep=report.get("nfe_sweep"), seed=seed, progress=progress)
             report["pictures"].append(file)
         report["pictures_seconds"] = time.perf_counter() - t
+    report["pictures"] += report.get("memorisation", {}).get("pictures", [])
     report["seconds"] = time.perf_counter() - started
     if folder is not None:
         write_json_atomic(folder / REPORT, _json_safe(report))
