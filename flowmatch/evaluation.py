@@ -288,11 +288,12 @@ def memorisation_report(flow, *, quick: bool = False, solver=None, nfe=None, see
 
 
 def _nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, out: Path) -> str:
+    """Rows of generated images, each above its nearest training image (the DCR's distance)."""
     from . import images
-    from .memorisation import MinMaxScale
+    from .memorisation import MinMaxScale, closest_records
 
     scale = MinMaxScale(train.double())
-    nearest = torch.cdist(scale(generated.double()), scale(train.double()), p=1).argmin(1)
+    nearest = closest_records(scale(generated.double()), scale(train.double()))[1]
     half = len(generated) // 2
     rows = [generated[:half], train[nearest[:half]], generated[half:], train[nearest[half:]]]
     images.save_class_grid(rows, image_shape, out, row_labels=["generated", "nearest train", "generated", "nearest train"],

@@ -72,10 +72,15 @@ class MinMaxScale:
         return (x - self.low) / self.span
 
 
+def closest_records(points: torch.Tensor, records: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(DCR, index): the L1 distance from each point to its nearest record and that record's row, in row chunks."""
+    nearest = [torch.cdist(points[i : i + _CHUNK], records, p=1).min(1) for i in range(0, len(points), _CHUNK)]
+    return torch.cat([m.values for m in nearest]), torch.cat([m.indices for m in nearest])
+
+
 def closest_record_distances(points: torch.Tensor, records: torch.Tensor) -> torch.Tensor:
-    """DCR: the L1 distance from each point to its nearest record, in row chunks."""
-    out = [torch.cdist(points[i : i + _CHUNK], records, p=1).min(1).values for i in range(0, len(points), _CHUNK)]
-    return torch.cat(out)
+    """DCR: the L1 distance from each point to its nearest record."""
+    return closest_records(points, records)[0]
 
 
 def _subset(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
