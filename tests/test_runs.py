@@ -116,7 +116,10 @@ def test_batch_size_splits_network_calls_only(run):
     adaptive = flow.generate(30, solver="dopri5", seed=2, atol=1e-4, rtol=1e-4, batch_size=30)
     chunked = flow.generate(30, solver="dopri5", seed=2, atol=1e-4, rtol=1e-4, batch_size=4)
     assert chunked.nfe == adaptive.nfe
-    torch.testing.assert_close(chunked.x, adaptive.x, rtol=1e-5, atol=1e-5)
+    # chunks of 4 rows run other matmul kernels than one of 30 (float32 rounding differs by ~1e-7 a call);
+    # dopri5's step-size control turns that into differences bounded by its own tolerance, not by
+    # rounding (measured 4.5e-5 on an Intel Xeon without bf16, under 1e-5 on an AMD EPYC)
+    torch.testing.assert_close(chunked.x, adaptive.x, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_size_splits_labels_and_guidance():
