@@ -1141,7 +1141,11 @@ def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
         raise FlowmatchError(f"cannot resume: '{run}' is not a flowmatch run folder (config.json is missing)")
     values = read_json(run / "config.json")
     if isinstance(values, dict):
+        old = "val_fraction" not in values  # saved before the finite-data rules (target auto by data size)
         values = {**ADDED_KEYS, **values}
+        if old and values["target"] == "auto":  # auto then meant the posterior wherever it applies
+            probe = TrainConfig.from_dict({**values, "target": "conditional"}, source=f"{run / 'config.json'}")
+            values["target"] = "conditional" if _posterior_obstacle(probe) else "posterior"
     saved = TrainConfig.from_dict(values, source=f"{run / 'config.json'}")
     if config is None:
         return saved

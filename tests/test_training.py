@@ -229,6 +229,23 @@ def test_resuming_a_run_saved_before_a_key_existed_keeps_its_old_behaviour(tmp_p
     assert {key: getattr(fresh, key) for key in old} == {key: getattr(TrainConfig(), key) for key in old}
 
 
+def test_a_run_saved_before_the_finite_data_rules_resumes_on_the_posterior_it_started_with(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    config = TrainConfig(data=_small_file(tmp_path), steps=10, width=8, batch_size=16, target="posterior",
+                         val_fraction=0.0, select="last", early_stop=0)
+    fit(config, out=run, progress=False, evaluate=False)
+    saved = json.loads((run / "config.json").read_text())
+    for key in ("val_fraction", "select", "early_stop", "val_every"):
+        del saved[key]
+    (run / "config.json").write_text(json.dumps({**saved, "target": "auto"}))  # as such a run wrote it
+    resumed = training.resume_config(run, None)
+    assert (resumed.target, resumed.val_fraction, resumed.select, resumed.early_stop) == ("posterior", 0.0, "last", 0)
+    (run / "config.json").write_text(json.dumps({**saved, "target": "auto", "coupling": "ot"}))
+    assert training.resume_config(run, None).target == "conditional"  # auto never was the posterior there
+
+
 def test_toml_config_and_flag_override(tmp_path, capsys):
     toml = tmp_path / "train.toml"
     toml.write_text('steps = 12\nwidth = 8\nbatch_size = 16\nlr = 0.01\ntime_sampling = "logit-normal"\n')
