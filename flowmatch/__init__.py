@@ -29,6 +29,9 @@ _EXPORTS = {
     "train": "training",
     "evaluate": "evaluation",
     "quality": "metrics",
+    "flow_matching_loss": "losses",
+    "distillation_loss": "losses",
+    "sample_times": "losses",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -77,6 +77,8 @@ from .checkpoints import (
 from .data import GAUSSIAN_MIXTURES, Dataset, load_dataset
 from .errors import FlowmatchError
 from .models import build_model
+from . import losses as losses_module
+from .losses import Posterior, distillation_loss, flow_matching_loss, loss_weights
 from .paths import PATHS, AffinePath, make_path
 
 
@@ -384,45 +386,12 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def sample_times(config: TrainConfig, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Training times in [0, 1]: uniform or logit-normal, then shifted toward noise.
-
-    With ``time_strata`` K > 0 the uniforms are stratified: u_k = (k + v) / K, k = 0..K-1, one
-    v ~ U[0, 1) per batch, each u_k shared by a consecutive run of n / K pairs (the first n mod K
-    runs one longer). Every u_k is U[0, 1) on its own, so the loss stays an unbiased estimate of
-    the integral over t, with less variance than independent times; and a model that sees a time
-    repeated evaluates its time embedding once per run (``flowmatch.models.MLP``). The
-    logit-normal times are then sigmoid(m + s Phi^-1(u)).
-    """
-    strata = min(config.time_strata, n)
-    u = _stratified_uniforms(n, strata, generator) if strata else None
-    if config.time_sampling == "uniform":
-        t = torch.rand(n, generator=generator) if u is None else u
-    else:  # logit-normal; stratified through the normal's inverse CDF
-        z = torch.randn(n, generator=generator) if u is None else torch.special.ndtri(u.clamp(min=2**-24))
-        t = torch.sigmoid(config.time_loc + config.time_scale * z)
-    if config.time_shift != 1.0:
-        r = 1.0 - t
-        t = 1.0 - config.time_shift * r / (1.0 + (config.time_shift - 1.0) * r)
-    return t
-
-
-def _stratified_uniforms(n: int, strata: int, generator: torch.Generator) -> torch.Tensor:
-    """(k + v) / strata for k = 0..strata-1, one v ~ U[0, 1), in consecutive runs that sum to n."""
-    v = torch.rand(1, generator=generator)
-    runs = torch.full((strata,), n // strata, dtype=torch.long)
-    runs[: n % strata] += 1
-    u = ((torch.arange(strata) + v) / strata).repeat_interleave(runs, output_size=n)
-    return u.clamp(max=1.0 - 2**-24)  # (strata - 1 + v) / strata can round to 1 in float32
-
-
-def loss_weights(path: AffinePath, t: torch.Tensor, kind: str) -> torch.Tensor | None:
-    """w(t) that turns the squared velocity error into the x1 or x0 error (None: no weighting)."""
-    if kind == "none":
-        return None
-    s = path.schedule
-    det = s.alpha(t) * s.d_sigma(t) - s.sigma(t) * s.d_alpha(t)
-    num = s.sigma(t) if kind == "x1" else s.alpha(t)
-    return (num / det) ** 2
+    """A batch's training times as the config asks (:func:`flowmatch.losses.sample_times`): uniform or
+    logit-normal (``time_loc``, ``time_scale``), stratified in ``time_strata``, shifted by ``time_shift``."""
+    return losses_module.sample_times(
+        n, generator, distribution=config.time_sampling, strata=config.time_strata,
+        loc=config.time_loc, scale=config.time_scale, shift=config.time_shift,
+    )  # fmt: skip
 
 
 # -- pairs ---------------------------------------------------------------------------------------
@@ -651,7 +620,7 @@ def train(
     if config.compile:
         net = torch.compile(net)
     precision = resolve_precision(config.precision, device)
-    autocast = precision == "bf16"
+    low_precision = torch.bfloat16 if precision == "bf16" else None  # the model's calls under autocast
     target_kind = resolve_target(config, dataset.n_train)
     posterior = target_kind == "posterior"
     source_mixture = None if source is None else source.gaussian_mixture  # the posterior's source density
@@ -706,21 +675,19 @@ def train(
             x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
             y = None if y is None else y[shard].to(device)
 
-            if config.objective != "distill":
-                target = path.sample(x0, x1, t, None if noise is None else noise[shard].to(device))
-                velocity = target.velocity
+            if config.objective == "distill":
+                loss = distillation_loss(net, x0, x1, config.distill_nfe, autocast=low_precision)
+            else:
+                over = None
                 if posterior:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
                     own = torch.arange(shard.start, shard.stop, device=device)
                     own = torch.where(own < len(reference), own, -1)
                     allowed = _same_class(y, None if classes is None else classes[: len(reference)], dataset.num_classes)
-                    velocity = path.posterior_velocity(target, x1, reference, own, allowed, source_mixture)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                if config.objective == "distill":
-                    loss = _distill_loss(net, x0, x1, config.distill_nfe)
-                else:
-                    error = (net(target.x_t, t, y).float() - velocity).pow(2).flatten(1).mean(1)
-                    weights = loss_weights(path, t, config.loss_weight)
-                    loss = (error if weights is None else weights * error).mean()
+                    over = Posterior(reference, own, allowed, source_mixture)
+                loss = flow_matching_loss(
+                    net, path, x0, x1, t, labels=y, noise=None if noise is None else noise[shard].to(device),
+                    weight=config.loss_weight, posterior=over, autocast=low_precision,
+                )  # fmt: skip
             if not torch.isfinite(loss):
                 raise FlowmatchError(
                     f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; "
@@ -798,14 +765,6 @@ def _record_rank_agreement(model: torch.nn.Module, run: Path | None, world: int)
     dist.all_reduce(gap, op=dist.ReduceOp.MAX)
     if run is not None:
         write_json_atomic(run / "distributed.json", {"world_size": world, "max_weight_difference_across_ranks": gap.item()})
-
-
-def _distill_loss(net, x0: torch.Tensor, x1: torch.Tensor, nfe: int) -> torch.Tensor:
-    """|| x0 + sum of nfe Euler steps of the student - x1 ||^2 (backpropagated through the steps)."""
-    x, h = x0, 1.0 / nfe
-    for i in range(nfe):
-        x = x + h * net(x, torch.full((len(x),), i * h, device=x.device, dtype=x.dtype)).float()
-    return (x - x1).pow(2).flatten(1).mean(1).mean()
 
 
 def _distributed_env() -> tuple[int, int, int]:
