@@ -24,15 +24,12 @@ larger batch lowers the noise floor that the cosine decay and the EMA then avera
 ``bench.peers`` on checkerboard, 3,000 steps, with a time per pair: W2 <= 1.1x floor on every seed,
 where a fixed batch of 256 got there on none).
 
-Times: t ~ U[0, 1], or logit-normal t = sigmoid(m + s n), n ~ N(0, 1); then an optional shift
-toward noise: with noise level r = 1 - t, r <- k r / (1 + (k - 1) r). By default the uniforms are
-stratified (:func:`sample_times`): a batch holds ``time_strata`` = 32 times, one in each of
+Times and loss weights are :mod:`flowmatch.losses`' (the losses themselves too: the loop calls
+:func:`~flowmatch.losses.flow_matching_loss` and :func:`~flowmatch.losses.distillation_loss`). By
+default the uniforms are stratified: a batch holds ``time_strata`` = 32 times, one in each of
 [k/32, (k+1)/32), each shared by a run of pairs; the loss keeps its expectation, its variance over t
 drops, and the model's time branch runs once per run instead of once per pair (a step at batch 512
-costs about 0.77x as much on one CPU core). Loss weights ``x1`` and
-``x0`` turn the velocity error into the data- or noise-prediction error: since
-x1 = (sigma'_t x_t - sigma_t u) / det, an error e in u is an error sigma_t e / det in x1, so
-w = (sigma_t / det)^2 (and (alpha_t / det)^2 for x0), det = alpha_t sigma'_t - sigma_t alpha'_t.
+costs about 0.77x as much on one CPU core).
 
 Finite data (files, tables, images): the trainer holds out ``val_fraction`` of the training rows and
 scores the EMA weights on them every ``val_every`` steps (:class:`Validation`); by default it keeps
