@@ -112,42 +112,46 @@ def rademacher(shape: tuple[int, ...], generator: torch.Generator, *, dtype=torc
     return (bits * 2 - 1).to(dtype=dtype, device=device)
 
 
-def divergence(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, probes: torch.Tensor | None = None):
-    """(v(x, t), div_x v(x, t)) for x (n, D), both detached.
+def divergence(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, probes: torch.Tensor | None = None, *, grad: bool = False):
+    """(v(x, t), div_x v(x, t)) for x (n, D), both detached; with ``grad`` both stay in the autograd
+    graph (of x and of the field's parameters), the divergence built with ``create_graph``.
 
     ``probes`` None: the exact divergence sum_i [d v_i / d x_i], one backward pass per dimension.
     ``probes`` (K, n, D): the Hutchinson estimate (1/K) sum_k eps_k^T (dv/dx) eps_k, one backward pass
     per probe (a vector-Jacobian product eps_k^T dv/dx, then a dot product with eps_k).
     """
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+        if not (grad and x.requires_grad):
+            x = x.detach().requires_grad_(True)
         v = velocity(x, t)
         if v.shape != x.shape:
             raise FlowmatchError(f"the velocity field returned shape {tuple(v.shape)} for points of shape {tuple(x.shape)}")
         div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         if not v.requires_grad:  # a field that does not depend on x has zero divergence
-            return v.detach(), div
+            return (v if grad else v.detach()), div
         if probes is None:
             dim = x.shape[1]
             for i in range(dim):
-                (g,) = torch.autograd.grad(v[:, i].sum(), x, retain_graph=i < dim - 1, allow_unused=True)
+                (g,) = torch.autograd.grad(v[:, i].sum(), x, retain_graph=grad or i < dim - 1, create_graph=grad, allow_unused=True)
                 if g is not None:
                     div = div + g[:, i]
         else:
             k = probes.shape[0]
             for j in range(k):
-                (g,) = torch.autograd.grad(v, x, probes[j], retain_graph=j < k - 1, allow_unused=True)
+                (g,) = torch.autograd.grad(v, x, probes[j], retain_graph=grad or j < k - 1, create_graph=grad, allow_unused=True)
                 if g is not None:
                     div = div + (g * probes[j]).sum(dim=1)
             div = div / k
+    if grad:
+        return v, div
     return v.detach(), div.detach()
 
 
-def _augmented(velocity: Velocity, probes: torch.Tensor | None, sign: float) -> Velocity:
+def _augmented(velocity: Velocity, probes: torch.Tensor | None, sign: float, grad: bool = False) -> Velocity:
     """f([x, a], t) = [v(x, t), sign * div v(x, t)] for the solvers (state shape (n, D + 1))."""
 
     def f(state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v, div = divergence(velocity, state[:, :-1], t, probes)
+        v, div = divergence(velocity, state[:, :-1], t, probes, grad=grad)
         return torch.cat([v, sign * div[:, None]], dim=1)
 
     return f
@@ -186,8 +190,13 @@ def log_prob(
     seed: int = 0,
     batch_size: int = 4096,
     progress: bool = False,
+    grad: bool = False,
 ) -> LogDensity:
     """log p_1(x) of the flow of ``velocity`` from N(0, I) at t = 0, for points x (n, D) at t = 1.
+
+    ``grad=True`` keeps log p in the autograd graph of x and of the field's parameters (the solve is
+    backpropagated through, the divergence built with ``create_graph``): for training on the
+    likelihood or for d log p / dx.
 
     Integrates [x, a] from t = 1 back to t = 0 with da/dt = div v (see the module docstring) and
     returns log N(x(0); 0, I) + a(0). ``solver``/``nfe``/``atol``/``rtol`` are as for
@@ -212,8 +221,8 @@ def log_prob(
         if kind == "hutchinson":
             eps = rademacher((probes, *chunk.shape), generator, dtype=chunk.dtype, device=chunk.device)
         state = torch.cat([chunk, torch.zeros_like(chunk[:, :1])], dim=1)
-        with torch.no_grad():
-            sol = integrate(_augmented(velocity, eps, +1.0), state, solver=solver, nfe=nfe, t0=1.0, t1=0.0, atol=atol, rtol=rtol)
+        with torch.set_grad_enabled(grad):
+            sol = integrate(_augmented(velocity, eps, +1.0, grad), state, solver=solver, nfe=nfe, t0=1.0, t1=0.0, atol=atol, rtol=rtol)
         z, a = sol.x[:, :-1], sol.x[:, -1]
         out.append((log_normal(z.double()) + a.double()).cpu())
         used = max(used, sol.nfe)
@@ -237,6 +246,7 @@ def flow_log_prob(
     seed: int = 0,
     batch_size: int = 4096,
     progress: bool = False,
+    grad: bool = False,
 ) -> LogDensity:
     """:func:`log_prob` of a trained :class:`~flowmatch.runs.Flow` at points x (n, D) in *data* coordinates.
 
@@ -252,7 +262,7 @@ def flow_log_prob(
     z = flow.standardizer.forward(x.to(dtype)).to(flow.device)
     result = log_prob(
         flow.velocity(), z, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
-        probes=probes, seed=seed, batch_size=batch_size, progress=progress,
+        probes=probes, seed=seed, batch_size=batch_size, progress=progress, grad=grad,
     )  # fmt: skip
     result.log_prob = result.log_prob + flow.standardizer.log_abs_det()
     return result
@@ -284,6 +294,7 @@ def sample_with_log_prob(
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
+    grad: bool = False,
 ) -> SampledLogDensity:
     """Carry noise x0 ~ N(0, I) from t = 0 to t = 1 and track each sample's log-density.
 
@@ -299,9 +310,9 @@ def sample_with_log_prob(
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         eps = rademacher((probes, *x0.shape), g, dtype=x0.dtype, device=x0.device)
     state = torch.cat([x0, torch.zeros_like(x0[:, :1])], dim=1)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         sol = integrate(
-            _augmented(velocity, eps, -1.0),
+            _augmented(velocity, eps, -1.0, grad),
             state,
             solver=solver,
             nfe=nfe,

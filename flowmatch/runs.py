@@ -171,7 +171,6 @@ class Flow:
             nfe = default[1] if solver == default[0] else 100
         return solver, nfe
 
-    @torch.no_grad()
     def generate(
         self,
         n: int,
@@ -191,6 +190,7 @@ class Flow:
         precision: str = "fp32",
         batch_size: int | None = None,
         x0: torch.Tensor | None = None,
+        grad: bool = False,
     ) -> Samples:
         """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
 
@@ -217,6 +217,10 @@ class Flow:
         batch at once, so results equal one big call up to float rounding); None means
         :data:`CPU_BATCH_SIZE` on the CPU, where cache-sized calls are faster, and the whole batch
         on other devices. It does not apply with ``with_log_prob``.
+
+        ``grad=True`` keeps the result in the autograd graph of ``x0`` and of the model's parameters
+        (backpropagation through every solver step; with ``with_log_prob``, through the divergence
+        too): for a loss on the samples, or d x1 / d x0. Without it the solve records no graph.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
@@ -229,9 +233,19 @@ class Flow:
             raise FlowmatchError(f"log-densities need float32: sample with precision='fp32' to get with_log_prob (got {precision!r})")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise FlowmatchError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        if not isinstance(grad, bool):
+            raise FlowmatchError(f"grad must be True or False, got {grad!r}")
+        with torch.set_grad_enabled(grad):
+            return self._generate(n, solver, nfe, grid, atol, rtol, seed, return_trajectory, progress, with_log_prob,
+                                  divergence, label, float(guidance), precision, batch_size, x0, grad)
+
+    def _generate(self, n, solver, nfe, grid, atol, rtol, seed, return_trajectory, progress, with_log_prob,
+                  divergence, label, guidance, precision, batch_size, x0, grad) -> Samples:
         if self.device.type == "cpu":
             batch_size = batch_size or CPU_BATCH_SIZE
             _recycle_freed_memory()
+        if grad:  # one call for the whole batch: the chunks' shared output buffer is for inference
+            batch_size = None
         labels = self.labels_for(n, label)
         if with_log_prob:
             velocity = self.velocity(labels, float(guidance))
@@ -245,14 +259,14 @@ class Flow:
             raise FlowmatchError(f"x0 must be a float tensor of shape ({n}, {self.dim}), got {shape}")
         elif not torch.isfinite(x0).all():
             raise FlowmatchError("x0 has non-finite values")
-        x0 = x0.to(self.device, torch.float32)
+        x0 = x0.to(self.device, next((p.dtype for p in self.model.parameters()), torch.float32))  # the model's precision
         if with_log_prob:
             from .likelihood import sample_with_log_prob
 
             self._require_gaussian_source()
             solution = sample_with_log_prob(
                 velocity, x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
-                generator=generator, return_trajectory=return_trajectory, progress=progress,
+                generator=generator, return_trajectory=return_trajectory, progress=progress, grad=grad,
             )  # fmt: skip
         else:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -301,8 +315,12 @@ class Flow:
         seed: int = 0,
         batch_size: int = 4096,
         progress: bool = False,
+        grad: bool = False,
     ) -> torch.Tensor:
         """log p(x) of the model at points x (n, D) in data coordinates: float64, shape (n,).
+
+        ``grad=True`` keeps it in the autograd graph of x and of the model's parameters (see
+        :func:`flowmatch.likelihood.log_prob`).
 
         log p_x(x) = log p_z(z) + log |dz/dx|, z = (x - mean) / std the model coordinates, where
         log p_z(z) = log N(z(0); 0, I) - int_0^1 div v dt comes from integrating back to t = 0
@@ -312,7 +330,7 @@ class Flow:
 
         return flow_log_prob(
             self, x, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
-            probes=probes, seed=seed, batch_size=batch_size, progress=progress,
+            probes=probes, seed=seed, batch_size=batch_size, progress=progress, grad=grad,
         ).log_prob  # fmt: skip
 
     def to(self, device) -> "Flow":
