@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import FlowmatchError
 from .runs import PRECISIONS
-from .solvers import SOLVERS, TIME_GRIDS
+from .paths import PATHS
+from .solvers import SOLVERS, _grid_shift
 from .training import PRESETS, TrainConfig, fit, resume_config
 
 
@@ -126,6 +127,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--trajectory", action="store_true", help="save the whole trajectory, shape (steps + 1, n, D); .npy only")
     p.add_argument("--label", type=_label_list, help="class label(s) of a conditional model, e.g. 3 or 0,1,2: n samples of each, in that order")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w (1 = plain conditional; default: 1)")
+    p.add_argument("--schedule", default=None, choices=PATHS,
+                   help="sample under this path's schedule instead of the one trained on (the velocity is rewritten; same endpoints for an exact field)")
     p.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
         help="precision of the network: bf16 runs it in bfloat16 (faster on CPUs and GPUs with bf16 units); the ODE state stays float32 (default: fp32)",
@@ -140,10 +143,22 @@ def _label_list(text: str) -> list[int]:
     return labels
 
 
+def _grid(text: str) -> str:
+    if text in ("uniform", "cosine"):
+        return text
+    if text.startswith("shift:"):
+        try:
+            _grid_shift(text)
+        except FlowmatchError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    raise argparse.ArgumentTypeError(f"unknown time grid '{text}'; choose uniform, cosine or shift:K (e.g. shift:3)")
+
+
 def _add_solver_flags(p) -> None:
     p.add_argument("--solver", default=None, choices=SOLVERS, help="ODE solver (default: rk4; a distilled student: euler)")
     p.add_argument("--nfe", type=int, default=None, help="velocity evaluations for fixed-step solvers (default: 100; a distilled student: its own)")
-    p.add_argument("--grid", default="uniform", choices=TIME_GRIDS, help="time grid of fixed-step solvers")
+    p.add_argument("--grid", default="uniform", type=_grid, help="time grid of fixed-step solvers: uniform, cosine or shift:K (noise levels shifted by K, as diffusers' flow-match schedulers)")
     p.add_argument("--atol", type=float, default=1e-5, help="dopri5 absolute tolerance (default: 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 relative tolerance (default: 1e-5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
@@ -171,6 +186,7 @@ def _cmd_sample(args) -> int:
             solver=args.solver,
             nfe=args.nfe,
             grid=args.grid,
+            schedule=args.schedule,
             atol=args.atol,
             rtol=args.rtol,
             seed=args.seed,

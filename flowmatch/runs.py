@@ -191,6 +191,7 @@ class Flow:
         batch_size: int | None = None,
         x0: torch.Tensor | None = None,
         grad: bool = False,
+        schedule=None,
     ) -> Samples:
         """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
 
@@ -218,6 +219,10 @@ class Flow:
         :data:`CPU_BATCH_SIZE` on the CPU, where cache-sized calls are faster, and the whole batch
         on other devices. It does not apply with ``with_log_prob``.
 
+        ``schedule`` (a path name, an AffinePath or a Schedule) samples under another schedule than the
+        one trained on, with the velocity rewritten for it (:func:`flowmatch.paths.transform_schedule`);
+        ``grid`` ("uniform", "cosine", "shift:K" or explicit times) places the solver's steps.
+
         ``grad=True`` keeps the result in the autograd graph of ``x0`` and of the model's parameters
         (backpropagation through every solver step; with ``with_log_prob``, through the divergence
         too): for a loss on the samples, or d x1 / d x0. Without it the solve records no graph.
@@ -237,10 +242,10 @@ class Flow:
             raise FlowmatchError(f"grad must be True or False, got {grad!r}")
         with torch.set_grad_enabled(grad):
             return self._generate(n, solver, nfe, grid, atol, rtol, seed, return_trajectory, progress, with_log_prob,
-                                  divergence, label, float(guidance), precision, batch_size, x0, grad)
+                                  divergence, label, float(guidance), precision, batch_size, x0, grad, schedule)
 
     def _generate(self, n, solver, nfe, grid, atol, rtol, seed, return_trajectory, progress, with_log_prob,
-                  divergence, label, guidance, precision, batch_size, x0, grad) -> Samples:
+                  divergence, label, guidance, precision, batch_size, x0, grad, schedule) -> Samples:
         if self.device.type == "cpu":
             batch_size = batch_size or CPU_BATCH_SIZE
             _recycle_freed_memory()
@@ -251,6 +256,10 @@ class Flow:
             velocity = self.velocity(labels, float(guidance))
         else:
             velocity = self._velocity_of(_in_row_chunks(self.model, batch_size), labels, float(guidance))
+        if schedule is not None:
+            from .paths import transform_schedule
+
+            velocity = transform_schedule(velocity, self.path.schedule, schedule)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         if x0 is None:
             x0 = self.draw_source(n, generator)

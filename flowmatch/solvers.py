@@ -101,8 +101,10 @@ FIXED_SOLVERS: tuple[str, ...] = tuple(TABLEAUS)
 ADAPTIVE_SOLVERS: tuple[str, ...] = ("dopri5",)
 SOLVERS: tuple[str, ...] = FIXED_SOLVERS + ADAPTIVE_SOLVERS
 
-#: Named time grids for the fixed-step solvers (an explicit sequence of times is also accepted).
-TIME_GRIDS: tuple[str, ...] = ("uniform", "cosine")
+#: Named time grids for the fixed-step solvers (an explicit sequence of times is also accepted);
+#: ``shift:K`` (any K > 0; ``shift:3`` stands for them here) is the uniform grid with its noise levels
+#: shifted by K (see :func:`time_grid`).
+TIME_GRIDS: tuple[str, ...] = ("uniform", "cosine", "shift:3")
 
 #: Number of times at which dopri5 reports the trajectory when one is asked for.
 ADAPTIVE_TRAJECTORY_POINTS = 101
@@ -180,6 +182,16 @@ def _explicit_times(times: Sequence[float] | torch.Tensor) -> torch.Tensor:
     return grid
 
 
+def _grid_shift(name: str) -> float:
+    try:
+        k = float(name.split(":", 1)[1])
+    except ValueError:
+        k = math.nan
+    if not math.isfinite(k) or k <= 0:
+        raise FlowmatchError(f"time grid {name!r}: the shift must be a positive number, as in 'shift:3'")
+    return k
+
+
 def time_grid(name_or_times: GridSpec, steps: int, t0: float = 0.0, t1: float = 1.0) -> torch.Tensor:
     """``steps + 1`` times from t0 to t1 (float64, CPU), strictly monotone, endpoints exact.
 
@@ -188,6 +200,9 @@ def time_grid(name_or_times: GridSpec, steps: int, t0: float = 0.0, t1: float = 
     - ``"uniform"``: g(u) = u, equal steps;
     - ``"cosine"``: g(u) = (1 - cos(pi u)) / 2, steps shrinking towards both ends (the step
       near an end is about (pi^2 / 4) / steps^2 of the interval instead of 1 / steps).
+    - ``"shift:K"`` (K > 0): the noise level r = 1 - u shifted as diffusers' flow-match schedulers
+      shift theirs, r -> K r / (1 + (K - 1) r): K > 1 puts more steps near the noise end (t = 0),
+      K < 1 near the data end; K = 1 is uniform.
 
     An explicit 1-D sequence or tensor of times is checked and returned as is: it must have
     ``steps + 1`` entries, start at t0, end at t1 and be strictly increasing (strictly
@@ -203,6 +218,10 @@ def time_grid(name_or_times: GridSpec, steps: int, t0: float = 0.0, t1: float = 
             g = u
         elif name_or_times == "cosine":
             g = (1 - torch.cos(math.pi * u)) / 2
+        elif name_or_times.startswith("shift:"):
+            k = _grid_shift(name_or_times)
+            r = 1 - u
+            g = 1 - k * r / (1 + (k - 1) * r)
         else:
             raise FlowmatchError(
                 f"unknown time grid {name_or_times!r}; choose from {', '.join(TIME_GRIDS)} or pass a sequence of times"

@@ -385,3 +385,21 @@ def test_bad_state_and_steps():
     with pytest.raises(FlowmatchError, match="has 3 times but 4 steps need 5"):
         time_grid([0.0, 0.5, 1.0], 4)
     assert issubclass(FlowmatchError, ValueError)
+
+
+def test_shifted_grid_is_diffusers_shift_and_an_exact_field_lands_where_it_does_on_the_uniform_grid():
+    from flowmatch.solvers import time_grid
+
+    grid = time_grid("shift:3", 4)
+    r = 1 - torch.arange(5, dtype=torch.float64) / 4
+    torch.testing.assert_close(grid, 1 - 3 * r / (1 + 2 * r))  # sigma -> k sigma / (1 + (k - 1) sigma)
+    assert grid[1] - grid[0] < 0.25 / 2  # more steps near the noise end
+    torch.testing.assert_close(time_grid("shift:1", 7), time_grid("uniform", 7))
+    # dx/dt = -x / (1 + t): x(1) = x(0) / 2 on any grid, up to rk4's error (h^4 at 50 steps: ~1e-8)
+    x0 = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    for spec in ("uniform", "shift:3", "shift:0.3"):
+        x1 = integrate(lambda x, t: -x / (1 + t), x0, solver="rk4", nfe=200, grid=spec).x
+        torch.testing.assert_close(x1, x0 / 2, rtol=0, atol=1e-8)
+    for bad in ("shift:0", "shift:-2", "shift:x", "shift:"):
+        with pytest.raises(FlowmatchError, match="the shift must be a positive number"):
+            time_grid(bad, 4)
