@@ -183,11 +183,11 @@ def run_forestflow(name: str, seed: int) -> dict:
     return result
 
 
-def _median(rows: list[dict], key: str) -> str:
+def _median(rows: list[dict], key: str, spec: str = ".3g") -> str:
     values = [r[key] for r in rows if r.get(key) is not None]
     if not values:
         return "-"
-    return f"{statistics.median(values):.3g} [{min(values):.3g}, {max(values):.3g}]"
+    return f"{statistics.median(values):{spec}} [{min(values):{spec}}, {max(values):{spec}}]"
 
 
 def table(results: list[dict]) -> str:
@@ -215,7 +215,7 @@ def table(results: list[dict]) -> str:
                 f"| {name} | {label} (seeds {seeds}) | {_median(rows, 'copy_share')} ({statistics.median(r['copy_share_test'] for r in rows):.3f}) "
                 f"| {_median(rows, 'dcr_ratio')} | {_median(rows, 'w_test')} ({statistics.median(r['w_test_test'] for r in rows):.3g}) "
                 f"| {_median(rows, 'w_train')} ({statistics.median(r['w_train_test'] for r in rows):.3g}) | {_median(rows, 'train_seconds')} "
-                f"| {_median(rows, 'steps_run') if 'steps_run' in rows[0] else '-'} | {ttq} | {fd} |"
+                f"| {_median(rows, 'steps_run', ',.0f') if 'steps_run' in rows[0] else '-'} | {ttq} | {fd} |"
             )
     return "\n".join(lines)
 
