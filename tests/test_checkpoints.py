@@ -40,14 +40,20 @@ def _wait_for(path, timeout=60.0):
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("moment", range(10))
-def test_sigkill_at_ten_moments_leaves_a_resumable_run(moment, tmp_path):
+#: Where each kill lands: just after a training checkpoint of that step appears (early, middle, the last
+#: steps), or just after a final file appears (the run's weights, its picture, its metrics). Events,
+#: not sleeps, so a busy machine moves the moments no more than one step.
+KILL_AFTER = [f"checkpoints/step-{step:08d}" for step in (2, 20, 60, 100, 140, 180, 198)] + [
+    "checkpoint.safetensors", "samples.png", "metrics.json"]
+
+
+@pytest.mark.parametrize("event", KILL_AFTER)
+def test_sigkill_at_ten_moments_leaves_a_resumable_run(event, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([*TRAIN, "--out", str(run), "--steps", "200", "--checkpoint-every", "2"],
+    proc = subprocess.Popen([*TRAIN, "--out", str(run), "--steps", "200", "--checkpoint-every", "2", "--keep-checkpoints", "1000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(run)  # the folder appears atomically, with a step-0 checkpoint
-        time.sleep(0.1 * moment)  # from the first step to the final evaluation and files
+        _wait_for(run / event)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
