@@ -77,24 +77,42 @@ def is_builtin(flow) -> bool:
     return flow.config.get("data") in data_module.BUILTIN_NAMES
 
 
-def held_out(flow, n: int, n_likelihood: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def held_out(flow, n: int, n_likelihood: int, seed: int = 0, reference=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(held_a, held_b, scored) in data coordinates: two held-out draws of equal size for the metrics
     and their floors, and the points whose likelihood is measured.
 
     Built-in sets: three fresh draws (n, n, n_likelihood) with seeds seed + 7,000,003 + {0, 1, 2}.
     Data files: the held-out rows, halves of min(n, rows / 2) each; ``scored`` is the first
-    ``n_likelihood`` held-out rows.
+    ``n_likelihood`` held-out rows. ``reference`` (held-out points of your own, (N, D)) takes their place.
     """
     name = flow.config.get("data")
-    if is_builtin(flow):
+    if reference is not None:
+        test = _points(reference, flow.dim, "reference")
+    elif is_builtin(flow):
         base = seed + _HELD_SEED
         draw = data_module.sample_builtin
         return draw(name, n, base), draw(name, n, base + 1), draw(name, n_likelihood, base + 2)
-    test = flow.dataset.test
+    elif name is None:
+        raise FlowmatchError("this flow names no data set to evaluate against: pass reference= (held-out points in data coordinates)")
+    else:
+        test = flow.dataset.test
     m = min(n, len(test) // 2)
     if m < 2:
         raise FlowmatchError(f"the held-out set has {len(test)} rows; need at least 4 to evaluate")
     return test[:m], test[m : 2 * m], test[:n_likelihood]
+
+
+def _points(x, dim: int, what: str) -> torch.Tensor:
+    """User points as a float32 (N, dim) tensor, or one clear error."""
+    try:
+        x = torch.as_tensor(x, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise FlowmatchError(f"{what} must be a tensor or array of shape (N, {dim})") from None
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise FlowmatchError(f"{what} must have shape (N, {dim}), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise FlowmatchError(f"{what} contains NaN or infinite values")
+    return x
 
 
 def _bounds(points: torch.Tensor, pad: float = 0.12) -> tuple[float, float, float, float]:
@@ -321,8 +339,14 @@ def evaluate(
     pictures: bool | None = None,
     sweep: bool | None = None,
     progress: bool = False,
+    reference=None,
+    train=None,
 ) -> dict[str, Any]:
     """Evaluate ``flow``; with ``run_dir`` write ``report.json`` (and the pictures) there atomically.
+
+    Any flow, a hand-built one too, can be scored against data of your own: ``reference`` (held-out
+    points, (N, D) in data coordinates) replaces the run's test split, and ``train`` (the points it
+    trained on) adds the memorisation figures against them.
 
     Defaults (full / ``quick``): ``n`` samples 5,000 / 1,000; ``n_likelihood`` points 2,000 / 500,
     scored with ``likelihood_solver`` dopri5 (``atol``, ``rtol``) / rk4 at ``likelihood_nfe`` 40;
@@ -347,7 +371,10 @@ def evaluate(
         raise FlowmatchError(f"run folder '{folder}' does not exist")
 
     name = flow.config.get("data", "")
-    held_a, held_b, scored = held_out(flow, n, n_likelihood, seed)
+    held_a, held_b, scored = held_out(flow, n, n_likelihood, seed, reference)
+    if train is not None and reference is None:
+        raise FlowmatchError("train= goes with reference=: the memorisation figures need both")
+    train = None if train is None else _points(train, flow.dim, "train")
     report: dict[str, Any] = {
         "data": name,
         "dim": flow.dim,
@@ -374,7 +401,13 @@ def evaluate(
         report["likelihood"] = {"skipped": "the flow starts from a data set, whose density is unknown"}
 
     t = time.perf_counter()
-    memo = memorisation_report(flow, quick=quick, solver=solver, nfe=nfe, seed=seed, folder=folder if pictures else None)
+    if reference is not None:  # your own data: memorisation only when the training points are given
+        memo = None
+        if train is not None:
+            rows = min(max(len(train), len(held_a)), MEMORISATION_ROWS["quick" if quick else "full"])
+            memo = memorisation(flow.sample(rows, solver=solver, nfe=nfe, seed=seed + 2), train, _points(reference, flow.dim, "reference"), seed=seed)
+    else:
+        memo = memorisation_report(flow, quick=quick, solver=solver, nfe=nfe, seed=seed, folder=folder if pictures else None)
     if memo is not None:
         memo["seconds"] = time.perf_counter() - t
         memo["warning"] = memorisation_warning(memo)
@@ -385,7 +418,7 @@ def evaluate(
         report["nfe_sweep"] = nfe_sweep(flow, held_a, held_b, seed=seed, progress=progress)
         report["nfe_sweep"]["seconds"] = time.perf_counter() - t
 
-    if not quick and getattr(flow.dataset, "image_shape", None) is not None and flow.dataset.num_classes:
+    if reference is None and not quick and getattr(flow.dataset, "image_shape", None) is not None and flow.dataset.num_classes:
         t = time.perf_counter()
         report["images"] = image_report(flow, folder, seed=seed, pictures=pictures)
         report["images"]["seconds"] = time.perf_counter() - t

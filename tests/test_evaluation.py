@@ -252,3 +252,22 @@ def test_image_report_on_a_tiny_conditional_digits_run(tmp_path):
     memo = memorisation_report(flow, quick=True, nfe=4, folder=tmp_path)
     assert memo["pictures"] == ["nearest.png"] and (tmp_path / "nearest.png").stat().st_size > 1000
     assert memo["n_train"] == len(flow.dataset.train) and 0 <= memo["copy_share"]["value"] <= 1
+
+
+def test_any_flow_is_evaluated_against_reference_data_of_ones_own(tmp_path):
+    """A hand-built flow names no data set: evaluate asks for reference data, then scores against it;
+    train= adds the memorisation figures. The exact two-gaussians field draws fresh points, so its
+    copy share against 1,000 other draws is 0.05 up to their sampling errors (3 sd each: 0.021 + 0.021)."""
+    flow = _flow(TWO_GAUSSIANS, 2, {})
+    with pytest.raises(FlowmatchError, match="pass reference="):
+        evaluate(flow, quick=True)
+    reference, train = data.sample_builtin("two-gaussians", 1000, 1), data.sample_builtin("two-gaussians", 1000, 2)
+    rep = evaluate(flow, quick=True, reference=reference, train=train)
+    assert rep["quality"]["n"] == 500 and rep["quality"]["w2"]["value"] < 1.3 * rep["quality"]["w2"]["floor"]
+    assert "nll" in rep["likelihood"]
+    assert rep["memorisation"]["copy_share"]["value"] == pytest.approx(0.05, abs=0.045)
+    assert "memorisation" not in evaluate(flow, quick=True, reference=reference)  # no training points, no figure
+    with pytest.raises(FlowmatchError, match=r"reference must have shape \(N, 2\)"):
+        evaluate(flow, quick=True, reference=torch.zeros(10, 3))
+    with pytest.raises(FlowmatchError, match="train= goes with reference="):
+        evaluate(_flow(TWO_GAUSSIANS, 2, {"data": "two-gaussians"}), quick=True, train=train)
