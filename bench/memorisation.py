@@ -147,7 +147,7 @@ def _digits_figures(flow, name: str, variant: str, seed: int) -> dict:
     features, beside the floor (test against training features), and the nearest-neighbour picture
     of seed 0."""
     from flowmatch import images
-    from flowmatch.evaluation import _nearest_picture
+    from flowmatch.evaluation import nearest_picture
 
     ds = flow.dataset
     with tempfile.TemporaryDirectory() as cache:
@@ -161,7 +161,7 @@ def _digits_figures(flow, name: str, variant: str, seed: int) -> dict:
     }
     if seed == 0:
         RESULTS.mkdir(exist_ok=True)
-        _nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-{name}-{variant}.png")
+        nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-{name}-{variant}.png")
     return out
 
 

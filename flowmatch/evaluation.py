@@ -278,34 +278,43 @@ def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, swe
 MEMORISATION_ROWS = {"full": 5000, "quick": 2000}
 
 
-def memorisation_report(flow, *, quick: bool = False, solver=None, nfe=None, seed: int = 0, folder: Path | None = None) -> dict[str, Any] | None:
-    """:func:`flowmatch.memorisation.memorisation` of the flow's samples against its data set's training
-    and test rows (None for built-in sets, which draw fresh points and have no training rows).
+def memorisation_report(flow, *, train=None, test=None, quick: bool = False, solver=None, nfe=None, seed: int = 0,
+                        folder: Path | None = None) -> dict[str, Any] | None:
+    """:func:`flowmatch.memorisation.memorisation` of the flow's samples, with its one-line ``warning``
+    ('' when there is none).
 
-    As many rows are generated as there are training rows (at least the test split's size, at most
-    :data:`MEMORISATION_ROWS`), from the training labels' classes for a conditional model. For
-    images with a ``folder``, ``nearest.png`` shows 16 generated images above their nearest
-    training images (the same L1 distance).
+    Against the flow's data set's training and test rows by default (None for built-in sets, which
+    draw fresh points and have no training rows), or against ``train`` and ``test`` points of your
+    own (data coordinates). As many rows are generated as there are training rows (at least the
+    test split's size, at most :data:`MEMORISATION_ROWS`), from the training labels' classes for a
+    conditional model of its data set. For images with a ``folder``, ``nearest.png`` shows 16
+    generated images above their nearest training images (the same L1 distance).
     """
-    ds = flow.dataset
-    if ds.n_train is None:
-        return None
     cap = MEMORISATION_ROWS["quick" if quick else "full"]
-    train = ds.training_rows(limit=cap * 4, seed=seed)  # the records (a random subset of very large sets)
-    n = min(max(ds.n_train, len(ds.test)), cap)
-    labels = None
-    if flow.num_classes and ds.train_labels is not None:
-        labels = ds.train_labels[torch.randint(len(ds.train_labels), (n,), generator=torch.Generator().manual_seed(seed))]
+    pool, image_shape = None, None  # the labels to draw classes from, the image shape
+    if train is None:
+        ds = flow.dataset
+        if ds.n_train is None:
+            return None
+        train, test, n_train = ds.training_rows(limit=cap * 4, seed=seed), ds.test, ds.n_train  # a subset of very large sets
+        image_shape = ds.image_shape
+        if flow.num_classes and ds.train_labels is not None:
+            pool = ds.train_labels
+    else:
+        n_train = len(train)
+    n = min(max(n_train, len(test)), cap)
+    labels = None if pool is None else pool[torch.randint(len(pool), (n,), generator=torch.Generator().manual_seed(seed))]
     solver, nfe = flow.resolve_sampler(solver, nfe)
     generated = flow.sample(n, solver=solver, nfe=nfe, seed=seed + 2, label=labels)
-    report = memorisation(generated, train, ds.test, seed=seed)
+    report = memorisation(generated, train, test, seed=seed)
     report["sampler"] = {"solver": solver, "nfe": nfe}
-    if folder is not None and ds.image_shape is not None:
-        report["pictures"] = [_nearest_picture(generated[:16], train, ds.image_shape, folder / "nearest.png")]
+    report["warning"] = memorisation_warning(report)
+    if folder is not None and image_shape is not None:
+        report["pictures"] = [nearest_picture(generated[:16], train, image_shape, folder / "nearest.png")]
     return report
 
 
-def _nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, out: Path) -> str:
+def nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, out: Path) -> str:
     """Rows of generated images, each above its nearest training image (the DCR's distance)."""
     from . import images
     from .memorisation import MinMaxScale, closest_records
@@ -371,10 +380,11 @@ def evaluate(
         raise FlowmatchError(f"run folder '{folder}' does not exist")
 
     name = flow.config.get("data", "")
-    held_a, held_b, scored = held_out(flow, n, n_likelihood, seed, reference)
     if train is not None and reference is None:
         raise FlowmatchError("train= goes with reference=: the memorisation figures need both")
+    reference = None if reference is None else _points(reference, flow.dim, "reference")
     train = None if train is None else _points(train, flow.dim, "train")
+    held_a, held_b, scored = held_out(flow, n, n_likelihood, seed, reference)
     report: dict[str, Any] = {
         "data": name,
         "dim": flow.dim,
@@ -401,16 +411,12 @@ def evaluate(
         report["likelihood"] = {"skipped": "the flow starts from a data set, whose density is unknown"}
 
     t = time.perf_counter()
-    if reference is not None:  # your own data: memorisation only when the training points are given
-        memo = None
-        if train is not None:
-            rows = min(max(len(train), len(held_a)), MEMORISATION_ROWS["quick" if quick else "full"])
-            memo = memorisation(flow.sample(rows, solver=solver, nfe=nfe, seed=seed + 2), train, _points(reference, flow.dim, "reference"), seed=seed)
-    else:
-        memo = memorisation_report(flow, quick=quick, solver=solver, nfe=nfe, seed=seed, folder=folder if pictures else None)
+    memo = None
+    if reference is None or train is not None:  # your own reference data: only with its training points
+        memo = memorisation_report(flow, train=train, test=reference, quick=quick, solver=solver, nfe=nfe, seed=seed,
+                                   folder=folder if pictures else None)
     if memo is not None:
         memo["seconds"] = time.perf_counter() - t
-        memo["warning"] = memorisation_warning(memo)
         report["memorisation"] = memo
 
     if sweep:

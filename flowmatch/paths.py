@@ -417,14 +417,11 @@ def transform_schedule(velocity: Callable, trained, target, *, iterations: int =
         ab, sb, dab, dsb = target.alpha(r), target.sigma(r), target.d_alpha(r), target.d_sigma(r)
         t = _match_snr(trained, ab, sb, iterations)
         a, s, da, ds = trained.alpha(t), trained.sigma(t), trained.d_alpha(t), trained.d_sigma(t)
-        near_data = a >= s
-        scale = torch.where(near_data, ab / torch.where(near_data, a, 1.0), sb / torch.where(near_data, 1.0, s))
+        near_data = a >= s  # divide by the larger of alpha and sigma (neither is 0 on its side)
+        big_a, big_s = torch.where(near_data, a, 1.0), torch.where(near_data, 1.0, s)
+        scale = torch.where(near_data, ab / big_a, sb / big_s)
         dt = (dab * sb - ab * dsb) / ((da * s - a * ds) * scale**2)
-        ds_dr = torch.where(
-            near_data,
-            (dab * a - ab * da * dt) / torch.where(near_data, a, 1.0) ** 2,
-            (dsb * s - sb * ds * dt) / torch.where(near_data, 1.0, s) ** 2,
-        )
+        ds_dr = torch.where(near_data, (dab * a - ab * da * dt) / big_a**2, (dsb * s - sb * ds * dt) / big_s**2)
         column = lambda c: c.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))  # noqa: E731
         u = velocity(x / column(scale), t.to(x.device, x.dtype).expand(x.shape[0]))
         return column(ds_dr / scale) * x + column(scale * dt) * u

@@ -240,66 +240,61 @@ class Flow:
             raise FlowmatchError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         if not isinstance(grad, bool):
             raise FlowmatchError(f"grad must be True or False, got {grad!r}")
-        with torch.set_grad_enabled(grad):
-            return self._generate(n, solver, nfe, grid, atol, rtol, seed, return_trajectory, progress, with_log_prob,
-                                  divergence, label, float(guidance), precision, batch_size, x0, grad, schedule)
+        with torch.set_grad_enabled(grad):  # no graph unless asked for
+            if self.device.type == "cpu":
+                batch_size = batch_size or CPU_BATCH_SIZE
+                _recycle_freed_memory()
+            if grad:  # one call for the whole batch: the chunks' shared output buffer is for inference
+                batch_size = None
+            labels = self.labels_for(n, label)
+            if with_log_prob:
+                velocity = self.velocity(labels, float(guidance))
+            else:
+                velocity = self._velocity_of(_in_row_chunks(self.model, batch_size), labels, float(guidance))
+            if schedule is not None:
+                from .paths import transform_schedule
 
-    def _generate(self, n, solver, nfe, grid, atol, rtol, seed, return_trajectory, progress, with_log_prob,
-                  divergence, label, guidance, precision, batch_size, x0, grad, schedule) -> Samples:
-        if self.device.type == "cpu":
-            batch_size = batch_size or CPU_BATCH_SIZE
-            _recycle_freed_memory()
-        if grad:  # one call for the whole batch: the chunks' shared output buffer is for inference
-            batch_size = None
-        labels = self.labels_for(n, label)
-        if with_log_prob:
-            velocity = self.velocity(labels, float(guidance))
-        else:
-            velocity = self._velocity_of(_in_row_chunks(self.model, batch_size), labels, float(guidance))
-        if schedule is not None:
-            from .paths import transform_schedule
+                velocity = transform_schedule(velocity, self.path.schedule, schedule)
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            if x0 is None:
+                x0 = self.draw_source(n, generator)
+            elif not isinstance(x0, torch.Tensor) or x0.shape != (n, self.dim) or not x0.is_floating_point():
+                shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+                raise FlowmatchError(f"x0 must be a float tensor of shape ({n}, {self.dim}), got {shape}")
+            elif not torch.isfinite(x0).all():
+                raise FlowmatchError("x0 has non-finite values")
+            x0 = x0.to(self.device, next((p.dtype for p in self.model.parameters()), torch.float32))  # the model's precision
+            if with_log_prob:
+                from .likelihood import sample_with_log_prob
 
-            velocity = transform_schedule(velocity, self.path.schedule, schedule)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        if x0 is None:
-            x0 = self.draw_source(n, generator)
-        elif not isinstance(x0, torch.Tensor) or x0.shape != (n, self.dim) or not x0.is_floating_point():
-            shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-            raise FlowmatchError(f"x0 must be a float tensor of shape ({n}, {self.dim}), got {shape}")
-        elif not torch.isfinite(x0).all():
-            raise FlowmatchError("x0 has non-finite values")
-        x0 = x0.to(self.device, next((p.dtype for p in self.model.parameters()), torch.float32))  # the model's precision
-        if with_log_prob:
-            from .likelihood import sample_with_log_prob
-
-            self._require_gaussian_source()
-            solution = sample_with_log_prob(
-                velocity, x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
-                generator=generator, return_trajectory=return_trajectory, progress=progress, grad=grad,
-            )  # fmt: skip
-        else:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                solution = integrate(
-                    velocity,
-                    x0,
-                    solver=solver,
-                    nfe=nfe,
-                    grid=grid,
-                    atol=atol,
-                    rtol=rtol,
-                    return_trajectory=return_trajectory,
-                    progress=progress,
-                )
-        trajectory = None
-        if solution.trajectory is not None:
-            trajectory = self.standardizer.inverse(solution.trajectory.cpu())
-        return Samples(
-            x=self.standardizer.inverse(solution.x.cpu()),
-            nfe=solution.nfe,
-            times=solution.times,
-            trajectory=trajectory,
-            log_prob=solution.log_prob + self.standardizer.log_abs_det() if with_log_prob else None,
-        )
+                self._require_gaussian_source()
+                solution = sample_with_log_prob(
+                    velocity, x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
+                    generator=generator, return_trajectory=return_trajectory, progress=progress, grad=grad,
+                )  # fmt: skip
+            else:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    solution = integrate(
+                        velocity,
+                        x0,
+                        solver=solver,
+                        nfe=nfe,
+                        grid=grid,
+                        atol=atol,
+                        rtol=rtol,
+                        return_trajectory=return_trajectory,
+                        progress=progress,
+                    )
+            trajectory = None
+            if solution.trajectory is not None:
+                trajectory = self.standardizer.inverse(solution.trajectory.cpu())
+            return Samples(
+                x=self.standardizer.inverse(solution.x.cpu()),
+                nfe=solution.nfe,
+                times=solution.times,
+                trajectory=trajectory,
+                log_prob=solution.log_prob + self.standardizer.log_abs_det() if with_log_prob else None,
+            )
 
     def sample(self, n: int, **options) -> torch.Tensor:
         """n samples in data coordinates, shape (n, D); options as for :meth:`generate`."""

@@ -224,7 +224,7 @@ def time_grid(name_or_times: GridSpec, steps: int, t0: float = 0.0, t1: float = 
             g = 1 - k * r / (1 + (k - 1) * r)
         else:
             raise FlowmatchError(
-                f"unknown time grid {name_or_times!r}; choose from {', '.join(TIME_GRIDS)} or pass a sequence of times"
+                f"unknown time grid {name_or_times!r}; choose from uniform, cosine, shift:K (K > 0, e.g. shift:3) or pass a sequence of times"
             )
         grid = t0 + (t1 - t0) * g
         grid[0], grid[-1] = t0, t1

@@ -75,7 +75,7 @@ from .data import GAUSSIAN_MIXTURES, Dataset, load_dataset
 from .errors import FlowmatchError
 from .models import build_model
 from . import losses as losses_module
-from .losses import Posterior, distillation_loss, flow_matching_loss, loss_weights
+from .losses import Posterior, distillation_loss, flow_matching_loss, loss_weights  # noqa: F401  loss_weights: re-exported
 from .paths import PATHS, AffinePath, make_path
 
 
@@ -470,11 +470,8 @@ class Validation:
             x0, x1 = couple(x0, x1, config.coupling, reg=config.ot_reg, generator=g, labels=y)
         t = ((torch.arange(len(x1)) + torch.rand(len(x1), generator=g)) / len(x1))[torch.randperm(len(x1), generator=g)]
         noise = torch.randn(x1.shape, generator=g) if path.bridge_sigma > 0 else None
-        sample = path.sample(x0, x1, t, noise)
-        self.x_t, self.t, self.velocity = sample.x_t.to(device), t.to(device), sample.velocity.to(device)
-        self.y = None if y is None else y.to(device)
-        weights = loss_weights(path, t, config.loss_weight)
-        self.weights = None if weights is None else weights.to(device)
+        self.path, self.weight = path, config.loss_weight
+        self.pairs = [None if v is None else v.to(device) for v in (x0, x1, t, noise, y)]
         self.best_loss, self.best_step = math.inf, 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self._scratch: torch.nn.Module | None = None
@@ -489,13 +486,13 @@ class Validation:
 
     @torch.no_grad()
     def loss(self, model: torch.nn.Module, chunk: int = 512) -> float:
-        errors = []
-        for i in range(0, len(self.x_t), chunk):
-            part = slice(i, i + chunk)
-            y = None if self.y is None else self.y[part]
-            errors.append((model(self.x_t[part], self.t[part], y).float() - self.velocity[part]).pow(2).flatten(1).mean(1))
-        error = torch.cat(errors)
-        return float((error if self.weights is None else self.weights * error).mean())
+        """:func:`~flowmatch.losses.flow_matching_loss` over the fixed triples, ``chunk`` rows a call."""
+        total, n = 0.0, len(self.pairs[0])
+        for i in range(0, n, chunk):
+            x0, x1, t, noise, y = (None if v is None else v[i : i + chunk] for v in self.pairs)
+            part = flow_matching_loss(model, self.path, x0, x1, t, labels=y, noise=noise, weight=self.weight)
+            total += float(part) * len(x1)
+        return total / n
 
     def update(self, step: int, model: torch.nn.Module) -> float:
         """Score ``model`` (the EMA weights, in eval mode) at ``step``; keep its weights if best so far."""
@@ -864,16 +861,11 @@ class EMA:
             b.copy_(source)
         return target
 
-    @torch.no_grad()
     def averaged_copy(self, model: torch.nn.Module) -> torch.nn.Module:
         """A copy of the model holding the EMA weights (a plain copy when EMA is off)."""
         import copy
 
-        clone = copy.deepcopy(model)
-        if self.shadow is not None:
-            for p, s in zip(clone.parameters(), self.shadow):
-                p.copy_(s)
-        return clone
+        return self.copy_into(model, copy.deepcopy(model))
 
 
 class _StopSignal:
@@ -1070,11 +1062,8 @@ def fit(
         memo = report.get("memorisation")
     else:  # the same figures the quick evaluation reports (same samples), for a run without it
         from .evaluation import memorisation_report
-        from .memorisation import memorisation_warning
 
         memo = memorisation_report(flow, quick=True, seed=config.seed)
-        if memo is not None:
-            memo["warning"] = memorisation_warning(memo)
     if memo is not None:
         metrics["memorisation"] = memo
     if out is not None:
