@@ -51,8 +51,9 @@ if __package__ in (None, ""):  # python bench/fewstep.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.heldout import HeldOut  # noqa: E402
-from flowmatch.rectify import distill, reflow, straightness  # noqa: E402
-from flowmatch.training import TrainConfig, fit  # noqa: E402
+from flowmatch.training.config import TrainConfig
+from flowmatch.training.fitting import fit  # noqa: E402
+from flowmatch.training.rectify import distill, reflow, straightness  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = {
@@ -78,9 +79,9 @@ NOISE_DRAWS = 5
 def coupling_cost(batch: int = 256, rounds: int = 9, repeats: int = 15) -> dict:
     """ms per call of couple(ot), couple(sinkhorn) and a default-model training step, interleaved."""
     from flowmatch.couplings import couple
-    from flowmatch.data import sample_builtin
-    from flowmatch.models import build_model
-    from flowmatch.paths import make_path
+    from flowmatch.data.toy import sample_builtin
+    from flowmatch.models.registry import build_model
+    from flowmatch.paths.affine import make_path
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -116,7 +117,7 @@ def coupling_cost(batch: int = 256, rounds: int = 9, repeats: int = 15) -> dict:
 
 def loop_step_ms(coupling: str, steps: int = 300) -> float:
     """ms per step of the whole training loop (flowmatch.training.train) with a coupling."""
-    from flowmatch.training import train
+    from flowmatch.training.loop import train
 
     result = train(TrainConfig(steps=steps, coupling=coupling, ot_reg=SINKHORN_REG, device="cpu", **FIXED_BATCH), progress=False)
     return result.seconds / steps * 1e3
@@ -249,7 +250,9 @@ def markdown(summary: dict, cost: dict, loop: dict, seeds, seconds: float) -> st
     ]
     for task, entry in summary.items():
         d = entry["student_draws"]
-        lines.append(f"| {task} | {min(d['distill-1']):.2f} to {max(d['distill-1']):.2f} | {min(d['distill-2']):.2f} to {max(d['distill-2']):.2f} |")
+        lines.append(
+            f"| {task} | {min(d['distill-1']):.2f} to {max(d['distill-1']):.2f} | {min(d['distill-2']):.2f} to {max(d['distill-2']):.2f} |"
+        )
     lines += [
         "",
         "Cost of the coupling at batch 256 (2-D, two-gaussians from noise), ms per call, medians of interleaved rounds:",

@@ -24,8 +24,8 @@ import statistics
 
 import torch
 
-from flowmatch.data import sample_builtin
-from flowmatch.metrics import w2_exact
+from flowmatch.data.toy import sample_builtin
+from flowmatch.evaluation.metrics import w2_exact
 
 
 class HeldOut:

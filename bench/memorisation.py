@@ -45,10 +45,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import flowmatch  # noqa: E402
-from flowmatch import data as data_module  # noqa: E402
+from flowmatch.data import toy as data_module  # noqa: E402
+from flowmatch.evaluation.memorisation import memorisation  # noqa: E402
+from flowmatch.evaluation.metrics import w2_exact  # noqa: E402
 from flowmatch.runs import dataset_from_config  # noqa: E402
-from flowmatch.memorisation import memorisation  # noqa: E402
-from flowmatch.metrics import w2_exact  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SETS = ("wine", "breast-cancer", "digits", "digits-unet", "moons-5000", "moons-50000")
@@ -65,9 +65,14 @@ VARIANTS = {
     "after-wd": {"optimizer": "adamw", "weight_decay": 1.0},
     "after-dropout": {"dropout": 0.1},
 }
-LABELS = {"before": "flowmatch before", "after": "flowmatch after", "forestflow": "ForestFlow",
-          "after-val100": "after, validation every 100 steps", "after-wd": "after + AdamW weight decay 1.0",
-          "after-dropout": "after + dropout 0.1"}
+LABELS = {
+    "before": "flowmatch before",
+    "after": "flowmatch after",
+    "forestflow": "ForestFlow",
+    "after-val100": "after, validation every 100 steps",
+    "after-wd": "after + AdamW weight decay 1.0",
+    "after-dropout": "after + dropout 0.1",
+}
 SAMPLE_SETS = 5
 MAX_ROWS = 2000
 PROBE_EVERY = 100
@@ -146,8 +151,8 @@ def _digits_figures(flow, name: str, variant: str, seed: int) -> dict:
     """Frechet distances of as many samples as training images to the test and the training
     features, beside the floor (test against training features), and the nearest-neighbour picture
     of seed 0."""
-    from flowmatch import images
-    from flowmatch.evaluation import nearest_picture
+    from flowmatch.evaluation import images
+    from flowmatch.evaluation.report import nearest_picture
 
     ds = flow.dataset
     with tempfile.TemporaryDirectory() as cache:
@@ -171,7 +176,14 @@ def run_forestflow(name: str, seed: int) -> dict:
     dataset = data_module.load_dataset(name, seed=seed)
     train, test = dataset.training_rows(), dataset.test
     started = time.perf_counter()
-    model = ForestDiffusionModel(train.numpy().astype(np.float64), n_t=50, duplicate_K=100, diffusion_type="flow", n_jobs=int(os.environ.get("FORESTFLOW_JOBS", "2")), seed=seed)
+    model = ForestDiffusionModel(
+        train.numpy().astype(np.float64),
+        n_t=50,
+        duplicate_K=100,
+        diffusion_type="flow",
+        n_jobs=int(os.environ.get("FORESTFLOW_JOBS", "2")),
+        seed=seed,
+    )
     seconds = time.perf_counter() - started
 
     def generate(n, s):
@@ -209,7 +221,9 @@ def table(results: list[dict]) -> str:
             if name == "moons-50000" and variant != "forestflow":
                 times = [r.get("time_to_quality") for r in rows]
                 shown = ", ".join("-" if t is None else f"{t:.1f}" for t in times)
-                ttq = (f"{statistics.median([t for t in times if t is not None]):.1f}" if any(t is not None for t in times) else "-") + f" ({shown})"
+                ttq = (
+                    f"{statistics.median([t for t in times if t is not None]):.1f}" if any(t is not None for t in times) else "-"
+                ) + f" ({shown})"
             label = LABELS[variant]
             lines.append(
                 f"| {name} | {label} (seeds {seeds}) | {_median(rows, 'copy_share')} ({statistics.median(r['copy_share_test'] for r in rows):.3f}) "
@@ -244,9 +258,12 @@ def main(argv: list[str] | None = None) -> None:
                 row = run_forestflow(name, seed) if variant == "forestflow" else run_flowmatch(name, data_spec(name, folder), variant, seed)
                 results = [r for r in results if (r["set"], r["variant"], r["seed"]) != (name, variant, seed)] + [row]
                 json_path.write_text(json.dumps(results, indent=1, default=float) + "\n")
-                print(f"{name} {variant} seed {seed}: copy {row['copy_share']:.3f}, DCR {row['dcr_ratio']:.3f}, "
-                      f"W_test {row['w_test']:.3f}, W_train {row['w_train']:.3f}, {row['train_seconds']:.1f} s "
-                      f"({time.perf_counter() - started:.0f} s in all)", flush=True)
+                print(
+                    f"{name} {variant} seed {seed}: copy {row['copy_share']:.3f}, DCR {row['dcr_ratio']:.3f}, "
+                    f"W_test {row['w_test']:.3f}, W_train {row['w_train']:.3f}, {row['train_seconds']:.1f} s "
+                    f"({time.perf_counter() - started:.0f} s in all)",
+                    flush=True,
+                )
     text = table(results)
     print(text)
     (RESULTS / f"{args.out}.md").write_text(

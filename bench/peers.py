@@ -79,10 +79,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
+import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -91,10 +91,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.heldout import HeldOut  # noqa: E402
-from flowmatch.data import TABLE_NAMES, load_dataset, sample_builtin  # noqa: E402
-from flowmatch.metrics import w2_exact  # noqa: E402
-from flowmatch.models import MLP  # noqa: E402
-from flowmatch.solvers import integrate  # noqa: E402
+from flowmatch.data.dataset import load_dataset  # noqa: E402
+from flowmatch.data.toy import TABLE_NAMES, sample_builtin
+from flowmatch.evaluation.metrics import w2_exact  # noqa: E402
+from flowmatch.models.mlp import MLP  # noqa: E402
+from flowmatch.solvers.integration import integrate  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = 3000
@@ -103,7 +104,32 @@ BATCH = DEFAULT_BATCH  # the peers' batch; run_task sets it from --batch in each
 DEFAULT_LR = 2e-3
 LR = DEFAULT_LR  # the peers' (and flowmatch ot's) learning rate; run_task sets it from --lr in each worker
 SEEDS = (0, 1, 2)
-PROBE_STEPS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10_000, 12_000)
+PROBE_STEPS = (
+    10,
+    25,
+    50,
+    75,
+    100,
+    150,
+    200,
+    300,
+    400,
+    500,
+    600,
+    800,
+    1000,
+    1250,
+    1500,
+    2000,
+    2500,
+    3000,
+    4000,
+    5000,
+    6000,
+    8000,
+    10_000,
+    12_000,
+)
 PROBE_SOLVER, PROBE_NFE = "rk4", 20
 THRESHOLD = 1.1
 N_SCORE, DRAWS = 1000, 10  # a 2-D score: the mean W2 over DRAWS chunks of N_SCORE samples (bench.heldout)
@@ -187,8 +213,7 @@ class Task:
             g = torch.Generator().manual_seed(10_001)
             m = len(self.reference)
             self.floor = statistics.mean(
-                w2_exact(self.train[torch.randperm(len(self.train), generator=g)[:m]], self.reference)
-                for _ in range(TABLE_DRAWS)
+                w2_exact(self.train[torch.randperm(len(self.train), generator=g)[:m]], self.reference) for _ in range(TABLE_DRAWS)
             )
             self.held = None
             n = m * TABLE_DRAWS
@@ -338,7 +363,8 @@ def train_peer(task: Task, loss_fn, steps: int, seed: int, also_reverse: bool = 
 
 def train_flowmatch(task: Task, steps: int, seed: int, folder: Path | None = None, **options):
     """flowmatch.training.train; probes through its callback (the training clock stops during them)."""
-    from flowmatch.training import TrainConfig, train
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.loop import train
 
     probes = []
 
@@ -368,9 +394,9 @@ def _throughput_worker(args):
     model.eval()
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
     if kind.startswith("flowmatch"):
-        from flowmatch.data import Standardizer
-        from flowmatch.paths import make_path
-        from flowmatch.runs import Flow
+        from flowmatch.data.standardize import Standardizer
+        from flowmatch.flow import Flow
+        from flowmatch.paths.affine import make_path
 
         identity = Standardizer(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
         obj = Flow(model, make_path("linear", 0.0, 0.0), identity, {"source": "gaussian", "seed": 0})
@@ -446,7 +472,11 @@ def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: 
         reverse = [{"step": p["step"], "seconds": p["seconds"], "score": p.pop("score_reverse")} for p in probes]
         record("seed (reverse)", model, seconds, reverse)
         record("seed (forward)", model, seconds, probes)
-    for system, loss in (("TorchCFM CFM", torchcfm_loss(False)), ("TorchCFM OT-CFM", torchcfm_loss(True)), ("Meta flow_matching", meta_loss())):
+    for system, loss in (
+        ("TorchCFM CFM", torchcfm_loss(False)),
+        ("TorchCFM OT-CFM", torchcfm_loss(True)),
+        ("Meta flow_matching", meta_loss()),
+    ):
         model, seconds, probes = train_peer(task, loss, steps, seed)
         record(system, model, seconds, probes)
     if peers_only:
@@ -464,7 +494,7 @@ def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: 
         result.flow.save_checkpoint(teacher)
         record("flowmatch ot", result.flow, result.seconds, probes)
         teacher_seconds = result.seconds
-        from flowmatch.rectify import distill
+        from flowmatch.training.rectify import distill
 
         student, metrics = distill(
             teacher, Path(tmp) / "distill-1", nfe=1, n_pairs=PAIRS, steps=DISTILL_STEPS, lr=1e-3, progress=False, evaluate=False
@@ -515,7 +545,11 @@ def versus_peers(summary: dict) -> dict:
     for name, res in summary.items():
         rows = res["rows"]
         timed = {s: r for s, r in rows.items() if "time_to_quality_s" in r}
-        ours = {s: r["time_to_quality_s"]["median"] for s, r in timed.items() if s.startswith("flowmatch") and r["time_to_quality_s"]["median"] is not None}
+        ours = {
+            s: r["time_to_quality_s"]["median"]
+            for s, r in timed.items()
+            if s.startswith("flowmatch") and r["time_to_quality_s"]["median"] is not None
+        }
         theirs = {s: r["time_to_quality_s"]["median"] for s, r in timed.items() if s in PEERS}
         if not ours or not theirs:
             continue
@@ -526,7 +560,13 @@ def versus_peers(summary: dict) -> dict:
             out[name] = {"flowmatch": best, "seconds": ours[best], "peer": peer, "peer_seconds": reached[peer], "bound": False}
         else:  # no peer got there: each is slower than its own training time
             peer = min(theirs, key=lambda s: timed[s]["train_s"]["median"])
-            out[name] = {"flowmatch": best, "seconds": ours[best], "peer": peer, "peer_seconds": timed[peer]["train_s"]["median"], "bound": True}
+            out[name] = {
+                "flowmatch": best,
+                "seconds": ours[best],
+                "peer": peer,
+                "peer_seconds": timed[peer]["train_s"]["median"],
+                "bound": True,
+            }
         out[name]["ratio"] = out[name]["seconds"] / out[name]["peer_seconds"]
     return out
 
@@ -580,7 +620,11 @@ def table(summary: dict, tput: dict, header: str) -> str:
         base = tput.get("torchdiffeq")
         for kind, r in tput.items():
             users = ", ".join(s for s, k in SAMPLER_KIND.items() if k == kind)
-            ratio = f"{r['8']['samples_per_s'] / base['8']['samples_per_s']:.2f}x / {r['100']['samples_per_s'] / base['100']['samples_per_s']:.2f}x" if base else "—"
+            ratio = (
+                f"{r['8']['samples_per_s'] / base['8']['samples_per_s']:.2f}x / {r['100']['samples_per_s'] / base['100']['samples_per_s']:.2f}x"
+                if base
+                else "—"
+            )
             lines.append(
                 f"| {SAMPLER_NAME[kind]} ({users}) | {r['8']['samples_per_s']:,.0f} | {r['100']['samples_per_s']:,.0f} | {ratio} | "
                 f"{r['8']['peak_mib']:.0f} | {r['100']['peak_mib']:.0f} |"
@@ -643,7 +687,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes running (task, seed) jobs at once (default 2)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"the peers' (and flowmatch ot's) batch (default {DEFAULT_BATCH})")
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"the peers' (and flowmatch ot's) learning rate (default {DEFAULT_LR:g})")
+    parser.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help=f"the peers' (and flowmatch ot's) learning rate (default {DEFAULT_LR:g})"
+    )
     parser.add_argument(
         "--peers-only", action="store_true", help="train only the peers (e.g. with a longer --steps); writes peers-long-<tasks>.* instead"
     )
@@ -670,7 +716,8 @@ def main(argv: list[str] | None = None) -> None:
             tput[kind] = {str(nfe): throughput(kind, state, nfe) for nfe in (8, 100)}
             print(f"  throughput {kind}: {tput[kind]}", flush=True)
     load_end = os.getloadavg()
-    from flowmatch.training import TrainConfig, resolve_precision
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.devices import resolve_precision
 
     default = TrainConfig()
     header = (

@@ -90,8 +90,8 @@ def sample_forward(model, n: int = 2000, timesteps: int = 100, seed: int = 0) ->
 
 
 def main() -> None:
-    from flowmatch.data import sample_builtin
-    from flowmatch.metrics import w2_exact
+    from flowmatch.data.toy import sample_builtin
+    from flowmatch.evaluation.metrics import w2_exact
 
     model, seconds = train_seed()
     held_a = sample_builtin("two-gaussians", 2000, generator=1)

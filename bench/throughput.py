@@ -88,7 +88,8 @@ def flops_per_point(model: torch.nn.Module, n: int = 1024) -> float:
 
 
 def trained_flow():
-    from flowmatch.training import TrainConfig, train
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.loop import train
 
     return train(TrainConfig(data=DATA, steps=TRAIN_STEPS, device="cpu", seed=0), progress=False).flow
 
@@ -127,7 +128,7 @@ def sampler_rates(flow, nfe: int, n: int) -> dict[str, list[float]]:
 
 def bf16_quality(flow) -> dict[str, dict[str, float]]:
     """Per NFE: W2 between bf16 and fp32 samples from the same noise, each against held-out data, the floor."""
-    from flowmatch.metrics import w2_exact
+    from flowmatch.evaluation.metrics import w2_exact
 
     test = flow.dataset.test
     held, other = test[:QUALITY_N], test[QUALITY_N : 2 * QUALITY_N]

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from bench.seed_recipe import train_seed
-from flowmatch.training import TrainConfig, resolve_config, resolve_precision, train
+from flowmatch.training.config import TrainConfig, resolve_config
+from flowmatch.training.devices import resolve_precision
+from flowmatch.training.loop import train
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import FlowmatchError
-from .runs import PRECISIONS
-from .paths import PATHS
-from .solvers import SOLVERS, time_grid
-from .training import PRESETS, TrainConfig, fit, resume_config
+from flowmatch.errors import FlowmatchError
+from flowmatch.flow import PRECISIONS
+from flowmatch.paths.affine import PATHS
+from flowmatch.solvers.grids import time_grid
+from flowmatch.solvers.tableaus import SOLVERS
+from flowmatch.storage import atomic_file
+from flowmatch.training.config import PRESETS, TrainConfig
+from flowmatch.training.fitting import fit, resume_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +50,13 @@ def _add_train(sub) -> None:
     for f in dataclasses.fields(TrainConfig):
         meta, flag = f.metadata, "--" + f.name.replace("_", "-")
         if f.type == "bool":
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"{meta['help']} (default: {f.default})")
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{meta['help']} (default: {f.default})",
+            )
             continue
         p.add_argument(
             flag,
@@ -107,7 +114,7 @@ def _cmd_train(args) -> int:
             f"(floor {metrics['w2_floor']:.4f}, ratio {metrics['w2_ratio']:.2f}), {metrics['train_seconds']:.1f} s"
         )
         if "report" in metrics:
-            from .evaluation import summary_line
+            from flowmatch.evaluation.report import summary_line
 
             print(f"quick evaluation (report.json): {summary_line(metrics['report'])}")
         if metrics.get("memorisation", {}).get("warning"):
@@ -125,10 +132,16 @@ def _add_sample(sub) -> None:
     _add_solver_flags(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     p.add_argument("--trajectory", action="store_true", help="save the whole trajectory, shape (steps + 1, n, D); .npy only")
-    p.add_argument("--label", type=_label_list, help="class label(s) of a conditional model, e.g. 3 or 0,1,2: n samples of each, in that order")
+    p.add_argument(
+        "--label", type=_label_list, help="class label(s) of a conditional model, e.g. 3 or 0,1,2: n samples of each, in that order"
+    )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w (1 = plain conditional; default: 1)")
-    p.add_argument("--schedule", default=None, choices=PATHS,
-                   help="sample under this path's schedule instead of the one trained on (the velocity is rewritten; same endpoints for an exact field)")
+    p.add_argument(
+        "--schedule",
+        default=None,
+        choices=PATHS,
+        help="sample under this path's schedule instead of the one trained on (the velocity is rewritten; same endpoints for an exact field)",
+    )
     p.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
         help="precision of the network: bf16 runs it in bfloat16 (faster on CPUs and GPUs with bf16 units); the ODE state stays float32 (default: fp32)",
@@ -154,16 +167,23 @@ def _grid(text: str) -> str:
 
 def _add_solver_flags(p) -> None:
     p.add_argument("--solver", default=None, choices=SOLVERS, help="ODE solver (default: rk4; a distilled student: euler)")
-    p.add_argument("--nfe", type=int, default=None, help="velocity evaluations for fixed-step solvers (default: 100; a distilled student: its own)")
-    p.add_argument("--grid", default="uniform", type=_grid, help="time grid of fixed-step solvers: uniform, cosine or shift:K (noise levels shifted by K, as diffusers' flow-match schedulers)")
+    p.add_argument(
+        "--nfe", type=int, default=None, help="velocity evaluations for fixed-step solvers (default: 100; a distilled student: its own)"
+    )
+    p.add_argument(
+        "--grid",
+        default="uniform",
+        type=_grid,
+        help="time grid of fixed-step solvers: uniform, cosine or shift:K (noise levels shifted by K, as diffusers' flow-match schedulers)",
+    )
     p.add_argument("--atol", type=float, default=1e-5, help="dopri5 absolute tolerance (default: 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 relative tolerance (default: 1e-5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
 
 
 def _cmd_sample(args) -> int:
-    from .runs import load
-    from .training import resolve_device
+    from flowmatch.runs import load
+    from flowmatch.training.devices import resolve_device
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):
@@ -201,18 +221,12 @@ def _cmd_sample(args) -> int:
 
 
 def write_array(path: Path, array: np.ndarray) -> None:
-    """Write .npy or .csv atomically (temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if path.suffix == ".npy":
-                np.save(fh, array)
-            else:
-                np.savetxt(fh, array, delimiter=",", fmt="%.8g")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write .npy or .csv atomically."""
+    with atomic_file(path) as tmp:
+        if path.suffix == ".npy":
+            np.save(tmp, array)
+        else:
+            np.savetxt(tmp, array, delimiter=",", fmt="%.8g")
 
 
 # -- eval and plot -------------------------------------------------------------------------------
@@ -225,16 +239,25 @@ def _add_eval(sub) -> None:
         "pictures into the run folder (each atomically) and prints a table.",
     )
     p.add_argument("--run", required=True, help="run folder written by 'flowmatch train'")
-    p.add_argument("--quick", action="store_true", help="the cheap report 'flowmatch train' writes: 1,000 samples, rk4 NLL of 500 points, no pictures")
+    p.add_argument(
+        "--quick", action="store_true", help="the cheap report 'flowmatch train' writes: 1,000 samples, rk4 NLL of 500 points, no pictures"
+    )
     p.add_argument("-n", type=int, default=None, help="samples for the quality metrics (default: 5000; quick: 1000)")
     p.add_argument("--n-likelihood", type=int, default=None, help="held-out points to score (default: 2000; quick: 500)")
-    p.add_argument("--solver", default=None, choices=SOLVERS, help="sampler for the quality metrics (default: rk4; a distilled student: euler)")
+    p.add_argument(
+        "--solver", default=None, choices=SOLVERS, help="sampler for the quality metrics (default: rk4; a distilled student: euler)"
+    )
     p.add_argument("--nfe", type=int, default=None, help="sampler NFE (default: 100; a distilled student: its own)")
     p.add_argument("--likelihood-solver", default=None, choices=SOLVERS, help="solver for the NLL (default: dopri5; quick: rk4)")
     p.add_argument("--likelihood-nfe", type=int, default=None, help="NFE of a fixed-step likelihood solver (default: 100; quick: 40)")
     p.add_argument("--atol", type=float, default=1e-5, help="dopri5 absolute tolerance (default: 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 relative tolerance (default: 1e-5)")
-    p.add_argument("--divergence", default="auto", choices=("auto", "exact", "hutchinson"), help="exact (D backward passes) or Hutchinson; auto: exact up to D = 16")
+    p.add_argument(
+        "--divergence",
+        default="auto",
+        choices=("auto", "exact", "hutchinson"),
+        help="exact (D backward passes) or Hutchinson; auto: exact up to D = 16",
+    )
     p.add_argument("--probes", type=int, default=1, help="Rademacher probes per point for Hutchinson (default: 1)")
     p.add_argument("--no-pictures", action="store_true", help="write report.json only")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out draws, noise and probes (default: 0)")
@@ -243,9 +266,9 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluation import evaluate, format_report
-    from .runs import load
-    from .training import resolve_device
+    from flowmatch.evaluation.report import evaluate, format_report
+    from flowmatch.runs import load
+    from flowmatch.training.devices import resolve_device
 
     flow = load(args.run, device=str(resolve_device(args.device)))
     report = evaluate(
@@ -274,7 +297,7 @@ def _cmd_eval(args) -> int:
 
 
 def _add_plot(sub) -> None:
-    from .evaluation import PICTURES
+    from flowmatch.evaluation.report import PICTURES
 
     p = sub.add_parser(
         "plot",
@@ -285,16 +308,18 @@ def _add_plot(sub) -> None:
     p.add_argument("--run", required=True, help="run folder written by 'flowmatch train'")
     p.add_argument("--what", required=True, choices=list(PICTURES), help="which picture")
     p.add_argument("--out", default=None, help="output file (default: RUN/<what>.png, animation.gif for the animation)")
-    p.add_argument("-n", type=int, default=2000, help="samples and held-out points to draw (default: 2000; the NFE sweep uses at most 1000)")
+    p.add_argument(
+        "-n", type=int, default=2000, help="samples and held-out points to draw (default: 2000; the NFE sweep uses at most 1000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out draws and noise (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _cmd_plot(args) -> int:
-    from .evaluation import PICTURES, picture
-    from .runs import load
-    from .training import resolve_device
+    from flowmatch.evaluation.report import PICTURES, picture
+    from flowmatch.runs import load
+    from flowmatch.training.devices import resolve_device
 
     out = Path(args.out) if args.out else Path(args.run) / PICTURES[args.what]
     wanted = Path(PICTURES[args.what]).suffix
@@ -368,7 +393,7 @@ def _report_rectified(out: str, result, metrics: dict[str, Any], steps: int) -> 
 
 
 def _cmd_reflow(args) -> int:
-    from .rectify import reflow
+    from flowmatch.training.rectify import reflow
 
     result, metrics = reflow(
         args.run, args.out, n_pairs=args.pairs, steps=args.steps, teacher_solver=args.teacher_solver,
@@ -383,7 +408,7 @@ def _add_distill(sub) -> None:
 
 
 def _cmd_distill(args) -> int:
-    from .rectify import distill
+    from flowmatch.training.rectify import distill
 
     result, metrics = distill(
         args.run, args.out, nfe=args.nfe, n_pairs=args.pairs, steps=args.steps, teacher_solver=args.teacher_solver,

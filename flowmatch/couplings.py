@@ -57,7 +57,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import FlowmatchError
+from flowmatch.errors import FlowmatchError
 
 COUPLINGS: tuple[str, ...] = ("independent", "ot", "sinkhorn")
 

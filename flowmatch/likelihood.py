@@ -44,13 +44,14 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 
-from .errors import FlowmatchError
-from .solvers import SOLVERS, integrate
+from flowmatch.errors import FlowmatchError
+from flowmatch.solvers.integration import integrate
+from flowmatch.solvers.tableaus import SOLVERS
 
 #: ``divergence="auto"`` uses the exact divergence up to this many dimensions, Hutchinson above.
 EXACT_MAX_DIM = 16
@@ -324,9 +325,7 @@ def sample_with_log_prob(
         )
     lp = log_normal(x0.double()) + sol.x[:, -1].double()
     trajectory = sol.trajectory[..., :-1] if sol.trajectory is not None else None
-    return SampledLogDensity(
-        x=sol.x[:, :-1], log_prob=lp.cpu(), nfe=sol.nfe, divergence=kind, times=sol.times, trajectory=trajectory
-    )
+    return SampledLogDensity(x=sol.x[:, :-1], log_prob=lp.cpu(), nfe=sol.nfe, divergence=kind, times=sol.times, trajectory=trajectory)
 
 
 def summarize(log_p: torch.Tensor, dim: int) -> NLL:

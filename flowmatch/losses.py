@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import GaussianMixture
-from .errors import FlowmatchError
-from .paths import AffinePath
+from flowmatch.data.toy import GaussianMixture
+from flowmatch.errors import FlowmatchError
+from flowmatch.paths.affine import AffinePath
 
 TIME_DISTRIBUTIONS = ("uniform", "logit-normal")
 WEIGHTS = ("none", "x1", "x0")

@@ -19,385 +19,33 @@ write never leaves a half-written run and an existing run is only replaced with 
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoints import latest_state, list_states, save_tensors_atomic, unprefixed, write_json_atomic
-from .data import Dataset, Standardizer, load_dataset
-from .errors import FlowmatchError
-from .models import build_model
-from .paths import AffinePath, make_path
-from .solvers import integrate
+from flowmatch.data.dataset import Dataset, load_dataset
+from flowmatch.data.standardize import Standardizer
+from flowmatch.errors import FlowmatchError
+from flowmatch.flow import Flow
+from flowmatch.models.registry import build_model
+from flowmatch.paths.affine import make_path
+from flowmatch.storage import read_json, save_tensors, write_json
+from flowmatch.training.checkpoints import latest_state, list_states, unprefixed
 
 FORMAT_VERSION = 1
+
+
 CHECKPOINT = "checkpoint.safetensors"
+
+
 CHECKPOINT_META = "checkpoint.json"
+
+
 CONFIG = "config.json"
-
-#: Precisions the sampler's network can run in (the state and the solver stay float32).
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-
-#: Rows per network call when sampling on the CPU with ``batch_size=None``: a chunk's hidden
-#: activations (2048 x 256 floats = 2 MiB for the default MLP) stay in cache, where the whole
-#: batch's (100,000 rows: 100 MiB per layer) would stream through memory on every layer.
-CPU_BATCH_SIZE = 2048
-
-#: One untouched allocation of this size before row-chunked CPU sampling (see :func:`_recycle_freed_memory`).
-_MALLOC_WARM_BYTES = 16 << 20
-
-
-@dataclass
-class Samples:
-    """Generated samples in data coordinates, with the solver's record of how they were made."""
-
-    x: torch.Tensor
-    nfe: int
-    times: torch.Tensor | None = None
-    trajectory: torch.Tensor | None = None  # (len(times), n, D) in data coordinates
-    log_prob: torch.Tensor | None = None  # (n,) float64 log-density of each sample in data coordinates
-
-
-class Flow:
-    """A trained velocity field with its path and data coordinates; samples and (later) scores data."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        path: AffinePath,
-        standardizer: Standardizer,
-        config: dict[str, Any],
-        dataset: Dataset | None = None,
-        source: Dataset | None = None,
-    ):
-        self.model = model
-        self.path = path
-        self.standardizer = standardizer
-        self.config = config
-        self._dataset = dataset
-        self._source = source
-
-    @property
-    def dim(self) -> int:
-        return int(self.standardizer.mean.numel())
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def source(self) -> Dataset | None:
-        """The source distribution at t = 0: None for N(0, I), else a data set (``--source``)."""
-        spec = self.config.get("source", "gaussian")
-        if spec == "gaussian":
-            return None
-        if self._source is None:
-            self._source = load_dataset(spec, seed=self.config["seed"] + 1)
-        return self._source
-
-    def draw_source(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws of x0 in model coordinates: N(0, I), or the source data set's points."""
-        if self.source is None:
-            return torch.randn(n, self.dim, generator=generator)
-        return self.source.sample(n, generator if generator is not None else torch.Generator().manual_seed(0))
-
-    @property
-    def dataset(self) -> Dataset:
-        """The training data set (rebuilt from the config on first use after loading)."""
-        if self._dataset is None:
-            self._dataset = dataset_from_config(self.config)
-        return self._dataset
-
-    @property
-    def num_classes(self) -> int:
-        """Classes the model was trained to condition on (0: unconditional)."""
-        return int(getattr(self.model, "config", {}).get("num_classes", 0))
-
-    def labels_for(self, n: int, label) -> torch.Tensor | None:
-        """Per-sample class labels (n,) from one class, a sequence of n classes, or None."""
-        if label is None:
-            return None
-        if not self.num_classes:
-            raise FlowmatchError("this model was trained without labels; sample it without --label")
-        y = torch.as_tensor(label).long().reshape(-1)
-        if y.numel() == 1:
-            y = y.expand(n)
-        if y.numel() != n:
-            raise FlowmatchError(f"got {y.numel()} labels for {n} samples")
-        if (y < 0).any() or (y >= self.num_classes).any():
-            raise FlowmatchError(f"label out of range: the model knows classes 0..{self.num_classes - 1}")
-        return y.to(self.device)
-
-    def velocity(self, labels: torch.Tensor | None = None, guidance: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """v(x, t) in model coordinates, as the solvers call it.
-
-        With labels and classifier-free guidance weight w: v = v_uncond + w (v_cond - v_uncond), where
-        v_uncond uses the learned null label; w = 1 is the plain conditional model (one evaluation),
-        otherwise both halves go through the model as one batch.
-        """
-        return self._velocity_of(self.model, labels, guidance)
-
-    def _velocity_of(self, model: Callable, labels: torch.Tensor | None, guidance: float) -> Callable:
-        if labels is None:
-            return model
-        if guidance == 1.0:
-            return lambda x, t: model(x, t, labels)
-        both = torch.cat([labels, torch.full_like(labels, self.num_classes)])
-
-        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v_cond, v_uncond = model(torch.cat([x, x]), t, both).chunk(2)
-            return v_uncond + guidance * (v_cond - v_uncond)
-
-        return guided
-
-    def resolve_sampler(self, solver: str | None = None, nfe: int | None = None) -> tuple[str, int]:
-        """The (solver, NFE) to sample with: what is given, the rest from the flow's own default.
-
-        The default is rk4 at NFE 100, and for a distilled student (config ``objective`` distill) the
-        Euler NFE it was trained for; an NFE left out with another solver is 100.
-        """
-        default = ("euler", int(self.config.get("distill_nfe", 1))) if self.config.get("objective") == "distill" else ("rk4", 100)
-        solver = default[0] if solver is None else solver
-        if nfe is None:
-            nfe = default[1] if solver == default[0] else 100
-        return solver, nfe
-
-    def generate(
-        self,
-        n: int,
-        *,
-        solver: str | None = None,
-        nfe: int | None = None,
-        grid: str = "uniform",
-        atol: float = 1e-5,
-        rtol: float = 1e-5,
-        seed: int | None = None,
-        return_trajectory: bool = False,
-        progress: bool = False,
-        with_log_prob: bool = False,
-        divergence: str = "auto",
-        label=None,
-        guidance: float = 1.0,
-        precision: str = "fp32",
-        batch_size: int | None = None,
-        x0: torch.Tensor | None = None,
-        grad: bool = False,
-        schedule=None,
-    ) -> Samples:
-        """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
-
-        ``x0`` gives the starting points yourself, shape (n, D) in model coordinates (for the N(0, I)
-        source: the noise), for example to push the same noise through several models; by default
-        n are drawn from the source with ``seed``.
-
-        ``solver`` and ``nfe`` default to :meth:`resolve_sampler`'s choice (rk4 at NFE 100; a distilled
-        student's own Euler NFE).
-
-        ``with_log_prob=True`` also integrates d/dt log p = -div v along each path (see
-        ``flowmatch.likelihood``) and fills ``Samples.log_prob`` with each sample's log-density in data
-        coordinates (``divergence``: auto, exact or hutchinson).
-
-        ``label`` (one class or n classes) samples a class-conditional model, with classifier-free
-        ``guidance`` weight w (see :meth:`velocity`).
-
-        ``precision="bf16"`` runs the network under ``torch.autocast(bfloat16)`` on the flow's device
-        (its matrix products in bfloat16, elementwise work such as the time embedding in float32)
-        and casts each velocity back to float32: the state and the solver's sums stay float32.
-        It cannot be combined with ``with_log_prob`` (the divergence integral needs float32).
-
-        ``batch_size`` is the number of rows per network call (the solver still steps the whole
-        batch at once, so results equal one big call up to float rounding); None means
-        :data:`CPU_BATCH_SIZE` on the CPU, where cache-sized calls are faster, and the whole batch
-        on other devices. It does not apply with ``with_log_prob``.
-
-        ``schedule`` (a path name, an AffinePath or a Schedule) samples under another schedule than the
-        one trained on, with the velocity rewritten for it (:func:`flowmatch.paths.transform_schedule`);
-        ``grid`` ("uniform", "cosine", "shift:K" or explicit times) places the solver's steps.
-
-        ``grad=True`` keeps the result in the autograd graph of ``x0`` and of the model's parameters
-        (backpropagation through every solver step; with ``with_log_prob``, through the divergence
-        too): for a loss on the samples, or d x1 / d x0. Without it the solve records no graph.
-        """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
-        solver, nfe = self.resolve_sampler(solver, nfe)
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
-        if precision not in PRECISIONS:
-            raise FlowmatchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-        if precision != "fp32" and with_log_prob:
-            raise FlowmatchError(f"log-densities need float32: sample with precision='fp32' to get with_log_prob (got {precision!r})")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise FlowmatchError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if not isinstance(grad, bool):
-            raise FlowmatchError(f"grad must be True or False, got {grad!r}")
-        with torch.set_grad_enabled(grad):  # no graph unless asked for
-            if self.device.type == "cpu":
-                batch_size = batch_size or CPU_BATCH_SIZE
-                _recycle_freed_memory()
-            if grad:  # one call for the whole batch: the chunks' shared output buffer is for inference
-                batch_size = None
-            labels = self.labels_for(n, label)
-            if with_log_prob:
-                velocity = self.velocity(labels, float(guidance))
-            else:
-                velocity = self._velocity_of(_in_row_chunks(self.model, batch_size), labels, float(guidance))
-            if schedule is not None:
-                from .paths import transform_schedule
-
-                velocity = transform_schedule(velocity, self.path.schedule, schedule)
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            if x0 is None:
-                x0 = self.draw_source(n, generator)
-            elif not isinstance(x0, torch.Tensor) or x0.shape != (n, self.dim) or not x0.is_floating_point():
-                shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-                raise FlowmatchError(f"x0 must be a float tensor of shape ({n}, {self.dim}), got {shape}")
-            elif not torch.isfinite(x0).all():
-                raise FlowmatchError("x0 has non-finite values")
-            x0 = x0.to(self.device, next((p.dtype for p in self.model.parameters()), torch.float32))  # the model's precision
-            if with_log_prob:
-                from .likelihood import sample_with_log_prob
-
-                self._require_gaussian_source()
-                solution = sample_with_log_prob(
-                    velocity, x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
-                    generator=generator, return_trajectory=return_trajectory, progress=progress, grad=grad,
-                )  # fmt: skip
-            else:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    solution = integrate(
-                        velocity,
-                        x0,
-                        solver=solver,
-                        nfe=nfe,
-                        grid=grid,
-                        atol=atol,
-                        rtol=rtol,
-                        return_trajectory=return_trajectory,
-                        progress=progress,
-                    )
-            trajectory = None
-            if solution.trajectory is not None:
-                trajectory = self.standardizer.inverse(solution.trajectory.cpu())
-            return Samples(
-                x=self.standardizer.inverse(solution.x.cpu()),
-                nfe=solution.nfe,
-                times=solution.times,
-                trajectory=trajectory,
-                log_prob=solution.log_prob + self.standardizer.log_abs_det() if with_log_prob else None,
-            )
-
-    def sample(self, n: int, **options) -> torch.Tensor:
-        """n samples in data coordinates, shape (n, D); options as for :meth:`generate`."""
-        return self.generate(n, **options).x
-
-    def _require_gaussian_source(self) -> None:
-        if self.config.get("source", "gaussian") != "gaussian":
-            raise FlowmatchError(
-                f"log-densities need the N(0, I) source; this flow starts from '{self.config['source']}', whose density is unknown"
-            )
-
-    def log_prob(
-        self,
-        x,
-        *,
-        solver: str = "dopri5",
-        nfe: int = 100,
-        atol: float = 1e-5,
-        rtol: float = 1e-5,
-        divergence: str = "auto",
-        probes: int = 1,
-        seed: int = 0,
-        batch_size: int = 4096,
-        progress: bool = False,
-        grad: bool = False,
-    ) -> torch.Tensor:
-        """log p(x) of the model at points x (n, D) in data coordinates: float64, shape (n,).
-
-        ``grad=True`` keeps it in the autograd graph of x and of the model's parameters (see
-        :func:`flowmatch.likelihood.log_prob`).
-
-        log p_x(x) = log p_z(z) + log |dz/dx|, z = (x - mean) / std the model coordinates, where
-        log p_z(z) = log N(z(0); 0, I) - int_0^1 div v dt comes from integrating back to t = 0
-        (``flowmatch.likelihood.flow_log_prob``, whose options these are) and log |dz/dx| = -sum(log std).
-        """
-        from .likelihood import flow_log_prob
-
-        return flow_log_prob(
-            self, x, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
-            probes=probes, seed=seed, batch_size=batch_size, progress=progress, grad=grad,
-        ).log_prob  # fmt: skip
-
-    def to(self, device) -> "Flow":
-        self.model.to(device)
-        return self
-
-    # -- saving and loading -------------------------------------------------------------------
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {
-            "format": "flowmatch-checkpoint",
-            "version": FORMAT_VERSION,
-            "dim": self.dim,
-            "model": self.model.config,
-            "path": {
-                "name": self.path.name,
-                "sigma_min": getattr(self.path.schedule, "sigma_min", 0.0),
-                "bridge_sigma": self.path.bridge_sigma,
-            },
-            "standardizer": self.standardizer.to_dict(),
-        }
-
-    def save_checkpoint(self, folder: Path) -> None:
-        """Weights (safetensors) and metadata, each written atomically (weights first)."""
-        save_tensors_atomic(Path(folder) / CHECKPOINT, self.model.state_dict())
-        write_json_atomic(Path(folder) / CHECKPOINT_META, self.checkpoint_meta())
-
-
-def _recycle_freed_memory() -> None:
-    """Make glibc's malloc keep the MiB-sized blocks that row-chunked sampling frees and reallocates.
-
-    glibc serves blocks above its mmap threshold (128 KiB at start) with fresh pages from the OS and
-    returns free heap above its trim threshold to the OS, so a chunk's activations (2 MiB each for the
-    default MLP) can come back as new pages, and page faults, on every network call: measured ~400,000
-    faults and ~25% of the fp32 sampling time for 100,000 points at NFE 8. Freeing an mmap'd block
-    raises the mmap threshold to its size and the trim threshold to twice that (mallopt(3), "dynamic
-    mmap threshold"); this one allocation, freed at once and never written, does that. Other
-    allocators are unaffected.
-    """
-    torch.empty(_MALLOC_WARM_BYTES, dtype=torch.uint8)
-
-
-def _in_row_chunks(model: Callable, rows: int | None) -> Callable:
-    """model(x, t[, y]) evaluated ``rows`` rows at a time (all at once for None), returned in x's dtype.
-
-    Per-row arguments (labels, a (batch,) tensor of times) are split with x; the pieces are
-    written into one output, so under autocast the velocity comes back as float32.
-    """
-
-    def call(x: torch.Tensor, t, *extra) -> torch.Tensor:
-        n = x.shape[0]
-        if rows is None or n <= rows:
-            return model(x, t, *extra).to(x.dtype)
-        per_row_t = isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == n
-        out = None
-        for start in range(0, n, rows):
-            part = slice(start, start + rows)
-            v = model(x[part], t[part] if per_row_t else t, *(e[part] for e in extra))
-            if out is None:
-                out = x.new_empty((n, *v.shape[1:]))
-            out[part] = v
-        return out
-
-    return call
 
 
 _TRI_STATE = {"auto": None, "yes": True, "no": False}
@@ -416,6 +64,28 @@ def dataset_from_config(config: dict[str, Any]) -> Dataset:
     if config.get("pairs"):  # reflow and distillation train on a teacher's pairs: nothing to validate against
         return dataset
     return dataset.hold_out_validation(float(config.get("val_fraction", 0.0)), int(config["seed"]))
+
+
+def flow_meta(flow: Flow) -> dict[str, Any]:
+    """checkpoint.json: the model's config, the path and the standardiser, which rebuild the flow."""
+    return {
+        "format": "flowmatch-checkpoint",
+        "version": FORMAT_VERSION,
+        "dim": flow.dim,
+        "model": flow.model.config,
+        "path": {
+            "name": flow.path.name,
+            "sigma_min": getattr(flow.path.schedule, "sigma_min", 0.0),
+            "bridge_sigma": flow.path.bridge_sigma,
+        },
+        "standardizer": flow.standardizer.to_dict(),
+    }
+
+
+def save_flow(flow: Flow, folder: str | os.PathLike) -> None:
+    """Weights (safetensors) and metadata, each written atomically (weights first)."""
+    save_tensors(Path(folder) / CHECKPOINT, flow.model.state_dict())
+    write_json(Path(folder) / CHECKPOINT_META, flow_meta(flow))
 
 
 def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
@@ -468,51 +138,6 @@ def build_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], config: dic
         first = str(exc).strip().splitlines()[0]
         raise FlowmatchError(f"{where}: weights do not match the model in {CHECKPOINT_META}: {first}") from None
     return Flow(model=model.eval(), path=path, standardizer=standardizer, config=config)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FlowmatchError(f"{path}: cannot read JSON ({exc})") from None
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-class RunWriter:
-    """Write a run folder atomically: files go to a staging folder that replaces ``target`` on commit.
-
-    Use as a context manager; if the body raises, the staging folder is removed and ``target``
-    is untouched. An existing run folder is replaced only with ``force``; a non-empty folder that
-    is not a run folder is never replaced.
-    """
-
-    def __init__(self, target: str | os.PathLike, *, force: bool = False):
-        self.target = Path(target)
-        self.force = force
-        check_writable_run(self.target, force)
-        self.staging: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
-        return self.staging
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.staging is not None
-        if exc_type is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            return
-        check_writable_run(self.target, self.force)
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-        os.replace(self.staging, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def check_writable_run(target: Path, force: bool) -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import flowmatch
-from flowmatch.checkpoints import atomic_write, list_states, save_state
-from flowmatch.training import fit
+from flowmatch.storage import atomic_file
+from flowmatch.training.checkpoints import list_states, save_state
+from flowmatch.training.fitting import fit
 
 TRAIN = [sys.executable, "-m", "flowmatch", "train", "--width", "16", "--depth", "2", "--batch-size", "32", "--quiet", "--no-eval"]
 
@@ -20,7 +21,7 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with atomic_write(target) as tmp:
+        with atomic_file(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash")
     assert target.read_text() == "old"
@@ -44,14 +45,20 @@ def _wait_for(path, timeout=60.0):
 #: steps), or just after a final file appears (the run's weights, its picture, its metrics). Events,
 #: not sleeps, so a busy machine moves the moments no more than one step.
 KILL_AFTER = [f"checkpoints/step-{step:08d}" for step in (2, 20, 60, 100, 140, 180, 198)] + [
-    "checkpoint.safetensors", "samples.png", "metrics.json"]
+    "checkpoint.safetensors",
+    "samples.png",
+    "metrics.json",
+]
 
 
 @pytest.mark.parametrize("event", KILL_AFTER)
 def test_sigkill_at_ten_moments_leaves_a_resumable_run(event, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([*TRAIN, "--out", str(run), "--steps", "200", "--checkpoint-every", "2", "--keep-checkpoints", "1000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*TRAIN, "--out", str(run), "--steps", "200", "--checkpoint-every", "2", "--keep-checkpoints", "1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for(run / event)
         proc.send_signal(signal.SIGKILL)
@@ -68,8 +75,12 @@ def test_sigkill_at_ten_moments_leaves_a_resumable_run(event, tmp_path):
 
 def test_sigint_finishes_the_step_writes_a_checkpoint_and_exits_zero(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([*TRAIN, "--out", str(run), "--steps", "1000000", "--checkpoint-every", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*TRAIN, "--out", str(run), "--steps", "1000000", "--checkpoint-every", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(run)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

@@ -5,9 +5,9 @@ import sys
 
 import numpy as np
 import pytest
+from cli_checks import one_error_line as _one_error_line
 
 from flowmatch.cli import build_parser, main
-from cli_checks import one_error_line as _one_error_line
 
 FAST = ["--steps", "30", "--width", "16", "--batch-size", "32", "--quiet", "--no-eval"]
 
@@ -28,7 +28,6 @@ def test_help(command, capsys):
 def test_python_dash_m_is_the_same_program():
     out = subprocess.run([sys.executable, "-m", "flowmatch", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "sample" in out.stdout
-
 
 
 def _bad_files(tmp_path):
@@ -90,7 +89,14 @@ def test_force_never_replaces_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_train_then_sample_npy_and_csv(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), *FAST[:-1]]) == 0  # with the quick evaluation
-    for name in ["run/config.json", "run/checkpoint.safetensors", "run/checkpoint.json", "run/metrics.json", "run/samples.png", "run/report.json"]:
+    for name in [
+        "run/config.json",
+        "run/checkpoint.safetensors",
+        "run/checkpoint.json",
+        "run/metrics.json",
+        "run/samples.png",
+        "run/report.json",
+    ]:
         assert (tmp_path / name).stat().st_size > 0
     assert main(["sample", "--run", str(run), "-n", "50", "--nfe", "8", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (50, 2)

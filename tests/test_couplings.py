@@ -8,7 +8,7 @@ import torch
 
 from flowmatch.couplings import cost_matrix, couple, plan, transport_cost
 from flowmatch.errors import FlowmatchError
-from flowmatch.training import train
+from flowmatch.training.loop import train
 
 
 def _batch(n, seed, shift=3.0, shape=(2,)):

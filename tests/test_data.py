@@ -15,16 +15,11 @@ import torch
 from scipy import integrate, stats
 from sklearn.datasets import make_circles, make_moons, make_swiss_roll
 
-import flowmatch.data as data_module
-from flowmatch.data import (
-    BUILTIN_NAMES,
-    GAUSSIAN_MIXTURES,
-    Dataset,
-    Standardizer,
-    load_array,
-    load_dataset,
-    sample_builtin,
-)
+import flowmatch.data.toy as data_module
+from flowmatch.data.dataset import Dataset, load_dataset
+from flowmatch.data.files import load_array
+from flowmatch.data.standardize import Standardizer
+from flowmatch.data.toy import BUILTIN_NAMES, GAUSSIAN_MIXTURES, sample_builtin
 from flowmatch.errors import FlowmatchError
 
 
@@ -51,7 +46,14 @@ def assert_std_close(x: torch.Tensor, expected: float, k: float = 5.0) -> None:
 def test_builtin_names():
     assert BUILTIN_NAMES[0] == "two-gaussians"
     assert set(BUILTIN_NAMES) == {
-        "two-gaussians", "8gaussians", "checkerboard", "2spirals", "moons", "circles", "rings", "swissroll",
+        "two-gaussians",
+        "8gaussians",
+        "checkerboard",
+        "2spirals",
+        "moons",
+        "circles",
+        "rings",
+        "swissroll",
     }
 
 

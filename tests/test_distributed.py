@@ -8,12 +8,28 @@ import sys
 
 from safetensors.torch import load_file
 
-from flowmatch.checkpoints import list_states
-from flowmatch.training import TrainConfig, fit
+from flowmatch.training.checkpoints import list_states
+from flowmatch.training.config import TrainConfig
+from flowmatch.training.fitting import fit
 
 # fp32: the comparison is about sharding, and bf16's rounding (8-bit mantissas) would swamp the float32
 # sum-order differences it looks for (100 bf16 steps differ by 2e-3)
-COMMON = ["--steps", "100", "--width", "32", "--depth", "2", "--device", "cpu", "--quiet", "--ema", "0.99", "--no-eval", "--precision", "fp32"]
+COMMON = [
+    "--steps",
+    "100",
+    "--width",
+    "32",
+    "--depth",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--ema",
+    "0.99",
+    "--no-eval",
+    "--precision",
+    "fp32",
+]
 
 
 def test_two_processes_match_one_process_with_doubled_batch(tmp_path):
@@ -22,15 +38,37 @@ def test_two_processes_match_one_process_with_doubled_batch(tmp_path):
     ddp = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "flowmatch", "train", "--out", str(ddp), "--batch-size", "32", *COMMON],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "flowmatch",
+            "train",
+            "--out",
+            str(ddp),
+            "--batch-size",
+            "32",
+            *COMMON,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     agreement = json.loads((ddp / "distributed.json").read_text())
     assert agreement == {"world_size": 2, "max_weight_difference_across_ranks": 0.0}
 
     single = tmp_path / "single"
-    fit(TrainConfig(steps=100, width=32, depth=2, device="cpu", ema=0.99, batch_size=64, precision="fp32"), out=single, progress=False, evaluate=False)
+    fit(
+        TrainConfig(steps=100, width=32, depth=2, device="cpu", ema=0.99, batch_size=64, precision="fp32"),
+        out=single,
+        progress=False,
+        evaluate=False,
+    )
     a = load_file(str(list_states(ddp)[-1] / "state.safetensors"))
     b = load_file(str(list_states(single)[-1] / "state.safetensors"))
     gap = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith(("model.", "ema.")))

@@ -16,17 +16,18 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from flowmatch import data
-from flowmatch.cli import main
-from flowmatch.data import Standardizer
-from flowmatch.errors import FlowmatchError
-from flowmatch.evaluation import PICTURES, evaluate, format_report, known_density_report, summary_line
-from flowmatch.models import build_model
-from flowmatch.paths import make_path
-from flowmatch.runs import Flow, write_json
-from flowmatch.training import TrainConfig
 from cli_checks import one_error_line as _one_error_line
+
+from flowmatch.cli import main
+from flowmatch.data import toy as data
+from flowmatch.data.standardize import Standardizer
+from flowmatch.errors import FlowmatchError
+from flowmatch.evaluation.report import PICTURES, evaluate, format_report, known_density_report, summary_line
+from flowmatch.flow import Flow
+from flowmatch.models.registry import build_model
+from flowmatch.paths.affine import make_path
+from flowmatch.storage import write_json
+from flowmatch.training.config import TrainConfig
 
 
 class MixtureField(torch.nn.Module):
@@ -49,7 +50,9 @@ class MixtureField(torch.nn.Module):
 
 
 def _flow(field, dim, config):
-    return Flow(model=field, path=make_path("linear"), standardizer=Standardizer.identity(dim), config={"seed": 0, "source": "gaussian", **config})
+    return Flow(
+        model=field, path=make_path("linear"), standardizer=Standardizer.identity(dim), config={"seed": 0, "source": "gaussian", **config}
+    )
 
 
 TWO_GAUSSIANS = MixtureField([[-4.0, 0.0], [4.0, 0.0]], 1.0)
@@ -197,10 +200,23 @@ def make_run(folder, width=8, data_name="two-gaussians"):
     return folder
 
 
-
 def test_eval_command_writes_the_report_and_prints_a_table(tmp_path, capsys):
     run = make_run(tmp_path / "run")
-    args = ["eval", "--run", str(run), "-n", "200", "--n-likelihood", "100", "--likelihood-solver", "rk4", "--likelihood-nfe", "8", "--no-pictures", "--quiet"]
+    args = [
+        "eval",
+        "--run",
+        str(run),
+        "-n",
+        "200",
+        "--n-likelihood",
+        "100",
+        "--likelihood-solver",
+        "rk4",
+        "--likelihood-nfe",
+        "8",
+        "--no-pictures",
+        "--quiet",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "W2 (exact)" in out and "NLL (nats)" in out and "KL(data || model)" in out
@@ -233,8 +249,8 @@ def test_eval_command_bad_run_folders(tmp_path, capsys):
 
 
 def test_image_report_on_a_tiny_conditional_digits_run(tmp_path):
-    from flowmatch.evaluation import image_report
-    from flowmatch.training import train
+    from flowmatch.evaluation.report import image_report
+    from flowmatch.training.loop import train
 
     flow = train(data="digits", model="unet", conditional=True, channels=8, steps=20, batch_size=32, progress=False).flow
     report = image_report(flow, tmp_path, nfe=4, guidance=(1.0, 2.0))
@@ -247,7 +263,7 @@ def test_image_report_on_a_tiny_conditional_digits_run(tmp_path):
     for name in report["pictures"]:
         assert (tmp_path / name).stat().st_size > 1000
     assert (tmp_path / "classifier.safetensors").is_file()
-    from flowmatch.evaluation import memorisation_report
+    from flowmatch.evaluation.report import memorisation_report
 
     memo = memorisation_report(flow, quick=True, nfe=4, folder=tmp_path)
     assert memo["pictures"] == ["nearest.png"] and (tmp_path / "nearest.png").stat().st_size > 1000

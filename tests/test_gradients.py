@@ -4,11 +4,11 @@ divergence, checked against closed forms (a linear field) and central finite dif
 import pytest
 import torch
 
-from flowmatch.data import Standardizer
+from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
-from flowmatch.models import MLP
-from flowmatch.paths import make_path
-from flowmatch.runs import Flow
+from flowmatch.flow import Flow
+from flowmatch.models.mlp import MLP
+from flowmatch.paths.affine import make_path
 
 
 class LinearField(torch.nn.Module):

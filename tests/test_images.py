@@ -9,29 +9,29 @@ import scipy.linalg
 import torch
 from PIL import Image
 
+from flowmatch.data.images import (
+    is_image_data,
+    load_digits_images,
+    load_image_folder,
+    load_image_npz,
+    load_image_set,
+    stratified_split,
+    to_model_scale,
+    to_pixels,
+)
 from flowmatch.errors import FlowmatchError
-from flowmatch.images import (
+from flowmatch.evaluation.images import (
     ImageClassifier,
     cached_classifier,
     classifier_accuracy,
     classifier_features,
     frechet_distance,
     frechet_distance_from_stats,
-    is_image_data,
     load_classifier,
-    load_digits_images,
-    load_image_folder,
-    load_image_npz,
-    load_image_set,
-    save_class_grid,
     save_classifier,
-    save_image_grid,
-    save_trajectory_strip,
-    stratified_split,
-    to_model_scale,
-    to_pixels,
     train_classifier,
 )
+from flowmatch.plots.images import save_class_grid, save_image_grid, save_trajectory_strip
 
 # --------------------------------------------------------------------------------------------------
 # Folders of PNG/JPEG files
@@ -164,8 +164,7 @@ def test_npz_layouts(tmp_path):
     chw = rng.integers(0, 256, size=(5, 3, 4, 6), dtype=np.uint8)
     np.savez(tmp_path / "hw.npz", images=chw[:, 0])
     np.savez(tmp_path / "chw.npz", images=chw, labels=np.array([0, 1, 2, 1, 0]))
-    np.savez(tmp_path / "hwc.npz", images=chw.transpose(0, 2, 3, 1), labels=np.array([1, 1, 0, 0, 1]),
-             class_names=np.array(["cat", "dog"]))
+    np.savez(tmp_path / "hwc.npz", images=chw.transpose(0, 2, 3, 1), labels=np.array([1, 1, 0, 0, 1]), class_names=np.array(["cat", "dog"]))
     np.savez(tmp_path / "float.npz", images=chw.astype(np.float64) / 255)
 
     images, labels, names = load_image_npz(tmp_path / "hw.npz")
@@ -382,10 +381,7 @@ def test_frechet_distance_of_gaussian_samples_matches_the_analytic_value():
     analytic = frechet_distance_from_stats(mu1, s1, mu2, s2)
     l1, l2 = np.linalg.cholesky(s1), np.linalg.cholesky(s2)
     estimates = np.array(
-        [
-            frechet_distance(mu1 + rng.standard_normal((n, d)) @ l1.T, mu2 + rng.standard_normal((n, d)) @ l2.T)
-            for _ in range(replicates)
-        ]
+        [frechet_distance(mu1 + rng.standard_normal((n, d)) @ l1.T, mu2 + rng.standard_normal((n, d)) @ l2.T) for _ in range(replicates)]
     )
     spread = estimates.std(ddof=1)
     bias_mean_term = (np.trace(s1) + np.trace(s2)) / n

@@ -16,11 +16,11 @@ import math
 import pytest
 import torch
 
-from flowmatch.data import Standardizer
+from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
+from flowmatch.flow import Flow
 from flowmatch.likelihood import EXACT_MAX_DIM, divergence, log_prob, resolve_divergence, sample_with_log_prob, summarize
-from flowmatch.paths import make_path
-from flowmatch.runs import Flow
+from flowmatch.paths.affine import make_path
 
 
 class GaussianField(torch.nn.Module):

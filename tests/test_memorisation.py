@@ -7,14 +7,24 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.memorisation import COPY_QUANTILE, MinMaxScale, closest_record_distances, memorisation, memorisation_warning, w1_l1
+from flowmatch.evaluation.memorisation import (
+    COPY_QUANTILE,
+    MinMaxScale,
+    closest_record_distances,
+    memorisation,
+    memorisation_warning,
+    w1_l1,
+)
 
 
 def _gaussian_split(seed=0, n_train=2000, n_test=400, dim=5):
     g = torch.Generator().manual_seed(seed)
     scale = torch.linspace(0.5, 20.0, dim)  # columns in different units: the min-max scaling evens them
-    return (torch.randn(n_train, dim, generator=g) * scale, torch.randn(n_test, dim, generator=g) * scale,
-            torch.randn(n_train, dim, generator=g) * scale)
+    return (
+        torch.randn(n_train, dim, generator=g) * scale,
+        torch.randn(n_test, dim, generator=g) * scale,
+        torch.randn(n_train, dim, generator=g) * scale,
+    )
 
 
 def test_test_split_scores_five_percent_by_construction_and_fresh_rows_about_the_same():

@@ -7,18 +7,9 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from flowmatch import metrics
 from flowmatch.errors import FlowmatchError
-from flowmatch.metrics import (
-    MAX_EXACT_W2,
-    energy_distance,
-    gaussian_w2,
-    mmd,
-    precision_recall,
-    quality,
-    sliced_w2,
-    w2_exact,
-)
+from flowmatch.evaluation import metrics as metrics
+from flowmatch.evaluation.metrics import MAX_EXACT_W2, energy_distance, gaussian_w2, mmd, precision_recall, quality, sliced_w2, w2_exact
 
 
 def _normal(n, dim, seed, shift=0.0):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.models import MLP, SeedMLP, build_model, sinusoidal_embedding
+from flowmatch.models.mlp import MLP, SeedMLP, sinusoidal_embedding
+from flowmatch.models.registry import build_model
 
 
 @pytest.mark.parametrize("name", ["mlp", "seed-mlp"])
@@ -74,7 +75,9 @@ def test_sampling_path_equals_training_path(activation, num_classes):
     with_grad = model(x, t, y)
     with torch.no_grad():
         without = model(x, t, y)
-        reference = model.body(model.x_in(x) + model.t_in(sinusoidal_embedding(t.reshape(-1, 1), 64)) + (model.y_in(y) if num_classes else 0))
+        reference = model.body(
+            model.x_in(x) + model.t_in(sinusoidal_embedding(t.reshape(-1, 1), 64)) + (model.y_in(y) if num_classes else 0)
+        )
     assert torch.equal(with_grad.detach(), without)
     assert torch.equal(without, reference)
     with_grad.square().sum().backward()

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from flowmatch.data import GAUSSIAN_MIXTURES, GaussianMixture
+from flowmatch.data.toy import GAUSSIAN_MIXTURES, GaussianMixture
 from flowmatch.errors import FlowmatchError
-from flowmatch.paths import AffinePath, CustomSchedule, make_path
+from flowmatch.paths.affine import AffinePath, make_path
+from flowmatch.paths.schedules import CustomSchedule
 
 PATHS = [
     make_path("gaussian", sigma_min=0.1),
@@ -33,9 +34,7 @@ def test_velocity_is_time_derivative_of_x_t(path):
     t = t.requires_grad_(True)
     x_t = path.sample(x0, x1, t).x_t
     # d x_t[:, j] / d t_i is diagonal in i, so the gradient of a coordinate's sum is that derivative
-    autograd = torch.stack(
-        [torch.autograd.grad(x_t[:, j].sum(), t, retain_graph=True)[0] for j in range(x_t.shape[1])], dim=1
-    )
+    autograd = torch.stack([torch.autograd.grad(x_t[:, j].sum(), t, retain_graph=True)[0] for j in range(x_t.shape[1])], dim=1)
     velocity = path.sample(x0, x1, t.detach()).velocity
     torch.testing.assert_close(velocity, autograd, rtol=1e-12, atol=1e-12)
 
@@ -95,9 +94,7 @@ def test_bridge_noise_velocity_is_time_derivative():
     path = make_path("linear", bridge_sigma=0.5)
     t = t.requires_grad_(True)
     x_t = path.sample(x0, x1, t, noise=eps).x_t
-    autograd = torch.stack(
-        [torch.autograd.grad(x_t[:, j].sum(), t, retain_graph=True)[0] for j in range(x_t.shape[1])], dim=1
-    )
+    autograd = torch.stack([torch.autograd.grad(x_t[:, j].sum(), t, retain_graph=True)[0] for j in range(x_t.shape[1])], dim=1)
     s = path.sample(x0, x1, t.detach(), noise=eps)
     torch.testing.assert_close(s.velocity, autograd, rtol=1e-10, atol=1e-10)
     # the bridge noise has standard deviation 0.5 sqrt(t (1 - t)) around the straight line
@@ -285,8 +282,8 @@ def _gaussian_field(schedule):
 
 @pytest.mark.parametrize("trained, target", [("linear", "cosine"), ("cosine", "linear"), ("linear", "linear")])
 def test_a_schedule_transform_keeps_an_exact_fields_endpoints_and_follows_the_target_path(trained, target):
-    from flowmatch.paths import transform_schedule
-    from flowmatch.solvers import integrate
+    from flowmatch.paths.transform import transform_schedule
+    from flowmatch.solvers.integration import integrate
 
     trained_s, target_s = make_path(trained).schedule, make_path(target).schedule
     z = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -301,7 +298,8 @@ def test_a_schedule_transform_keeps_an_exact_fields_endpoints_and_follows_the_ta
 
 
 def test_transform_schedule_refuses_what_is_not_a_schedule():
-    from flowmatch.paths import CosineSchedule, transform_schedule
+    from flowmatch.paths.schedules import CosineSchedule
+    from flowmatch.paths.transform import transform_schedule
 
     with pytest.raises(FlowmatchError, match="unknown path 'curvy-path'"):
         transform_schedule(lambda x, t: x, "linear", "curvy-path")

@@ -5,17 +5,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_error_line as _one_error_line
 from PIL import Image
 
-from flowmatch import plots
 from flowmatch.cli import main
-from flowmatch.data import Standardizer
-from flowmatch.evaluation import PICTURES
-from flowmatch.models import build_model
-from flowmatch.paths import make_path
-from flowmatch.runs import Flow, write_json
-from flowmatch.training import TrainConfig
-from cli_checks import one_error_line as _one_error_line
+from flowmatch.data.standardize import Standardizer
+from flowmatch.evaluation.report import PICTURES
+from flowmatch.flow import Flow
+from flowmatch.models.registry import build_model
+from flowmatch.paths.affine import make_path
+from flowmatch.plots import figures as plots
+from flowmatch.storage import write_json
+from flowmatch.training.config import TrainConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -133,7 +134,6 @@ def test_plot_command_default_output_goes_into_the_run(run, capsys):
     assert main(["plot", "--run", str(run), "--what", "samples", "-n", "50", "--quiet"]) == 0
     _png(run / "samples.png")
     capsys.readouterr()
-
 
 
 def test_plot_command_errors(run, tmp_path, capsys):

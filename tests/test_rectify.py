@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_error_line as _one_error_line
 
 from flowmatch.cli import main
-from flowmatch.data import sample_builtin
+from flowmatch.data.toy import sample_builtin
 from flowmatch.errors import FlowmatchError
-from flowmatch.rectify import PAIR_SEED_OFFSET, distill, make_pairs, reflow, straightness
 from flowmatch.runs import load
-from flowmatch.solvers import integrate
-from flowmatch.training import TrainConfig, fit
-from cli_checks import one_error_line as _one_error_line
+from flowmatch.solvers.integration import integrate
+from flowmatch.training.config import TrainConfig
+from flowmatch.training.fitting import fit
+from flowmatch.training.rectify import PAIR_SEED_OFFSET, distill, make_pairs, reflow, straightness
 
 SMALL = dict(width=32, depth=2, batch_size=128)
 FAST = ["--pairs", "512", "--steps", "30", "--teacher-nfe", "8", "--batch-size", "64", "--quiet"]
@@ -83,22 +84,41 @@ def test_distill_cli_end_to_end(teacher, tmp_path, capsys):
     assert load(out).sample(10, solver="euler", nfe=2).shape == (10, 2)
     # a student samples with its own Euler NFE unless told otherwise; a plain flow with rk4 at 100
     student, plain = load(out), load(teacher)
-    assert (student.resolve_sampler(), student.resolve_sampler("rk4"), student.resolve_sampler(nfe=4)) == (("euler", 2), ("rk4", 100), ("euler", 4))
-    assert (plain.resolve_sampler(), plain.resolve_sampler("euler"), plain.resolve_sampler(nfe=8)) == (("rk4", 100), ("euler", 100), ("rk4", 8))
+    assert (student.resolve_sampler(), student.resolve_sampler("rk4"), student.resolve_sampler(nfe=4)) == (
+        ("euler", 2),
+        ("rk4", 100),
+        ("euler", 4),
+    )
+    assert (plain.resolve_sampler(), plain.resolve_sampler("euler"), plain.resolve_sampler(nfe=8)) == (
+        ("rk4", 100),
+        ("euler", 100),
+        ("rk4", 8),
+    )
     assert torch.equal(student.sample(50, seed=3), student.sample(50, solver="euler", nfe=2, seed=3))
     assert main(["sample", "--run", str(out), "-n", "20", "--out", str(tmp_path / "s.npy")]) == 0
     assert "solver euler, NFE 2" in capsys.readouterr().out
 
 
-
 def test_bad_input_is_one_line_and_exit_2(teacher, tmp_path, capsys):
     (tmp_path / "notarun").mkdir()
-    _one_error_line(capsys, main(["reflow", "--run", str(tmp_path / "notarun"), "--out", str(tmp_path / "x"), *FAST]), "config.json is missing")
+    _one_error_line(
+        capsys, main(["reflow", "--run", str(tmp_path / "notarun"), "--out", str(tmp_path / "x"), *FAST]), "config.json is missing"
+    )
     _one_error_line(capsys, main(["reflow", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), *FAST]), "does not exist")
-    _one_error_line(capsys, main(["distill", "--run", str(teacher), "--out", str(tmp_path / "x"), "--nfe", "0", *FAST]), "nfe must be a positive integer")
+    _one_error_line(
+        capsys,
+        main(["distill", "--run", str(teacher), "--out", str(tmp_path / "x"), "--nfe", "0", *FAST]),
+        "nfe must be a positive integer",
+    )
     _one_error_line(capsys, main(["reflow", "--run", str(teacher), "--out", str(teacher), *FAST]), "must differ from the teacher")
-    _one_error_line(capsys, main(["reflow", "--run", str(teacher), "--out", str(tmp_path / "x"), "--pairs", "0"]), "number of pairs must be a positive")
-    _one_error_line(capsys, main(["reflow", "--run", str(teacher), "--out", str(tmp_path / "x"), "--lr-schedule", "wavy", *FAST]), "lr_schedule must be one of")
+    _one_error_line(
+        capsys, main(["reflow", "--run", str(teacher), "--out", str(tmp_path / "x"), "--pairs", "0"]), "number of pairs must be a positive"
+    )
+    _one_error_line(
+        capsys,
+        main(["reflow", "--run", str(teacher), "--out", str(tmp_path / "x"), "--lr-schedule", "wavy", *FAST]),
+        "lr_schedule must be one of",
+    )
     _one_error_line(capsys, main(["reflow", "--run", str(teacher), "--out", str(tmp_path.parent), *FAST]), "not a flowmatch run folder")
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*"))
     with pytest.raises(FlowmatchError, match="seed cannot be set here"):
@@ -113,7 +133,9 @@ def test_bad_input_is_one_line_and_exit_2(teacher, tmp_path, capsys):
 
 def test_distilled_student_approaches_the_teacher_in_one_step(teacher, tmp_path):
     n = 1000
-    _, metrics = distill(teacher, tmp_path / "d", nfe=1, n_pairs=n, steps=150, teacher_nfe=20, lr=3e-3, ema=0.0, progress=False, evaluate=False)
+    _, metrics = distill(
+        teacher, tmp_path / "d", nfe=1, n_pairs=n, steps=150, teacher_nfe=20, lr=3e-3, ema=0.0, progress=False, evaluate=False
+    )
     with np.load(tmp_path / "d" / "pairs.npz") as archive:
         x0, x1 = torch.from_numpy(archive["x0"]), torch.from_numpy(archive["x1"])
 
@@ -141,7 +163,9 @@ def test_straightness_of_exact_fields():
     x0 = torch.zeros(8, 2, dtype=torch.float64)
     s = straightness(turning, x0=x0, solver="rk4", nfe=200)
     assert s == pytest.approx(1 - 4 / math.pi**2, rel=1e-3)  # trapezoid on 51 grid points: error ~1e-4
-    assert straightness(turning, x0=x0, solver="rk4", nfe=200, relative=True) == pytest.approx((1 - 4 / math.pi**2) / (4 / math.pi**2), rel=1e-3)
+    assert straightness(turning, x0=x0, solver="rk4", nfe=200, relative=True) == pytest.approx(
+        (1 - 4 / math.pi**2) / (4 / math.pi**2), rel=1e-3
+    )
     with pytest.raises(FlowmatchError, match="needs the starting points"):
         straightness(turning)
 

@@ -8,7 +8,9 @@ import torch
 
 import flowmatch
 from flowmatch.errors import FlowmatchError
-from flowmatch.training import TrainConfig, fit, resolve_precision
+from flowmatch.training.config import TrainConfig
+from flowmatch.training.devices import resolve_precision
+from flowmatch.training.fitting import fit
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +125,10 @@ def test_batch_size_splits_network_calls_only(run):
 
 
 def test_batch_size_splits_labels_and_guidance():
-    from flowmatch.data import Standardizer
-    from flowmatch.models import MLP
-    from flowmatch.paths import make_path
-    from flowmatch.runs import Flow
+    from flowmatch.data.standardize import Standardizer
+    from flowmatch.flow import Flow
+    from flowmatch.models.mlp import MLP
+    from flowmatch.paths.affine import make_path
 
     torch.manual_seed(0)
     identity = Standardizer(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
@@ -152,6 +154,7 @@ def test_bad_precision_and_batch_size(run):
 
 def test_sampling_under_another_schedule_and_a_shifted_grid(run, tmp_path, capsys):
     import numpy as np
+
     from flowmatch.cli import main
 
     flow = flowmatch.load(run[0])
@@ -160,7 +163,10 @@ def test_sampling_under_another_schedule_and_a_shifted_grid(run, tmp_path, capsy
     torch.testing.assert_close(flow.sample(200, nfe=20, seed=5, schedule="linear"), plain, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(flow.sample(200, nfe=20, seed=5, schedule="cosine"), plain, atol=1e-3)
     out = tmp_path / "s.npy"
-    assert main(["sample", "--run", str(run[0]), "-n", "50", "--nfe", "8", "--schedule", "cosine", "--grid", "shift:3", "--out", str(out)]) == 0
+    assert (
+        main(["sample", "--run", str(run[0]), "-n", "50", "--nfe", "8", "--schedule", "cosine", "--grid", "shift:3", "--out", str(out)])
+        == 0
+    )
     assert np.load(out).shape == (50, 2) and np.isfinite(np.load(out)).all()
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:  # argparse's own error exit: usage line aside, one line

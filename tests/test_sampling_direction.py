@@ -13,9 +13,9 @@ N(x; t m_k, v_t I). Integrating u forward from t = 0 reaches the target; the see
 
 import torch
 
-from flowmatch.data import sample_builtin
-from flowmatch.metrics import w2_exact
-from flowmatch.solvers import integrate
+from flowmatch.data.toy import sample_builtin
+from flowmatch.evaluation.metrics import w2_exact
+from flowmatch.solvers.integration import integrate
 
 CENTRES = torch.tensor([[-4.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
 

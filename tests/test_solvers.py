@@ -26,19 +26,9 @@ import pytest
 import torch
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.solvers import (
-    ADAPTIVE_SOLVERS,
-    FIXED_SOLVERS,
-    SOLVERS,
-    TABLEAUS,
-    TIME_GRIDS,
-    Solution,
-    Tableau,
-    _integrate_fixed,
-    integrate,
-    steps_for,
-    time_grid,
-)
+from flowmatch.solvers.grids import TIME_GRIDS, time_grid
+from flowmatch.solvers.integration import Solution, _integrate_fixed, integrate
+from flowmatch.solvers.tableaus import ADAPTIVE_SOLVERS, FIXED_SOLVERS, SOLVERS, TABLEAUS, Tableau, steps_for
 
 A = torch.tensor([[-0.5, 2.0, 0.0], [-2.0, -0.5, 0.3], [0.0, -0.3, -1.0]], dtype=torch.float64)
 
@@ -388,7 +378,7 @@ def test_bad_state_and_steps():
 
 
 def test_shifted_grid_is_diffusers_shift_and_an_exact_field_lands_where_it_does_on_the_uniform_grid():
-    from flowmatch.solvers import time_grid
+    from flowmatch.solvers.grids import time_grid
 
     grid = time_grid("shift:3", 4)
     r = 1 - torch.arange(5, dtype=torch.float64) / 4

@@ -6,19 +6,15 @@ import time
 import pytest
 import torch
 
-from flowmatch.errors import FlowmatchError
-from flowmatch.metrics import w2_exact
 import flowmatch.training as training
-from flowmatch.training import (
-    PRESETS,
-    TrainConfig,
-    batch_size_at,
-    learning_rate,
-    resolve_config,
-    resolve_precision,
-    resolve_target,
-    train,
-)
+import flowmatch.training.devices as devices
+import flowmatch.training.loop as loop
+from flowmatch.errors import FlowmatchError
+from flowmatch.evaluation.metrics import w2_exact
+from flowmatch.training.config import PRESETS, TrainConfig, resolve_config, resolve_target
+from flowmatch.training.devices import resolve_precision
+from flowmatch.training.loop import train
+from flowmatch.training.schedules import batch_size_at, learning_rate
 
 TINY = dict(steps=40, width=16, depth=2, batch_size=32)
 
@@ -67,7 +63,7 @@ def test_batch_warmup_ramps_from_half_to_the_full_batch(monkeypatch):
     assert {batch_size_at(TrainConfig(batch_size=512, batch_warmup=0), k) for k in (0, 1, 10)} == {512}
     # the loop draws exactly those batches
     seen, real = [], training.sample_times
-    monkeypatch.setattr(training, "sample_times", lambda c, n, g: seen.append(n) or real(c, n, g))
+    monkeypatch.setattr(loop, "sample_times", lambda c, n, g: seen.append(n) or real(c, n, g))
     options = dict(steps=12, width=16, depth=2, batch_size=32, batch_warmup=8)
     train(seed=0, progress=False, **options)
     assert seen == [batch_size_at(TrainConfig(**options), k) for k in range(12)]
@@ -78,9 +74,9 @@ def test_precision_auto_is_bf16_only_on_native_bf16_hardware(monkeypatch):
     cpu = torch.device("cpu")
     assert TrainConfig().precision == "auto"
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(training, "_cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(devices, "_cpu_has_bf16_units", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(training, "_cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(devices, "_cpu_has_bf16_units", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     # auto trains exactly as the precision it resolves to, and bf16 really changes the arithmetic
     weights = {p: train(seed=3, precision=p, progress=False, **TINY).flow.model.state_dict() for p in ("auto", "fp32", "bf16")}
@@ -157,18 +153,32 @@ def test_file_data_is_standardised_and_mapped_back(tmp_path):
 
 
 # -- the engine: resume, config files, time sampling, loss weights, divergence ---------------------
-from pathlib import Path  # noqa: E402
 import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from safetensors.torch import load_file  # noqa: E402
 
-from flowmatch.checkpoints import list_states  # noqa: E402
 from flowmatch.cli import main  # noqa: E402
-from flowmatch.paths import make_path  # noqa: E402
-from flowmatch.training import fit, loss_weights, sample_times  # noqa: E402
+from flowmatch.losses import loss_weights  # noqa: E402
+from flowmatch.paths.affine import make_path  # noqa: E402
+from flowmatch.training.checkpoints import list_states  # noqa: E402
+from flowmatch.training.fitting import fit  # noqa: E402
+from flowmatch.training.schedules import sample_times  # noqa: E402
 
-ENGINE = dict(steps=60, width=16, depth=2, batch_size=32, checkpoint_every=20, keep_checkpoints=10, optimizer="adamw",
-              weight_decay=0.01, warmup=5, grad_clip=1.0, time_sampling="logit-normal", time_shift=2.0)
+ENGINE = dict(
+    steps=60,
+    width=16,
+    depth=2,
+    batch_size=32,
+    checkpoint_every=20,
+    keep_checkpoints=10,
+    optimizer="adamw",
+    weight_decay=0.01,
+    warmup=5,
+    grad_clip=1.0,
+    time_sampling="logit-normal",
+    time_shift=2.0,
+)
 
 
 def _final_state(run: Path):
@@ -194,6 +204,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
         assert torch.equal(whole[key], resumed[key]), key
     a, b = load_file(str(tmp_path / "whole" / "checkpoint.safetensors")), load_file(str(cut / "checkpoint.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
     def logged(run):  # step, loss, lr (timings differ)
         return [r.split(",")[:3] for r in (run / "metrics.csv").read_text().splitlines()]
 
@@ -233,8 +244,9 @@ def test_a_run_saved_before_the_finite_data_rules_resumes_on_the_posterior_it_st
     import json
 
     run = tmp_path / "run"
-    config = TrainConfig(data=_small_file(tmp_path), steps=10, width=8, batch_size=16, target="posterior",
-                         val_fraction=0.0, select="last", early_stop=0)
+    config = TrainConfig(
+        data=_small_file(tmp_path), steps=10, width=8, batch_size=16, target="posterior", val_fraction=0.0, select="last", early_stop=0
+    )
     fit(config, out=run, progress=False, evaluate=False)
     saved = json.loads((run / "config.json").read_text())
     for key in ("val_fraction", "select", "early_stop", "val_every"):
@@ -338,8 +350,7 @@ import numpy as np  # noqa: E402
 
 
 def test_conditional_training_generates_the_asked_class():
-    result = train(data="8gaussians", conditional=True, steps=800, width=64, batch_size=256, lr=3e-3,
-                   cond_dropout=0.1, progress=False)
+    result = train(data="8gaussians", conditional=True, steps=800, width=64, batch_size=256, lr=3e-3, cond_dropout=0.1, progress=False)
     flow = result.flow
     for k in (0, 3):
         x = flow.sample(400, nfe=20, seed=k, label=k)
@@ -381,7 +392,7 @@ def test_csv_label_column_and_npz_labels(tmp_path):
 
 # -- data paths and options the other tests do not reach ---------------------------------------------
 def test_memory_mapped_npy_trains_without_reading_the_training_rows(tmp_path):
-    from flowmatch.data import load_dataset
+    from flowmatch.data.dataset import load_dataset
 
     g = np.random.default_rng(0)
     np.save(tmp_path / "big.npy", g.normal(size=(5000, 3)).astype(np.float32) * 2 + 1)
@@ -408,8 +419,11 @@ def test_target_auto_is_the_posterior_where_it_applies(tmp_path, capsys):
     for other in [dict(source="moons"), dict(coupling="ot"), dict(pairs="p.npz"), dict(pairs="p.npz", objective="distill")]:
         assert resolve_target(TrainConfig(**other)) == "conditional", other
     assert resolve_target(TrainConfig(target="conditional")) == "conditional"
-    with pytest.raises(FlowmatchError, match=r"target posterior needs a gaussian or gaussian-mixture source \(gaussian, "
-                       r"two-gaussians, 8gaussians\), not 'moons'"):
+    with pytest.raises(
+        FlowmatchError,
+        match=r"target posterior needs a gaussian or gaussian-mixture source \(gaussian, "
+        r"two-gaussians, 8gaussians\), not 'moons'",
+    ):
         TrainConfig.from_dict({"target": "posterior", "source": "moons"})
     with pytest.raises(FlowmatchError, match="target posterior needs independent pairs, not coupling ot"):
         TrainConfig.from_dict({"target": "posterior", "coupling": "ot"})
@@ -438,14 +452,14 @@ def test_posterior_target_trains_and_changes_the_regression(tmp_path, source, da
 def test_posterior_target_of_a_conditional_model_averages_within_the_class():
     labels = torch.tensor([0, 1, 2, 2])  # the last pair's label was dropped: 2 is the null label here
     classes = torch.tensor([0, 1, 1, 0, 1])  # the global batch's true classes
-    allowed = training._same_class(labels, classes, null=2)
+    allowed = loop._same_class(labels, classes, null=2)
     assert allowed.tolist() == [
         [True, False, False, True, False],
         [False, True, True, False, True],
         [True, True, True, True, True],
         [True, True, True, True, True],
     ]
-    assert training._same_class(None, None, null=2) is None
+    assert loop._same_class(None, None, null=2) is None
 
 
 # -- finite data: validation split, selection, early stop ------------------------------------------
@@ -490,8 +504,17 @@ def test_selection_keeps_the_lowest_validation_loss_and_early_stop_ends_the_run(
     import numpy as np
 
     run = tmp_path / "run"
-    config = TrainConfig(data=_small_file(tmp_path), steps=3000, width=64, batch_size=64, batch_warmup=0,
-                         val_every=25, early_stop=200, lr=1e-2, precision="fp32")
+    config = TrainConfig(
+        data=_small_file(tmp_path),
+        steps=3000,
+        width=64,
+        batch_size=64,
+        batch_warmup=0,
+        val_every=25,
+        early_stop=200,
+        lr=1e-2,
+        precision="fp32",
+    )
     result, metrics = fit(config, out=run, progress=False, evaluate=False)
     log = np.loadtxt(run / "validation.csv", delimiter=",", skiprows=1)
     best = int(log[np.argmin(log[:, 1]), 0])
@@ -510,8 +533,18 @@ def test_selection_keeps_the_lowest_validation_loss_and_early_stop_ends_the_run(
 
 
 def test_resume_with_validation_is_bitwise_identical(tmp_path):
-    config = TrainConfig(data=_small_file(tmp_path), steps=60, width=16, depth=2, batch_size=16, batch_warmup=0,
-                         val_every=10, checkpoint_every=20, early_stop=0, precision="fp32")
+    config = TrainConfig(
+        data=_small_file(tmp_path),
+        steps=60,
+        width=16,
+        depth=2,
+        batch_size=16,
+        batch_warmup=0,
+        val_every=10,
+        checkpoint_every=20,
+        early_stop=0,
+        precision="fp32",
+    )
     fit(config, out=tmp_path / "whole", progress=False, evaluate=False)
     cut = tmp_path / "cut"
     fit(config, out=cut, progress=False, evaluate=False)
@@ -526,7 +559,7 @@ def test_resume_with_validation_is_bitwise_identical(tmp_path):
 
 
 def test_mlp_dropout_is_a_training_time_regulariser():
-    from flowmatch.models import build_model
+    from flowmatch.models.registry import build_model
 
     model = build_model("mlp", 3, width=32, depth=2, dropout=0.5)
     x, t = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), torch.full((64,), 0.3)
@@ -543,8 +576,27 @@ def test_a_run_that_copies_its_rows_says_so_in_one_line(tmp_path, capsys):
     import json
 
     data, run = _small_file(tmp_path, n=40), tmp_path / "run"
-    flags = ["--data", data, "--out", str(run), "--steps", "1500", "--select", "last", "--target", "posterior",
-             "--width", "64", "--batch-size", "64", "--batch-warmup", "0", "--precision", "fp32", "--quiet"]
+    flags = [
+        "--data",
+        data,
+        "--out",
+        str(run),
+        "--steps",
+        "1500",
+        "--select",
+        "last",
+        "--target",
+        "posterior",
+        "--width",
+        "64",
+        "--batch-size",
+        "64",
+        "--batch-warmup",
+        "0",
+        "--precision",
+        "fp32",
+        "--quiet",
+    ]
     assert main(["train", *flags]) == 0
     err = capsys.readouterr().err
     memo = json.loads((run / "metrics.json").read_text())["memorisation"]
@@ -558,8 +610,17 @@ def test_a_run_that_copies_its_rows_says_so_in_one_line(tmp_path, capsys):
 
 def test_a_run_that_stopped_early_is_finished_when_resumed(tmp_path):
     run = tmp_path / "run"
-    config = TrainConfig(data=_small_file(tmp_path), steps=3000, width=64, batch_size=64, batch_warmup=0,
-                         val_every=25, early_stop=200, lr=1e-2, precision="fp32")
+    config = TrainConfig(
+        data=_small_file(tmp_path),
+        steps=3000,
+        width=64,
+        batch_size=64,
+        batch_warmup=0,
+        val_every=25,
+        early_stop=200,
+        lr=1e-2,
+        precision="fp32",
+    )
     first = fit(config, out=run, progress=False, evaluate=False)[0]
     assert first.validation["stopped_early"]
     weights = load_file(str(run / "checkpoint.safetensors"))

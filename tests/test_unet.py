@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.models import MODELS, build_model
-from flowmatch.unet import UNet
+from flowmatch.models.registry import MODELS, build_model
+from flowmatch.models.unet import UNet
 
 SMALL = {"channels": 8, "channel_mult": [1, 2]}
 
@@ -87,9 +87,7 @@ def test_labels_and_null_label():
 
 def test_rebuild_from_config_gives_same_outputs():
     torch.manual_seed(0)
-    model = _randomise_output(
-        UNet(3 * 8 * 8, image_shape=[3, 8, 8], num_classes=5, attention_resolutions=[4], dropout=0.1, **SMALL)
-    ).eval()
+    model = _randomise_output(UNet(3 * 8 * 8, image_shape=[3, 8, 8], num_classes=5, attention_resolutions=[4], dropout=0.1, **SMALL)).eval()
     options = json.loads(json.dumps(model.config))  # through JSON, as a checkpoint stores it
     assert options["name"] == "unet" and options["image_shape"] == [3, 8, 8]
     clone = build_model(options.pop("name"), 3 * 8 * 8, **options).eval()

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import FlowmatchError
+from flowmatch.errors import FlowmatchError
 
 
 def norm_groups(channels: int) -> int:
@@ -152,17 +152,13 @@ def _resolve_image_shape(dim: int, image_shape) -> tuple[int, int, int]:
     if image_shape is None:
         side = math.isqrt(dim) if dim > 0 else 0
         if side * side != dim or side == 0:
-            raise FlowmatchError(
-                f"unet: data of dimension {dim} is not a square single-channel image; give image_shape (C, H, W)"
-            )
+            raise FlowmatchError(f"unet: data of dimension {dim} is not a square single-channel image; give image_shape (C, H, W)")
         return (1, side, side)
     shape = _int_tuple(image_shape, "image_shape")
     if len(shape) != 3 or min(shape) < 1:
         raise FlowmatchError(f"unet: image_shape must be three positive integers (C, H, W), got {list(shape)}")
     if math.prod(shape) != dim:
-        raise FlowmatchError(
-            f"unet: image_shape {list(shape)} has {math.prod(shape)} values but the data have dimension {dim}"
-        )
+        raise FlowmatchError(f"unet: image_shape {list(shape)} has {math.prod(shape)} values but the data have dimension {dim}")
     return shape
 
 
@@ -219,14 +215,11 @@ class UNet(nn.Module):
         resolutions = [h // 2**level for level in range(len(mult))]
         unknown = sorted(set(attn_res) - set(resolutions))
         if unknown:
-            raise FlowmatchError(
-                f"unet: attention_resolutions {unknown} are not resolutions of this U-Net ({resolutions})"
-            )
+            raise FlowmatchError(f"unet: attention_resolutions {unknown} are not resolutions of this U-Net ({resolutions})")
         for level, r in enumerate(resolutions):
             if r in attn_res and (channels * mult[level]) % attention_heads:
                 raise FlowmatchError(
-                    f"unet: attention_heads ({attention_heads}) must divide the {channels * mult[level]} channels "
-                    f"at resolution {r}"
+                    f"unet: attention_heads ({attention_heads}) must divide the {channels * mult[level]} channels at resolution {r}"
                 )
 
         self.config = {
@@ -306,9 +299,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
         if x.ndim != 2 or x.shape[1] != math.prod(self.image_shape):
-            raise FlowmatchError(
-                f"unet: expected flat images of shape (batch, {math.prod(self.image_shape)}), got {tuple(x.shape)}"
-            )
+            raise FlowmatchError(f"unet: expected flat images of shape (batch, {math.prod(self.image_shape)}), got {tuple(x.shape)}")
         e = self.embedding(x, t, y)
         h = self.conv_in(x.reshape(batch, *self.image_shape))
         skips = [h]

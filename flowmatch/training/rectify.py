@@ -46,22 +46,38 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoints import atomic_write, write_json_atomic
-from .errors import FlowmatchError
-from .solvers import integrate
+from flowmatch.errors import FlowmatchError
+from flowmatch.solvers.integration import integrate
+from flowmatch.storage import atomic_file, write_json
 
 #: Offset between a run's training seed and the seed of its pair draws, so that the x0 of the
 #: pairs differ from the noise that ``fit`` evaluates with (seed + 1).
 PAIR_SEED_OFFSET = 1_000_003
 
+
 #: Options a reflow or distillation may not change: they are fixed by the teacher run and its pairs.
-FIXED_KEYS = ("data", "source", "seed", "standardize", "model", "width", "depth", "activation", "conditional", "pairs", "init_from", "objective", "distill_nfe")
+FIXED_KEYS = (
+    "data",
+    "source",
+    "seed",
+    "standardize",
+    "model",
+    "width",
+    "depth",
+    "activation",
+    "conditional",
+    "pairs",
+    "init_from",
+    "objective",
+    "distill_nfe",
+)
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -93,12 +109,7 @@ def make_pairs(
     was_training = flow.model.training
     flow.model.eval()
     try:
-        x1 = torch.cat(
-            [
-                integrate(velocity, chunk.to(flow.device), solver=solver, nfe=nfe).x.cpu()
-                for chunk in x0.split(batch_size)
-            ]
-        )
+        x1 = torch.cat([integrate(velocity, chunk.to(flow.device), solver=solver, nfe=nfe).x.cpu() for chunk in x0.split(batch_size)])
     finally:
         flow.model.train(was_training)
     return x0, x1.to(torch.float32)
@@ -107,7 +118,7 @@ def make_pairs(
 def save_pairs(path: str | os.PathLike, x0: torch.Tensor, x1: torch.Tensor) -> Path:
     """Write (x0, x1) to an .npz with arrays ``x0`` and ``x1``, atomically."""
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_file(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, x0=x0.detach().cpu().numpy(), x1=x1.detach().cpu().numpy())
     return path
@@ -175,8 +186,10 @@ def distill(
 def _retrain(
     run_dir, out, *, n_pairs, steps, teacher_solver, teacher_nfe, pair_seed, force, progress, evaluate, objective, student_nfe, options
 ):
-    from .runs import check_writable_run, load, read_json
-    from .training import TrainConfig, fit
+    from flowmatch.runs import check_writable_run, load
+    from flowmatch.storage import read_json
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.fitting import fit
 
     run_dir, out = Path(run_dir), Path(out)
     n_pairs = _check_positive_int("the number of pairs", n_pairs)
@@ -190,8 +203,10 @@ def _retrain(
     check_writable_run(out, force)  # fail before generating pairs
     old = TrainConfig.from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
     if old.to_dict().get("conditional"):
-        raise FlowmatchError(f"'{run_dir}' is a class-conditional run; reflow and distillation of those are not supported (the pairs carry no labels)")
-    pending = (out.parent.resolve() / f".{out.name}.pairs-{os.getpid()}.npz")
+        raise FlowmatchError(
+            f"'{run_dir}' is a class-conditional run; reflow and distillation of those are not supported (the pairs carry no labels)"
+        )
+    pending = out.parent.resolve() / f".{out.name}.pairs-{os.getpid()}.npz"
     values = {
         **old.to_dict(),
         "coupling": "independent",
@@ -234,7 +249,7 @@ def _retrain(
         if student_nfe is None:
             metrics["straightness"] = straightness(result.flow, n=1000, seed=config.seed + 2)
         metrics["few_step"]["floor"] = metrics["w2_floor"]
-        write_json_atomic(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
     return result, metrics
 
 
@@ -244,7 +259,7 @@ def _adopt_pairs(out: Path, pending: Path) -> None:
     Link (or copy) first, then rewrite the config, then remove the old name: at every moment the
     config names a file that exists. If the run folder never appeared, the file is just removed.
     """
-    from .runs import read_json
+    from flowmatch.storage import read_json
 
     config_path = out / "config.json"
     try:
@@ -257,9 +272,9 @@ def _adopt_pairs(out: Path, pending: Path) -> None:
             final.unlink(missing_ok=True)
             os.link(pending, final)
         except OSError:
-            with atomic_write(final) as tmp:
+            with atomic_file(final) as tmp:
                 shutil.copyfile(pending, tmp)
-        write_json_atomic(config_path, {**read_json(config_path), "pairs": str(final)})
+        write_json(config_path, {**read_json(config_path), "pairs": str(final)})
     finally:
         pending.unlink(missing_ok=True)
 
@@ -267,7 +282,7 @@ def _adopt_pairs(out: Path, pending: Path) -> None:
 # -- measurements ------------------------------------------------------------------------------------
 def few_step_w2(flow, *, solver: str = "euler", nfe: int = 1, n: int = 2000, seed: int = 1) -> float:
     """Exact W2 between n samples (``solver``, ``nfe``) and n held-out points, as ``fit`` measures."""
-    from .metrics import w2_exact
+    from flowmatch.evaluation.metrics import w2_exact
 
     test = flow.dataset.test
     m = min(n, len(test) // 2)
@@ -307,10 +322,7 @@ def straightness(
     times, trajectory = solution.times, solution.trajectory  # (N + 1,), (N + 1, n, ...)
     displacement = trajectory[-1] - trajectory[0]
     deviation = torch.stack(
-        [
-            (velocity(x, t.to(device=x.device, dtype=x.dtype)) - displacement).pow(2).flatten(1).sum(1)
-            for x, t in zip(trajectory, times)
-        ]
+        [(velocity(x, t.to(device=x.device, dtype=x.dtype)) - displacement).pow(2).flatten(1).sum(1) for x, t in zip(trajectory, times)]
     ).double()  # (N + 1, n)
     h = times.diff().to(deviation.device)
     integral = (0.5 * h[:, None] * (deviation[1:] + deviation[:-1])).sum(0)  # trapezoid per trajectory

@@ -35,15 +35,21 @@ import numpy as np
 import ot
 import torch
 
-from .errors import FlowmatchError
+from flowmatch.errors import FlowmatchError
 
 #: The quantile of the test rows' DCRs below which a generated row counts as a copy.
 COPY_QUANTILE = 0.05
+
+
 #: A run warns when its copy share exceeds this, and twice the test split's own.
 COPY_WARNING = 0.10
+
+
 #: Wasserstein distances are exact (POT's network simplex) up to this many rows per set; larger sets
 #: are scored on this many random rows.
 MAX_W_ROWS = 5000
+
+
 _CHUNK = 2048
 
 

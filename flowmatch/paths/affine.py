@@ -36,127 +36,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import FlowmatchError
+from flowmatch.errors import FlowmatchError
+from flowmatch.paths.schedules import CosineSchedule, GaussianSchedule, LinearSchedule, Schedule
 
 if TYPE_CHECKING:
-    from .data import GaussianMixture
+    from flowmatch.data.toy import GaussianMixture
+
 
 PREDICTIONS = ("velocity", "x1", "x0")
-
-
-class Schedule:
-    """alpha_t and sigma_t of an affine path, with their time derivatives (element-wise in t)."""
-
-    name = "schedule"
-
-    def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def d_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def d_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class GaussianSchedule(Schedule):
-    """alpha_t = t, sigma_t = 1 - (1 - sigma_min) t: x_1 ~ N(x1, sigma_min^2 I) at the data end."""
-
-    name = "gaussian"
-
-    def __init__(self, sigma_min: float = 0.0):
-        if not 0.0 <= sigma_min < 1.0:
-            raise FlowmatchError(f"sigma_min must be in [0, 1), got {sigma_min}")
-        self.sigma_min = float(sigma_min)
-
-    def alpha(self, t):
-        return t
-
-    def sigma(self, t):
-        return 1.0 - (1.0 - self.sigma_min) * t
-
-    def d_alpha(self, t):
-        return torch.ones_like(t)
-
-    def d_sigma(self, t):
-        return torch.full_like(t, -(1.0 - self.sigma_min))
-
-
-class LinearSchedule(GaussianSchedule):
-    """alpha_t = t, sigma_t = 1 - t: the straight-line (rectified flow / CondOT) path."""
-
-    name = "linear"
-
-    def __init__(self):
-        super().__init__(sigma_min=0.0)
-
-
-class CosineSchedule(Schedule):
-    """alpha_t = sin(pi t / 2), sigma_t = cos(pi t / 2): variance preserving."""
-
-    name = "cosine"
-
-    def alpha(self, t):
-        return torch.sin(0.5 * math.pi * t)
-
-    def sigma(self, t):
-        return torch.cos(0.5 * math.pi * t)
-
-    def d_alpha(self, t):
-        return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
-
-    def d_sigma(self, t):
-        return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
-
-
-class CustomSchedule(Schedule):
-    """A schedule from user callables; missing derivatives come from autograd.
-
-    The callables take a tensor of times and act element-wise, e.g.
-    ``CustomSchedule(alpha=lambda t: t**2, sigma=lambda t: 1 - t**2)``.
-    """
-
-    name = "custom"
-
-    def __init__(
-        self,
-        alpha: Callable[[torch.Tensor], torch.Tensor],
-        sigma: Callable[[torch.Tensor], torch.Tensor],
-        d_alpha: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        d_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
-        self._alpha, self._sigma = alpha, sigma
-        self._d_alpha = d_alpha or _autograd_derivative(alpha)
-        self._d_sigma = d_sigma or _autograd_derivative(sigma)
-
-    def alpha(self, t):
-        return self._alpha(t)
-
-    def sigma(self, t):
-        return self._sigma(t)
-
-    def d_alpha(self, t):
-        return self._d_alpha(t)
-
-    def d_sigma(self, t):
-        return self._d_sigma(t)
-
-
-def _autograd_derivative(fn):
-    def derivative(t: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            tt = t.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(fn(tt).sum(), tt)
-        return grad
-
-    return derivative
 
 
 @dataclass
@@ -373,70 +264,3 @@ def make_path(name: str, sigma_min: float = 0.0, bridge_sigma: float = 0.0) -> A
     if name == "cosine":
         return AffinePath(CosineSchedule(), bridge_sigma)
     raise FlowmatchError(f"unknown path '{name}'; choose one of {', '.join(PATHS)}")
-
-
-# -- sampling under another schedule ------------------------------------------------------------------
-def _resolve_schedule(schedule) -> Schedule:
-    if isinstance(schedule, Schedule):
-        return schedule
-    if isinstance(schedule, AffinePath):
-        return schedule.schedule
-    if isinstance(schedule, str):
-        return make_path(schedule).schedule
-    raise FlowmatchError(f"a schedule must be a Schedule, an AffinePath or a path name ({', '.join(PATHS)}), got {schedule!r}")
-
-
-def _log_snr(s: Schedule, t: torch.Tensor) -> torch.Tensor:
-    return torch.log(s.alpha(t)) - torch.log(s.sigma(t))
-
-
-def transform_schedule(velocity: Callable, trained, target, *, iterations: int = 60) -> Callable:
-    """The velocity field of a model trained on schedule ``trained``, rewritten for schedule ``target``.
-
-    Both paths carry the same (x0, x1) coupling: x_t = alpha_t x1 + sigma_t x0 and
-    xbar_r = alphabar_r x1 + sigmabar_r x0 are one rescaled by the other, xbar_r = s_r x_{t_r}, where
-    t_r matches the signal-to-noise ratio, alpha_{t_r} / sigma_{t_r} = alphabar_r / sigmabar_r, and
-    s_r = alphabar_r / alpha_{t_r} = sigmabar_r / sigma_{t_r}. The marginal velocity under the target is
-
-        ubar_r(x) = (s'_r / s_r) x + s_r t'_r u_{t_r}(x / s_r),
-        t'_r = (alphabar'_r sigmabar_r - alphabar_r sigmabar'_r) / ((alpha'_t sigma_t - alpha_t sigma'_t) s_r^2),
-
-    and s'_r from s_r = alphabar_r / alpha_{t_r} near the data end (sigmabar_r / sigma_{t_r} near
-    the noise end, whichever is better conditioned). Both schedules start at noise (alpha 0, sigma 1)
-    and end at data (alpha 1, sigma 0), so s_0 = s_1 = 1: integrating ``ubar`` from 0 to 1 lands where
-    integrating u does, sample for sample, for an exact field (Meta's ``ScheduleTransformedModel``
-    does the same). t_r is found by bisection on the log-SNR (``iterations`` halvings, to float64
-    resolution); the trained schedule's SNR must increase with t, as every built-in one does (a
-    gaussian path with sigma_min > 0 never reaches the data end's infinite SNR, so its last step is
-    approximate by that much).
-    """
-    trained, target = _resolve_schedule(trained), _resolve_schedule(target)
-
-    def transformed(x: torch.Tensor, r) -> torch.Tensor:
-        r = torch.as_tensor(r, dtype=torch.float64).reshape(-1)
-        ab, sb, dab, dsb = target.alpha(r), target.sigma(r), target.d_alpha(r), target.d_sigma(r)
-        t = _match_snr(trained, ab, sb, iterations)
-        a, s, da, ds = trained.alpha(t), trained.sigma(t), trained.d_alpha(t), trained.d_sigma(t)
-        near_data = a >= s  # divide by the larger of alpha and sigma (neither is 0 on its side)
-        big_a, big_s = torch.where(near_data, a, 1.0), torch.where(near_data, 1.0, s)
-        scale = torch.where(near_data, ab / big_a, sb / big_s)
-        dt = (dab * sb - ab * dsb) / ((da * s - a * ds) * scale**2)
-        ds_dr = torch.where(near_data, (dab * a - ab * da * dt) / big_a**2, (dsb * s - sb * ds * dt) / big_s**2)
-        column = lambda c: c.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))  # noqa: E731
-        u = velocity(x / column(scale), t.to(x.device, x.dtype).expand(x.shape[0]))
-        return column(ds_dr / scale) * x + column(scale * dt) * u
-
-    return transformed
-
-
-def _match_snr(schedule: Schedule, alpha: torch.Tensor, sigma: torch.Tensor, iterations: int) -> torch.Tensor:
-    """t in [0, 1] with alpha_t / sigma_t = alpha / sigma (0 and 1 at the ends), by bisection on the log-SNR."""
-    target = torch.log(alpha) - torch.log(sigma)  # -inf at noise, +inf at data
-    low, high = torch.zeros_like(target), torch.ones_like(target)
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        below = _log_snr(schedule, mid) < target
-        low, high = torch.where(below, mid, low), torch.where(below, high, mid)
-    t = (low + high) / 2
-    t = torch.where(torch.isneginf(target), torch.zeros_like(t), t)
-    return torch.where(torch.isposinf(target), torch.ones_like(t), t)

@@ -22,13 +22,13 @@ import math
 import torch
 from torch import nn
 
-from .errors import FlowmatchError
-from .unet import UNet
+from flowmatch.errors import FlowmatchError
 
 try:
     from torch.compiler import is_compiling
 except ImportError:  # torch < 2.3
     from torch._dynamo import is_compiling
+
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
@@ -53,9 +53,7 @@ class SeedMLP(nn.Module):
     def __init__(self, dim: int, width: int = 128):
         super().__init__()
         self.config = {"name": "seed-mlp", "width": width}
-        self.net = nn.Sequential(
-            nn.Linear(dim + 1, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim)
-        )
+        self.net = nn.Sequential(nn.Linear(dim + 1, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
 
     def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
         t = time_column(t, x).expand(x.shape[0], 1)
@@ -88,9 +86,7 @@ class MLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise FlowmatchError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
         if width < 1 or depth < 1 or time_dim < 2 or time_dim % 2 or num_classes < 0:
-            raise FlowmatchError(
-                f"model sizes must be positive (time_dim even): width={width}, depth={depth}, time_dim={time_dim}"
-            )
+            raise FlowmatchError(f"model sizes must be positive (time_dim even): width={width}, depth={depth}, time_dim={time_dim}")
         self.config = {
             "name": "mlp",
             "width": width,
@@ -154,16 +150,3 @@ _IN_PLACE = {
     nn.SiLU: lambda h: nn.functional.silu(h, inplace=True),
     nn.Tanh: torch.tanh_,
 }
-
-
-MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet}
-
-
-def build_model(name: str, dim: int, **options) -> nn.Module:
-    """A velocity model by name for data of dimension ``dim``; options are the class's arguments."""
-    if name not in MODELS:
-        raise FlowmatchError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
-    try:
-        return MODELS[name](dim, **options)
-    except TypeError as exc:
-        raise FlowmatchError(f"bad options for model '{name}': {exc}") from None

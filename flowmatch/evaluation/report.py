@@ -43,15 +43,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data as data_module
-from .checkpoints import write_json_atomic
-from .errors import FlowmatchError
-from .likelihood import summarize
-from .memorisation import memorisation, memorisation_warning
-from .metrics import MAX_EXACT_W2, mmd, mmd_bandwidths, quality, w2_exact
-from .solvers import TABLEAUS
+from flowmatch.data import toy as data_module
+from flowmatch.errors import FlowmatchError
+from flowmatch.evaluation.memorisation import memorisation, memorisation_warning
+from flowmatch.evaluation.metrics import MAX_EXACT_W2, mmd, mmd_bandwidths, quality, w2_exact
+from flowmatch.likelihood import summarize
+from flowmatch.solvers.tableaus import TABLEAUS
+from flowmatch.storage import write_json
 
 REPORT = "report.json"
+
+
 #: Picture names and files; ``density`` and ``field`` need 2-D data.
 PICTURES = {
     "samples": "samples.png",
@@ -61,14 +63,29 @@ PICTURES = {
     "animation": "animation.gif",
     "nfe": "nfe.png",
 }
+
+
 TWO_D_ONLY = ("density", "field")
+
+
 SWEEP_SOLVERS = ("euler", "midpoint", "heun", "rk4")
+
+
 SWEEP_NFE = (1, 2, 4, 8, 16, 32, 64, 100)
+
+
 FIELD_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 DENSITY_GRID = 100  # the density heat map is DENSITY_GRID x DENSITY_GRID log-densities (rk4, NFE 32)
+
+
 _HELD_SEED = 7_000_003  # fresh held-out draws of built-in sets: seed + this (+0, +1, +2 for the three sets)
 
+
 FULL = {"n": 5000, "n_likelihood": 2000, "likelihood_solver": "dopri5", "likelihood_nfe": 100}
+
+
 QUICK = {"n": 1000, "n_likelihood": 500, "likelihood_solver": "rk4", "likelihood_nfe": 40}
 
 
@@ -126,10 +143,12 @@ def _bounds(points: torch.Tensor, pad: float = 0.12) -> tuple[float, float, floa
 # -- pieces of the report --------------------------------------------------------------------------
 def likelihood_report(flow, points, *, solver="dopri5", nfe=100, atol=1e-5, rtol=1e-5, divergence="auto", probes=1, seed=0, progress=False):
     """({NLL summary and how it was computed}, per-point log q) for held-out ``points`` (data coordinates)."""
-    from .likelihood import flow_log_prob
+    from flowmatch.likelihood import flow_log_prob
 
     started = time.perf_counter()
-    res = flow_log_prob(flow, points, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence, probes=probes, seed=seed, progress=progress)
+    res = flow_log_prob(
+        flow, points, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence, probes=probes, seed=seed, progress=progress
+    )
     summary = summarize(res.log_prob, flow.dim).to_dict()
     summary.update(
         solver=solver,
@@ -164,7 +183,9 @@ def known_density_report(name: str, points: torch.Tensor, log_q: torch.Tensor, n
     return out
 
 
-def nfe_sweep(flow, held_a, held_b, *, n: int = 1000, seed: int = 0, solvers=SWEEP_SOLVERS, nfes=SWEEP_NFE, progress=False) -> dict[str, Any]:
+def nfe_sweep(
+    flow, held_a, held_b, *, n: int = 1000, seed: int = 0, solvers=SWEEP_SOLVERS, nfes=SWEEP_NFE, progress=False
+) -> dict[str, Any]:
     """Exact W2 and MMD^2 of ``n`` samples to ``held_a`` for each fixed-step solver and NFE, with floors.
 
     Every solve starts from the same noise, so the curves differ only by the solver's error. Returns
@@ -204,7 +225,7 @@ def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, swe
     does); otherwise ``n`` held-out points and samples are drawn here (the NFE sweep uses
     min(n, 1000) samples per solve).
     """
-    from . import plots
+    from flowmatch.plots import figures as plots
 
     if what not in PICTURES:
         raise FlowmatchError(f"unknown picture {what!r}; choose one of {', '.join(PICTURES)}")
@@ -243,7 +264,9 @@ def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, swe
     elif what in ("trajectories", "animation"):
         traj, times = _trajectory(flow, 600, seed + 2)
         if what == "trajectories":
-            plots.plot_trajectories(traj, times, out, data=data, max_paths=300, title=f"{name}: 300 trajectories from noise (t = 0) to data (t = 1)")
+            plots.plot_trajectories(
+                traj, times, out, data=data, max_paths=300, title=f"{name}: 300 trajectories from noise (t = 0) to data (t = 1)"
+            )
         else:
             plots.animate_flow(traj, times, out, data=data)
     elif what == "field":
@@ -261,7 +284,15 @@ def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, swe
                 velocities.append(v.reshape(res, res, 2))
         traj, times = _trajectory(flow, 600, seed + 2)
         idx = [int(torch.argmin((times - t).abs())) for t in FIELD_TIMES]
-        plots.plot_field(xs, ys, torch.stack(velocities), FIELD_TIMES, out, particles=traj[idx], title=f"{name}: velocity field in data coordinates (grey: samples x_t)")
+        plots.plot_field(
+            xs,
+            ys,
+            torch.stack(velocities),
+            FIELD_TIMES,
+            out,
+            particles=traj[idx],
+            title=f"{name}: velocity field in data coordinates (grey: samples x_t)",
+        )
     elif what == "nfe":
         if sweep is None:
             sweep = nfe_sweep(flow, held[0], held[1], n=min(n, 1000), seed=seed, progress=progress)
@@ -278,8 +309,9 @@ def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, swe
 MEMORISATION_ROWS = {"full": 5000, "quick": 2000}
 
 
-def memorisation_report(flow, *, train=None, test=None, quick: bool = False, solver=None, nfe=None, seed: int = 0,
-                        folder: Path | None = None) -> dict[str, Any] | None:
+def memorisation_report(
+    flow, *, train=None, test=None, quick: bool = False, solver=None, nfe=None, seed: int = 0, folder: Path | None = None
+) -> dict[str, Any] | None:
     """:func:`flowmatch.memorisation.memorisation` of the flow's samples, with its one-line ``warning``
     ('' when there is none).
 
@@ -316,15 +348,20 @@ def memorisation_report(flow, *, train=None, test=None, quick: bool = False, sol
 
 def nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, out: Path) -> str:
     """Rows of generated images, each above its nearest training image (the DCR's distance)."""
-    from . import images
-    from .memorisation import MinMaxScale, closest_records
+    from flowmatch.evaluation.memorisation import MinMaxScale, closest_records
+    from flowmatch.plots import images as image_plots
 
     scale = MinMaxScale(train.double())
     nearest = closest_records(scale(generated.double()), scale(train.double()))[1]
     half = len(generated) // 2
     rows = [generated[:half], train[nearest[:half]], generated[half:], train[nearest[half:]]]
-    images.save_class_grid(rows, image_shape, out, row_labels=["generated", "nearest train", "generated", "nearest train"],
-                           title="generated images and their nearest training images (L1, min-max)")
+    image_plots.save_class_grid(
+        rows,
+        image_shape,
+        out,
+        row_labels=["generated", "nearest train", "generated", "nearest train"],
+        title="generated images and their nearest training images (L1, min-max)",
+    )
     return out.name
 
 
@@ -413,8 +450,9 @@ def evaluate(
     t = time.perf_counter()
     memo = None
     if reference is None or train is not None:  # your own reference data: only with its training points
-        memo = memorisation_report(flow, train=train, test=reference, quick=quick, solver=solver, nfe=nfe, seed=seed,
-                                   folder=folder if pictures else None)
+        memo = memorisation_report(
+            flow, train=train, test=reference, quick=quick, solver=solver, nfe=nfe, seed=seed, folder=folder if pictures else None
+        )
     if memo is not None:
         memo["seconds"] = time.perf_counter() - t
         report["memorisation"] = memo
@@ -439,13 +477,15 @@ def evaluate(
                 continue
             if what == "nfe" and not sweep:
                 continue
-            picture(flow, what, folder / file, held=(held_a, held_b), samples=gen.x, sweep=report.get("nfe_sweep"), seed=seed, progress=progress)
+            picture(
+                flow, what, folder / file, held=(held_a, held_b), samples=gen.x, sweep=report.get("nfe_sweep"), seed=seed, progress=progress
+            )
             report["pictures"].append(file)
         report["pictures_seconds"] = time.perf_counter() - t
     report["pictures"] += report.get("memorisation", {}).get("pictures", [])
     report["seconds"] = time.perf_counter() - started
     if folder is not None:
-        write_json_atomic(folder / REPORT, _json_safe(report))
+        write_json(folder / REPORT, _json_safe(report))
     return report
 
 
@@ -463,8 +503,10 @@ def summary_line(report: dict[str, Any]) -> str:
         parts.append(f"KL(data || model) {kl:.4f}")
     memo = report.get("memorisation")
     if memo:
-        parts.append(f"copy share {memo['copy_share']['value']:.2f} (test split {memo['copy_share']['test']:.2f}), "
-                     f"DCR ratio {memo['dcr_ratio']['value']:.2f}")
+        parts.append(
+            f"copy share {memo['copy_share']['value']:.2f} (test split {memo['copy_share']['test']:.2f}), "
+            f"DCR ratio {memo['dcr_ratio']['value']:.2f}"
+        )
     return "eval" + (" (quick)" if report.get("quick") else "") + ": " + ", ".join(parts)
 
 
@@ -483,15 +525,28 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a plain-text table (what ``flowmatch eval`` prints)."""
     q = report["quality"]
     sampler = report["sampler"]
-    head = f"{report['data']} (D = {report['dim']}): {q['n']} samples ({sampler['solver']}, NFE {sampler['nfe_used']}) against held-out data"
+    head = (
+        f"{report['data']} (D = {report['dim']}): {q['n']} samples ({sampler['solver']}, NFE {sampler['nfe_used']}) against held-out data"
+    )
     lines = [head, f"{'metric':<22}{'model':>12}{'floor':>12}"]
-    labels = {"w2": "W2 (exact)", "sliced_w2": "sliced W2", "mmd": "MMD^2 (RBF)", "energy": "energy distance", "precision": "precision (k-NN)", "recall": "recall (k-NN)"}
+    labels = {
+        "w2": "W2 (exact)",
+        "sliced_w2": "sliced W2",
+        "mmd": "MMD^2 (RBF)",
+        "energy": "energy distance",
+        "precision": "precision (k-NN)",
+        "recall": "recall (k-NN)",
+    }
     for key, label in labels.items():
         if key in q:
             lines.append(f"{label:<22}{q[key]['value']:>12.4g}{q[key]['floor']:>12.4g}")
     lik = report.get("likelihood", {})
     if "nll" in lik:
-        how = f"{lik['solver']}" + (f" NFE {lik['nfe']}" if lik["nfe"] else f" tol {lik['atol']:g}, NFE {lik['nfe_used']}") + f", {lik['divergence']} divergence, {lik['n']} points"
+        how = (
+            f"{lik['solver']}"
+            + (f" NFE {lik['nfe']}" if lik["nfe"] else f" tol {lik['atol']:g}, NFE {lik['nfe_used']}")
+            + f", {lik['divergence']} divergence, {lik['n']} points"
+        )
         lines.append(f"{'NLL (nats)':<22}{lik['nll']:>12.4f} +- {lik['nll_se']:.4f}   ({how})")
         lines.append(f"{'bits/dim':<22}{lik['bpd']:>12.4f} +- {lik['bpd_se']:.4f}")
     elif "skipped" in lik:
@@ -505,13 +560,17 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"KL(data || model): {known.get('kl_note', 'not available')}")
     memo = report.get("memorisation")
     if memo:
-        lines.append(f"memorisation ({memo['n']} generated rows, {memo['n_train']} training rows, {memo['n_test']} test rows; "
-                     "L1 after min-max scaling)")
+        lines.append(
+            f"memorisation ({memo['n']} generated rows, {memo['n_train']} training rows, {memo['n_test']} test rows; "
+            "L1 after min-max scaling)"
+        )
         lines.append(f"{'':<22}{'model':>12}{'test split':>12}")
         for key, label in (("copy_share", "copy share"), ("dcr_ratio", "DCR ratio"), ("w_train", "W_train"), ("w_test", "W_test")):
             lines.append(f"{label:<22}{memo[key]['value']:>12.4g}{memo[key]['test']:>12.4g}")
-        lines.append("  (copy share: generated rows nearer a training row than 95% of test rows are; a copy of the training "
-                     "set scores 1; test split's W_test: a draw of training rows)")
+        lines.append(
+            "  (copy share: generated rows nearer a training row than 95% of test rows are; a copy of the training "
+            "set scores 1; test split's W_test: a draw of training rows)"
+        )
     sweep = report.get("nfe_sweep")
     if sweep:
         lines.append(f"W2 against NFE ({sweep['n']} samples; floor {sweep['w2']['floor']:.3f}):")
@@ -520,8 +579,10 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"  {solver:<9}" + "  ".join(f"{k}: {v:.3f}" for k, v in points))
     images = report.get("images")
     if images:
-        lines.append(f"images: classifier accuracy on the test split {images['classifier_test_accuracy']:.3f}, "
-                     f"Frechet floor (test vs train) {images['frechet_floor']:.2f}")
+        lines.append(
+            f"images: classifier accuracy on the test split {images['classifier_test_accuracy']:.3f}, "
+            f"Frechet floor (test vs train) {images['frechet_floor']:.2f}"
+        )
         for w, entry in images["by_guidance"].items():
             acc = f", class accuracy {entry['class_accuracy']:.3f}" if "class_accuracy" in entry else ""
             lines.append(f"  guidance {w}: Frechet {entry['frechet']:.2f} ({entry['frechet_ratio']:.2f} x floor){acc}")
@@ -537,8 +598,9 @@ def format_report(report: dict[str, Any]) -> str:
 IMAGE_GUIDANCE = (1.0, 1.5, 2.0)
 
 
-def image_report(flow, folder: Path | None, *, solver: str = "midpoint", nfe: int = 40, seed: int = 0,
-                 guidance=IMAGE_GUIDANCE, pictures: bool = True) -> dict[str, Any]:
+def image_report(
+    flow, folder: Path | None, *, solver: str = "midpoint", nfe: int = 40, seed: int = 0, guidance=IMAGE_GUIDANCE, pictures: bool = True
+) -> dict[str, Any]:
     """Image metrics and pictures for a flow trained on images.
 
     A small classifier is trained deterministically on the training split (cached in the run folder,
@@ -549,18 +611,18 @@ def image_report(flow, folder: Path | None, *, solver: str = "midpoint", nfe: in
     accuracy on them is reported beside its accuracy on the real test split. Pictures: a grid of
     samples per class (rows) for each w, samples by guidance scale, and trajectories as image strips.
     """
-    from . import images
+    from flowmatch.evaluation import images as image_metrics
 
     ds = flow.dataset
     shape = tuple(ds.image_shape)
     cache = folder if folder is not None else Path(tempfile.mkdtemp(prefix="flowmatch-classifier-"))
-    classifier = images.cached_classifier(cache, ds.train, ds.train_labels, shape, ds.num_classes)
-    train_features = images.classifier_features(classifier, ds.train)
-    floor = images.frechet_distance(images.classifier_features(classifier, ds.test), train_features)
+    classifier = image_metrics.cached_classifier(cache, ds.train, ds.train_labels, shape, ds.num_classes)
+    train_features = image_metrics.classifier_features(classifier, ds.train)
+    floor = image_metrics.frechet_distance(image_metrics.classifier_features(classifier, ds.test), train_features)
     report: dict[str, Any] = {
         "image_shape": list(shape),
         "sampler": {"solver": solver, "nfe": nfe},
-        "classifier_test_accuracy": images.classifier_accuracy(classifier, ds.test, ds.test_labels),
+        "classifier_test_accuracy": image_metrics.classifier_accuracy(classifier, ds.test, ds.test_labels),
         "frechet_floor": floor,
         "by_guidance": {},
     }
@@ -570,10 +632,10 @@ def image_report(flow, folder: Path | None, *, solver: str = "midpoint", nfe: in
     for w in weights:
         labels = ds.test_labels if conditional else None
         x = flow.sample(n, solver=solver, nfe=nfe, seed=seed, label=labels, guidance=w)
-        entry = {"frechet": images.frechet_distance(images.classifier_features(classifier, x), train_features)}
+        entry = {"frechet": image_metrics.frechet_distance(image_metrics.classifier_features(classifier, x), train_features)}
         entry["frechet_ratio"] = entry["frechet"] / floor
         if conditional:
-            entry["class_accuracy"] = images.classifier_accuracy(classifier, x, labels)
+            entry["class_accuracy"] = image_metrics.classifier_accuracy(classifier, x, labels)
         report["by_guidance"][str(w)] = entry
     if pictures and folder is not None:
         report["pictures"] = image_pictures(flow, folder, solver=solver, nfe=nfe, seed=seed, guidance=weights)
@@ -582,7 +644,7 @@ def image_report(flow, folder: Path | None, *, solver: str = "midpoint", nfe: in
 
 def image_pictures(flow, folder: Path, *, solver="midpoint", nfe=40, seed=0, guidance=IMAGE_GUIDANCE, per_class=8) -> list[str]:
     """samples_w{w}.png (a row per class), guidance.png (a row per w), trajectory.png (image strips)."""
-    from . import images
+    from flowmatch.plots import images as image_plots
 
     shape = tuple(flow.dataset.image_shape)
     written = []
@@ -593,17 +655,21 @@ def image_pictures(flow, folder: Path, *, solver="midpoint", nfe=40, seed=0, gui
         for w in guidance:
             x = flow.sample(len(labels), solver=solver, nfe=nfe, seed=seed, label=labels, guidance=w)
             name = f"samples_w{w:g}.png"
-            images.save_class_grid(list(x.reshape(k, per_class, -1)), shape, folder / name, row_labels=names, title=f"guidance w = {w:g}")
+            image_plots.save_class_grid(
+                list(x.reshape(k, per_class, -1)), shape, folder / name, row_labels=names, title=f"guidance w = {w:g}"
+            )
             written.append(name)
         label = torch.arange(min(k, per_class))
         rows = [flow.sample(len(label), solver=solver, nfe=nfe, seed=seed, label=label, guidance=w) for w in guidance]
-        images.save_class_grid(rows, shape, folder / "guidance.png", row_labels=[f"w={w:g}" for w in guidance], title="classes by guidance scale")
+        image_plots.save_class_grid(
+            rows, shape, folder / "guidance.png", row_labels=[f"w={w:g}" for w in guidance], title="classes by guidance scale"
+        )
         written.append("guidance.png")
     else:
         x = flow.sample(8 * per_class, solver=solver, nfe=nfe, seed=seed)
-        images.save_image_grid(x, shape, folder / "samples_grid.png", nrow=per_class)
+        image_plots.save_image_grid(x, shape, folder / "samples_grid.png", nrow=per_class)
         written.append("samples_grid.png")
     trajectory = flow.generate(8, solver="euler", nfe=20, seed=seed, label=torch.arange(8) % k if k else None, return_trajectory=True)
-    images.save_trajectory_strip(trajectory.trajectory, shape, folder / "trajectory_strip.png", times=trajectory.times)
+    image_plots.save_trajectory_strip(trajectory.trajectory, shape, folder / "trajectory_strip.png", times=trajectory.times)
     written.append("trajectory_strip.png")
     return written

@@ -7,8 +7,8 @@ staging folder, each file flushed with fsync, and renamed into place, so at any 
 checkpoint folder is either complete or absent; after a crash the newest complete one is used.
 The last ``keep`` checkpoints are kept.
 
-Files that replace another (the final ``checkpoint.safetensors``, ``metrics.json``) go through
-:func:`atomic_write`: a temporary file in the same folder, fsync, then rename.
+Both go through :mod:`flowmatch.storage`, as do the files that replace another (the final
+``checkpoint.safetensors``, ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -16,79 +16,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import FlowmatchError
+from flowmatch.errors import FlowmatchError
+from flowmatch.storage import atomic_folder
 
 STATE_TENSORS = "state.safetensors"
+
+
 STATE_META = "state.json"
+
+
 FOLDER = "checkpoints"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
-    with atomic_write(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def save_state(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``step`` atomically and delete all but the newest ``keep``."""
     root = Path(run_dir) / FOLDER
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=root))
-    try:
+    with atomic_folder(final) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / STATE_TENSORS))
         (staging / STATE_META).write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True))
-        for name in (STATE_TENSORS, STATE_META):
-            with open(staging / name, "rb+") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        _fsync_dir(root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for old in list_states(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -17,7 +17,6 @@ then renamed over the target, so a reader never sees half a picture.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +27,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
+from flowmatch.storage import atomic_file
+
 DATA_COLOR = "tab:blue"
+
+
 SAMPLE_COLOR = "tab:orange"
 
 
@@ -36,30 +39,13 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_file(out: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``out``, give it the usual permissions, rename it over ``out``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
-
-
 def save_figure(fig, out: str | os.PathLike) -> Path:
     """Save ``fig`` to ``out`` atomically (temporary file in the same folder, then rename) and close it."""
     out = Path(out)
     try:
-        return _atomic_file(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png"))
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
+        return out
     finally:
         plt.close(fig)
 
@@ -225,7 +211,9 @@ def plot_field(xs, ys, velocities, times, out: str | os.PathLike, *, particles=N
     save_figure(fig, out)
 
 
-def animate_flow(trajectory, times, out: str | os.PathLike, *, data=None, dims: tuple[int, int] = (0, 1), fps: int = 12, hold: int = 8) -> None:
+def animate_flow(
+    trajectory, times, out: str | os.PathLike, *, data=None, dims: tuple[int, int] = (0, 1), fps: int = 12, hold: int = 8
+) -> None:
     """Animated GIF of particles flowing from noise to data (one frame per trajectory time).
 
     Held-out ``data`` is drawn once in the background; the last frame is held for ``hold`` extra
@@ -255,10 +243,8 @@ def animate_flow(trajectory, times, out: str | os.PathLike, *, data=None, dims: 
         frames.append(Image.fromarray(rgba[..., :3].copy()).convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
     plt.close(fig)
     frames += [frames[-1]] * hold
-    _atomic_file(
-        Path(out),
-        lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0),
-    )
+    with atomic_file(out) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
 def plot_nfe(sweeps: dict[str, tuple[dict[str, list[tuple[int, float]]], float]], out: str | os.PathLike, *, title: str = "") -> None:

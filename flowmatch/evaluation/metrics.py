@@ -34,11 +34,17 @@ import numpy as np
 import ot
 import torch
 
-from .errors import FlowmatchError
+from flowmatch.errors import FlowmatchError
 
 MAX_EXACT_W2 = 5000
+
+
 MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
 METRICS = ("w2", "sliced_w2", "mmd", "energy", "precision", "recall")
+
+
 _CHUNK = 1024
 
 

@@ -1,0 +1,50 @@
+"""Data: built-in 2-D sets (:mod:`.toy`), files (:mod:`.files`), images (:mod:`.images`), the
+standardisation (:mod:`.standardize`) and the finite :class:`Dataset` with its splits (:mod:`.dataset`).
+
+Names are imported from their modules on first use.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "BUILTIN_CLASSES": "toy",
+    "BUILTIN_IMAGE_SETS": "images",
+    "BUILTIN_NAMES": "toy",
+    "Dataset": "dataset",
+    "ENTROPY": "toy",
+    "FILE_EXTENSIONS": "files",
+    "GAUSSIAN_MIXTURES": "toy",
+    "GaussianMixture": "toy",
+    "IMAGE_EXTENSIONS": "images",
+    "ImageSet": "images",
+    "MAX_VALIDATION_ROWS": "dataset",
+    "MIN_ROWS": "files",
+    "Standardizer": "standardize",
+    "TABLE_NAMES": "toy",
+    "entropy": "toy",
+    "has_log_prob": "toy",
+    "is_image_data": "images",
+    "load_array": "files",
+    "load_dataset": "dataset",
+    "load_digits_images": "images",
+    "load_image_folder": "images",
+    "load_image_npz": "images",
+    "load_image_set": "images",
+    "load_labels": "files",
+    "log_prob": "toy",
+    "sample_builtin": "toy",
+    "stratified_split": "images",
+    "to_model_scale": "images",
+    "to_pixels": "images",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

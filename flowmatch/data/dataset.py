@@ -1,0 +1,361 @@
+"""Training data: the built-in 2-D toy densities, data files, and standardisation.
+
+Built-in sets
+-------------
+The toy sets follow the definitions in FFJORD's ``lib/toy_data.py``, so that numbers compare with published
+ones. Below, ``U`` is uniform on [0, 1), ``B`` is Bernoulli(1/2), ``N(m, s^2 I)`` a Gaussian, and every draw is
+independent:
+
+``two-gaussians`` (the default)
+    x = (4 s, 0) + N(0, I), with s = -1 or +1 with probability 1/2 each.
+``8gaussians``
+    x = (4 (cos(k pi/4), sin(k pi/4)) + N(0, 0.5^2 I)) / 1.414, with k uniform on {0, ..., 7}.
+``checkerboard``
+    x1 = 4 U - 2;  x2 = U' - 2 B + (floor(x1) mod 2);  x = 2 (x1, x2).
+    Uniform on the 8 squares [2i, 2i + 2) x [2j, 2j + 2) in [-4, 4)^2 with i + j even (density 1/32).
+``2spirals``
+    t = 3 pi sqrt(U);  d = (-t cos t + U'/2, t sin t + U''/2);  half the points are d, the other half -d
+    (the same d, mirrored);  x = (+-d) / 3 + N(0, 0.1^2 I).
+``moons``
+    scikit-learn's ``make_moons(noise=0.1)``, then x * 2 + (-1, -0.2): half the points on the upper moon
+    (cos a, sin a), half on the lower one (1 - cos a, 1/2 - sin a), at angles a evenly spaced over [0, pi];
+    shuffled; + N(0, 0.1^2 I).
+``circles``
+    scikit-learn's ``make_circles(factor=0.5, noise=0.08)``, then x * 3: half the points on the unit circle,
+    half on the circle of radius 1/2, at evenly spaced angles 2 pi j / m; shuffled; + N(0, 0.08^2 I).
+``rings``
+    4 concentric circles of radius 3 * {1, 0.75, 0.5, 0.25}; n // 4 points on each of the first three and
+    the rest on the innermost, at evenly spaced angles 2 pi j / m (j = 0..m-1); shuffled; + N(0, 0.08^2 I).
+``swissroll``
+    scikit-learn's ``make_swiss_roll(noise=1.0)``, columns 0 and 2, divided by 5: t = 1.5 pi (1 + 2 U);
+    x = ((t cos t, t sin t) + N(0, I)) / 5.
+
+The scikit-learn sets are drawn by these formulas in torch (the same distributions; a training step's
+batch costs microseconds rather than scikit-learn's millisecond of argument checks). All randomness
+comes from a ``torch.Generator`` (or an integer seed that makes one), so every draw is reproducible.
+
+Built-in tables
+---------------
+``wine`` (178 x 13, 3 classes) and ``breast-cancer`` (569 x 30, 2 classes) are scikit-learn's bundled
+``load_wine()`` and ``load_breast_cancer()`` (no download), split and standardised exactly as a data file
+is (below), with their class labels.
+
+Data files
+----------
+:func:`load_array` reads ``.npy``, ``.npz`` or ``.csv`` files of N points in D dimensions, never unpickling
+anything. :func:`load_dataset` splits the rows into train and test parts and standardises them.
+
+Coordinates
+-----------
+A :class:`Standardizer` maps data coordinates x to model coordinates z = (x - mean) / std. Models train on
+z; likelihoods in data coordinates add log |dz/dx| = -sum(log std) (see :meth:`Standardizer.log_abs_det`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flowmatch.data.files import _CORRUPT_ERRORS, _MMAP_BYTES, _MMAP_CHUNK, FILE_EXTENSIONS, MIN_ROWS, _MappedRows, load_labels
+from flowmatch.data.standardize import Standardizer
+from flowmatch.data.toy import (
+    _BUILTINS,
+    BUILTIN_CLASSES,
+    BUILTIN_NAMES,
+    GAUSSIAN_MIXTURES,
+    TABLE_NAMES,
+    GaussianMixture,
+    _check_count,
+    _check_seed,
+    _did_you_mean,
+    _make_generator,
+    sample_builtin,
+)
+from flowmatch.errors import FlowmatchError
+
+_TEST_SEED_OFFSET = 1_000_003  # built-in test sets: seed + offset, apart from the training draws
+
+
+_FIT_SEED_OFFSET = 2_000_003  # built-in standardisation fit sample: seed + offset
+
+
+_FIT_SAMPLES = 100_000
+
+
+_VAL_SEED_OFFSET = 3_000_017  # the validation rows: seed + offset
+
+
+#: At most this many training rows are held out for validation.
+MAX_VALIDATION_ROWS = 2000
+
+
+@dataclass(eq=False)
+class Dataset:
+    """Training data plus a fixed test set.
+
+    Training batches come from :meth:`sample` in model coordinates (standardised); ``test`` stays in data
+    coordinates. Built-in sets draw fresh training points on every call (``train`` is None); file data sets
+    resample the rows of ``train`` with replacement.
+    """
+
+    name: str
+    dim: int
+    standardizer: Standardizer
+    train: torch.Tensor | None
+    test: torch.Tensor
+    builtin: bool
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    class_names: list[str] | None = None  # None: the data are unlabelled
+    image_shape: tuple[int, ...] | None = None  # (C, H, W) for image data, flattened in that order
+    mapped: _MappedRows | None = None  # training rows of a memory-mapped file (then train is None)
+    val: torch.Tensor | None = None  # validation rows carved out of the training rows (model coordinates)
+    val_labels: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names else 0
+
+    def sample(self, n: int, generator: torch.Generator, *, labels: bool = False):
+        """A training batch of ``n`` points in model coordinates, drawn with ``generator``.
+
+        With ``labels=True`` returns (points, classes); classes are None for unlabelled data.
+        """
+        n = _check_count(n)
+        g = _make_generator(generator)
+        if self.builtin:
+            x, k = sample_builtin(self.name, n, g, labels=True)
+            x = self.standardizer.forward(x)
+        elif self.mapped is not None:
+            index = torch.randint(0, len(self.mapped), (n,), generator=g, device=g.device)
+            x, k = self.standardizer.forward(self.mapped[index.cpu()]).to(torch.float32), None
+        else:
+            index = torch.randint(0, len(self.train), (n,), generator=g, device=g.device).to(self.train.device)
+            x = self.train[index]
+            k = None if self.train_labels is None else self.train_labels[index]
+        return (x, k) if labels else x
+
+    @property
+    def n_train(self) -> int | None:
+        """How many training rows there are (None for built-in sets, which draw fresh points)."""
+        if self.builtin:
+            return None
+        return len(self.mapped) if self.mapped is not None else len(self.train)
+
+    def training_rows(self, limit: int | None = None, seed: int = 0) -> torch.Tensor:
+        """The training rows in data coordinates (at most ``limit``, a seeded random subset; finite data only)."""
+        n = self.n_train
+        if n is None:
+            raise FlowmatchError(f"'{self.name}' draws fresh points: it has no fixed training rows")
+        index = torch.arange(n) if limit is None or n <= limit else torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+        if self.mapped is not None:  # a mapped file's rows are read in data coordinates
+            return self.mapped[index]
+        return self.to_data(self.train[index]).to(torch.float32)
+
+    def hold_out_validation(self, fraction: float, seed: int) -> Dataset:
+        """The same data set with round(fraction * n_train) training rows (at least 2, at most
+        :data:`MAX_VALIDATION_ROWS`, leaving at least 2) moved to ``val``, chosen with ``seed``.
+
+        Built-in sets (fresh draws) and ``fraction == 0`` come back unchanged.
+        """
+        n = self.n_train
+        if n is None or fraction <= 0:
+            return self
+        n_val = min(max(2, round(fraction * n)), MAX_VALIDATION_ROWS, n - 2)
+        if n_val < 2:
+            raise FlowmatchError(
+                f"{self.name}: {n} training rows are too few to hold out a validation split; train with val_fraction 0 (--val-fraction 0)"
+            )
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + _VAL_SEED_OFFSET))
+        held, kept = order[:n_val], order[n_val:]
+        if self.mapped is not None:
+            val = self.mapped[held]
+            val = self.standardizer.forward(val).to(torch.float32)
+            return dataclasses.replace(self, mapped=_MappedRows(self.mapped.array, self.mapped.rows[kept]), val=val)
+        labels = self.train_labels
+        return dataclasses.replace(
+            self,
+            train=self.train[kept].contiguous(),
+            train_labels=None if labels is None else labels[kept].contiguous(),
+            val=self.train[held].contiguous(),
+            val_labels=None if labels is None else labels[held].contiguous(),
+        )
+
+    @property
+    def gaussian_mixture(self) -> GaussianMixture | None:
+        """The set's density in model coordinates where it is an isotropic Gaussian mixture
+        (:data:`GAUSSIAN_MIXTURES`, standardised by one scale for every column), else None."""
+        mixture = GAUSSIAN_MIXTURES.get(self.name) if self.builtin else None
+        std = self.standardizer.std
+        if mixture is None or not torch.all(std == std[0]):
+            return None
+        return mixture.affine(self.standardizer.mean, float(std[0]))
+
+    def to_model(self, x_data) -> torch.Tensor:
+        """Data -> model coordinates (``standardizer.forward``)."""
+        return self.standardizer.forward(x_data)
+
+    def to_data(self, x_model) -> torch.Tensor:
+        """Model -> data coordinates (``standardizer.inverse``)."""
+        return self.standardizer.inverse(x_model)
+
+
+def _looks_like_path(spec: str) -> bool:
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return os.path.splitext(spec)[1].lower() in FILE_EXTENSIONS or any(s in spec for s in separators)
+
+
+def load_dataset(
+    spec: str | os.PathLike,
+    *,
+    n_test: int = 4000,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool | None = None,
+    label_column: str | None = None,
+    mmap: bool | None = None,
+) -> Dataset:
+    """A built-in set by name (a 2-D toy set, a bundled table or ``digits``), or the points in a .npy/.npz/.csv file.
+
+    Built-in sets: ``test`` is ``n_test`` fresh points drawn with seed ``seed + 1_000_003`` (apart from the
+    training draws); the standardizer is the identity unless ``standardize=True``, which fits it on 100,000
+    fresh points.
+
+    Files and the bundled tables (``wine``, ``breast-cancer``): the rows are shuffled with ``seed``; round(test_fraction * N) of them, but at least 2 and at most
+    ``n_test`` (and leaving at least 2 for training), become ``test`` (data coordinates) and the rest
+    ``train`` (model coordinates). ``standardize`` defaults to True and fits on the train rows only.
+    Labels come from an .npz array ``labels`` or a CSV ``label_column`` (see :func:`load_labels`).
+
+    Large ``.npy`` files (over 1 GiB, or any with ``mmap=True``) are memory-mapped instead of read:
+    batches read their rows from disk, the standardiser is fitted on at most 100,000 random training
+    rows, and the values are checked chunk by chunk.
+
+    Image data (``digits``, a folder of PNG/JPEG files, an .npz with ``images``) is flattened to
+    (N, C*H*W) in [-1, 1] with ``image_shape`` set; see ``flowmatch.images``.
+    """
+    name = os.fspath(spec)
+    if not isinstance(name, str):
+        raise FlowmatchError(f"data spec must be a name or a path, got {spec!r}")
+    n_test = _check_count(n_test, "n_test")
+    if n_test < 1:
+        raise FlowmatchError("n_test must be at least 1")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise FlowmatchError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+    seed = _check_seed(seed)
+    if standardize is not None and not isinstance(standardize, bool):
+        raise FlowmatchError(f"standardize must be True, False or None, got {standardize!r}")
+
+    if name in _BUILTINS:
+        test, test_labels = sample_builtin(name, n_test, (seed + _TEST_SEED_OFFSET) % 2**63, labels=True)
+        if standardize:
+            standardizer = Standardizer.fit(sample_builtin(name, _FIT_SAMPLES, (seed + _FIT_SEED_OFFSET) % 2**63))
+        else:
+            standardizer = Standardizer.identity(2)
+        classes = [str(k) for k in range(BUILTIN_CLASSES[name])] or None
+        return Dataset(
+            name=name, dim=2, standardizer=standardizer, train=None, test=test, builtin=True, test_labels=test_labels, class_names=classes
+        )
+
+    if name in TABLE_NAMES:
+        array, labels, classes = _builtin_table(name)
+        return _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize)
+
+    from flowmatch.data.images import is_image_data, load_image_set
+
+    if is_image_data(name):
+        images = load_image_set(name, test_fraction=test_fraction, seed=seed)
+        return Dataset(
+            name=name,
+            dim=images.dim,
+            standardizer=Standardizer.identity(images.dim),
+            train=images.train,
+            test=images.test,
+            builtin=False,
+            train_labels=images.train_labels,
+            test_labels=images.test_labels,
+            class_names=images.class_names,
+            image_shape=images.image_shape,
+        )
+
+    if not os.path.exists(name):
+        if _looks_like_path(name):
+            raise FlowmatchError(f"{name}: no such file")
+        raise FlowmatchError(
+            f"unknown data {name!r}: not a file and not one of the built-in sets ({', '.join(_ALL_BUILTINS)})"
+            + _did_you_mean(name, _ALL_BUILTINS)
+        )
+
+    if n_test < 2:
+        raise FlowmatchError(f"{name}: n_test must be at least 2 for a data file, got {n_test}")
+    if mmap or (mmap is None and name.lower().endswith(".npy") and os.path.getsize(name) > _MMAP_BYTES):
+        if label_column:
+            raise FlowmatchError(f"{name}: memory-mapped .npy files carry no labels")
+        return _memory_mapped(name, n_test, test_fraction, seed, standardize)
+    array, labels, classes = load_labels(name, label_column)
+    return _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize)
+
+
+def _builtin_table(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(rows, labels, class names) of a scikit-learn bundled table."""
+    from sklearn import datasets
+
+    bunch = {"wine": datasets.load_wine, "breast-cancer": datasets.load_breast_cancer}[name]()
+    return bunch.data.astype(np.float64), bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+
+
+def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize) -> Dataset:
+    """Shuffle the rows with ``seed``, hold out the test rows, fit the standardiser on the train rows."""
+    points = torch.from_numpy(array)
+    n = len(points)
+    n_held = min(max(2, round(test_fraction * n)), n_test, n - 2)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    test, train = points[order[:n_held]], points[order[n_held:]]
+    standardizer = Standardizer.identity(points.shape[1]) if standardize is False else Standardizer.fit(train)
+    label_tensor = None if labels is None else torch.from_numpy(labels)
+    return Dataset(
+        name=name,
+        dim=points.shape[1],
+        standardizer=standardizer,
+        train=standardizer.forward(train).to(torch.float32).contiguous(),
+        test=test.to(torch.float32).contiguous(),
+        builtin=False,
+        train_labels=None if label_tensor is None else label_tensor[order[n_held:]],
+        test_labels=None if label_tensor is None else label_tensor[order[:n_held]],
+        class_names=classes,
+    )
+
+
+_ALL_BUILTINS = (*BUILTIN_NAMES, *TABLE_NAMES, "digits")
+
+
+def _memory_mapped(name: str, n_test: int, test_fraction: float, seed: int, standardize: bool | None) -> Dataset:
+    """A Dataset over a memory-mapped .npy: nothing but the test rows is read up front."""
+    if not name.lower().endswith(".npy"):
+        raise FlowmatchError(f"{name}: memory mapping needs a .npy file")
+    try:
+        array = np.load(name, mmap_mode="r", allow_pickle=False)
+    except _CORRUPT_ERRORS as e:
+        raise FlowmatchError(f"{name}: not a valid .npy file or corrupt ({type(e).__name__}: {e})") from None
+    if array.ndim != 2 or array.dtype.kind not in "fiu":
+        raise FlowmatchError(f"{name}: expected a numeric 2-D array of shape (N, D), got {array.dtype} {array.shape}")
+    n = len(array)
+    if n < MIN_ROWS:
+        raise FlowmatchError(f"{name}: need at least {MIN_ROWS} rows, got {n}")
+    for start in range(0, n, _MMAP_CHUNK):
+        bad = ~np.isfinite(array[start : start + _MMAP_CHUNK]).all(axis=1)
+        if bad.any():
+            raise FlowmatchError(f"{name}: NaN or infinite values (first in row {start + int(np.argmax(bad)) + 1})")
+    n_held = min(max(2, round(test_fraction * n)), n_test, n - 2)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train_rows = _MappedRows(array, order[n_held:])
+    test = _MappedRows(array, order[:n_held])[torch.arange(n_held)]
+    if standardize is False:
+        standardizer = Standardizer.identity(array.shape[1])
+    else:
+        fit_rows = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed + 1))[:_FIT_SAMPLES]
+        standardizer = Standardizer.fit(train_rows[fit_rows])
+    return Dataset(name=name, dim=array.shape[1], standardizer=standardizer, train=None, test=test, builtin=False, mapped=train_rows)

@@ -1,0 +1,246 @@
+"""The training configuration: plain data, every field a ``flowmatch train`` flag and a TOML key, with presets and the rules that resolve ``auto`` values."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowmatch.data.toy import GAUSSIAN_MIXTURES
+from flowmatch.errors import FlowmatchError
+from flowmatch.paths.affine import PATHS
+
+TARGETS = ("auto", "conditional", "posterior")
+
+
+#: The posterior target averages over (data point, source component) pairs: the first
+#: min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS / K) points of the global batch (and the pair's own), each
+#: with every one of the source's K components (one for N(0, I): the whole default batch of 512; 8
+#: for 8gaussians: 256 points). Its cost is (batch x points x K) a step.
+#: Measured on two-gaussians (N(0, I), seeds 0-7, first probe with W2 <= 1.1x floor): the first 256
+#: points, median step 125; the whole batch of 512, 87.5 (no seed later). On 8gaussians -> moons:
+#: 32 points crossed at steps 700, 800, 500 (seeds 0-2), 256 at 450 on each.
+POSTERIOR_REFERENCE = 512
+
+
+POSTERIOR_PAIRS = 2048
+
+
+#: ``target = auto`` takes the posterior on finite data only from this many training rows up. With
+#: fewer, a batch's reference holds a large share of the data set, and the posterior is then close to
+#: the exact velocity field of the training rows, whose flow carries noise onto the rows themselves.
+#: Measured with probes during training (seed 0, test rows as the validation set): on wine (142
+#: training rows) the posterior's validation loss is lowest at step 200 and then rises, the copy share
+#: going from 0.07 there to 0.98 at step 6,000 (the conditional target: 0.97); on 4,000 rows of moons
+#: the posterior copies nothing (copy share 0.03 to 0.05 at every probe). Results of the defaults:
+#: bench/results/memorisation.md.
+POSTERIOR_MIN_ROWS = 4 * POSTERIOR_REFERENCE
+
+
+def _option(default, help: str, choices=None, low=None, high=None):
+    """A config field with its help text and allowed values, shared by the CLI and validation."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Every field is also a ``flowmatch train`` flag."""
+
+    # what to learn
+    data: str = _option("two-gaussians", "built-in data set name or a .npy/.npz/.csv file of shape (N, D)")
+    source: str = _option("gaussian", "distribution at t = 0: gaussian (N(0, I)) or a data set name or file")
+    path: str = _option("linear", "probability path", choices=PATHS)
+    sigma_min: float = _option(0.0, "noise floor of the gaussian path at t = 1", low=0.0, high=0.999)
+    bridge_sigma: float = _option(0.0, "Brownian-bridge noise of the path (SB-CFM; 0 = none)", low=0.0)
+    coupling: str = _option("independent", "pairing of (x0, x1) in a batch", choices=("independent", "ot", "sinkhorn"))
+    ot_reg: float = _option(0.05, "entropic regularisation of the sinkhorn coupling (relative to the mean cost)", low=1e-6)
+    pairs: str = _option("", "train on fixed (x0, x1) pairs from this .npz (reflow); empty = draw pairs")
+    conditional: bool = _option(False, "condition the model on the data's class labels")
+    cond_dropout: float = _option(0.1, "probability of dropping a label for the learned null label (guidance)", low=0.0, high=1.0)
+    label_column: str = _option("", "CSV column (name or 1-based number) holding class labels")
+    objective: str = _option("flow-matching", "training loss", choices=("flow-matching", "distill"))
+    target: str = _option(
+        "auto",
+        "regression target: each pair's own velocity (conditional), or its posterior mean over the batch's data "
+        "points (posterior: same minimiser, less variance; gaussian or gaussian-mixture source, independent pairs); "
+        "auto = posterior where it applies",
+        choices=TARGETS,
+    )
+    distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
+    # model
+    model: str = _option("mlp", "velocity model (unet: images)", choices=("mlp", "seed-mlp", "unet"))
+    width: int = _option(256, "hidden units per layer (mlp)", low=1)
+    depth: int = _option(3, "hidden layers (mlp)", low=1)
+    activation: str = _option("silu", "activation (mlp)", choices=("relu", "silu", "gelu", "tanh", "softplus"))
+    channels: int = _option(16, "base channels (unet)", low=1)
+    channel_mult: str = _option("1,2", "channel multiplier per resolution, comma separated (unet)")
+    num_res_blocks: int = _option(1, "residual blocks per resolution (unet)", low=1)
+    attention: bool = _option(False, "self-attention at the lowest resolution (unet)")
+    dropout: float = _option(0.0, "dropout after hidden activations (mlp) or in residual blocks (unet)", low=0.0, high=0.9)
+    init_from: str = _option("", "start from the weights (and architecture) of this run folder")
+    # optimisation
+    batch_size: int = _option(512, "batch size per process (after the batch warm-up)", low=1)
+    batch_warmup: int = _option(1000, "grow the batch linearly from half of batch_size to batch_size over the first N steps", low=0)
+    steps: int = _option(6000, "optimiser steps", low=1)
+    optimizer: str = _option("adam", "optimiser", choices=("adam", "adamw"))
+    lr: float = _option(4e-3, "learning rate", low=0.0)
+    weight_decay: float = _option(0.0, "decoupled weight decay (adamw)", low=0.0)
+    lr_schedule: str = _option("cosine", "learning-rate schedule after warm-up", choices=("constant", "cosine"))
+    warmup: int = _option(0, "linear learning-rate warm-up steps", low=0)
+    grad_clip: float = _option(0.0, "clip the gradient norm to this (0 = off)", low=0.0)
+    ema: float = _option(0.999, "EMA decay of the weights used for sampling (0 = off)", low=0.0, high=0.99999)
+    ema_warmup: int = _option(10, "EMA warm-up: the decay after step k is min(ema, (1 + k) / (ema_warmup + k))", low=2)
+    time_sampling: str = _option("uniform", "distribution of training times", choices=("uniform", "logit-normal"))
+    time_strata: int = _option(32, "stratify each batch's times: K strata, one shared time per stratum (0 = a time per pair)", low=0)
+    time_loc: float = _option(0.0, "logit-normal location")
+    time_scale: float = _option(1.0, "logit-normal scale", low=1e-6)
+    time_shift: float = _option(1.0, "shift of the times toward noise (1 = none, >1 = more noise)", low=1e-6)
+    # finite data: validation and checkpoint selection
+    val_fraction: float = _option(
+        0.1, "share of a finite data set's training rows held out for the validation loss (0 = none)", low=0.0, high=0.5
+    )
+    val_every: int = _option(50, "compute the validation loss (EMA weights) every N steps", low=1)
+    select: str = _option(
+        "auto",
+        "weights the run keeps: the last, or those of the lowest validation loss (val-loss); auto = val-loss "
+        "where there is a validation split",
+        choices=("auto", "last", "val-loss"),
+    )
+    early_stop: int = _option(1000, "stop when the validation loss has not improved for N steps (0 = never)", low=0)
+    loss_weight: str = _option("none", "weight the loss as a velocity, data (x1) or noise (x0) error", choices=("none", "x1", "x0"))
+    precision: str = _option(
+        "auto",
+        "bf16 autocasts the model's matmuls to bfloat16; auto = bf16 where the device has bf16 matrix units, else fp32",
+        choices=("auto", "fp32", "bf16"),
+    )
+    compile: bool = _option(False, "torch.compile the model")
+    # data and bookkeeping
+    standardize: str = _option("auto", "standardise data (auto: files yes, built-ins and images no)", choices=("auto", "yes", "no"))
+    mmap: str = _option("auto", "memory-map a .npy file (auto: files over 1 GiB)", choices=("auto", "yes", "no"))
+    seed: int = _option(0, "random seed", low=0)
+    device: str = _option("auto", "cpu, cuda, cuda:N or auto")
+    checkpoint_every: int = _option(1000, "write a training checkpoint every N steps (and at the end)", low=1)
+    keep_checkpoints: int = _option(2, "training checkpoints to keep", low=1)
+    log_every: int = _option(50, "append to metrics.csv (and TensorBoard) every N steps", low=1)
+    sample_every: int = _option(0, "save a sample picture every N steps (0 = off)", low=0)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build and validate a config; unknown keys, wrong types and bad values name the key."""
+        if not isinstance(values, dict):
+            raise FlowmatchError(f"{source}: a config must be a mapping of keys to values, got {type(values).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise FlowmatchError(f"{source}: unknown key '{key}'")
+            kwargs[key] = _check_type(key, value, known[key].type, source)
+        config = cls(**kwargs)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta.get("choices") and value not in meta["choices"]:
+                raise FlowmatchError(f"{source}: {f.name} must be one of {', '.join(meta['choices'])}, got '{value}'")
+            if meta.get("low") is not None and not value >= meta["low"]:
+                raise FlowmatchError(f"{source}: {f.name} must be >= {meta['low']}, got {value}")
+            if meta.get("high") is not None and not value <= meta["high"]:
+                raise FlowmatchError(f"{source}: {f.name} must be <= {meta['high']}, got {value}")
+        if self.warmup >= self.steps and self.warmup > 0:
+            raise FlowmatchError(f"{source}: warmup ({self.warmup}) must be smaller than steps ({self.steps})")
+        try:
+            mult = [int(m) for m in self.channel_mult.split(",")]
+        except ValueError:
+            mult = []
+        if not mult or min(mult) < 1:
+            raise FlowmatchError(f"{source}: channel_mult must be positive integers separated by commas, got '{self.channel_mult}'")
+        if self.objective == "distill" and not self.pairs:
+            raise FlowmatchError(f"{source}: objective distill needs teacher pairs (use 'flowmatch distill')")
+        obstacle = _posterior_obstacle(self) if self.target == "posterior" else ""
+        if obstacle:
+            raise FlowmatchError(f"{source}: target posterior needs {obstacle}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _check_type(key: str, value: Any, type_name: str, source: str):
+    expected = _TYPES[type_name]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+        raise FlowmatchError(f"{source}: {key} must be a {type_name}, got {type(value).__name__} {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise FlowmatchError(f"{source}: {key} must be finite, got {value}")
+    return value
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed document's recipe: Gaussian path (its sigma_min default 0), the [t, x] -> 128 -> 128
+    # ReLU MLP, Adam 1e-3 with a constant rate, batch 128, 10,000 steps, no EMA, seed 42, float32.
+    "seed": {
+        "data": "two-gaussians",
+        "path": "gaussian",
+        "sigma_min": 0.0,
+        "model": "seed-mlp",
+        "width": 128,
+        "batch_size": 128,
+        "batch_warmup": 0,
+        "steps": 10_000,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "lr_schedule": "constant",
+        "warmup": 0,
+        "ema": 0.0,
+        "seed": 42,
+        "precision": "fp32",
+    },
+}
+
+
+def resolve_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then a preset, then explicit overrides (a config file or CLI flags)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise FlowmatchError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values)
+
+
+def resolve_target(config: TrainConfig, n_train: int | None = None) -> str:
+    """The regression target a config trains on: ``auto`` is posterior where it applies and the data
+    are fresh draws (``n_train`` None) or at least :data:`POSTERIOR_MIN_ROWS` rows, else conditional."""
+    if config.target == "auto":
+        small = n_train is not None and n_train < POSTERIOR_MIN_ROWS
+        return "conditional" if _posterior_obstacle(config) or small else "posterior"
+    return config.target
+
+
+def resolve_select(config: TrainConfig, has_validation: bool) -> str:
+    """``select = auto``: the weights of the lowest validation loss where there is a validation split."""
+    if config.select == "auto":
+        return "val-loss" if has_validation else "last"
+    return config.select
+
+
+def _posterior_obstacle(config: TrainConfig) -> str:
+    """Why the posterior target does not apply to ``config`` ("" if it does): it needs x0 drawn from a
+    Gaussian or a built-in Gaussian mixture, independently of x1, so that the path through a data point
+    is a known Gaussian mixture."""
+    if config.objective != "flow-matching":
+        return f"objective flow-matching, not {config.objective}"
+    if config.pairs:
+        return "drawn pairs, not a pairs file"
+    if config.source != "gaussian" and config.source not in GAUSSIAN_MIXTURES:
+        return f"a gaussian or gaussian-mixture source ({', '.join(['gaussian', *GAUSSIAN_MIXTURES])}), not '{config.source}'"
+    if config.coupling != "independent":
+        return f"independent pairs, not coupling {config.coupling}"
+    return ""

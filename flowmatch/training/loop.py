@@ -1,0 +1,487 @@
+"""Training: regress a velocity model onto a conditional path's velocity.
+
+For a batch of pairs (x0, x1) (noise or source points, and data), and times t, the conditional flow
+matching loss is
+
+    L(theta) = E_{t, (x0, x1)} w(t) || v_theta(x_t, t) - u_t(x0, x1) ||^2,
+    x_t = alpha_t x1 + sigma_t x0,   u_t = alpha'_t x1 + sigma'_t x0   (see ``flowmatch.paths``),
+
+whose minimiser (for w = 1) is the marginal velocity field that carries the source at t = 0 to the
+data at t = 1. The pairs are independent draws by default, or re-paired by a coupling
+(``flowmatch.couplings``), or fixed pairs from a file (reflow). For independent pairs from a
+Gaussian or Gaussian-mixture source the target is by default (``target = "auto"``) not each pair's
+own u_t but its posterior mean over the batch's data points (and the source's components;
+``AffinePath.posterior_velocity``): the same
+minimiser, with far less variance at early times, where a mixture's mass is divided between its
+modes. With ``objective = "distill"`` the loss is instead || Phi_theta(x0) - x1 ||^2 where
+Phi_theta integrates the model with a few-step solver: the student learns to reach the teacher's
+endpoint x1 in ``distill_nfe`` calls.
+
+Batch: ``batch_size`` pairs a step, after a warm-up during which the batch grows linearly from
+half of it over the first ``batch_warmup`` steps (:func:`batch_size_at`). Early, when the gradient
+is large against its noise, a small batch makes the same progress per step at less cost; later, the
+larger batch lowers the noise floor that the cosine decay and the EMA then average away (in
+``bench.peers`` on checkerboard, 3,000 steps, with a time per pair: W2 <= 1.1x floor on every seed,
+where a fixed batch of 256 got there on none).
+
+Times and loss weights are :mod:`flowmatch.losses`' (the losses themselves too: the loop calls
+:func:`~flowmatch.losses.flow_matching_loss` and :func:`~flowmatch.losses.distillation_loss`). By
+default the uniforms are stratified: a batch holds ``time_strata`` = 32 times, one in each of
+[k/32, (k+1)/32), each shared by a run of pairs; the loss keeps its expectation, its variance over t
+drops, and the model's time branch runs once per run instead of once per pair (a step at batch 512
+costs about 0.77x as much on one CPU core).
+
+Finite data (files, tables, images): the trainer holds out ``val_fraction`` of the training rows and
+scores the EMA weights on them every ``val_every`` steps (:class:`Validation`); by default it keeps
+the weights of the lowest validation loss and stops ``early_stop`` steps after it, and it uses the
+posterior target only from :data:`POSTERIOR_MIN_ROWS` training rows up. Without these, a long run
+learns the exact velocity field of the training rows, whose flow lands on the rows themselves
+(``flowmatch.memorisation`` measures it).
+
+The configuration is plain data (:class:`TrainConfig`), every field a ``flowmatch train`` flag and
+a TOML key. :func:`train` is one loop that reads top to bottom; with a run folder it writes
+crash-safe checkpoints (``flowmatch.checkpoints``) and resumes from them exactly: weights,
+optimiser, EMA, schedule, random-number-generator states and so the data order. Under
+``torchrun`` it trains data-parallel: every process draws the same global batch of
+``batch_size * world_size`` pairs (the batch size is per process) and takes its own shard, so
+the result equals one process with the global batch, up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from flowmatch.data.dataset import Dataset, load_dataset
+from flowmatch.errors import FlowmatchError
+from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss
+from flowmatch.models.registry import build_model
+from flowmatch.paths.affine import make_path
+from flowmatch.storage import atomic_folder, write_json
+from flowmatch.training.checkpoints import latest_state, optimizer_from_tensors, optimizer_to_tensors, prefixed, save_state, unprefixed
+from flowmatch.training.config import POSTERIOR_PAIRS, POSTERIOR_REFERENCE, TrainConfig, resolve_config, resolve_select, resolve_target
+from flowmatch.training.devices import resolve_device, resolve_precision
+from flowmatch.training.distributed import _distributed_env, _record_rank_agreement
+from flowmatch.training.ema import EMA
+from flowmatch.training.pairs import PairSampler
+from flowmatch.training.schedules import batch_size_at, learning_rate, sample_times
+from flowmatch.training.validation import Validation
+
+
+# -- the loop ------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained flow and a summary of the run."""
+
+    flow: Any  # flowmatch.runs.Flow
+    config: TrainConfig
+    losses: list[float]
+    seconds: float
+    step: int
+    interrupted: bool = False
+    precision: str = "fp32"  # what the model was trained in ("auto" resolved on this device)
+    target: str = "conditional"  # the regression target it trained on ("auto" resolved on this data)
+    validation: dict[str, Any] | None = None  # best step and loss, selection, early stop (finite data)
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.losses[-100:]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[int, Any, float], None] | None = None,
+    callback_steps: Iterable[int] = (),
+    **overrides,
+) -> TrainResult:
+    """Train a flow; ``train(steps=2000, data="moons")`` is the same as passing a TrainConfig.
+
+    With ``run_dir`` the folder gets ``config.json``, ``metrics.csv``, training checkpoints and
+    sample pictures as training goes (see :func:`fit` for the finished run folder); with
+    ``resume`` training continues from the folder's newest checkpoint.
+
+    ``callback(step, flow, seconds)`` is called after each step in ``callback_steps`` (on the main
+    process) with a Flow holding the EMA weights of that moment and the training seconds so far, for
+    example to score the model as it trains; the training clock (``TrainResult.seconds``, the
+    ``seconds`` column) stops while it runs.
+    """
+    from flowmatch.flow import Flow
+    from flowmatch.runs import build_flow, dataset_from_config  # runs needs data and models only; imported here to keep modules acyclic
+
+    if config is None:
+        config = resolve_config(overrides=overrides)
+    elif overrides:
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    else:
+        config.validate()
+    world, rank, local_rank = _distributed_env()
+    device = resolve_device(config.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main_process = rank == 0
+
+    # -- set-up: everything that can fail on bad input happens before any file is written ---------
+    dataset = dataset_from_config(config.to_dict())
+    if config.conditional and not dataset.num_classes:
+        raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (see --label-column)")
+    source = None if config.source == "gaussian" else load_dataset(config.source, seed=config.seed + 1)
+    if source is not None and source.dim != dataset.dim:
+        raise FlowmatchError(f"source '{config.source}' has dimension {source.dim}, data has {dataset.dim}")
+    pairs = PairSampler(config, dataset, source)
+    path = make_path(config.path, config.sigma_min, config.bridge_sigma)
+    validation = None
+    if dataset.val is not None and config.objective == "flow-matching":
+        validation = Validation(config, dataset, path, source, device)
+    select = resolve_select(config, validation is not None)
+    if select == "val-loss" and validation is None:
+        raise FlowmatchError(f"select val-loss needs a validation split: data '{config.data}' has none (val_fraction > 0, finite data)")
+    torch.manual_seed(config.seed)
+    run = Path(run_dir) if run_dir is not None else None
+    state = latest_state(run) if run is not None and resume else None
+    if state is not None:  # the checkpoint's own architecture: a warm start's teacher need not exist any more
+        model = build_flow(state[2]["flow"], unprefixed("model", state[1]), config.to_dict(), where=state[0]).model.train()
+    else:
+        model = _initial_model(config, dataset)
+    model = model.to(device)
+    flow_meta = Flow(model=model, path=path, standardizer=dataset.standardizer, config=config.to_dict()).checkpoint_meta()
+    ema = EMA(model, config.ema, config.ema_warmup)
+    optimizer = _optimizer(config, model)
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    start_step, elapsed = 0, 0.0
+
+    if state is not None:
+        _, tensors, meta = state
+        ema.load(model, unprefixed("ema", tensors), meta["ema_updates"])
+        optimizer_from_tensors(optimizer, unprefixed("optimizer", tensors), meta["optimizer_groups"])
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        start_step, elapsed, losses = meta["step"], meta["seconds"], list(meta["loss_tail"])
+        if validation is not None and "validation" in meta:
+            validation.best_loss, validation.best_step = meta["validation"]["best_loss"], meta["validation"]["best_step"]
+            validation.best_state = unprefixed("best", tensors) or None
+    if world > 1:
+        dist.barrier()  # every process has checked its input before the run folder is touched
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+    precision = resolve_precision(config.precision, device)
+    low_precision = torch.bfloat16 if precision == "bf16" else None  # the model's calls under autocast
+    target_kind = resolve_target(config, dataset.n_train)
+    posterior = target_kind == "posterior"
+    source_mixture = None if source is None else source.gaussian_mixture  # the posterior's source density
+    if posterior and source is not None and source_mixture is None:
+        raise FlowmatchError(f"target posterior: source '{config.source}' has no isotropic Gaussian-mixture density here")
+    reference_size = min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights)))
+
+    def checkpoint(step: int, folder: Path | None = run) -> None:
+        if folder is None or not main_process:
+            return
+        opt_tensors, opt_groups = optimizer_to_tensors(optimizer)
+        tensors = {
+            **prefixed("model", model.state_dict()),
+            **prefixed("ema", ema.state_dict(model)),
+            **prefixed("optimizer", opt_tensors),
+            "rng.generator": generator.get_state(),
+            "rng.torch": torch.get_rng_state(),
+        }
+        if validation is not None and validation.best_state is not None:
+            tensors.update(prefixed("best", validation.best_state))
+        meta = {
+            "optimizer_groups": opt_groups,
+            "ema_updates": ema.updates,
+            "seconds": elapsed + time.perf_counter() - started,
+            "loss_tail": losses[-100:],
+            "flow": flow_meta,
+        }
+        if validation is not None:
+            meta["validation"] = {"best_loss": validation.best_loss, "best_step": validation.best_step}
+        save_state(folder, step, tensors, meta, config.keep_checkpoints)
+
+    started = time.perf_counter()
+    if run is not None and main_process and not resume:
+        _start_run_folder(run, config, checkpoint)
+    log = _Log(run if main_process else None, config, start_step)
+    stop = _StopSignal()
+    bar = _progress_bar(config.steps, start_step, progress and main_process)
+    callback_steps = set(callback_steps) if callback is not None and main_process else set()
+    done = start_step
+    # a resumed run that had stopped early is finished (its best weights are already behind it)
+    stopped_early = validation is not None and 0 < config.early_stop <= start_step - validation.best_step
+    shown: dict[str, str] = {}  # the progress bar's figures
+    with stop:
+        for step in range(start_step, start_step if stopped_early else config.steps):
+            # one global batch, drawn identically by every process; each trains on its own shard
+            size = batch_size_at(config, step)
+            x0, x1, y, classes = pairs(size * world, generator)
+            t = sample_times(config, len(x1), generator)
+            noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
+            shard = slice(rank * size, (rank + 1) * size)
+            reference = x1[:reference_size].to(device) if posterior else None  # the same on every process
+            x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
+            y = None if y is None else y[shard].to(device)
+
+            if config.objective == "distill":
+                loss = distillation_loss(net, x0, x1, config.distill_nfe, autocast=low_precision)
+            else:
+                over = None
+                if posterior:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
+                    own = torch.arange(shard.start, shard.stop, device=device)
+                    own = torch.where(own < len(reference), own, -1)
+                    allowed = _same_class(y, None if classes is None else classes[: len(reference)], dataset.num_classes)
+                    over = Posterior(reference, own, allowed, source_mixture)
+                loss = flow_matching_loss(
+                    net, path, x0, x1, t, labels=y, noise=None if noise is None else noise[shard].to(device),
+                    weight=config.loss_weight, posterior=over, autocast=low_precision,
+                )  # fmt: skip
+            if not torch.isfinite(loss):
+                raise FlowmatchError(
+                    f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; "
+                    "try a smaller --lr or --grad-clip"
+                )
+
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            ema.update(model)
+            if validation is not None and ((step + 1) % config.val_every == 0 or step + 1 == config.steps):
+                value = validation.update(step + 1, ema.copy_into(model, validation.scratch(model)))
+                log.validation(step + 1, value)
+                shown["val"] = f"{value:.4f}"
+                stopped_early = config.early_stop > 0 and step + 1 - validation.best_step >= config.early_stop
+
+            if world > 1:  # report the global batch's loss, as one process with the whole batch would
+                loss = loss.detach().clone()
+                dist.all_reduce(loss)
+                loss /= world
+            losses.append(loss.item())
+            done = step + 1
+            log.step(done, losses, lr, elapsed + time.perf_counter() - started)
+            if bar is not None and (done % 25 == 0 or done == config.steps):
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", **shown, refresh=False)
+                bar.update(done - bar.n)
+            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested or stopped_early:
+                checkpoint(done)
+            if main_process and config.sample_every and done % config.sample_every == 0 and run is not None:
+                _progress_picture(_flow_for(model, ema, path, dataset, config), run, done)
+            if done in callback_steps:
+                paused = time.perf_counter()
+                callback(done, _flow_for(model, ema, path, dataset, config, source=source), elapsed + paused - started)
+                started += time.perf_counter() - paused  # the callback's time is not training time
+            if stop.requested or stopped_early:
+                break
+    if bar is not None:
+        bar.close()
+    if stopped_early and main_process and progress:
+        print(
+            f"stopped early at step {done}: the validation loss was lowest at step {validation.best_step} "
+            f"({validation.best_loss:.4f}) and has not improved for {config.early_stop} steps"
+        )
+    log.close()
+    if world > 1:
+        _record_rank_agreement(model, run if main_process else None, world)
+    seconds = elapsed + time.perf_counter() - started
+    chosen = validation.best_state if validation is not None and select == "val-loss" else None
+    flow = _flow_for(model, ema, path, dataset, config, source=source, weights=chosen)
+    return TrainResult(
+        flow,
+        config,
+        losses,
+        seconds,
+        step=done,
+        interrupted=stop.requested,
+        precision=precision,
+        target=target_kind,
+        validation=None if validation is None else validation.summary(select, stopped_early),
+    )
+
+
+def _same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null: int) -> torch.Tensor | None:
+    """(n, R) mask of the batch points each pair's posterior may average over: those of its label's class,
+    or all of them for a pair with the null label; None (all) for an unconditional model."""
+    if labels is None:
+        return None
+    classes = classes.to(labels.device)
+    return (classes[None, :] == labels[:, None]) | (labels[:, None] == null)
+
+
+def _initial_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
+    dim = dataset.dim
+    if config.init_from:
+        from flowmatch.runs import load
+
+        teacher = load(config.init_from)
+        if teacher.dim != dim:
+            raise FlowmatchError(f"init_from '{config.init_from}' has dimension {teacher.dim}, data has {dim}")
+        return teacher.model.train()
+    classes = dataset.num_classes if config.conditional else 0
+    if config.model == "unet":
+        if dataset.image_shape is None:
+            raise FlowmatchError(f"--model unet needs image data; '{config.data}' is not a set of images")
+        return build_model(
+            "unet",
+            dim,
+            image_shape=list(dataset.image_shape),
+            channels=config.channels,
+            channel_mult=[int(m) for m in config.channel_mult.split(",")],
+            num_res_blocks=config.num_res_blocks,
+            attention_resolutions=[min(dataset.image_shape[1:]) // 2 ** (len(config.channel_mult.split(",")) - 1)]
+            if config.attention
+            else [],
+            dropout=config.dropout,
+            num_classes=classes,
+        )
+    if config.model == "seed-mlp":
+        if classes:
+            raise FlowmatchError("the seed-mlp model takes no labels; use --model mlp for conditional training")
+        return build_model("seed-mlp", dim, width=config.width)
+    return build_model(
+        "mlp", dim, width=config.width, depth=config.depth, activation=config.activation, num_classes=classes, dropout=config.dropout
+    )
+
+
+def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam or AdamW, fused: one kernel updates every parameter (on the CPU torch's default is a
+    Python loop over the tensors, 1.1 ms a step for the default MLP against 0.34 ms fused)."""
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
+def _flow_for(model, ema, path, dataset, config, *, source=None, weights=None):
+    """A Flow that samples with a copy of the model holding the EMA weights (or ``weights``)."""
+    from flowmatch.flow import Flow
+
+    sampler = ema.averaged_copy(model)
+    if weights is not None:
+        sampler.load_state_dict(weights)
+    return Flow(model=sampler.eval(), path=path, standardizer=dataset.standardizer, dataset=dataset, source=source, config=config.to_dict())
+
+
+class _StopSignal:
+    """Turns SIGINT and SIGTERM into a request to stop after the current step (main thread only)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Log:
+    """metrics.csv (and TensorBoard when installed) every ``log_every`` steps, main process only."""
+
+    def __init__(self, run: Path | None, config: TrainConfig, start_step: int):
+        self.every = config.log_every
+        self.file = self.val_file = None
+        self.tensorboard = None
+        self.last_time = None
+        if run is None:
+            return
+        path = run / "metrics.csv"
+        rows = path.read_text().splitlines() if path.exists() else []
+        kept = [r for r in rows[1:] if int(r.split(",")[0]) <= start_step]  # drop rows past the checkpoint
+        path.write_text("\n".join(["step,loss,lr,steps_per_s,seconds", *kept]) + "\n")
+        self.file = open(path, "a")
+        val_path = run / "validation.csv"
+        rows = val_path.read_text().splitlines() if val_path.exists() else []
+        kept = [r for r in rows[1:] if int(r.split(",")[0]) <= start_step]
+        val_path.write_text("\n".join(["step,val_loss", *kept]) + "\n")
+        self.val_file = open(val_path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            self.tensorboard = None
+
+    def step(self, step: int, losses: list[float], lr: float, seconds: float) -> None:
+        if self.file is None or step % self.every:
+            return
+        recent = losses[-self.every :]
+        loss = sum(recent) / len(recent)
+        rate = self.every / (seconds - self.last_time) if self.last_time is not None and seconds > self.last_time else float("nan")
+        self.last_time = seconds
+        self.file.write(f"{step},{loss:.6g},{lr:.6g},{rate:.4g},{seconds:.3f}\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("loss", loss, step)
+            self.tensorboard.add_scalar("lr", lr, step)
+
+    def validation(self, step: int, loss: float) -> None:
+        if self.val_file is None:
+            return
+        self.val_file.write(f"{step},{loss:.6g}\n")
+        self.val_file.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("val_loss", loss, step)
+
+    def close(self) -> None:
+        if self.val_file is not None:
+            self.val_file.close()
+        if self.file is not None:
+            self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _start_run_folder(run: Path, config: TrainConfig, checkpoint) -> None:
+    """Create the run folder with its config and a step-0 checkpoint, atomically.
+
+    From the moment the folder exists it holds a loadable, resumable checkpoint. An old run in its
+    place (which :func:`fit` allowed with ``force``) is removed only then.
+    """
+    with atomic_folder(run) as staging:
+        write_json(staging / "config.json", config.to_dict())
+        checkpoint(0, staging)
+
+
+def _progress_picture(flow, run: Path, step: int) -> None:
+    from flowmatch.plots.figures import plot_samples
+
+    folder = run / "progress"
+    folder.mkdir(exist_ok=True)
+    test = flow.dataset.test[:1000]
+    samples = flow.sample(len(test), solver="rk4", nfe=40, seed=0)
+    plot_samples(samples, test, folder / f"step-{step:08d}.png", title=f"step {step}")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
