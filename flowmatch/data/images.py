@@ -56,6 +56,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -78,6 +79,7 @@ def _read_image(path: Path) -> tuple[np.ndarray, bool]:
     """One image file as float32 (H, W, 3) or (H, W, 1) in [0, 1], and whether it has colour."""
     from PIL import Image, UnidentifiedImageError
 
+    img: Image.Image
     try:
         with Image.open(path) as img:
             img.load()
@@ -158,7 +160,7 @@ def load_image_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, 
         files = [(f, 0) for f in top]
 
     arrays, colours = [], []
-    first = None
+    first: tuple[Path, tuple[int, ...]] | None = None
     for f, _ in files:
         pixels, colour = _read_image(f)
         if first is None:
@@ -169,6 +171,7 @@ def load_image_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, 
         arrays.append(pixels)
         colours.append(colour)
     rgb = any(colours)
+    assert first is not None  # files is non-empty (checked above)
     images = np.empty((len(arrays), 3 if rgb else 1, *first[1]), dtype=np.float32)
     for i, pixels in enumerate(arrays):
         chw = pixels.transpose(2, 0, 1)
@@ -220,6 +223,8 @@ def load_image_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, lis
     n = images.shape[0]
     if n == 0 or min(images.shape[2:]) == 0:
         raise FlowmatchError(f"{path}: 'images' is empty (shape {shape})")
+    low: float
+    high: float
     if images.dtype.kind in "iu":
         low, high = int(images.min()), int(images.max())
         if low < 0 or high > 255:
@@ -365,7 +370,7 @@ def load_image_set(spec: str | os.PathLike, *, test_fraction: float = 0.2, seed:
     labels_t = torch.from_numpy(labels)
     return ImageSet(
         name=name,
-        image_shape=tuple(int(s) for s in images.shape[1:]),
+        image_shape=cast(tuple[int, int, int], tuple(int(s) for s in images.shape[1:])),
         class_names=list(class_names),
         train=flat[train_idx].contiguous(),
         train_labels=labels_t[train_idx].contiguous(),

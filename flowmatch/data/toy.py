@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ def _normal(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=g, device=g.device, dtype=torch.float64)
 
 
-def _two_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
+def _two_gaussians(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """x = (4 s, 0) + N(0, I), s = +-1 with probability 1/2 each: the mixture of N((-4, 0), I) and N((4, 0), I)."""
     k = torch.randint(0, 2, (n,), generator=g, device=g.device)
     x = _normal((n, 2), g)
@@ -66,7 +67,7 @@ def _two_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
     return x, k
 
 
-def _eight_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
+def _eight_gaussians(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """x = (4 (cos(k pi/4), sin(k pi/4)) + N(0, 0.5^2 I)) / 1.414, k uniform on {0, ..., 7}."""
     k = torch.randint(0, 8, (n,), generator=g, device=g.device)
     angle = k.to(torch.float64) * (math.pi / 4)
@@ -74,7 +75,7 @@ def _eight_gaussians(n: int, g: torch.Generator) -> torch.Tensor:
     return (centres + 0.5 * _normal((n, 2), g)) / 1.414, k
 
 
-def _checkerboard(n: int, g: torch.Generator) -> torch.Tensor:
+def _checkerboard(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """x1 = 4 U - 2; x2 = U' - 2 B + (floor(x1) mod 2); x = 2 (x1, x2): uniform on 8 squares of [-4, 4]^2."""
     x1 = _uniform(n, g) * 4 - 2
     b = torch.randint(0, 2, (n,), generator=g, device=g.device).to(torch.float64)
@@ -88,7 +89,7 @@ def _checkerboard(n: int, g: torch.Generator) -> torch.Tensor:
     return x, cell[:, 1] * 2 + cell[:, 0] // 2  # the 8 squares, numbered row by row
 
 
-def _two_spirals(n: int, g: torch.Generator) -> torch.Tensor:
+def _two_spirals(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """t = 3 pi sqrt(U); d = (-t cos t + U'/2, t sin t + U''/2); x = (d or -d) / 3 + N(0, 0.1^2 I).
 
     The first ceil(n/2) points use d and the rest use -d of the same draws, as in FFJORD.
@@ -103,7 +104,7 @@ def _two_spirals(n: int, g: torch.Generator) -> torch.Tensor:
     return x + 0.1 * _normal((n, 2), g), k
 
 
-def _moons(n: int, g: torch.Generator, noise: float = 0.1) -> torch.Tensor:
+def _moons(n: int, g: torch.Generator, noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's make_moons(noise=0.1), then x * 2 + (-1, -0.2).
 
     n // 2 points (class 0) on the upper moon (cos a, sin a) and the other n - n // 2 (class 1) on the
@@ -116,7 +117,7 @@ def _moons(n: int, g: torch.Generator, noise: float = 0.1) -> torch.Tensor:
     return x * 2 + torch.tensor([-1.0, -0.2], dtype=torch.float64, device=g.device), k
 
 
-def _circles(n: int, g: torch.Generator, noise: float = 0.08) -> torch.Tensor:
+def _circles(n: int, g: torch.Generator, noise: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's make_circles(factor=0.5, noise=0.08), then x * 3: radii 3 and 1.5.
 
     n // 2 points (class 0) on the unit circle and the other n - n // 2 (class 1) on the circle of
@@ -136,14 +137,14 @@ def _arc(m: int, end: float, *, endpoint: bool, g: torch.Generator) -> torch.Ten
     return torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
 
 
-def _shuffle_with_noise(x: torch.Tensor, counts: list[int], noise: float, g: torch.Generator):
+def _shuffle_with_noise(x: torch.Tensor, counts: list[int], noise: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of x (the first counts[0] of class 0, the next counts[1] of class 1, ...) in random order, + N(0, noise^2 I)."""
     k = torch.cat([torch.full((c,), i, dtype=torch.long, device=g.device) for i, c in enumerate(counts)])
     order = torch.randperm(len(x), generator=g, device=g.device)
     return x[order] + noise * _normal(tuple(x.shape), g), k[order]
 
 
-def _rings(n: int, g: torch.Generator) -> torch.Tensor:
+def _rings(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Circles of radius 3 * {1, 0.75, 0.5, 0.25} at evenly spaced angles, shuffled, + N(0, 0.08^2 I).
 
     The outer three circles get n // 4 points each and the innermost the rest; circle r with m points has
@@ -155,7 +156,7 @@ def _rings(n: int, g: torch.Generator) -> torch.Tensor:
     return _shuffle_with_noise(x, counts, 0.08, g)
 
 
-def _swissroll(n: int, g: torch.Generator, noise: float = 1.0) -> torch.Tensor:
+def _swissroll(n: int, g: torch.Generator, noise: float = 1.0) -> tuple[torch.Tensor, None]:
     """scikit-learn's make_swiss_roll(noise=1.0), columns 0 and 2, divided by 5.
 
     t = 1.5 pi (1 + 2 U);  x = ((t cos t, t sin t) + N(0, noise^2 I)) / 5.
@@ -165,7 +166,7 @@ def _swissroll(n: int, g: torch.Generator, noise: float = 1.0) -> torch.Tensor:
     return (x + noise * _normal((n, 2), g)) / 5, None
 
 
-_BUILTINS = {
+_BUILTINS: dict[str, Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor | None]]] = {
     "two-gaussians": _two_gaussians,
     "8gaussians": _eight_gaussians,
     "checkerboard": _checkerboard,
@@ -213,6 +214,7 @@ def sample_builtin(name: str, n: int, generator: torch.Generator | int | None = 
         )
     n = _check_count(n)
     g = _make_generator(generator)
+    k: torch.Tensor | None
     if n == 0:
         x, k = torch.empty(0, 2, device=g.device), torch.empty(0, dtype=torch.long, device=g.device)
     else:

@@ -47,7 +47,7 @@ class ImageClassifier(nn.Module):
             raise FlowmatchError(f"classifier: image_shape must be (C, H, W) with H, W >= 2, got {list(shape)}")
         if num_classes < 1 or width < 1 or feature_dim < 1:
             raise FlowmatchError("classifier: num_classes, width and feature_dim must be positive")
-        self.config = {
+        self.config: dict[str, Any] = {
             "image_shape": list(shape),
             "num_classes": int(num_classes),
             "width": int(width),

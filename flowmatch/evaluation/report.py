@@ -38,7 +38,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -83,10 +83,17 @@ DENSITY_GRID = 100  # the density heat map is DENSITY_GRID x DENSITY_GRID log-de
 _HELD_SEED = 7_000_003  # fresh held-out draws of built-in sets: seed + this (+0, +1, +2 for the three sets)
 
 
-FULL = {"n": 5000, "n_likelihood": 2000, "likelihood_solver": "dopri5", "likelihood_nfe": 100}
+class _Defaults(TypedDict):
+    n: int
+    n_likelihood: int
+    likelihood_solver: str
+    likelihood_nfe: int
 
 
-QUICK = {"n": 1000, "n_likelihood": 500, "likelihood_solver": "rk4", "likelihood_nfe": 40}
+FULL: _Defaults = {"n": 5000, "n_likelihood": 2000, "likelihood_solver": "dopri5", "likelihood_nfe": 100}
+
+
+QUICK: _Defaults = {"n": 1000, "n_likelihood": 500, "likelihood_solver": "rk4", "likelihood_nfe": 40}
 
 
 # -- held-out data -------------------------------------------------------------------------------

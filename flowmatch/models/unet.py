@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +278,7 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(norm_groups(ch), ch)
         self.conv_out = nn.Conv2d(ch, c, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
+        assert self.conv_out.bias is not None  # nn.Conv2d has a bias by default
         nn.init.zeros_(self.conv_out.bias)
 
     def embedding(self, x: torch.Tensor, t, y: torch.Tensor | None) -> torch.Tensor:
@@ -304,14 +306,14 @@ class UNet(nn.Module):
         h = self.conv_in(x.reshape(batch, *self.image_shape))
         skips = [h]
         for block in self.down:
-            for layer in block:
+            for layer in cast(nn.ModuleList, block):
                 h = layer(h, e) if isinstance(layer, ResBlock) else layer(h)
             skips.append(h)
         for layer in self.mid:
             h = layer(h, e) if isinstance(layer, ResBlock) else layer(h)
         for block in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
-            for layer in block:
+            for layer in cast(nn.ModuleList, block):
                 h = layer(h, e) if isinstance(layer, ResBlock) else layer(h)
         h = self.conv_out(F.silu(self.norm_out(h)))
         return h.reshape(batch, -1)

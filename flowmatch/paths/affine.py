@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -156,7 +156,7 @@ class AffinePath:
         a, s, da, ds = (v.to(dtype).reshape(-1, 1) for v in self._coefficients(sample.t, x1[:, :1]))
         n, x, z, x1f = len(x1), sample.x_t.to(dtype).flatten(1), reference.to(dtype).flatten(1), x1.to(dtype).flatten(1)
         dim = x.shape[1]
-        like = dict(dtype=dtype, device=device)
+        like: dict[str, Any] = dict(dtype=dtype, device=device)
         if source is None:  # N(0, I)
             log_pi, mu, tau2 = torch.zeros(1, **like), torch.zeros(1, dim, **like), torch.ones(1, **like)
         else:
@@ -184,8 +184,8 @@ class AffinePath:
             rows = slice(start, start + chunk)
             m = len(x[rows])
             ref = (lhs[rows].reshape(m * k, dim + 2) @ rhs.T).reshape(m, k, -1)  # the other points' log-weights
-            pairs = duplicate[rows].nonzero()[:, 0]
-            pairs = (pairs, own[rows][pairs])
+            dup_rows = duplicate[rows].nonzero()[:, 0]
+            pairs = (dup_rows, own[rows][dup_rows])
             forbidden = None if allowed is None else ~allowed[rows, None, :]
 
             def exclude():

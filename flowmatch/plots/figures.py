@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import matplotlib
 
@@ -28,6 +29,12 @@ import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from flowmatch.storage import atomic_file
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
 
 DATA_COLOR = "tab:blue"
 
@@ -142,6 +149,7 @@ def plot_density(
         ax.set_aspect("equal")
         ax.set_title(f"held-out data ({len(d)})")
         ax.set_xlabel("dimension 0")
+    assert image is not None  # panels is non-empty (max() above)
     fig.colorbar(image, ax=list(axes[0][: len(panels)]), shrink=0.85, label="log p (nats)")
     fig.suptitle(title)
     save_figure(fig, out)
@@ -163,7 +171,9 @@ def plot_trajectories(
         ax.scatter(d[:, i], d[:, j], s=2, alpha=0.15, color=DATA_COLOR, label="data")
     segments = np.stack([paths[:-1], paths[1:]], axis=2)  # (T-1, P, 2, 2)
     seg_t = np.repeat((times[:-1] + times[1:])[:, None] / 2, paths.shape[1], axis=1)
-    lines = LineCollection(segments.reshape(-1, 2, 2), array=seg_t.ravel(), cmap="plasma", linewidths=0.6, alpha=0.7)
+    lines = LineCollection(
+        cast("Sequence[np.ndarray]", segments.reshape(-1, 2, 2)), array=seg_t.ravel(), cmap="plasma", linewidths=0.6, alpha=0.7
+    )
     ax.add_collection(lines)
     ax.scatter(paths[0, :, 0], paths[0, :, 1], s=6, color="black", label="noise, t = 0", zorder=3)
     ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=6, color="red", label="sample, t = 1", zorder=3)
@@ -206,6 +216,7 @@ def plot_field(xs, ys, velocities, times, out: str | os.PathLike, *, particles=N
         ax.set_aspect("equal")
         ax.set_title(f"t = {t:.2f}")
         ax.tick_params(labelsize=7)
+    assert arrows is not None  # at least one time (plt.subplots rejects 0 columns)
     fig.colorbar(arrows, ax=list(axes[0]), shrink=0.8, label="speed |v|")
     fig.suptitle(title or "velocity field v(x, t) (grey: samples x_t)")
     save_figure(fig, out)
@@ -239,7 +250,7 @@ def animate_flow(
         particles.set_offsets(pts[a])
         ax.set_title(f"t = {times[a]:.2f}")
         fig.canvas.draw()
-        rgba = np.asarray(fig.canvas.buffer_rgba())
+        rgba = np.asarray(cast("FigureCanvasAgg", fig.canvas).buffer_rgba())
         frames.append(Image.fromarray(rgba[..., :3].copy()).convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
     plt.close(fig)
     frames += [frames[-1]] * hold

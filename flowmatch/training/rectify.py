@@ -320,6 +320,7 @@ def straightness(
         raise FlowmatchError(f"straightness needs a Flow or a velocity callable, got {type(flow).__name__}")
     solution = integrate(velocity, x0, solver=solver, nfe=nfe, return_trajectory=True)
     times, trajectory = solution.times, solution.trajectory  # (N + 1,), (N + 1, n, ...)
+    assert times is not None and trajectory is not None  # return_trajectory=True
     displacement = trajectory[-1] - trajectory[0]
     deviation = torch.stack(
         [(velocity(x, t.to(device=x.device, dtype=x.dtype)) - displacement).pow(2).flatten(1).sum(1) for x, t in zip(trajectory, times)]
