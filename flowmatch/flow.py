@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from flowmatch.data.dataset import Dataset, load_dataset
@@ -68,7 +69,9 @@ class Flow:
         standardizer: Standardizer,
         config: dict[str, Any],
         dataset: Dataset | None = None,
-        source: Dataset | None = None,
+        source: Any = None,
+        shape: tuple[int, ...] | None = None,
+        conditions: dict[str, dict[str, int]] | None = None,
     ):
         self.model = model
         self.path = path
@@ -76,6 +79,10 @@ class Flow:
         self.config = config
         self._dataset = dataset
         self._source = source
+        #: one row's shape as the model takes it (None: flat rows (D,)); solvers and metrics see flat rows
+        self.shape = None if shape is None else tuple(int(k) for k in shape)
+        #: the conditions the model takes, by name: {"classes": K} for labels, {"dim": k} for float vectors
+        self.conditions = dict(conditions) if conditions is not None else _conditions_of(model)
 
     @property
     def dim(self) -> int:
@@ -86,17 +93,21 @@ class Flow:
         return next(self.model.parameters()).device
 
     @property
-    def source(self) -> Dataset | None:
-        """The source distribution at t = 0: None for N(0, I), else a data set (``--source``)."""
+    def source(self) -> Any:
+        """The source distribution at t = 0: None for N(0, I), else an object with ``sample(n, generator)``
+        (a data set named by ``--source``, rows or a sampler given in Python)."""
+        if self._source is not None:
+            return self._source
         spec = self.config.get("source", "gaussian")
         if spec == "gaussian":
             return None
-        if self._source is None:
-            self._source = load_dataset(spec, seed=self.config["seed"] + 1)
+        if spec == "python":
+            raise FlowmatchError("this flow's source was given in Python and not saved with it; pass Flow(..., source=) or x0=")
+        self._source = load_dataset(spec, seed=self.config["seed"] + 1)
         return self._source
 
     def draw_source(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws of x0 in model coordinates: N(0, I), or the source data set's points."""
+        """n draws of x0 in model coordinates: N(0, I), or the source's points."""
         if self.source is None:
             return torch.randn(n, self.dim, generator=generator)
         return self.source.sample(n, generator if generator is not None else torch.Generator().manual_seed(0))
@@ -112,15 +123,15 @@ class Flow:
 
     @property
     def num_classes(self) -> int:
-        """Classes the model was trained to condition on (0: unconditional)."""
-        return int(getattr(self.model, "config", {}).get("num_classes", 0))
+        """Classes the model was trained to condition on (0: no class labels)."""
+        return int(self.conditions.get("y", {}).get("classes", 0))
 
     def labels_for(self, n: int, label) -> torch.Tensor | None:
         """Per-sample class labels (n,) from one class, a sequence of n classes, or None."""
         if label is None:
             return None
         if not self.num_classes:
-            raise FlowmatchError("this model was trained without labels; sample it without --label")
+            raise FlowmatchError("this model was trained without labels; sample it without label=")
         y = torch.as_tensor(label).long().reshape(-1)
         if y.numel() == 1:
             y = y.expand(n)
@@ -130,24 +141,81 @@ class Flow:
             raise FlowmatchError(f"label out of range: the model knows classes 0..{self.num_classes - 1}")
         return y.to(self.device)
 
-    def velocity(self, labels: torch.Tensor | None = None, guidance: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def condition_for(self, n: int, label=None, condition=None) -> dict[str, torch.Tensor] | None:
+        """The model's condition arguments for n samples: class labels (``label``: one class or n) and
+        ``condition``, a tensor for the float condition ``c`` or a mapping of named conditions, each with
+        one row (shared by all samples) or n rows. None: unconditional."""
+        out: dict[str, torch.Tensor] = {}
+        labels = self.labels_for(n, label)
+        if labels is not None:
+            out["y"] = labels
+        if condition is not None:
+            given = condition if isinstance(condition, dict) else {"c": condition}
+            for name, value in given.items():
+                out[name] = self._condition_rows(name, value, n)
+        return out or None
+
+    def _condition_rows(self, name: str, value, n: int) -> torch.Tensor:
+        spec = self.conditions.get(name)
+        if spec is None:
+            known = ", ".join(self.conditions) or "none"
+            raise FlowmatchError(f"this model takes no condition {name!r} (its conditions: {known})")
+        if isinstance(value, torch.Tensor):
+            rows = value.detach()
+        else:
+            try:
+                rows = torch.as_tensor(np.asarray(value))
+            except (TypeError, ValueError) as exc:
+                raise FlowmatchError(f"condition {name!r}: not an array ({exc})") from None
+        if "classes" in spec:
+            rows = rows.long().reshape(-1)
+        else:
+            rows = rows.to(torch.float32).reshape(-1, spec["dim"]) if rows.numel() % spec["dim"] == 0 else rows
+            if rows.ndim != 2 or rows.shape[1] != spec["dim"]:
+                raise FlowmatchError(f"condition {name!r} needs rows of {spec['dim']} values, got shape {tuple(value.shape) if hasattr(value, 'shape') else rows.shape}")
+        if len(rows) == 1:
+            rows = rows.expand(n, *rows.shape[1:])
+        if len(rows) != n:
+            raise FlowmatchError(f"condition {name!r} has {len(rows)} rows for {n} samples (give 1 or {n})")
+        return rows.to(self.device)
+
+    def null_condition(self, condition: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The same conditions dropped, as training dropped them: the null class for labels, NaN rows for floats."""
+        out = {}
+        for name, value in condition.items():
+            classes = self.conditions.get(name, {}).get("classes")
+            out[name] = torch.full_like(value, classes) if classes else torch.full_like(value, math.nan, dtype=torch.float32)
+        return out
+
+    def velocity(self, condition=None, guidance: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """v(x, t) in model coordinates, as the solvers call it.
 
-        With labels and classifier-free guidance weight w: v = v_uncond + w (v_cond - v_uncond), where
-        v_uncond uses the learned null label; w = 1 is the plain conditional model (one evaluation),
+        ``condition``: the model's conditions (see :meth:`condition_for`; a tensor alone is class labels).
+        With classifier-free guidance weight w: v = v_null + w (v_cond - v_null), where v_null drops the
+        conditions (:meth:`null_condition`); w = 1 is the plain conditional model (one evaluation),
         otherwise both halves go through the model as one batch.
         """
-        return self._velocity_of(self.model, labels, guidance)
+        if isinstance(condition, torch.Tensor):
+            condition = {"y": condition}
+        return self._velocity_of(self.call_model(self.model), condition, guidance)
 
-    def _velocity_of(self, model: Callable, labels: torch.Tensor | None, guidance: float) -> Callable:
-        if labels is None:
+    def call_model(self, model: Callable) -> Callable:
+        """``model`` as the solvers call it, on flat rows: reshaped to :attr:`shape` and back."""
+        shape = self.shape
+        if shape is None:
+            return model
+        return lambda x, t, **c: model(x.reshape(x.shape[0], *shape), t, **c).reshape(x.shape[0], -1)
+
+    def _velocity_of(self, model: Callable, condition: dict[str, torch.Tensor] | None, guidance: float) -> Callable:
+        if not condition:
             return model
         if guidance == 1.0:
-            return lambda x, t: model(x, t, labels)
-        both = torch.cat([labels, torch.full_like(labels, self.num_classes)])
+            return lambda x, t: model(x, t, **condition)
+        null = self.null_condition(condition)
+        both = {k: torch.cat([v, null[k]]) for k, v in condition.items()}
 
         def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v_cond, v_uncond = model(torch.cat([x, x]), t, both).chunk(2)
+            v_cond, v_uncond = model(torch.cat([x, x]), t, **both).chunk(2)
             return v_uncond + guidance * (v_cond - v_uncond)
 
         return guided
@@ -179,6 +247,7 @@ class Flow:
         with_log_prob: bool = False,
         divergence: str = "auto",
         label=None,
+        condition=None,
         guidance: float = 1.0,
         precision: str = "fp32",
         batch_size: int | None = None,
@@ -199,7 +268,8 @@ class Flow:
         ``flowmatch.likelihood``) and fills ``Samples.log_prob`` with each sample's log-density in data
         coordinates (``divergence``: auto, exact or hutchinson).
 
-        ``label`` (one class or n classes) samples a class-conditional model, with classifier-free
+        ``label`` (one class or n classes) and ``condition`` (rows of the float condition ``c``, or a
+        mapping of named conditions; one row or n) sample a conditional model, with classifier-free
         ``guidance`` weight w (see :meth:`velocity`).
 
         ``precision="bf16"`` runs the network under ``torch.autocast(bfloat16)`` on the flow's device
@@ -239,11 +309,11 @@ class Flow:
                 _recycle_freed_memory()
             if grad:  # one call for the whole batch: the chunks' shared output buffer is for inference
                 batch_size = None
-            labels = self.labels_for(n, label)
+            conditions = self.condition_for(n, label, condition)
             if with_log_prob:
-                velocity = self.velocity(labels, float(guidance))
+                velocity = self.velocity(conditions, float(guidance))
             else:
-                velocity = self._velocity_of(_in_row_chunks(self.model, batch_size), labels, float(guidance))
+                velocity = self._velocity_of(_in_row_chunks(self.call_model(self.model), batch_size), conditions, float(guidance))
             if schedule is not None:
                 from flowmatch.paths.transform import transform_schedule
 
@@ -363,24 +433,36 @@ def _recycle_freed_memory() -> None:
 
 
 def _in_row_chunks(model: Callable, rows: int | None) -> Callable:
-    """model(x, t[, y]) evaluated ``rows`` rows at a time (all at once for None), returned in x's dtype.
+    """model(x, t, **condition) evaluated ``rows`` rows at a time (all at once for None), returned in x's dtype.
 
-    Per-row arguments (labels, a (batch,) tensor of times) are split with x; the pieces are
+    Per-row arguments (conditions, a (batch,) tensor of times) are split with x; the pieces are
     written into one output, so under autocast the velocity comes back as float32.
     """
 
-    def call(x: torch.Tensor, t, *extra) -> torch.Tensor:
+    def call(x: torch.Tensor, t, **extra) -> torch.Tensor:
         n = x.shape[0]
         if rows is None or n <= rows:
-            return model(x, t, *extra).to(x.dtype)
+            return model(x, t, **extra).to(x.dtype)
         per_row_t = isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == n
         out = None
         for start in range(0, n, rows):
             part = slice(start, start + rows)
-            v = model(x[part], t[part] if per_row_t else t, *(e[part] for e in extra))
+            v = model(x[part], t[part] if per_row_t else t, **{k: e[part] for k, e in extra.items()})
             if out is None:
                 out = x.new_empty((n, *v.shape[1:]))
             out[part] = v
         return out
 
     return call
+
+
+def _conditions_of(model: torch.nn.Module) -> dict[str, dict[str, int]]:
+    """The conditions a built-in model's config names: labels ``y`` and a float vector ``c``."""
+    config = getattr(model, "config", None)
+    config = config if isinstance(config, dict) else {}
+    out = {}
+    if config.get("num_classes"):
+        out["y"] = {"classes": int(config["num_classes"])}
+    if config.get("condition_dim"):
+        out["c"] = {"dim": int(config["condition_dim"])}
+    return out

@@ -1,7 +1,7 @@
 """Losses as functions: the flow-matching loss, its training times and weights, and the distillation loss.
 
-They take tensors, a path and any model called as ``model(x, t)`` (``model(x, t, labels)`` with
-labels), so that a loop of one's own is a few lines; ``flowmatch.training.train`` calls the same
+They take tensors, a path and any model called as ``model(x, t, **condition)`` (class labels as
+``y``, other conditions by name), so that a loop of one's own is a few lines; ``flowmatch.training.train`` calls the same
 functions.
 
 **Flow matching.** For pairs (x0, x1) and times t,
@@ -121,6 +121,7 @@ def flow_matching_loss(
     t: torch.Tensor,
     *,
     labels: torch.Tensor | None = None,
+    condition: dict[str, torch.Tensor] | None = None,
     noise: torch.Tensor | None = None,
     weight: str = "none",
     posterior: Posterior | None = None,
@@ -128,6 +129,7 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """The mean flow-matching loss of ``model`` on pairs (x0, x1) at times t (shape (n,)).
 
+    ``condition`` are the model's keyword arguments per row (``labels`` is short for ``{"y": labels}``);
     ``noise`` is the eps of a path with bridge noise; ``posterior`` switches to the posterior target;
     ``autocast`` (e.g. torch.bfloat16) runs the model's call under ``torch.autocast`` while the path,
     the target and the loss stay float32.
@@ -137,18 +139,21 @@ def flow_matching_loss(
     if posterior is not None:
         velocity = path.posterior_velocity(sample, x1, posterior.reference, posterior.own, posterior.allowed, posterior.source)
     with torch.autocast(x1.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-        predicted = model(sample.x_t, t) if labels is None else model(sample.x_t, t, labels)
+        condition = {**({} if labels is None else {"y": labels}), **(condition or {})}
+        predicted = model(sample.x_t, t, **condition)
         error = (predicted.to(velocity.dtype) - velocity).pow(2).flatten(1).mean(1)  # a bf16 output back to float32
         weights = loss_weights(path, t, weight)
         return (error if weights is None else weights * error).mean()
 
 
-def distillation_loss(model, x0: torch.Tensor, x1: torch.Tensor, nfe: int, *, autocast: torch.dtype | None = None) -> torch.Tensor:
+def distillation_loss(
+    model, x0: torch.Tensor, x1: torch.Tensor, nfe: int, *, condition: dict[str, torch.Tensor] | None = None, autocast: torch.dtype | None = None
+) -> torch.Tensor:
     """|| x0 + sum of ``nfe`` Euler steps of the student - x1 ||^2, the mean over rows and dimensions."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise FlowmatchError(f"nfe must be a positive integer, got {nfe!r}")
     x, h = x0, 1.0 / nfe
     with torch.autocast(x0.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         for i in range(nfe):
-            x = x + h * model(x, torch.full((len(x),), i * h, device=x.device, dtype=x.dtype)).to(x0.dtype)
+            x = x + h * model(x, torch.full((len(x),), i * h, device=x.device, dtype=x.dtype), **(condition or {})).to(x0.dtype)
         return (x - x1).pow(2).flatten(1).mean(1).mean()

@@ -30,9 +30,7 @@ from safetensors.torch import load_file
 from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
-from flowmatch.flow import Flow
-from flowmatch.models.registry import build_model
-from flowmatch.paths.affine import make_path
+from flowmatch.flow import Flow, _conditions_of
 from flowmatch.storage import read_json, save_tensors, write_json
 from flowmatch.training.checkpoints import latest_state, list_states, unprefixed
 
@@ -54,12 +52,17 @@ _TRI_STATE = {"auto": None, "yes": True, "no": False}
 def dataset_from_config(config: dict[str, Any]) -> Dataset:
     """The training data set a run's config names (its data, seed, standardisation, labels, mmap),
     with its validation rows held out (``val_fraction``; 0 for runs saved before it existed)."""
+    if config["data"] == "python":
+        raise FlowmatchError(
+            "this run was trained on data given in Python, which its folder does not hold: pass reference= (held-out points) to evaluate it"
+        )
     dataset = load_dataset(
         config["data"],
         seed=config["seed"],
         standardize=_TRI_STATE[config.get("standardize", "auto")],
         label_column=config.get("label_column") or None,
         mmap=_TRI_STATE[config.get("mmap", "auto")],
+        condition_columns=config.get("condition_columns") or None,
     )
     if config.get("pairs"):  # reflow and distillation train on a teacher's pairs: nothing to validate against
         return dataset
@@ -67,32 +70,59 @@ def dataset_from_config(config: dict[str, Any]) -> Dataset:
 
 
 def flow_meta(flow: Flow) -> dict[str, Any]:
-    """checkpoint.json: the model's config, the path and the standardiser, which rebuild the flow."""
-    return {
+    """checkpoint.json: what rebuilds the flow around its weights, as JSON.
+
+    The model's :func:`~flowmatch.models.registry.to_config` (a built-in's options, or an importable
+    factory and its arguments; a model that has neither is named by its class, and loading it needs
+    ``model=``), the path (:func:`~flowmatch.paths.specs.path_to_config`: a path that cannot be named
+    raises here, before anything is written), the standardiser, one row's shape, the conditions, and a
+    source given in Python.
+    """
+    from flowmatch.models.registry import to_config
+    from flowmatch.paths.specs import path_to_config
+
+    try:
+        model = to_config(flow.model)
+    except FlowmatchError:
+        model = {"class": f"{type(flow.model).__module__}:{type(flow.model).__qualname__}", "rebuild": False}
+    meta = {
         "format": "flowmatch-checkpoint",
         "version": FORMAT_VERSION,
         "dim": flow.dim,
-        "model": flow.model.config,
-        "path": {
-            "name": flow.path.name,
-            "sigma_min": getattr(flow.path.schedule, "sigma_min", 0.0),
-            "bridge_sigma": flow.path.bridge_sigma,
-        },
+        "model": model,
+        "path": path_to_config(flow.path),
         "standardizer": flow.standardizer.to_dict(),
     }
+    if flow.shape is not None:
+        meta["shape"] = list(flow.shape)
+    if flow.conditions != _conditions_of(flow.model):
+        meta["conditions"] = flow.conditions
+    if flow.config.get("source") == "python" and flow._source is not None:
+        from flowmatch.data.sources import source_to_config
+
+        meta["source"] = source_to_config(flow._source)
+    return meta
 
 
 def save_flow(flow: Flow, folder: str | os.PathLike) -> None:
-    """Weights (safetensors) and metadata, each written atomically (weights first)."""
+    """Weights (safetensors) and metadata, each written atomically (weights first); a flow whose path or
+    source cannot be recorded is refused before anything is written."""
+    meta = flow_meta(flow)
+    if meta.get("source", {}).get("kind") == "rows":
+        from flowmatch.data.sources import source_to_config
+
+        source_to_config(flow._source, Path(folder))
     save_tensors(Path(folder) / CHECKPOINT, flow.model.state_dict())
-    write_json(Path(folder) / CHECKPOINT_META, flow_meta(flow))
+    write_json(Path(folder) / CHECKPOINT_META, meta)
 
 
-def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
+def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Module | None = None, source: Any = None) -> Flow:
     """Rebuild the Flow saved in a run folder (weights are read with safetensors, never unpickled).
 
     A finished run has ``checkpoint.safetensors``; a run stopped during training is loaded from its
-    newest training checkpoint (EMA weights where kept).
+    newest training checkpoint (EMA weights where kept). ``model=`` fills an instance of one's own
+    with the weights instead of rebuilding the model (needed for a model the run folder only names);
+    ``source=`` gives back a source object that the run could not save.
     """
     folder = Path(run_dir)
     if not folder.is_dir():
@@ -115,19 +145,41 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu") -> Flow:
         where, tensors, state_meta = latest_state(folder)
         meta = state_meta.get("flow", {})
         state = unprefixed("ema", tensors) or unprefixed("model", tensors)
-    return build_flow(meta, state, config, where).to(device)
+    return build_flow(meta, state, config, where, model=model, source=source, folder=folder).to(device)
 
 
-def build_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], config: dict[str, Any], where) -> Flow:
-    """A Flow from checkpoint metadata (see :meth:`Flow.checkpoint_meta`) and its weights."""
+def build_flow(
+    meta: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    where,
+    *,
+    model: torch.nn.Module | None = None,
+    source: Any = None,
+    folder: Path | None = None,
+) -> Flow:
+    """A Flow from checkpoint metadata (see :func:`flow_meta`) and its weights, in ``model`` if given."""
+    from flowmatch.models.registry import from_config
+    from flowmatch.paths.specs import path_from_config
+
     if not isinstance(meta, dict) or meta.get("format") != "flowmatch-checkpoint" or meta.get("version") != FORMAT_VERSION:
         raise FlowmatchError(f"{where}: not a flowmatch checkpoint of version {FORMAT_VERSION}")
     try:
-        model_options = dict(meta["model"])
-        model = build_model(model_options.pop("name"), int(meta["dim"]), **model_options)
-        path_meta = meta["path"]
-        path = make_path(path_meta["name"], float(path_meta.get("sigma_min", 0.0)), float(path_meta.get("bridge_sigma", 0.0)))
+        spec = dict(meta["model"])
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise FlowmatchError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
+        if model is None and spec.get("rebuild") is False:
+            raise FlowmatchError(
+                f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
+                "pass one: flowmatch.load(run, model=YourModel(...))"
+            )
+        model = model if model is not None else from_config(spec, int(meta["dim"]))
+        path = path_from_config(meta["path"])
         standardizer = Standardizer.from_dict(meta["standardizer"])
+        if source is None and config.get("source") == "python" and "source" in meta:
+            from flowmatch.data.sources import source_from_config
+
+            source = source_from_config(meta["source"], folder if folder is not None else Path(where).parent)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, FlowmatchError):
             raise
@@ -136,8 +188,11 @@ def build_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], config: dic
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise FlowmatchError(f"{where}: weights do not match the model in {CHECKPOINT_META}: {first}") from None
-    return Flow(model=model.eval(), path=path, standardizer=standardizer, config=config)
+        raise FlowmatchError(f"{where}: weights do not match the model: {first}") from None
+    return Flow(
+        model=model.eval(), path=path, standardizer=standardizer, config=config, source=source,
+        shape=meta.get("shape"), conditions=meta.get("conditions"),
+    )  # fmt: skip
 
 
 def check_writable_run(target: Path, force: bool) -> None:

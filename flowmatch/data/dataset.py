@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flowmatch.data.files import _CORRUPT_ERRORS, _MMAP_BYTES, _MMAP_CHUNK, FILE_EXTENSIONS, MIN_ROWS, _MappedRows, load_labels
+from flowmatch.data.files import _CORRUPT_ERRORS, _MMAP_BYTES, _MMAP_CHUNK, FILE_EXTENSIONS, MIN_ROWS, _MappedRows, load_table
 from flowmatch.data.standardize import Standardizer
 from flowmatch.data.toy import (
     _BUILTINS,
@@ -115,6 +115,11 @@ class Dataset:
     mapped: _MappedRows | None = None  # training rows of a memory-mapped file (then train is None)
     val: torch.Tensor | None = None  # validation rows carved out of the training rows (model coordinates)
     val_labels: torch.Tensor | None = None
+    train_conditions: torch.Tensor | None = None  # (N, k) float covariates of the training rows: the model's ``c``
+    val_conditions: torch.Tensor | None = None
+    test_conditions: torch.Tensor | None = None
+    condition_names: list[str] | None = None  # the covariates' column names (None: no covariates)
+    shape: tuple[int, ...] | None = None  # the shape of one row as the model takes it (None: flat (D,))
 
     @property
     def num_classes(self) -> int:
@@ -125,19 +130,24 @@ class Dataset:
 
         With ``labels=True`` returns (points, classes); classes are None for unlabelled data.
         """
+        x, k, _ = self.draw(n, generator)
+        return (x, k) if labels else x
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(points, class labels or None, covariates or None) of ``n`` training rows in model coordinates."""
         n = _check_count(n)
         g = _make_generator(generator)
         if self.builtin:
             x, k = sample_builtin(self.name, n, g, labels=True)
-            x = self.standardizer.forward(x)
-        elif self.mapped is not None:
+            return self.standardizer.forward(x), k, None
+        if self.mapped is not None:
             index = torch.randint(0, len(self.mapped), (n,), generator=g, device=g.device)
-            x, k = self.standardizer.forward(self.mapped[index.cpu()]).to(torch.float32), None
-        else:
-            index = torch.randint(0, len(self.train), (n,), generator=g, device=g.device).to(self.train.device)
-            x = self.train[index]
-            k = None if self.train_labels is None else self.train_labels[index]
-        return (x, k) if labels else x
+            return self.standardizer.forward(self.mapped[index.cpu()]).to(torch.float32), None, None
+        assert self.train is not None
+        index = torch.randint(0, len(self.train), (n,), generator=g, device=g.device).to(self.train.device)
+        k = None if self.train_labels is None else self.train_labels[index]
+        c = None if self.train_conditions is None else self.train_conditions[index]
+        return self.train[index], k, c
 
     @property
     def n_train(self) -> int | None:
@@ -176,14 +186,59 @@ class Dataset:
             val = self.mapped[held]
             val = self.standardizer.forward(val).to(torch.float32)
             return dataclasses.replace(self, mapped=_MappedRows(self.mapped.array, self.mapped.rows[kept]), val=val)
-        labels = self.train_labels
+        labels, conditions = self.train_labels, self.train_conditions
         return dataclasses.replace(
             self,
             train=self.train[kept].contiguous(),
             train_labels=None if labels is None else labels[kept].contiguous(),
+            train_conditions=None if conditions is None else conditions[kept].contiguous(),
             val=self.train[held].contiguous(),
             val_labels=None if labels is None else labels[held].contiguous(),
+            val_conditions=None if conditions is None else conditions[held].contiguous(),
         )
+
+    @classmethod
+    def from_array(
+        cls,
+        x,
+        *,
+        labels=None,
+        conditions=None,
+        name: str = "python",
+        standardize: bool | None = None,
+        test_fraction: float = 0.2,
+        n_test: int = 4000,
+        seed: int = 0,
+    ) -> Dataset:
+        """A data set of the rows of an array or tensor ``x`` of shape (N, ...), split and standardised as a
+        data file is (:func:`load_dataset`); rows of more than one axis are flattened and the model gets
+        them back in their shape (``shape``), unstandardised unless ``standardize=True``.
+
+        ``labels`` (N,) are class labels 0..K-1 (the model's ``y``); ``conditions`` (N, k) or (N,) are
+        float covariates (its ``c``).
+        """
+        array = _as_rows(x, "data")
+        shape = tuple(array.shape[1:]) if array.ndim > 2 else None
+        flat = array.reshape(len(array), -1)
+        if len(flat) < MIN_ROWS:
+            raise FlowmatchError(f"data: {len(flat)} rows are too few (at least {MIN_ROWS})")
+        label_array, classes = None, None
+        if labels is not None:
+            label_array = _as_rows(labels, "labels").reshape(-1)
+            if len(label_array) != len(flat) or label_array.dtype.kind not in "iu" or (label_array < 0).any():
+                raise FlowmatchError(f"labels must be {len(flat)} non-negative integers, got {label_array.dtype} {label_array.shape}")
+            label_array = label_array.astype(np.int64)
+            classes = [str(k) for k in range(int(label_array.max()) + 1)]
+        condition_array = None
+        if conditions is not None:
+            condition_array = _as_rows(conditions, "conditions").astype(np.float64)
+            condition_array = condition_array.reshape(len(condition_array), -1)
+            if len(condition_array) != len(flat):
+                raise FlowmatchError(f"conditions have {len(condition_array)} rows, data {len(flat)}")
+        if standardize is None:
+            standardize = shape is None
+        dataset = _split_rows(name, flat.astype(np.float64), label_array, classes, n_test, test_fraction, seed, standardize, condition_array)
+        return dataclasses.replace(dataset, shape=shape, condition_names=None if condition_array is None else [f"c{j}" for j in range(condition_array.shape[1])])
 
     @property
     def gaussian_mixture(self) -> GaussianMixture | None:
@@ -218,6 +273,7 @@ def load_dataset(
     standardize: bool | None = None,
     label_column: str | None = None,
     mmap: bool | None = None,
+    condition_columns: str | None = None,
 ) -> Dataset:
     """A built-in set by name (a 2-D toy set, a bundled table or ``digits``), or the points in a .npy/.npz/.csv file.
 
@@ -228,7 +284,8 @@ def load_dataset(
     Files and the bundled tables (``wine``, ``breast-cancer``): the rows are shuffled with ``seed``; round(test_fraction * N) of them, but at least 2 and at most
     ``n_test`` (and leaving at least 2 for training), become ``test`` (data coordinates) and the rest
     ``train`` (model coordinates). ``standardize`` defaults to True and fits on the train rows only.
-    Labels come from an .npz array ``labels`` or a CSV ``label_column`` (see :func:`load_labels`).
+    Labels come from an .npz array ``labels`` or a CSV ``label_column`` (see :func:`load_labels`), and
+    float covariates (the model's condition ``c``) from CSV ``condition_columns`` (see :func:`load_table`).
 
     Large ``.npy`` files (over 1 GiB, or any with ``mmap=True``) are memory-mapped instead of read:
     batches read their rows from disk, the standardiser is fitted on at most 100,000 random training
@@ -292,11 +349,12 @@ def load_dataset(
     if n_test < 2:
         raise FlowmatchError(f"{name}: n_test must be at least 2 for a data file, got {n_test}")
     if mmap or (mmap is None and name.lower().endswith(".npy") and os.path.getsize(name) > _MMAP_BYTES):
-        if label_column:
-            raise FlowmatchError(f"{name}: memory-mapped .npy files carry no labels")
+        if label_column or condition_columns:
+            raise FlowmatchError(f"{name}: memory-mapped .npy files carry no labels or conditions")
         return _memory_mapped(name, n_test, test_fraction, seed, standardize)
-    array, labels, classes = load_labels(name, label_column)
-    return _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize)
+    array, labels, classes, conditions, condition_names = load_table(name, label_column, condition_columns)
+    dataset = _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize, conditions)
+    return dataclasses.replace(dataset, condition_names=condition_names)
 
 
 def _builtin_table(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -307,7 +365,24 @@ def _builtin_table(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return bunch.data.astype(np.float64), bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
 
 
-def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize) -> Dataset:
+def _as_rows(x, what: str) -> np.ndarray:
+    """An array or tensor as a finite numeric numpy array with at least one row."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise FlowmatchError(f"{what}: not an array ({exc})") from None
+    if array.dtype.kind not in "biuf" or array.ndim < 1 or not len(array):
+        raise FlowmatchError(f"{what}: expected a numeric array of shape (N, ...), got {array.dtype} {array.shape}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise FlowmatchError(f"{what}: non-finite values")
+    if array.ndim == 1:
+        array = array[:, None] if what != "labels" else array
+    return array
+
+
+def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize, conditions=None) -> Dataset:
     """Shuffle the rows with ``seed``, hold out the test rows, fit the standardiser on the train rows."""
     points = torch.from_numpy(array)
     n = len(points)
@@ -326,6 +401,8 @@ def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, stand
         train_labels=None if label_tensor is None else label_tensor[order[n_held:]],
         test_labels=None if label_tensor is None else label_tensor[order[:n_held]],
         class_names=classes,
+        train_conditions=None if conditions is None else torch.from_numpy(conditions)[order[n_held:]].to(torch.float32).contiguous(),
+        test_conditions=None if conditions is None else torch.from_numpy(conditions)[order[:n_held]].to(torch.float32).contiguous(),
     )
 
 

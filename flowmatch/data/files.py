@@ -39,13 +39,7 @@ def load_labels(path: str | os.PathLike, label_column: str | None = None):
         if not os.path.isfile(path):
             raise FlowmatchError(f"{path}: no such file")
         header, rows = _csv_rows(path)
-        j = _column_index(path, header, label_column, len(rows[0][1]))
-        names = [cells[j] if j < len(cells) else "" for _, cells in rows]
-        rest = [(line, cells[:j] + cells[j + 1 :]) for line, cells in rows]
-        points = _check_points(path, _csv_numbers(path, header[:j] + header[j + 1 :] if header else None, rest))
-        classes = sorted(set(names), key=lambda c: (not _is_number(c), float(c) if _is_number(c) else 0.0, c))
-        index = {c: i for i, c in enumerate(classes)}
-        return points, np.array([index[c] for c in names], dtype=np.int64), classes
+        return _split_labels(path, header, rows, _column_index(path, header, label_column, len(rows[0][1])))
     points = load_array(path)
     if ext != ".npz":
         return points, None, None
@@ -62,13 +56,58 @@ def load_labels(path: str | os.PathLike, label_column: str | None = None):
     return points, labels.astype(np.int64), [str(c) for c in range(count)]
 
 
-def _column_index(path: str, header: list[str] | None, column: str, width: int) -> int:
+def load_table(path: str | os.PathLike, label_column: str | None = None, condition_columns: str | None = None):
+    """:func:`load_labels`, with ``condition_columns`` (comma-separated header names or 1-based column
+    numbers of a CSV file) read as numeric conditions: (points, labels, classes, conditions (N, k)
+    float64 or None, condition column names or None). The points are the remaining columns."""
+    if not condition_columns:
+        return (*load_labels(path, label_column), None, None)
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() != ".csv":
+        raise FlowmatchError(f"{path}: condition columns apply to .csv files")
+    if not os.path.isfile(path):
+        raise FlowmatchError(f"{path}: no such file")
+    header, rows = _csv_rows(path)
+    width = len(rows[0][1])
+    wanted = [c.strip() for c in condition_columns.split(",") if c.strip()]
+    picked = [_column_index(path, header, c, width, "condition") for c in wanted]
+    if len(set(picked)) != len(picked):
+        raise FlowmatchError(f"{path}: condition columns {condition_columns!r} name a column twice")
+    label = _column_index(path, header, label_column, width) if label_column else None
+    if label in picked:
+        raise FlowmatchError(f"{path}: column {label_column!r} cannot be both the label and a condition")
+    names = [header[j] if header else str(j + 1) for j in picked]
+    conditions = _csv_numbers(path, names if header else None, [(line, [cells[j] if j < len(cells) else "" for j in picked]) for line, cells in rows])
+    if not np.isfinite(conditions).all():
+        raise FlowmatchError(f"{path}: condition columns {', '.join(names)} hold non-finite values")
+    keep = [j for j in range(width) if j not in picked]
+    rest = [(line, [cells[j] for j in keep if j < len(cells)]) for line, cells in rows]
+    if len(keep) == (1 if label is not None else 0):
+        raise FlowmatchError(f"{path}: no data columns left beside the condition columns")
+    tmp_header = [header[j] for j in keep] if header else None
+    points, labels, classes = _split_labels(path, tmp_header, rest, None if label is None else keep.index(label))
+    return points, labels, classes, conditions, names
+
+
+def _split_labels(path: str, header: list[str] | None, rows: list[tuple[int, list[str]]], j: int | None):
+    """(points, labels, classes) of CSV rows whose column ``j`` (None: none) holds class labels."""
+    if j is None:
+        return _check_points(path, _csv_numbers(path, header, rows)), None, None
+    names = [cells[j] if j < len(cells) else "" for _, cells in rows]
+    rest = [(line, cells[:j] + cells[j + 1 :]) for line, cells in rows]
+    points = _check_points(path, _csv_numbers(path, header[:j] + header[j + 1 :] if header else None, rest))
+    classes = sorted(set(names), key=lambda c: (not _is_number(c), float(c) if _is_number(c) else 0.0, c))
+    index = {c: i for i, c in enumerate(classes)}
+    return points, np.array([index[c] for c in names], dtype=np.int64), classes
+
+
+def _column_index(path: str, header: list[str] | None, column: str, width: int, what: str = "label") -> int:
     if header is not None and column in header:
         return header.index(column)
     if column.isdigit() and 1 <= int(column) <= width:
         return int(column) - 1
     names = f" (columns: {', '.join(header)})" if header else f" (columns 1..{width})"
-    raise FlowmatchError(f"{path}: no label column {column!r}{names}")
+    raise FlowmatchError(f"{path}: no {what} column {column!r}{names}")
 
 
 def load_array(path: str | os.PathLike) -> np.ndarray:

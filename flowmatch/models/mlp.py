@@ -1,8 +1,13 @@
 """Velocity models v_theta(x, t).
 
-Every model is called as ``model(x, t)`` (and ``model(x, t, y)`` for class labels where the
-model supports them) with x of shape (batch, D) and t a scalar, a 0-dim tensor or a (batch,)
-tensor of times in [0, 1]; it returns a tensor shaped like x.
+Every model is called as ``model(x, t, **condition)`` with x of shape (batch, D) and t a scalar, a
+0-dim tensor or a (batch,) tensor of times in [0, 1]; it returns a tensor shaped like x. The built-in
+MLP takes class labels ``y`` (batch,) and a float covariate vector ``c`` (batch, k); a user's model may
+take any named conditions.
+
+Classifier-free guidance needs a learned "no condition": a dropped label is the null class
+``num_classes``, and a dropped float condition is a row of NaNs, which the model must map to a learned
+null embedding (as :class:`MLP` does).
 
 - ``seed-mlp``: the seed document's network, input [t, x] -> 128 -> ReLU -> 128 -> ReLU -> D.
 - ``mlp``: the default. A sinusoidal embedding of t feeds a learned projection that is added to
@@ -67,7 +72,9 @@ class MLP(nn.Module):
     small data sets; identity at sampling).
 
     With ``num_classes > 0`` a label embedding is added to the first pre-activation; label
-    ``num_classes`` is the learned null label used for classifier-free guidance.
+    ``num_classes`` is the learned null label used for classifier-free guidance. With
+    ``condition_dim = k > 0`` a float condition c (batch, k) adds W_c c there too, and a row of c
+    holding NaN adds a learned null vector instead (no condition, for guidance).
     """
 
     def __init__(
@@ -79,13 +86,14 @@ class MLP(nn.Module):
         time_dim: int = 64,
         num_classes: int = 0,
         dropout: float = 0.0,
+        condition_dim: int = 0,
     ):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise FlowmatchError(f"dropout must be in [0, 1), got {dropout}")
         if activation not in ACTIVATIONS:
             raise FlowmatchError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
-        if width < 1 or depth < 1 or time_dim < 2 or time_dim % 2 or num_classes < 0:
+        if width < 1 or depth < 1 or time_dim < 2 or time_dim % 2 or num_classes < 0 or condition_dim < 0:
             raise FlowmatchError(f"model sizes must be positive (time_dim even): width={width}, depth={depth}, time_dim={time_dim}")
         self.config = {
             "name": "mlp",
@@ -97,11 +105,15 @@ class MLP(nn.Module):
         }
         if dropout:
             self.config["dropout"] = dropout
+        if condition_dim:
+            self.config["condition_dim"] = condition_dim
         self.time_dim = time_dim
         self.num_classes = num_classes
         self.x_in = nn.Linear(dim, width)
         self.t_in = nn.Sequential(nn.Linear(time_dim, width), ACTIVATIONS[activation](), nn.Linear(width, width))
         self.y_in = nn.Embedding(num_classes + 1, width) if num_classes else None
+        self.c_in = nn.Linear(condition_dim, width) if condition_dim else None
+        self.c_null = nn.Parameter(torch.zeros(width)) if condition_dim else None
         drop = [nn.Dropout(dropout)] if dropout else []  # after each hidden activation; identity in eval
         layers: list[nn.Module] = [ACTIVATIONS[activation](), *drop]
         for _ in range(depth - 1):
@@ -109,7 +121,7 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, dim))
         self.body = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
         # per-row embeddings are added into the first layer's output in place (a Linear's backward
         # does not need its output, so autograd is unaffected), saving a (batch, width) temporary
         h = self.x_in(x)
@@ -118,6 +130,8 @@ class MLP(nn.Module):
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
             h += self.y_in(y)
+        if self.c_in is not None:
+            h += self._condition(c, x)
         if h.requires_grad:
             return self.body(h)
         # no autograd graph (sampling): activations overwrite their input instead of allocating
@@ -125,6 +139,15 @@ class MLP(nn.Module):
             in_place = _IN_PLACE.get(type(layer))
             h = in_place(h) if in_place is not None else layer(h)
         return h
+
+    def _condition(self, c: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """W_c c per row, the learned null vector for rows of NaN (and for c None: all rows)."""
+        assert self.c_in is not None and self.c_null is not None
+        if c is None:
+            return self.c_null.to(x.dtype).expand(x.shape[0], -1)
+        c = c.to(x.dtype).reshape(x.shape[0], -1)
+        missing = torch.isnan(c).any(dim=1, keepdim=True)
+        return torch.where(missing, self.c_null.to(x.dtype), self.c_in(torch.nan_to_num(c)))
 
     def _add_time(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """h + t_in(emb(t)), evaluating the time branch once per run of equal consecutive times.

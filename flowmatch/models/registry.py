@@ -19,3 +19,71 @@ def build_model(name: str, dim: int, **options) -> nn.Module:
         return MODELS[name](dim, **options)
     except TypeError as exc:
         raise FlowmatchError(f"bad options for model '{name}': {exc}") from None
+
+
+# -- any model: how a run folder rebuilds it -------------------------------------------------------
+def from_factory(factory, /, **args) -> nn.Module:
+    """``factory(**args)``, remembering both, so that a run trained on it records how to rebuild it:
+    an importable factory (a class or a function, as an object or a ``"module:name"`` reference) and
+    JSON arguments. ``flowmatch.load`` then calls the factory again and fills in the weights."""
+    import json
+
+    from flowmatch.imports import reference, resolve
+
+    if isinstance(factory, str):
+        factory = resolve(factory, "model factory")
+    ref = reference(factory, "the model factory")
+    try:
+        args = json.loads(json.dumps(args))
+    except (TypeError, ValueError) as exc:
+        raise FlowmatchError(f"model factory {ref}: its arguments must be plain JSON values ({exc})") from None
+    model = factory(**args)
+    if not isinstance(model, nn.Module):
+        raise FlowmatchError(f"model factory {ref} returned a {type(model).__name__}, not a torch.nn.Module")
+    model._flowmatch_factory = {"factory": ref, "args": args}  # type: ignore[assignment]
+    return model
+
+
+def to_config(model: nn.Module) -> dict:
+    """The JSON that rebuilds ``model`` (see :func:`from_config`):
+
+    - a built-in model: its ``config`` ({"name": ..., options});
+    - one made by :func:`from_factory`: {"factory": "module:name", "args": {...}};
+    - a model whose class has ``to_config()`` and a classmethod ``from_config(config)``:
+      {"factory": "module:Class.from_config", "args": {"config": model.to_config()}}.
+
+    Any other model raises a :class:`FlowmatchError` that says so; its runs still save the weights,
+    and ``flowmatch.load(run, model=instance)`` fills an instance of one's own.
+    """
+    from flowmatch.imports import reference
+
+    recorded = getattr(model, "_flowmatch_factory", None)
+    if recorded is not None:
+        return dict(recorded)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and config.get("name") in MODELS and type(model) is MODELS[config["name"]]:
+        return dict(config)
+    if callable(getattr(model, "to_config", None)) and callable(getattr(type(model), "from_config", None)):
+        ref = reference(type(model), "the model class")
+        return {"factory": f"{ref}.from_config", "args": {"config": model.to_config()}}  # type: ignore[operator]
+    raise FlowmatchError(
+        f"flowmatch cannot rebuild a {type(model).__qualname__} by itself: build it with "
+        "flowmatch.models.from_factory(YourClass, **args), or give the class to_config() and a classmethod from_config(config); "
+        "or load the run with flowmatch.load(run, model=YourClass(...))"
+    )
+
+
+def from_config(config: dict, dim: int) -> nn.Module:
+    """The model :func:`to_config` describes (a built-in by name for data of dimension ``dim``)."""
+    from flowmatch.imports import resolve
+
+    config = dict(config)
+    if "factory" in config:
+        factory = resolve(config["factory"], "model factory")
+        args = config.get("args") or {}
+        model = factory(**args)
+        if not isinstance(model, nn.Module):
+            raise FlowmatchError(f"model factory {config['factory']} returned a {type(model).__name__}, not a torch.nn.Module")
+        model._flowmatch_factory = {"factory": config["factory"], "args": args}  # type: ignore[assignment]
+        return model
+    return build_model(config.pop("name"), dim, **config)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from flowmatch.errors import FlowmatchError
-
-if TYPE_CHECKING:
-    pass
 
 
 class Schedule:
@@ -99,6 +95,7 @@ class CustomSchedule(Schedule):
         d_sigma: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self._alpha, self._sigma = alpha, sigma
+        self._given_d_alpha, self._given_d_sigma = d_alpha, d_sigma  # as given (None: autograd), for saving
         self._d_alpha = d_alpha or _autograd_derivative(alpha)
         self._d_sigma = d_sigma or _autograd_derivative(sigma)
 

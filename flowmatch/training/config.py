@@ -50,7 +50,7 @@ class TrainConfig:
     # what to learn
     data: str = _option("two-gaussians", "built-in data set name or a .npy/.npz/.csv file of shape (N, D)")
     source: str = _option("gaussian", "distribution at t = 0: gaussian (N(0, I)) or a data set name or file")
-    path: str = _option("linear", "probability path", choices=PATHS)
+    path: str = _option("linear", "probability path (python: a path object given to train())", choices=(*PATHS, "python"))
     sigma_min: float = _option(0.0, "noise floor of the gaussian path at t = 1", low=0.0, high=0.999)
     bridge_sigma: float = _option(0.0, "Brownian-bridge noise of the path (SB-CFM; 0 = none)", low=0.0)
     coupling: str = _option("independent", "pairing of (x0, x1) in a batch", choices=("independent", "ot", "sinkhorn"))
@@ -59,6 +59,9 @@ class TrainConfig:
     conditional: bool = _option(False, "condition the model on the data's class labels")
     cond_dropout: float = _option(0.1, "probability of dropping a label for the learned null label (guidance)", low=0.0, high=1.0)
     label_column: str = _option("", "CSV column (name or 1-based number) holding class labels")
+    condition_columns: str = _option(
+        "", "CSV columns (names or 1-based numbers, comma separated) holding float covariates the model is conditioned on (its c)"
+    )
     objective: str = _option("flow-matching", "training loss", choices=("flow-matching", "distill"))
     target: str = _option(
         "auto",
@@ -69,7 +72,7 @@ class TrainConfig:
     )
     distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
     # model
-    model: str = _option("mlp", "velocity model (unet: images)", choices=("mlp", "seed-mlp", "unet"))
+    model: str = _option("mlp", "velocity model (unet: images; python: a module given to train())", choices=("mlp", "seed-mlp", "unet", "python"))
     width: int = _option(256, "hidden units per layer (mlp)", low=1)
     depth: int = _option(3, "hidden layers (mlp)", low=1)
     activation: str = _option("silu", "activation (mlp)", choices=("relu", "silu", "gelu", "tanh", "softplus"))
@@ -117,6 +120,7 @@ class TrainConfig:
     compile: bool = _option(False, "torch.compile the model")
     # data and bookkeeping
     standardize: str = _option("auto", "standardise data (auto: files yes, built-ins and images no)", choices=("auto", "yes", "no"))
+    workers: int = _option(0, "DataLoader worker processes reading a torch Dataset given to train()", low=0)
     mmap: str = _option("auto", "memory-map a .npy file (auto: files over 1 GiB)", choices=("auto", "yes", "no"))
     seed: int = _option(0, "random seed", low=0)
     device: str = _option("auto", "cpu, cuda, cuda:N or auto")

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flowmatch.errors import FlowmatchError
 from flowmatch.storage import write_json
 from flowmatch.training.config import TrainConfig, _posterior_obstacle
@@ -18,6 +20,11 @@ def fit(
     config: TrainConfig | None = None,
     out: str | os.PathLike | None = None,
     *,
+    model: Any = None,
+    data: Any = None,
+    path: Any = None,
+    source: Any = None,
+    reference: Any = None,
     force: bool = False,
     resume: bool = False,
     progress: bool = True,
@@ -25,6 +32,10 @@ def fit(
     n_eval: int = 2000,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train, measure W2 against held-out data, and (with ``out``) write the finished run folder.
+
+    ``model``, ``data``, ``path`` and ``source`` are as for :func:`train`. ``reference`` (held-out points
+    in data coordinates) replaces the data's own test split; streamed data have none, so without it
+    their run reports the training figures only.
 
     ``resume=True`` continues the run in ``out`` from its newest checkpoint with its saved config
     (``config`` may then only raise ``steps``). With ``evaluate`` (the default) a quick evaluation
@@ -37,22 +48,25 @@ def fit(
     from flowmatch.evaluation.metrics import w2_exact
     from flowmatch.plots.figures import plot_samples
     from flowmatch.runs import check_writable_run
+    from flowmatch.training.inputs import split_objects
 
+    given = {"model": model, "data": data, "path": path, "source": source}
     if resume:
         if out is None:
             raise FlowmatchError("resume needs the run folder")
-        config = resume_config(Path(out), config)
+        config = resume_config(Path(out), None if config is None else split_objects(config, {}, **given)[0])
     else:
-        config = config or TrainConfig()
-        config.validate()
+        config, _ = split_objects(config, {}, **given)  # "python" where an object is given
         if out is not None:
             check_writable_run(Path(out), force)  # fail before spending time on training
-    result = train(config, run_dir=out, resume=resume, progress=progress)
+    result = train(config, run_dir=out, resume=resume, progress=progress, **given)
     if result.interrupted or _distributed_env()[1] != 0:
         return result, {}
 
     flow = result.flow
-    test = flow.dataset.test
+    if reference is None and flow._dataset is None:  # streamed data: nothing held out to measure against
+        return result, _unmeasured(result, out)
+    test = flow.dataset.test if reference is None else _reference_points(reference, flow.dim)
     m = min(n_eval, len(test) // 2)
     held_a, held_b = test[:m], test[m : 2 * m]
     solver, nfe = ("euler", config.distill_nfe) if config.objective == "distill" else ("rk4", 100)
@@ -81,13 +95,15 @@ def fit(
         if evaluate:
             from flowmatch.evaluation.report import evaluate as quick_evaluation
 
-            report = quick_evaluation(flow, folder, quick=True, seed=config.seed)
+            report = quick_evaluation(flow, folder, quick=True, seed=config.seed, reference=reference)
     if report is not None:
         memo = report.get("memorisation")
-    else:  # the same figures the quick evaluation reports (same samples), for a run without it
+    elif reference is None:  # the same figures the quick evaluation reports (same samples), for a run without it
         from flowmatch.evaluation.report import memorisation_report
 
         memo = memorisation_report(flow, quick=True, seed=config.seed)
+    else:
+        memo = None
     if memo is not None:
         metrics["memorisation"] = memo
     if out is not None:
@@ -95,6 +111,26 @@ def fit(
     if report is not None:
         metrics["report"] = report
     return result, metrics
+
+
+def _reference_points(reference: Any, dim: int) -> torch.Tensor:
+    points = torch.as_tensor(reference.detach().cpu() if isinstance(reference, torch.Tensor) else reference, dtype=torch.float32)
+    if points.ndim < 2 or points[0].numel() != dim or len(points) < 4:
+        raise FlowmatchError(f"reference must hold at least 4 points of {dim} values, got shape {tuple(points.shape)}")
+    return points.reshape(len(points), -1)
+
+
+def _unmeasured(result: TrainResult, out) -> dict[str, Any]:
+    """The metrics of a run with no held-out data: the training figures, the weights saved."""
+    metrics = {
+        "final_loss": result.final_loss, "train_seconds": result.seconds, "steps": result.config.steps,
+        "steps_run": result.step, "precision": result.precision, "target": result.target,
+        "w2": None, "note": "no held-out data: pass reference= to measure the samples",
+    }  # fmt: skip
+    if out is not None:
+        result.flow.save_checkpoint(Path(out))
+        write_json(Path(out) / "metrics.json", metrics)
+    return metrics
 
 
 #: Keys added to TrainConfig after runs were first saved, with the value that reproduces a run saved

@@ -60,17 +60,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.errors import FlowmatchError
 from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss
 from flowmatch.models.registry import build_model
-from flowmatch.paths.affine import make_path
 from flowmatch.storage import atomic_folder, write_json
 from flowmatch.training.checkpoints import latest_state, optimizer_from_tensors, optimizer_to_tensors, prefixed, save_state, unprefixed
-from flowmatch.training.config import POSTERIOR_PAIRS, POSTERIOR_REFERENCE, TrainConfig, resolve_config, resolve_select, resolve_target
+from flowmatch.training.config import POSTERIOR_PAIRS, POSTERIOR_REFERENCE, TrainConfig, resolve_select, resolve_target
 from flowmatch.training.devices import resolve_device, resolve_precision
 from flowmatch.training.distributed import _distributed_env, _record_rank_agreement
 from flowmatch.training.ema import EMA
+from flowmatch.training.inputs import TrainingData, resolve_path, resolve_source, split_objects, training_data
 from flowmatch.training.pairs import PairSampler
 from flowmatch.training.schedules import batch_size_at, learning_rate, sample_times
 from flowmatch.training.validation import Validation
@@ -90,6 +89,7 @@ class TrainResult:
     precision: str = "fp32"  # what the model was trained in ("auto" resolved on this device)
     target: str = "conditional"  # the regression target it trained on ("auto" resolved on this data)
     validation: dict[str, Any] | None = None  # best step and loss, selection, early stop (finite data)
+    data_exhausted: bool = False  # a one-shot iterator of batches ran out before the last step
 
     @property
     def final_loss(self) -> float:
@@ -100,6 +100,10 @@ class TrainResult:
 def train(
     config: TrainConfig | None = None,
     *,
+    model: Any = None,
+    data: Any = None,
+    path: Any = None,
+    source: Any = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -109,9 +113,15 @@ def train(
 ) -> TrainResult:
     """Train a flow; ``train(steps=2000, data="moons")`` is the same as passing a TrainConfig.
 
+    ``model``, ``data``, ``path`` and ``source`` take a name (as the config) or an object: one's own
+    ``nn.Module``, a tensor, a torch Dataset, a DataLoader or any iterable of batches, an AffinePath or
+    Schedule, rows or a sampler (see :mod:`flowmatch.training.inputs`). Every engine feature applies to
+    them: EMA, schedules, bf16, compile, couplings, the posterior target where it applies, checkpoints
+    and exact resume, SIGINT/SIGTERM, torchrun.
+
     With ``run_dir`` the folder gets ``config.json``, ``metrics.csv``, training checkpoints and
     sample pictures as training goes (see :func:`fit` for the finished run folder); with
-    ``resume`` training continues from the folder's newest checkpoint.
+    ``resume`` training continues from the folder's newest checkpoint (pass the same objects again).
 
     ``callback(step, flow, seconds)`` is called after each step in ``callback_steps`` (on the main
     process) with a Flow holding the EMA weights of that moment and the training seconds so far, for
@@ -119,14 +129,9 @@ def train(
     ``seconds`` column) stops while it runs.
     """
     from flowmatch.flow import Flow
-    from flowmatch.runs import build_flow, dataset_from_config  # runs needs data and models only; imported here to keep modules acyclic
+    from flowmatch.runs import build_flow, flow_meta
 
-    if config is None:
-        config = resolve_config(overrides=overrides)
-    elif overrides:
-        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
-    else:
-        config.validate()
+    config, objects = split_objects(config, overrides, resume=resume, model=model, data=data, path=path, source=source)
     world, rank, local_rank = _distributed_env()
     device = resolve_device(config.device, local_rank)
     if world > 1 and not dist.is_initialized():
@@ -134,34 +139,38 @@ def train(
     main_process = rank == 0
 
     # -- set-up: everything that can fail on bad input happens before any file is written ---------
-    dataset = dataset_from_config(config.to_dict())
-    if config.conditional and not dataset.num_classes:
-        raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (see --label-column)")
-    source = None if config.source == "gaussian" else load_dataset(config.source, seed=config.seed + 1)
-    if source is not None and source.dim != dataset.dim:
-        raise FlowmatchError(f"source '{config.source}' has dimension {source.dim}, data has {dataset.dim}")
-    pairs = PairSampler(config, dataset, source)
-    path = make_path(config.path, config.sigma_min, config.bridge_sigma)
+    run = Path(run_dir) if run_dir is not None else None
+    state = latest_state(run) if run is not None and resume else None
+    start_step = state[2]["step"] if state is not None else 0
+    stream_state = _stream_state(state)
+    inputs = training_data(config, objects, world=world, rank=rank, start_step=start_step, stream_state=stream_state)
+    dataset, stream = inputs.dataset, inputs.stream
+    source = resolve_source(config, objects, inputs.dim)
+    pairs = PairSampler(config, inputs.source_of_batches, source, inputs.conditions)
+    path = resolve_path(config, objects)
+    shaped = Flow(model=torch.nn.Identity(), path=path, standardizer=inputs.standardizer, config={}, shape=inputs.shape).call_model
     validation = None
-    if dataset.val is not None and config.objective == "flow-matching":
-        validation = Validation(config, dataset, path, source, device)
+    if dataset is not None and dataset.val is not None and config.objective == "flow-matching":
+        validation = Validation(config, dataset, path, source, device, wrap=shaped)
     select = resolve_select(config, validation is not None)
     if select == "val-loss" and validation is None:
         raise FlowmatchError(f"select val-loss needs a validation split: data '{config.data}' has none (val_fraction > 0, finite data)")
     torch.manual_seed(config.seed)
-    run = Path(run_dir) if run_dir is not None else None
-    state = latest_state(run) if run is not None and resume else None
-    if state is not None:  # the checkpoint's own architecture: a warm start's teacher need not exist any more
-        model = build_flow(state[2]["flow"], unprefixed("model", state[1]), config.to_dict(), where=state[0]).model.train()
+    if state is not None:  # the checkpoint's own architecture (a warm start's teacher need not exist any more)
+        model = build_flow(state[2]["flow"], unprefixed("model", state[1]), config.to_dict(), where=state[0], model=objects.model).model.train()
     else:
-        model = _initial_model(config, dataset)
+        model = objects.model if objects.model is not None else _initial_model(config, inputs)
     model = model.to(device)
-    flow_meta = Flow(model=model, path=path, standardizer=dataset.standardizer, config=config.to_dict()).checkpoint_meta()
+    flow_meta_now = flow_meta(
+        Flow(model=model, path=path, standardizer=inputs.standardizer, config=config.to_dict(), source=source, shape=inputs.shape,
+             conditions=inputs.conditions)
+    )  # a path or source that a run folder cannot record is refused here  # fmt: skip
     ema = EMA(model, config.ema, config.ema_warmup)
     optimizer = _optimizer(config, model)
-    generator = torch.Generator().manual_seed(config.seed)
+    # a stream's batches differ between processes; its noise and times do too
+    generator = torch.Generator().manual_seed(config.seed + (_RANK_SEED * rank if stream is not None else 0))
     losses: list[float] = []
-    start_step, elapsed = 0, 0.0
+    elapsed = 0.0
 
     if state is not None:
         _, tensors, meta = state
@@ -169,7 +178,7 @@ def train(
         optimizer_from_tensors(optimizer, unprefixed("optimizer", tensors), meta["optimizer_groups"])
         generator.set_state(tensors["rng.generator"])
         torch.set_rng_state(tensors["rng.torch"])
-        start_step, elapsed, losses = meta["step"], meta["seconds"], list(meta["loss_tail"])
+        elapsed, losses = meta["seconds"], list(meta["loss_tail"])
         if validation is not None and "validation" in meta:
             validation.best_loss, validation.best_step = meta["validation"]["best_loss"], meta["validation"]["best_step"]
             validation.best_state = unprefixed("best", tensors) or None
@@ -180,15 +189,17 @@ def train(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]
+    net = shaped(net)
     precision = resolve_precision(config.precision, device)
     low_precision = torch.bfloat16 if precision == "bf16" else None  # the model's calls under autocast
-    target_kind = resolve_target(config, dataset.n_train)
+    target_kind = _target(config, inputs)
     posterior = target_kind == "posterior"
     source_mixture = None if source is None else source.gaussian_mixture  # the posterior's source density
     if posterior and source is not None and source_mixture is None:
         raise FlowmatchError(f"target posterior: source '{config.source}' has no isotropic Gaussian-mixture density here")
     reference_size = min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights)))
+    null_class = inputs.conditions.get("y", {}).get("classes", 0)
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
         if folder is None or not main_process:
@@ -208,53 +219,61 @@ def train(
             "ema_updates": ema.updates,
             "seconds": elapsed + time.perf_counter() - started,
             "loss_tail": losses[-100:],
-            "flow": flow_meta,
+            "flow": flow_meta_now,
         }
         if validation is not None:
             meta["validation"] = {"best_loss": validation.best_loss, "best_step": validation.best_step}
+        if stream is not None:
+            position = stream.state()
+            meta["stream"] = {"epoch": position["epoch"], "index": position["index"]}
+            tensors.update(prefixed("stream.rng", position["rng"]))
         save_state(folder, step, tensors, meta, config.keep_checkpoints)
 
     started = time.perf_counter()
     if run is not None and main_process and not resume:
-        _start_run_folder(run, config, checkpoint)
+        _start_run_folder(run, config, checkpoint, source)
     log = _Log(run if main_process else None, config, start_step)
     stop = _StopSignal()
     bar = _progress_bar(config.steps, start_step, progress and main_process)
     callback_steps = set(callback_steps) if callback is not None and main_process else set()
     done = start_step
+    exhausted = False
     # a resumed run that had stopped early is finished (its best weights are already behind it)
     stopped_early = validation is not None and 0 < config.early_stop <= start_step - validation.best_step
     shown: dict[str, str] = {}  # the progress bar's figures
     with stop:
         for step in range(start_step, start_step if stopped_early else config.steps):
-            # one global batch, drawn identically by every process; each trains on its own shard
+            # a global batch, drawn identically by every process, of which each trains on its own
+            # shard; or, streamed, this process's own batch
             size = batch_size_at(config, step)
-            x0, x1, y, classes = pairs(size * world, generator)
+            try:
+                x0, x1, condition, classes = pairs(size * world if stream is None else size, generator)
+            except StopIteration:  # a one-shot iterator ran out
+                exhausted = True
+                break
             t = sample_times(config, len(x1), generator)
-            noise = torch.randn(x1.shape, generator=generator) if config.bridge_sigma > 0 else None
-            shard = slice(rank * size, (rank + 1) * size)
+            noise = torch.randn(x1.shape, generator=generator) if path.bridge_sigma > 0 else None
+            shard = slice(rank * size, (rank + 1) * size) if stream is None else slice(0, len(x1))
             reference = x1[:reference_size].to(device) if posterior else None  # the same on every process
             x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
-            y = None if y is None else y[shard].to(device)
+            condition = {k: v[shard].to(device) for k, v in condition.items()}
 
             if config.objective == "distill":
-                loss = distillation_loss(net, x0, x1, config.distill_nfe, autocast=low_precision)
+                loss = distillation_loss(net, x0, x1, config.distill_nfe, condition=condition, autocast=low_precision)
             else:
                 over = None
                 if posterior:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
+                    assert reference is not None
                     own = torch.arange(shard.start, shard.stop, device=device)
                     own = torch.where(own < len(reference), own, -1)
-                    allowed = _same_class(y, None if classes is None else classes[: len(reference)], dataset.num_classes)
+                    allowed = _same_class(condition.get("y"), None if classes is None else classes[: len(reference)], null_class)
                     over = Posterior(reference, own, allowed, source_mixture)
                 loss = flow_matching_loss(
-                    net, path, x0, x1, t, labels=y, noise=None if noise is None else noise[shard].to(device),
+                    net, path, x0, x1, t, condition=condition, noise=None if noise is None else noise[shard].to(device),
                     weight=config.loss_weight, posterior=over, autocast=low_precision,
                 )  # fmt: skip
             if not torch.isfinite(loss):
-                raise FlowmatchError(
-                    f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; "
-                    "try a smaller --lr or --grad-clip"
-                )
+                raise FlowmatchError(_non_finite(loss, step, condition))
 
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
@@ -283,38 +302,69 @@ def train(
                 bar.update(done - bar.n)
             if done % config.checkpoint_every == 0 or done == config.steps or stop.requested or stopped_early:
                 checkpoint(done)
-            if main_process and config.sample_every and done % config.sample_every == 0 and run is not None:
-                _progress_picture(_flow_for(model, ema, path, dataset, config), run, done)
+            if main_process and config.sample_every and done % config.sample_every == 0 and run is not None and dataset is not None:
+                _progress_picture(_flow_for(model, ema, path, inputs, config), run, done)
             if done in callback_steps:
                 paused = time.perf_counter()
-                callback(done, _flow_for(model, ema, path, dataset, config, source=source), elapsed + paused - started)
+                callback(done, _flow_for(model, ema, path, inputs, config, source=source), elapsed + paused - started)
                 started += time.perf_counter() - paused  # the callback's time is not training time
             if stop.requested or stopped_early:
                 break
+    if exhausted:
+        checkpoint(done)
     if bar is not None:
         bar.close()
     if stopped_early and main_process and progress:
+        assert validation is not None
         print(
             f"stopped early at step {done}: the validation loss was lowest at step {validation.best_step} "
             f"({validation.best_loss:.4f}) and has not improved for {config.early_stop} steps"
         )
+    if exhausted and main_process and progress:
+        print(f"the data ran out after {done - start_step} batches: stopped at step {done} of {config.steps}")
     log.close()
     if world > 1:
         _record_rank_agreement(model, run if main_process else None, world)
     seconds = elapsed + time.perf_counter() - started
     chosen = validation.best_state if validation is not None and select == "val-loss" else None
-    flow = _flow_for(model, ema, path, dataset, config, source=source, weights=chosen)
+    flow = _flow_for(model, ema, path, inputs, config, source=source, weights=chosen)
     return TrainResult(
-        flow,
-        config,
-        losses,
-        seconds,
-        step=done,
-        interrupted=stop.requested,
-        precision=precision,
-        target=target_kind,
-        validation=None if validation is None else validation.summary(select, stopped_early),
-    )
+        flow, config, losses, seconds, step=done, interrupted=stop.requested, precision=precision, target=target_kind,
+        validation=None if validation is None else validation.summary(select, stopped_early), data_exhausted=exhausted,
+    )  # fmt: skip
+
+
+_RANK_SEED = 1_000_003  # a streamed run's generator on process r: seed + r * this
+
+
+def _stream_state(state) -> dict[str, Any] | None:
+    """Where a stream stood at a checkpoint (None without one or without a stream)."""
+    if state is None or "stream" not in state[2]:
+        return None
+    return {**state[2]["stream"], "rng": unprefixed("stream.rng", state[1])}
+
+
+def _target(config: TrainConfig, inputs: TrainingData) -> str:
+    """:func:`resolve_target`, and the conditional target where conditions other than class labels
+    (which the posterior cannot average over) or a stream's labels come with the data."""
+    target = resolve_target(config, inputs.n_train)
+    if target == "posterior" and (set(inputs.conditions) - {"y"} or (inputs.stream is not None and inputs.conditions)):
+        if config.target == "posterior":
+            raise FlowmatchError(f"target posterior averages over class labels only; these data carry conditions {', '.join(inputs.conditions)}")
+        return "conditional"
+    return target
+
+
+def _non_finite(loss: torch.Tensor, step: int, condition: dict[str, torch.Tensor]) -> str:
+    """The message for a loss that is NaN or infinite (naming the likely cause on dropped float conditions)."""
+    hint = "try a smaller --lr or --grad-clip"
+    dropped = [k for k, v in condition.items() if v.is_floating_point() and torch.isnan(v).any()]
+    if dropped:
+        hint = (
+            f"condition dropout sets dropped rows of {', '.join(dropped)} to NaN: the model must map them to a learned null "
+            "(as flowmatch's MLP does), or train with cond_dropout=0"
+        )
+    return f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; {hint}"
 
 
 def _same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null: int) -> torch.Tensor | None:
@@ -326,8 +376,9 @@ def _same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null:
     return (classes[None, :] == labels[:, None]) | (labels[:, None] == null)
 
 
-def _initial_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
-    dim = dataset.dim
+def _initial_model(config: TrainConfig, inputs: TrainingData) -> torch.nn.Module:
+    """The config's model for these data (or a warm start's, ``init_from``)."""
+    dim, dataset = inputs.dim, inputs.dataset
     if config.init_from:
         from flowmatch.runs import load
 
@@ -335,9 +386,10 @@ def _initial_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
         if teacher.dim != dim:
             raise FlowmatchError(f"init_from '{config.init_from}' has dimension {teacher.dim}, data has {dim}")
         return teacher.model.train()
-    classes = dataset.num_classes if config.conditional else 0
+    classes = inputs.conditions.get("y", {}).get("classes", 0)
+    covariates = inputs.conditions.get("c", {}).get("dim", 0)
     if config.model == "unet":
-        if dataset.image_shape is None:
+        if dataset is None or dataset.image_shape is None:
             raise FlowmatchError(f"--model unet needs image data; '{config.data}' is not a set of images")
         return build_model(
             "unet",
@@ -353,12 +405,14 @@ def _initial_model(config: TrainConfig, dataset: Dataset) -> torch.nn.Module:
             num_classes=classes,
         )
     if config.model == "seed-mlp":
-        if classes:
-            raise FlowmatchError("the seed-mlp model takes no labels; use --model mlp for conditional training")
+        if classes or covariates:
+            raise FlowmatchError("the seed-mlp model takes no conditions; use --model mlp for conditional training")
         return build_model("seed-mlp", dim, width=config.width)
+    options = {"condition_dim": covariates} if covariates else {}
     return build_model(
-        "mlp", dim, width=config.width, depth=config.depth, activation=config.activation, num_classes=classes, dropout=config.dropout
-    )
+        "mlp", dim, width=config.width, depth=config.depth, activation=config.activation, num_classes=classes, dropout=config.dropout,
+        **options,
+    )  # fmt: skip
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -368,14 +422,17 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optim
     return optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
-def _flow_for(model, ema, path, dataset, config, *, source=None, weights=None):
+def _flow_for(model, ema, path, inputs: TrainingData, config, *, source=None, weights=None):
     """A Flow that samples with a copy of the model holding the EMA weights (or ``weights``)."""
     from flowmatch.flow import Flow
 
     sampler = ema.averaged_copy(model)
     if weights is not None:
         sampler.load_state_dict(weights)
-    return Flow(model=sampler.eval(), path=path, standardizer=dataset.standardizer, dataset=dataset, source=source, config=config.to_dict())
+    return Flow(
+        model=sampler.eval(), path=path, standardizer=inputs.standardizer, dataset=inputs.dataset, source=source,
+        config=config.to_dict(), shape=inputs.shape, conditions=inputs.conditions,
+    )  # fmt: skip
 
 
 class _StopSignal:
@@ -458,7 +515,7 @@ class _Log:
             self.tensorboard.close()
 
 
-def _start_run_folder(run: Path, config: TrainConfig, checkpoint) -> None:
+def _start_run_folder(run: Path, config: TrainConfig, checkpoint, source=None) -> None:
     """Create the run folder with its config and a step-0 checkpoint, atomically.
 
     From the moment the folder exists it holds a loadable, resumable checkpoint. An old run in its
@@ -466,6 +523,11 @@ def _start_run_folder(run: Path, config: TrainConfig, checkpoint) -> None:
     """
     with atomic_folder(run) as staging:
         write_json(staging / "config.json", config.to_dict())
+        if config.source == "python":  # rows of a source given in Python are kept with the run
+            from flowmatch.data.sources import RowSource, source_to_config
+
+            if isinstance(source, RowSource):
+                source_to_config(source, staging)
         checkpoint(0, staging)
 
 

@@ -5,42 +5,67 @@ from __future__ import annotations
 import torch
 
 from flowmatch.data.dataset import Dataset
+from flowmatch.data.streams import Stream
 from flowmatch.errors import FlowmatchError
 from flowmatch.training.config import TrainConfig
 
 
-# -- pairs ---------------------------------------------------------------------------------------
 class PairSampler:
-    """Draws training pairs (x0, x1) in model coordinates, then applies the configured coupling."""
+    """Draws training pairs (x0, x1) and their conditions in model coordinates, then applies the
+    configured coupling and the condition dropout of classifier-free guidance.
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, source: Dataset | None):
-        self.config, self.dataset, self.source = config, dataset, source
+    ``data`` is a :class:`~flowmatch.data.dataset.Dataset` (batches of ``n`` rows drawn with the
+    generator, the same on every process) or a :class:`~flowmatch.data.streams.Stream` (this process's
+    next batch, whatever its size). ``conditions`` says how to drop each condition: the null class
+    for ``{"classes": K}``, a row of NaN for ``{"dim": k}``.
+    """
+
+    def __init__(self, config: TrainConfig, data: Dataset | Stream, source, conditions: dict[str, dict[str, int]]):
+        self.config, self.data, self.source, self.conditions = config, data, source, conditions
         self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.pairs:
-            self.fixed = load_pairs(config.pairs, dataset.dim)
+            assert isinstance(data, Dataset)
+            self.fixed = load_pairs(config.pairs, data.dim)
 
     def __call__(self, n: int, generator: torch.Generator):
-        """(x0, x1, labels, classes): labels and classes are None unless the config is conditional.
+        """(x0, x1, condition, classes): ``condition`` the model's keyword arguments (a dict, maybe empty),
+        ``classes`` the class labels before dropout (None without labels).
 
-        With labels, the coupling pairs points within each class, and each label is replaced by the
-        null label (``num_classes``) with probability ``cond_dropout``; ``classes`` keeps them all.
+        With labels, the coupling pairs points within each class. Each row's conditions are all replaced
+        by their null (see the class docstring) with probability ``cond_dropout``.
         """
         if self.fixed is not None:
             index = torch.randint(len(self.fixed[0]), (n,), generator=generator)
-            return self.fixed[0][index], self.fixed[1][index], None, None
-        x1, y = self.dataset.sample(n, generator, labels=True)
-        if not self.config.conditional:
-            y = None
+            return self.fixed[0][index], self.fixed[1][index], {}, None
+        if isinstance(self.data, Dataset):
+            x1, y, c = self.data.draw(n, generator)
+            condition = {"y": y} if y is not None and self.config.conditional else {}
+            if c is not None:
+                condition["c"] = c
+        else:
+            x, condition = self.data.next()
+            x1, n = x.reshape(len(x), -1).to(torch.float32), len(x)
         x0 = torch.randn(x1.shape, generator=generator) if self.source is None else self.source.sample(n, generator)
+        y = condition.get("y")
         if self.config.coupling != "independent":
             from flowmatch.couplings import couple
 
-            x0, x1 = couple(x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y)
+            x0, x1 = couple(x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y if "y" in self.conditions else None)
         classes = y
-        if y is not None:
+        droppable = [k for k in condition if k in self.conditions]
+        if droppable:
             drop = torch.rand(n, generator=generator) < self.config.cond_dropout
-            y = torch.where(drop, torch.full_like(y, self.dataset.num_classes), y)
-        return x0, x1, y, classes
+            for name in droppable:
+                condition[name] = _dropped(condition[name], drop, self.conditions[name])
+        return x0, x1, condition, classes
+
+
+def _dropped(value: torch.Tensor, drop: torch.Tensor, spec: dict[str, int]) -> torch.Tensor:
+    """``value`` with the rows in ``drop`` set to the null class (labels) or to NaN (float conditions)."""
+    if "classes" in spec:
+        return torch.where(drop, torch.full_like(value, spec["classes"]), value)
+    value = value.to(torch.float32)
+    return torch.where(drop.reshape(-1, *[1] * (value.ndim - 1)), torch.full_like(value, float("nan")), value)
 
 
 def load_pairs(path: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

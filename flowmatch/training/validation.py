@@ -30,8 +30,9 @@ class Validation:
     its minimum, and ``early_stop`` ends a run whose minimum is far enough behind.
     """
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, path: AffinePath, source: Dataset | None, device):
+    def __init__(self, config: TrainConfig, dataset: Dataset, path: AffinePath, source, device, wrap=None):
         rows = dataset.val
+        assert rows is not None
         repeats = max(1, VALIDATION_PAIRS // len(rows))
         g = torch.Generator().manual_seed(config.seed + _VALIDATION_SEED)
         x1 = rows.repeat(repeats, 1)
@@ -43,8 +44,9 @@ class Validation:
             x0, x1 = couple(x0, x1, config.coupling, reg=config.ot_reg, generator=g, labels=y)
         t = ((torch.arange(len(x1)) + torch.rand(len(x1), generator=g)) / len(x1))[torch.randperm(len(x1), generator=g)]
         noise = torch.randn(x1.shape, generator=g) if path.bridge_sigma > 0 else None
-        self.path, self.weight = path, config.loss_weight
-        self.pairs = [None if v is None else v.to(device) for v in (x0, x1, t, noise, y)]
+        c = None if dataset.val_conditions is None else dataset.val_conditions.repeat(repeats, 1)
+        self.path, self.weight, self.wrap = path, config.loss_weight, wrap or (lambda m: m)
+        self.pairs = [None if v is None else v.to(device) for v in (x0, x1, t, noise, y, c)]
         self.best_loss, self.best_step = math.inf, 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self._scratch: torch.nn.Module | None = None
@@ -62,8 +64,9 @@ class Validation:
         """:func:`~flowmatch.losses.flow_matching_loss` over the fixed triples, ``chunk`` rows a call."""
         total, n = 0.0, len(self.pairs[0])
         for i in range(0, n, chunk):
-            x0, x1, t, noise, y = (None if v is None else v[i : i + chunk] for v in self.pairs)
-            part = flow_matching_loss(model, self.path, x0, x1, t, labels=y, noise=noise, weight=self.weight)
+            x0, x1, t, noise, y, c = (None if v is None else v[i : i + chunk] for v in self.pairs)
+            condition = {k: v for k, v in (("y", y), ("c", c)) if v is not None}
+            part = flow_matching_loss(self.wrap(model), self.path, x0, x1, t, condition=condition, noise=noise, weight=self.weight)
             total += float(part) * len(x1)
         return total / n
 

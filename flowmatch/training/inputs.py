@@ -1,0 +1,193 @@
+"""What a run trains: the config, and the model, data, path and source, each given by name or as an object.
+
+``train(model=..., data=..., path=..., source=...)`` takes, besides the config's names:
+
+- ``model``: any ``torch.nn.Module`` called as ``model(x, t, **condition)``;
+- ``data``: a tensor or array (N, ...) (or a mapping ``{"x": rows, "labels": ..., "conditions": ...}``),
+  split and standardised as a data file is; or a torch ``Dataset``, a ``DataLoader`` or any iterable of
+  batches, streamed (:mod:`flowmatch.data.streams`);
+- ``path``: an :class:`~flowmatch.paths.affine.AffinePath` or a Schedule (a ``CustomSchedule`` too);
+- ``source``: the rows of a tensor, a sampler ``fn(n, generator)``, or a data set's name.
+
+The config records an object as ``"python"``; the run folder records how to rebuild it where it can
+(:mod:`flowmatch.runs`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from flowmatch.data.dataset import Dataset, load_dataset
+from flowmatch.data.standardize import Standardizer
+from flowmatch.data.streams import Stream, is_stream
+from flowmatch.errors import FlowmatchError
+from flowmatch.paths.affine import AffinePath, make_path
+from flowmatch.paths.schedules import Schedule
+from flowmatch.training.config import TrainConfig, resolve_config
+
+PYTHON = "python"  # the config's value for an object given to train()
+_OBJECT_KEYS = ("model", "data", "path", "source")
+
+
+@dataclass
+class Objects:
+    """The objects given to ``train`` in place of the config's names (None: the config's name)."""
+
+    model: torch.nn.Module | None = None
+    data: Any = None
+    path: AffinePath | None = None
+    source: Any = None
+
+
+def split_objects(
+    config: TrainConfig | None, overrides: dict[str, Any], *, resume: bool = False, **given: Any
+) -> tuple[TrainConfig, Objects]:
+    """The config (``"python"`` where an object stands in for a name) and the objects themselves; a
+    resumed run may leave out a model that its checkpoint rebuilds."""
+    objects = Objects()
+    overrides = dict(overrides)
+    for key in _OBJECT_KEYS:
+        value = given.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (str, os.PathLike)):
+            overrides[key] = os.fspath(value)
+            continue
+        if key == "model" and not isinstance(value, torch.nn.Module):
+            raise FlowmatchError(f"model must be a name or a torch.nn.Module, got {type(value).__name__}")
+        if key == "path":
+            if isinstance(value, Schedule):
+                value = AffinePath(value)
+            if not isinstance(value, AffinePath):
+                raise FlowmatchError(f"path must be a name, an AffinePath or a Schedule, got {type(value).__name__}")
+        setattr(objects, key, value)
+        overrides[key] = PYTHON
+    if config is None:
+        config = resolve_config(overrides=overrides)
+    elif overrides:
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    else:
+        config.validate()
+    for key in _OBJECT_KEYS:
+        if getattr(config, key) == PYTHON and getattr(objects, key) is None and not (resume and key == "model"):
+            raise FlowmatchError(f"{key} '{PYTHON}' stands for an object given to train(): pass {key}=<the object>")
+    if objects.model is not None and config.init_from:
+        raise FlowmatchError("init_from starts from a run's model: it cannot be combined with model=")
+    return config, objects
+
+
+@dataclass
+class TrainingData:
+    """The data of a run, with what the model needs to know about them."""
+
+    dataset: Dataset | None  # finite or built-in data: every process draws the same global batch
+    stream: Stream | None  # streamed data: each process reads its own batches
+    dim: int
+    shape: tuple[int, ...] | None  # one row as the model takes it (None: flat)
+    standardizer: Standardizer
+    conditions: dict[str, dict[str, int]]  # the model's conditions and how to drop them (see PairSampler)
+    n_train: int | None  # training rows (None: fresh draws or unknown)
+
+    @property
+    def source_of_batches(self) -> Dataset | Stream:
+        return self.dataset if self.dataset is not None else self.stream  # type: ignore[return-value]
+
+
+def training_data(
+    config: TrainConfig,
+    objects: Objects,
+    *,
+    world: int = 1,
+    rank: int = 0,
+    start_step: int = 0,
+    stream_state: dict[str, Any] | None = None,
+) -> TrainingData:
+    """Resolve the data: a name or file (as the config says), an array, or a stream."""
+    from flowmatch.runs import dataset_from_config
+    from flowmatch.training.schedules import batch_size_at
+
+    data = objects.data
+    if data is not None and is_stream(data):
+        if config.pairs:
+            raise FlowmatchError("a pairs file replaces the data: do not pass data= with pairs")
+        stream = Stream(
+            data, size_at=lambda step: batch_size_at(config, step), seed=config.seed, world=world, rank=rank,
+            start_step=start_step, workers=config.workers, state=stream_state,
+        )  # fmt: skip
+        x, condition = stream.peek()
+        dim = math.prod(x.shape[1:])
+        return TrainingData(
+            dataset=None, stream=stream, dim=dim, shape=tuple(x.shape[1:]) if x.ndim > 2 else None,
+            standardizer=Standardizer.identity(dim), conditions=_stream_conditions(condition, objects.model),
+            n_train=stream.n_rows,
+        )  # fmt: skip
+    if data is not None:
+        dataset = _array_dataset(data, config).hold_out_validation(config.val_fraction, config.seed)
+    else:
+        dataset = dataset_from_config(config.to_dict())
+    if config.conditional and not dataset.num_classes:
+        raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (see --label-column)")
+    conditions: dict[str, dict[str, int]] = {}
+    if config.conditional:
+        conditions["y"] = {"classes": dataset.num_classes}
+    if dataset.train_conditions is not None:
+        conditions["c"] = {"dim": int(dataset.train_conditions.shape[1])}
+    return TrainingData(
+        dataset=dataset, stream=None, dim=dataset.dim, shape=dataset.shape, standardizer=dataset.standardizer,
+        conditions=conditions, n_train=dataset.n_train,
+    )  # fmt: skip
+
+
+def _array_dataset(data: Any, config: TrainConfig) -> Dataset:
+    """A Dataset of rows given in Python: an array, or a mapping {"x", "labels", "conditions"}."""
+    from flowmatch.runs import _TRI_STATE
+
+    parts = dict(data) if isinstance(data, Mapping) else {"x": data}
+    unknown = set(parts) - {"x", "labels", "conditions"}
+    if "x" not in parts or unknown:
+        raise FlowmatchError(f"data given as a mapping takes keys x, labels and conditions; got {', '.join(map(str, parts))}")
+    return Dataset.from_array(
+        parts["x"], labels=parts.get("labels"), conditions=parts.get("conditions"),
+        standardize=_TRI_STATE[config.standardize], seed=config.seed,
+    )  # fmt: skip
+
+
+def _stream_conditions(condition: dict[str, torch.Tensor], model: torch.nn.Module | None) -> dict[str, dict[str, int]]:
+    """The conditions a stream's batches carry: integer ones are labels (dropped to the model's
+    ``num_classes`` where it has one, else never dropped), float ones vectors (dropped to NaN)."""
+    out = {}
+    for name, value in condition.items():
+        if value.is_floating_point():
+            out[name] = {"dim": int(value[0].numel()) if len(value) else 0}
+        else:
+            out[name] = {"classes": int(getattr(model, "num_classes", 0) or 0)}
+    if model is None and set(out) - {"c"}:
+        raise FlowmatchError(
+            f"the built-in models take a float condition named 'c' from a stream; these batches carry {', '.join(out)}: "
+            "name the condition 'c', pass class labels through a data set (data=tensor with labels), or bring your own model"
+        )
+    return out
+
+
+def resolve_source(config: TrainConfig, objects: Objects, dim: int):
+    """None for N(0, I), else an object with ``sample(n, generator)`` (a data set by name, or one given)."""
+    if objects.source is not None:
+        from flowmatch.data.sources import as_source
+
+        return as_source(objects.source, dim)
+    if config.source == "gaussian":
+        return None
+    source = load_dataset(config.source, seed=config.seed + 1)
+    if source.dim != dim:
+        raise FlowmatchError(f"source '{config.source}' has dimension {source.dim}, data has {dim}")
+    return source
+
+
+def resolve_path(config: TrainConfig, objects: Objects) -> AffinePath:
+    return objects.path if objects.path is not None else make_path(config.path, config.sigma_min, config.bridge_sigma)
