@@ -62,7 +62,7 @@ def _add_train(sub) -> None:
             flag,
             dest=f.name,
             type={"str": str, "int": int, "float": float}[f.type],
-            choices=meta.get("choices"),
+            choices=[c for c in meta["choices"] if c != "python"] if meta.get("choices") else None,  # objects are Python's
             default=argparse.SUPPRESS,
             help=f"{meta['help']} (default: {f.default})",
         )
@@ -135,6 +135,12 @@ def _add_sample(sub) -> None:
     p.add_argument(
         "--label", type=_label_list, help="class label(s) of a conditional model, e.g. 3 or 0,1,2: n samples of each, in that order"
     )
+    p.add_argument(
+        "--condition",
+        metavar="FILE",
+        help="rows of the float condition c (a .npy or .csv file, one row per line, as the training's condition columns): "
+        "n samples for each row, in that order",
+    )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w (1 = plain conditional; default: 1)")
     p.add_argument(
         "--schedule",
@@ -196,8 +202,9 @@ def _cmd_sample(args) -> int:
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
     flow = load(args.run, device=str(resolve_device(args.device)))
     labels = args.label or [None]
+    rows = list(_condition_file(args.condition)) if args.condition else [None]
     parts = []
-    for label in labels:
+    for label, row in ((label, row) for label in labels for row in rows):
         result = flow.generate(
             args.n,
             solver=args.solver,
@@ -209,6 +216,7 @@ def _cmd_sample(args) -> int:
             seed=args.seed,
             return_trajectory=args.trajectory,
             label=label,
+            condition=row,
             guidance=args.guidance,
             precision=args.precision,
         )
@@ -216,8 +224,32 @@ def _cmd_sample(args) -> int:
     array = np.concatenate(parts, axis=1 if args.trajectory else 0)
     write_array(out, array)
     which = f", labels {','.join(map(str, labels))} ({args.n} each, in that order)" if args.label else ""
+    which += f", {len(rows)} condition rows ({args.n} each, in that order)" if args.condition else ""
     print(f"wrote {out}: shape {array.shape}{which}, solver {flow.resolve_sampler(args.solver, args.nfe)[0]}, NFE {result.nfe}")
     return 0
+
+
+def _condition_file(path: str) -> np.ndarray:
+    """Condition rows (k, d) from a .npy or a .csv file (an optional header row)."""
+    from flowmatch.data.files import _csv_numbers, _csv_rows
+
+    if not Path(path).is_file():
+        raise FlowmatchError(f"condition file '{path}' does not exist")
+    if path.endswith(".npy"):
+        try:
+            rows = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise FlowmatchError(f"condition file '{path}': cannot read it ({exc})") from None
+    elif path.endswith(".csv"):
+        header, lines = _csv_rows(path)
+        rows = _csv_numbers(path, header, lines)
+    else:
+        raise FlowmatchError(f"condition file '{path}' must end in .npy or .csv")
+    rows = np.asarray(rows, dtype=np.float64)
+    rows = rows.reshape(len(rows), -1) if rows.ndim else rows.reshape(1, 1)
+    if not len(rows) or not np.isfinite(rows).all():
+        raise FlowmatchError(f"condition file '{path}': expected finite rows of numbers, got shape {rows.shape}")
+    return rows
 
 
 def write_array(path: Path, array: np.ndarray) -> None:

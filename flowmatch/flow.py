@@ -170,9 +170,13 @@ class Flow:
         if "classes" in spec:
             rows = rows.long().reshape(-1)
         else:
-            rows = rows.to(torch.float32).reshape(-1, spec["dim"]) if rows.numel() % spec["dim"] == 0 else rows
+            rows = rows.to(torch.float32)
+            if rows.ndim <= 1:  # one value per sample (a 1-d condition), or one row for all
+                rows = rows.reshape(-1, 1) if spec["dim"] == 1 else rows.reshape(1, -1)
             if rows.ndim != 2 or rows.shape[1] != spec["dim"]:
-                raise FlowmatchError(f"condition {name!r} needs rows of {spec['dim']} values, got shape {tuple(value.shape) if hasattr(value, 'shape') else rows.shape}")
+                raise FlowmatchError(
+                    f"condition {name!r} needs rows of {spec['dim']} values, got shape {tuple(value.shape) if hasattr(value, 'shape') else rows.shape}"
+                )
         if len(rows) == 1:
             rows = rows.expand(n, *rows.shape[1:])
         if len(rows) != n:

@@ -20,7 +20,13 @@ def reference(obj: Any, what: str) -> str:
     in the error raised when it cannot (a lambda, a local function, ``__main__``)."""
     module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not module or not name or "<" in name:
-        kind = "a lambda" if name == "<lambda>" else "a local function or object" if name else f"a {type(obj).__name__} instance"
+        kind = (
+            "a lambda"
+            if name and name.endswith("<lambda>")
+            else "a local function or object"
+            if name
+            else f"a {type(obj).__name__} instance"
+        )
         raise FlowmatchError(f"{what} is {kind}, which a run folder cannot name: define it at the top level of an importable module")
     if module == "__main__":
         raise FlowmatchError(

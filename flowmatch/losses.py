@@ -147,7 +147,13 @@ def flow_matching_loss(
 
 
 def distillation_loss(
-    model, x0: torch.Tensor, x1: torch.Tensor, nfe: int, *, condition: dict[str, torch.Tensor] | None = None, autocast: torch.dtype | None = None
+    model,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    nfe: int,
+    *,
+    condition: dict[str, torch.Tensor] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """|| x0 + sum of ``nfe`` Euler steps of the student - x1 ||^2, the mean over rows and dimensions."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:

@@ -144,7 +144,7 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
     else:
         where, tensors, state_meta = latest_state(folder)
         meta = state_meta.get("flow", {})
-        state = unprefixed("ema", tensors) or unprefixed("model", tensors)
+        state = {**unprefixed("model", tensors), **unprefixed("ema", tensors)}  # EMA parameters, the model's buffers
     return build_flow(meta, state, config, where, model=model, source=source, folder=folder).to(device)
 
 

@@ -237,8 +237,12 @@ class Dataset:
                 raise FlowmatchError(f"conditions have {len(condition_array)} rows, data {len(flat)}")
         if standardize is None:
             standardize = shape is None
-        dataset = _split_rows(name, flat.astype(np.float64), label_array, classes, n_test, test_fraction, seed, standardize, condition_array)
-        return dataclasses.replace(dataset, shape=shape, condition_names=None if condition_array is None else [f"c{j}" for j in range(condition_array.shape[1])])
+        dataset = _split_rows(
+            name, flat.astype(np.float64), label_array, classes, n_test, test_fraction, seed, standardize, condition_array
+        )
+        return dataclasses.replace(
+            dataset, shape=shape, condition_names=None if condition_array is None else [f"c{j}" for j in range(condition_array.shape[1])]
+        )
 
     @property
     def gaussian_mixture(self) -> GaussianMixture | None:

@@ -77,7 +77,9 @@ def load_table(path: str | os.PathLike, label_column: str | None = None, conditi
     if label in picked:
         raise FlowmatchError(f"{path}: column {label_column!r} cannot be both the label and a condition")
     names = [header[j] if header else str(j + 1) for j in picked]
-    conditions = _csv_numbers(path, names if header else None, [(line, [cells[j] if j < len(cells) else "" for j in picked]) for line, cells in rows])
+    conditions = _csv_numbers(
+        path, names if header else None, [(line, [cells[j] if j < len(cells) else "" for j in picked]) for line, cells in rows]
+    )
     if not np.isfinite(conditions).all():
         raise FlowmatchError(f"{path}: condition columns {', '.join(names)} hold non-finite values")
     keep = [j for j in range(width) if j not in picked]

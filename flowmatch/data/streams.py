@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from flowmatch.errors import FlowmatchError
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+_END = object()  # an exhausted iterator's next()
 
 
 def split_batch(batch: Any) -> Batch:
@@ -82,16 +83,17 @@ class _StepBatches(Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         done = sum(self.size_at(s) for s in range(self.start_step))  # rows this process has read
         epoch, offset = divmod(done, self.per_epoch)
-        order: list[int] = []
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)[offset:]
         step = self.start_step
         while True:
             size = self.size_at(step)
-            while len(order) - offset < size:
+            while len(order) < size:
+                epoch += 1
                 self.sampler.set_epoch(epoch)
-                order = order[offset:] + list(self.sampler)
-                offset, epoch = 0, epoch + 1
-            yield order[offset : offset + size]
-            offset += size
+                order += list(self.sampler)
+            yield order[:size]
+            order = order[size:]
             step += 1
 
     def __len__(self) -> int:  # endless; DataLoader only asks for it in len(loader)
@@ -131,6 +133,7 @@ class Stream:
         self.epoch, self.index = 0, 0  # the epoch being read and the batches read from it
         self.epoch_rng: dict[str, torch.Tensor] = {}
         self._iterator: Iterator | None = None
+        self._first: Any = None  # an epoch's first batch, read when the epoch starts
         self._peeked: Batch | None = None
         self._resume = state
 
@@ -184,6 +187,8 @@ class Stream:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)  # type: ignore[union-attr]
         self._iterator = iter(self.loader)
+        # a shuffling sampler draws its order at the first batch, not at iter(): take it now, under the epoch's states
+        self._first = next(self._iterator, _END)
         if restore:
             torch.set_rng_state(current)
 
@@ -194,20 +199,27 @@ class Stream:
                 self.epoch = int(state["epoch"])
                 self._start_epoch(state.get("rng") or None)
                 for _ in range(int(state["index"])):  # the batches this epoch already gave
-                    next(self._iterator)  # type: ignore[call-overload]
+                    self._take()
                 self.index = int(state["index"])
             else:
                 self._start_epoch()
-        assert self._iterator is not None
-        try:
-            batch = next(self._iterator)
-        except StopIteration:
+        batch = self._take()
+        if batch is _END:
             if self.once:
-                raise StopIteration from None
+                raise StopIteration
             if self.index == 0:
-                raise FlowmatchError("the training data yielded no batches") from None
+                raise FlowmatchError("the training data yielded no batches")
             self.epoch, self.index = self.epoch + 1, 0
             self._start_epoch()
-            batch = next(self._iterator)
+            batch = self._take()
+            if batch is _END:
+                raise FlowmatchError(f"the training data yielded no batches in epoch {self.epoch}")
         self.index += 1
         return split_batch(batch)
+
+    def _take(self) -> Any:
+        if self._first is not None:
+            batch, self._first = self._first, None
+            return batch
+        assert self._iterator is not None
+        return next(self._iterator, _END)

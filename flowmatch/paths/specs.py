@@ -30,14 +30,18 @@ def path_to_config(path: AffinePath) -> dict[str, Any]:
         refs = {key: reference(fn, f"the CustomSchedule's {key}") for key, fn in functions.items()}
         return {"name": "custom", **refs, **spec}
     if type(schedule).__init__ is not Schedule.__init__ and _takes_arguments(type(schedule)):
-        raise FlowmatchError(f"schedule {type(schedule).__qualname__} takes arguments, which a run folder cannot record; use a CustomSchedule")
+        raise FlowmatchError(
+            f"schedule {type(schedule).__qualname__} takes arguments, which a run folder cannot record; use a CustomSchedule"
+        )
     return {"name": "schedule", "class": reference(type(schedule), "the schedule class"), **spec}
 
 
 def path_from_config(spec: dict[str, Any]) -> AffinePath:
     name, bridge = spec["name"], float(spec.get("bridge_sigma", 0.0))
     if name == "custom":
-        functions = {key: resolve(spec[key], f"the CustomSchedule's {key}") for key in ("alpha", "sigma", "d_alpha", "d_sigma") if spec.get(key)}
+        functions = {
+            key: resolve(spec[key], f"the CustomSchedule's {key}") for key in ("alpha", "sigma", "d_alpha", "d_sigma") if spec.get(key)
+        }
         return AffinePath(CustomSchedule(**functions), bridge)
     if name == "schedule":
         return AffinePath(resolve(spec["class"], "schedule class")(), bridge)

@@ -50,7 +50,7 @@ class TrainConfig:
     # what to learn
     data: str = _option("two-gaussians", "built-in data set name or a .npy/.npz/.csv file of shape (N, D)")
     source: str = _option("gaussian", "distribution at t = 0: gaussian (N(0, I)) or a data set name or file")
-    path: str = _option("linear", "probability path (python: a path object given to train())", choices=(*PATHS, "python"))
+    path: str = _option("linear", "probability path", choices=(*PATHS, "python"))
     sigma_min: float = _option(0.0, "noise floor of the gaussian path at t = 1", low=0.0, high=0.999)
     bridge_sigma: float = _option(0.0, "Brownian-bridge noise of the path (SB-CFM; 0 = none)", low=0.0)
     coupling: str = _option("independent", "pairing of (x0, x1) in a batch", choices=("independent", "ot", "sinkhorn"))
@@ -72,7 +72,7 @@ class TrainConfig:
     )
     distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
     # model
-    model: str = _option("mlp", "velocity model (unet: images; python: a module given to train())", choices=("mlp", "seed-mlp", "unet", "python"))
+    model: str = _option("mlp", "velocity model (unet: images)", choices=("mlp", "seed-mlp", "unet", "python"))
     width: int = _option(256, "hidden units per layer (mlp)", low=1)
     depth: int = _option(3, "hidden layers (mlp)", low=1)
     activation: str = _option("silu", "activation (mlp)", choices=("relu", "silu", "gelu", "tanh", "softplus"))

@@ -30,12 +30,14 @@ def fit(
     progress: bool = True,
     evaluate: bool = True,
     n_eval: int = 2000,
+    **overrides,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train, measure W2 against held-out data, and (with ``out``) write the finished run folder.
 
     ``model``, ``data``, ``path`` and ``source`` are as for :func:`train`. ``reference`` (held-out points
     in data coordinates) replaces the data's own test split; streamed data have none, so without it
-    their run reports the training figures only.
+    their run reports the training figures only. Other keywords override the config's fields
+    (``fit(out="runs/x", data="moons", steps=2000)``).
 
     ``resume=True`` continues the run in ``out`` from its newest checkpoint with its saved config
     (``config`` may then only raise ``steps``). With ``evaluate`` (the default) a quick evaluation
@@ -54,9 +56,12 @@ def fit(
     if resume:
         if out is None:
             raise FlowmatchError("resume needs the run folder")
-        config = resume_config(Path(out), None if config is None else split_objects(config, {}, **given)[0])
+        if config is not None or overrides:  # the saved model may stay out: the checkpoint rebuilds it
+            rebuilt = {"model": "python"} if model is None and _saved_value(Path(out), "model") == "python" else {}
+            config = split_objects(config, {**rebuilt, **overrides}, resume=True, **given)[0]
+        config = resume_config(Path(out), config)
     else:
-        config, _ = split_objects(config, {}, **given)  # "python" where an object is given
+        config, _ = split_objects(config, overrides, **given)  # "python" where an object is given
         if out is not None:
             check_writable_run(Path(out), force)  # fail before spending time on training
     result = train(config, run_dir=out, resume=resume, progress=progress, **given)
@@ -111,6 +116,13 @@ def fit(
     if report is not None:
         metrics["report"] = report
     return result, metrics
+
+
+def _saved_value(run: Path, key: str) -> Any:
+    from flowmatch.storage import read_json
+
+    values = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+    return values.get(key) if isinstance(values, dict) else None
 
 
 def _reference_points(reference: Any, dim: int) -> torch.Tensor:

@@ -157,14 +157,18 @@ def train(
         raise FlowmatchError(f"select val-loss needs a validation split: data '{config.data}' has none (val_fraction > 0, finite data)")
     torch.manual_seed(config.seed)
     if state is not None:  # the checkpoint's own architecture (a warm start's teacher need not exist any more)
-        model = build_flow(state[2]["flow"], unprefixed("model", state[1]), config.to_dict(), where=state[0], model=objects.model).model.train()
+        model = build_flow(
+            state[2]["flow"], unprefixed("model", state[1]), config.to_dict(), where=state[0], model=objects.model
+        ).model.train()
     else:
         model = objects.model if objects.model is not None else _initial_model(config, inputs)
     model = model.to(device)
-    flow_meta_now = flow_meta(
-        Flow(model=model, path=path, standardizer=inputs.standardizer, config=config.to_dict(), source=source, shape=inputs.shape,
-             conditions=inputs.conditions)
-    )  # a path or source that a run folder cannot record is refused here  # fmt: skip
+    flow_meta_now = None  # a path or source that a run folder cannot record is refused here, before the folder
+    if run is not None:
+        flow_meta_now = flow_meta(
+            Flow(model=model, path=path, standardizer=inputs.standardizer, config=config.to_dict(), source=source,
+                 shape=inputs.shape, conditions=inputs.conditions)
+        )  # fmt: skip
     ema = EMA(model, config.ema, config.ema_warmup)
     optimizer = _optimizer(config, model)
     # a stream's batches differ between processes; its noise and times do too
@@ -350,7 +354,9 @@ def _target(config: TrainConfig, inputs: TrainingData) -> str:
     target = resolve_target(config, inputs.n_train)
     if target == "posterior" and (set(inputs.conditions) - {"y"} or (inputs.stream is not None and inputs.conditions)):
         if config.target == "posterior":
-            raise FlowmatchError(f"target posterior averages over class labels only; these data carry conditions {', '.join(inputs.conditions)}")
+            raise FlowmatchError(
+                f"target posterior averages over class labels only; these data carry conditions {', '.join(inputs.conditions)}"
+            )
         return "conditional"
     return target
 

@@ -50,7 +50,9 @@ class PairSampler:
         if self.config.coupling != "independent":
             from flowmatch.couplings import couple
 
-            x0, x1 = couple(x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y if "y" in self.conditions else None)
+            x0, x1 = couple(
+                x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y if "y" in self.conditions else None
+            )
         classes = y
         droppable = [k for k in condition if k in self.conditions]
         if droppable:

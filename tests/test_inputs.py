@@ -1,0 +1,188 @@
+"""train / fit / load on a user's own objects: models, tensors, torch Datasets, DataLoaders, iterables,
+paths, sources and conditions (flowmatch.training.inputs, flowmatch.data.streams, flowmatch.runs)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from user_objects import ConfigNet, ImageNet, ResMLP, alpha, sigma, uniform_source
+
+import flowmatch
+from flowmatch.data.streams import split_batch
+from flowmatch.data.toy import sample_builtin
+from flowmatch.errors import FlowmatchError
+from flowmatch.models.registry import from_factory
+from flowmatch.paths.schedules import CustomSchedule
+
+HERE = Path(__file__).parent
+SMALL = dict(steps=30, progress=False, precision="fp32", batch_warmup=0)
+
+
+def _points(n=1024, seed=0):
+    return sample_builtin("two-gaussians", n, seed)
+
+
+def _weights(flow):
+    return {k: v.clone() for k, v in flow.model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_own_model_on_a_dataloader_is_saved_and_loaded_in_a_fresh_process(tmp_path):
+    loader = DataLoader(TensorDataset(_points()), batch_size=128, shuffle=True)
+    model = from_factory(ResMLP, dim=2, width=32)
+    result, metrics = flowmatch.fit(out=tmp_path / "run", model=model, data=loader, reference=_points(1000, 1), steps=60, progress=False)
+    assert metrics["w2"] > 0 and (tmp_path / "run" / "samples.png").is_file()
+    expected = result.flow.sample(5, seed=3)
+    code = f"import flowmatch, torch; f = flowmatch.load({str(tmp_path / 'run')!r}); print(type(f.model).__name__); torch.save(f.sample(5, seed=3), {str(tmp_path / 'x.pt')!r})"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(HERE)}, check=True
+    )
+    assert out.stdout.strip() == "ResMLP"
+    assert torch.equal(torch.load(tmp_path / "x.pt", weights_only=True), expected)
+
+
+def test_a_model_the_run_cannot_rebuild_loads_into_an_instance(tmp_path):
+    flowmatch.train(model=ResMLP(width=16), data=_points(), run_dir=tmp_path / "run", **SMALL)
+    with pytest.raises(FlowmatchError, match=r"load\(run, model="):
+        flowmatch.load(tmp_path / "run")
+    flow = flowmatch.load(tmp_path / "run", model=ResMLP(width=16))
+    assert flow.sample(4).shape == (4, 2)
+    with pytest.raises(FlowmatchError, match="weights do not match"):
+        flowmatch.load(tmp_path / "run", model=ResMLP(width=8))
+
+
+def test_a_model_with_to_config_and_from_config_is_rebuilt(tmp_path):
+    result = flowmatch.train(model=ConfigNet(2, 24), data=_points(), run_dir=tmp_path / "run", **SMALL)
+    result.flow.save_checkpoint(tmp_path / "run")
+    flow = flowmatch.load(tmp_path / "run")
+    assert isinstance(flow.model, ConfigNet) and flow.model.width == 24
+    assert _same(_weights(flow), _weights(result.flow))
+
+
+@pytest.mark.parametrize("kind", ["loader", "map"])
+def test_resume_of_streamed_data_is_exact(tmp_path, kind):
+    """15 steps, then resumed to 30, give the weights of 30 steps in one go (constant rate, no warm-up)."""
+    x = _points(600)
+
+    def data():
+        if kind == "map":
+            return TensorDataset(x)
+        return DataLoader(TensorDataset(x), batch_size=64, shuffle=True)  # shuffles with torch's global generator
+
+    options = dict(
+        lr_schedule="constant", batch_size=64, checkpoint_every=5, evaluate=False, progress=False, precision="fp32", batch_warmup=0
+    )
+    torch.manual_seed(123)
+    straight, _ = flowmatch.fit(out=tmp_path / "a", model=from_factory(ResMLP, width=16), data=data(), steps=30, **options)
+    torch.manual_seed(123)
+    flowmatch.fit(out=tmp_path / "b", model=from_factory(ResMLP, width=16), data=data(), steps=15, **options)
+    torch.manual_seed(999)  # a fresh process's generator: the checkpoint's states take over
+    resumed, _ = flowmatch.fit(out=tmp_path / "b", data=data(), steps=30, resume=True, **options)
+    assert resumed.step == 30 and _same(_weights(straight.flow), _weights(resumed.flow))
+
+
+def test_an_iterator_is_read_once_and_training_ends_with_it():
+    x = _points(1000)
+    result = flowmatch.train(data=(x[i : i + 100] for i in range(0, 1000, 100)), **{**SMALL, "steps": 50})
+    assert result.step == 10 and result.data_exhausted
+
+
+def test_batches_as_tensors_pairs_and_mappings():
+    x, y = torch.randn(8, 3), torch.arange(8)
+    assert split_batch(x)[1] == {}
+    assert torch.equal(split_batch((x, y))[1]["y"], y)
+    got, condition = split_batch({"x": x, "c": y.float()})
+    assert torch.equal(got, x) and set(condition) == {"c"}
+    for bad, message in [({"c": y}, "under 'x'"), ((x, y[:3]), "has 3 rows"), (y, "float tensor"), ((x, y, y), "cannot read")]:
+        with pytest.raises(FlowmatchError, match=message):
+            split_batch(bad)
+
+
+def test_rows_keep_their_shape_for_the_model(tmp_path):
+    images = torch.rand(200, 1, 4, 4) * 2 - 1
+    result = flowmatch.train(model=ImageNet(), data=images, run_dir=tmp_path / "run", **SMALL)
+    assert result.flow.shape == (1, 4, 4) and result.flow.sample(6).shape == (6, 16)
+    result.flow.save_checkpoint(tmp_path / "run")
+    assert flowmatch.load(tmp_path / "run", model=ImageNet()).shape == (1, 4, 4)
+
+
+def test_a_custom_schedule_of_importable_functions_is_saved(tmp_path):
+    result = flowmatch.train(
+        data=TensorDataset(_points()), path=CustomSchedule(alpha, sigma), run_dir=tmp_path / "run", batch_size=64, **SMALL
+    )
+    result.flow.save_checkpoint(tmp_path / "run")
+    flow = flowmatch.load(tmp_path / "run")
+    t = torch.linspace(0, 1, 5)
+    assert torch.equal(flow.path.schedule.alpha(t), t**2) and torch.equal(flow.path.schedule.d_sigma(t), -2 * t)
+    assert torch.equal(flow.sample(8, seed=1), result.flow.sample(8, seed=1))
+
+
+def test_a_schedule_that_cannot_be_named_is_refused_before_any_file(tmp_path):
+    with pytest.raises(FlowmatchError, match="lambda"):
+        flowmatch.train(data=_points(), path=CustomSchedule(lambda t: t, lambda t: 1 - t), run_dir=tmp_path / "run", **SMALL)
+    assert not (tmp_path / "run").exists() and not list(tmp_path.iterdir())
+    flowmatch.train(data=_points(), path=CustomSchedule(lambda t: t, lambda t: 1 - t), **SMALL)  # without a run folder it trains
+
+
+@pytest.mark.parametrize("source", ["rows", "sampler"])
+def test_a_source_given_in_python_is_saved_with_the_run(tmp_path, source):
+    given = torch.rand(500, 2) * 2 - 1 if source == "rows" else uniform_source
+    result = flowmatch.train(data=_points(), source=given, run_dir=tmp_path / "run", **SMALL)
+    result.flow.save_checkpoint(tmp_path / "run")
+    flow = flowmatch.load(tmp_path / "run")
+    x0 = flow.draw_source(1000, torch.Generator().manual_seed(0))
+    assert x0.abs().max() <= 1.0 and torch.equal(flow.sample(6, seed=2), result.flow.sample(6, seed=2))
+    assert result.target == "conditional"  # the posterior needs a Gaussian (mixture) source
+
+
+def test_float_conditions_drop_to_a_null_and_guide():
+    c = torch.rand(1024, 1) * 2 - 1
+    result = flowmatch.train(data={"x": _points() + torch.cat([3 * c, 0 * c], 1), "conditions": c}, **{**SMALL, "steps": 60})
+    flow = result.flow
+    assert flow.conditions == {"c": {"dim": 1}} and result.target == "conditional"
+    plain = flow.sample(200, condition=torch.tensor([[0.5]]), seed=0)
+    guided = flow.sample(200, condition=torch.tensor([[0.5]]), guidance=2.0, seed=0)
+    assert plain.shape == guided.shape == (200, 2) and not torch.equal(plain, guided)
+    with pytest.raises(FlowmatchError, match="rows of 1 values"):
+        flow.sample(4, condition=torch.zeros(4, 2))
+    with pytest.raises(FlowmatchError, match="no condition 'z'"):
+        flow.sample(4, condition={"z": torch.zeros(4)})
+
+
+def test_a_model_that_cannot_take_a_dropped_condition_is_told_so():
+    class Naive(torch.nn.Module):  # uses c as it comes, NaN included
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def forward(self, x, t, c):
+            t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(len(x), 1)
+            return self.lin(torch.cat([x, t, c], 1))
+
+    x = _points(256)
+    batches = [{"x": x[i : i + 64], "c": torch.rand(64, 1)} for i in range(0, 256, 64)]
+    with pytest.raises(FlowmatchError, match="learned null"):
+        flowmatch.train(model=Naive(), data=batches, **SMALL)
+    flowmatch.train(model=Naive(), data=batches, cond_dropout=0.0, **SMALL)
+
+
+def test_bad_objects_get_one_clear_error():
+    with pytest.raises(FlowmatchError, match="torch.nn.Module"):
+        flowmatch.train(model=object(), **SMALL)
+    with pytest.raises(FlowmatchError, match="pass model="):
+        flowmatch.train(model="python", **SMALL)
+    with pytest.raises(FlowmatchError, match="AffinePath"):
+        flowmatch.train(path=3.0, **SMALL)
+    with pytest.raises(FlowmatchError, match="keys x, labels and conditions"):
+        flowmatch.train(data={"points": _points()}, **SMALL)
+    with pytest.raises(FlowmatchError, match="conditions have 3 rows"):
+        flowmatch.train(data={"x": _points(), "conditions": torch.zeros(3)}, **SMALL)
+    with pytest.raises(FlowmatchError, match="yielded no batches"):
+        flowmatch.train(data=[], **SMALL)
