@@ -118,7 +118,7 @@ def _cmd_train(args) -> int:
 
             print(f"quick evaluation (report.json): {summary_line(metrics['report'])}")
         if metrics.get("memorisation", {}).get("warning"):
-            print(f"flowmatch train: {metrics['memorisation']['warning']}", file=sys.stderr)
+            print(f"flowmatch train: {as_flags(metrics['memorisation']['warning'], build_parser())}", file=sys.stderr)
     return 0
 
 
@@ -324,7 +324,7 @@ def _cmd_eval(args) -> int:
     print(format_report(report))
     print(f"wrote {Path(args.run) / 'report.json'}")
     if report.get("memorisation", {}).get("warning"):
-        print(f"flowmatch eval: {report['memorisation']['warning']}", file=sys.stderr)
+        print(f"flowmatch eval: {as_flags(report['memorisation']['warning'], build_parser())}", file=sys.stderr)
     return 0
 
 
@@ -461,6 +461,23 @@ COMMANDS = {
 }
 
 
+def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message in API terms (``nfe=50``, ``force=True``) in the CLI's (``--nfe 50``, ``--force``),
+    for the names that are flags of some command."""
+    import re
+
+    flags = {a.dest for sub in parser._subparsers._group_actions for p in sub.choices.values() for a in p._actions}  # type: ignore[union-attr]
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2).strip("'\"")
+        if name not in flags:
+            return match.group(0)
+        dashed = "--" + name.replace("_", "-")
+        return {"True": dashed, "False": f"--no-{name.replace('_', '-')}"}.get(value, f"{dashed} {value}")
+
+    return re.sub(r"\b([a-z][a-z_]*)=('[^']*'|\"[^\"]*\"|[^\s,;)]+)", flag, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="flowmatch", description="Flow matching: train, sample, evaluate and plot.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -470,11 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
     except FlowmatchError as exc:
-        print(f"flowmatch {args.command}: error: {exc}", file=sys.stderr)
+        print(f"flowmatch {args.command}: error: {as_flags(str(exc), parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"flowmatch {args.command}: interrupted", file=sys.stderr)

@@ -202,4 +202,4 @@ def check_writable_run(target: Path, force: bool) -> None:
         if not (target / CONFIG).is_file():
             raise FlowmatchError(f"output '{target}' exists and is not a flowmatch run folder; refusing to replace it")
         if not force:
-            raise FlowmatchError(f"run folder '{target}' already exists; pass --force to replace it")
+            raise FlowmatchError(f"run folder '{target}' already exists; pass force=True to replace it")

@@ -151,3 +151,18 @@ def test_bad_image_input_and_label_out_of_range(tmp_path, capsys):
     _one_error_line(capsys, code, "label out of range")
     assert main(["sample", "--run", str(run), "--label", "0,3", "-n", "5", "--nfe", "4", "--out", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (10, 2)
+
+
+def test_library_errors_are_told_in_flags(tmp_path, capsys):
+    """The library speaks in API terms (nfe=50, force=True); the CLI says them as its flags."""
+    from flowmatch.cli import as_flags, build_parser
+
+    parser = build_parser()
+    assert as_flags("nfe=50 is not a multiple of 4; pass force=True; weight_decay=1e-4", parser) == (
+        "--nfe 50 is not a multiple of 4; pass --force; --weight-decay 1e-4"
+    )
+    assert as_flags("x0 must be (n, D); unknown=3", parser) == "x0 must be (n, D); unknown=3"  # not flags: left alone
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "5", "--width", "8", "--depth", "1", "--no-eval", "--quiet", "--out", str(run)]) == 0
+    assert main(["sample", "--run", str(run), "--nfe", "50", "--solver", "rk4", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "--nfe 50 is not a multiple of 4" in capsys.readouterr().err

@@ -325,7 +325,7 @@ def test_steps_for():
     assert steps_for("rk4", 100) == 25
     assert steps_for("euler", 7) == 7
     assert steps_for("heun", 2) == 1
-    with pytest.raises(FlowmatchError, match=r"rk4 uses 4 .* --nfe 10 is not a multiple of 4 \(try 8 or 12\)"):
+    with pytest.raises(FlowmatchError, match=r"rk4 uses 4 .* nfe=10 is not a multiple of 4 \(try 8 or 12\)"):
         steps_for("rk4", 10)
     with pytest.raises(FlowmatchError, match=r"\(try 4\)"):
         steps_for("rk4", 3)
@@ -350,7 +350,7 @@ def test_steps_for():
         (dict(solver="euler", nfe=2, grid=[0.0, 0.5, 1.0], t0=1.0, t1=0.0), "from t0 = 1.0"),
         (dict(solver="euler", nfe=2, grid=[1.0, 0.5, 0.7], t0=1.0, t1=0.7), "strictly decreasing"),
         (dict(solver="euler", nfe=2, grid=[0.1, 0.5, 1.0]), "from t0 = 0.0"),
-        (dict(solver="rk4", nfe=12, grid=[0.0, 0.5, 1.0]), r"has 2 steps, so rk4 needs --nfe 8 \(got 12\)"),
+        (dict(solver="rk4", nfe=12, grid=[0.0, 0.5, 1.0]), r"has 2 steps, so rk4 needs nfe=8 \(got 12\)"),
         (dict(solver="euler", nfe=1, grid=[[0.0, 1.0]]), "1-D"),
         (dict(solver="euler", nfe=1, grid=[0.0, float("nan")]), "finite"),
         (dict(t0=0.5, t1=0.5), "must differ"),

@@ -177,9 +177,7 @@ class Dataset:
             return self
         n_val = min(max(2, round(fraction * n)), MAX_VALIDATION_ROWS, n - 2)
         if n_val < 2:
-            raise FlowmatchError(
-                f"{self.name}: {n} training rows are too few to hold out a validation split; train with val_fraction 0 (--val-fraction 0)"
-            )
+            raise FlowmatchError(f"{self.name}: {n} training rows are too few to hold out a validation split; train with val_fraction=0")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + _VAL_SEED_OFFSET))
         held, kept = order[:n_val], order[n_val:]
         if self.mapped is not None:

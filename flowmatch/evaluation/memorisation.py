@@ -153,5 +153,5 @@ def memorisation_warning(report: dict) -> str:
     return (
         f"warning: {share:.0%} of generated rows are nearer to a training row than 95% of unseen rows are "
         f"(the test split's own share: {own:.0%}): the model copies its training data; "
-        "try fewer --steps, --select val-loss, --weight-decay or --target conditional"
+        "try select=val-loss, weight_decay=1e-4, target=conditional or fewer steps"
     )

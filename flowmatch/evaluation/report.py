@@ -237,7 +237,7 @@ def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, swe
     if what not in PICTURES:
         raise FlowmatchError(f"unknown picture {what!r}; choose one of {', '.join(PICTURES)}")
     if what in TWO_D_ONLY and flow.dim != 2:
-        raise FlowmatchError(f"the {what} picture needs 2-D data; this run has D = {flow.dim} (try --what samples for pairwise plots)")
+        raise FlowmatchError(f"the {what} picture needs 2-D data; this run has D = {flow.dim} (try what=samples for pairwise plots)")
     if what == "density" and flow.config.get("source", "gaussian") != "gaussian":
         raise FlowmatchError("the density picture needs the N(0, I) source; this flow starts from a data set")
     out = Path(out)

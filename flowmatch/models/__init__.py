@@ -11,15 +11,18 @@ _EXPORTS = {
     "Attention": "unet",
     "Downsample": "unet",
     "MLP": "mlp",
-    "MODELS": "mlp",
+    "MODELS": "registry",
     "ResBlock": "unet",
     "SeedMLP": "mlp",
     "UNet": "unet",
     "Upsample": "unet",
     "build_model": "registry",
+    "from_config": "registry",
+    "from_factory": "registry",
     "norm_groups": "unet",
     "sinusoidal_embedding": "mlp",
     "time_column": "mlp",
+    "to_config": "registry",
 }
 __all__ = sorted(_EXPORTS)
 

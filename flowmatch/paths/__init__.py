@@ -18,6 +18,8 @@ _EXPORTS = {
     "PathSample": "affine",
     "Schedule": "schedules",
     "make_path": "affine",
+    "path_from_config": "specs",
+    "path_to_config": "specs",
     "transform_schedule": "transform",
 }
 __all__ = sorted(_EXPORTS)

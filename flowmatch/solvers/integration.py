@@ -120,7 +120,7 @@ def integrate(
     if not isinstance(grid, str):
         given = len(_explicit_times(grid)) - 1
         if given != steps:
-            raise FlowmatchError(f"the explicit time grid has {given} steps, so {solver} needs --nfe {given * tableau.stages} (got {nfe})")
+            raise FlowmatchError(f"the explicit time grid has {given} steps, so {solver} needs nfe={given * tableau.stages} (got {nfe})")
     times = time_grid(grid, steps, t0, t1)
     x, trajectory = _integrate_fixed(f, x0, tableau, times, return_trajectory, progress)
     return Solution(

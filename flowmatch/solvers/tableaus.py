@@ -94,7 +94,5 @@ def steps_for(solver: str, nfe: int) -> int:
     if nfe % stages:
         below = nfe // stages * stages
         hint = f"{below} or {below + stages}" if below else f"{stages}"
-        raise FlowmatchError(
-            f"{solver} uses {stages} velocity evaluations per step; --nfe {nfe} is not a multiple of {stages} (try {hint})"
-        )
+        raise FlowmatchError(f"{solver} uses {stages} velocity evaluations per step; nfe={nfe} is not a multiple of {stages} (try {hint})")
     return nfe // stages

@@ -132,7 +132,7 @@ def training_data(
     else:
         dataset = dataset_from_config(config.to_dict())
     if config.conditional and not dataset.num_classes:
-        raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (see --label-column)")
+        raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (set label_column=NAME for a CSV column)")
     conditions: dict[str, dict[str, int]] = {}
     if config.conditional:
         conditions["y"] = {"classes": dataset.num_classes}

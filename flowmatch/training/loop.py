@@ -363,7 +363,7 @@ def _target(config: TrainConfig, inputs: TrainingData) -> str:
 
 def _non_finite(loss: torch.Tensor, step: int, condition: dict[str, torch.Tensor]) -> str:
     """The message for a loss that is NaN or infinite (naming the likely cause on dropped float conditions)."""
-    hint = "try a smaller --lr or --grad-clip"
+    hint = "try a smaller lr or grad_clip=1.0"
     dropped = [k for k, v in condition.items() if v.is_floating_point() and torch.isnan(v).any()]
     if dropped:
         hint = (
@@ -396,7 +396,7 @@ def _initial_model(config: TrainConfig, inputs: TrainingData) -> torch.nn.Module
     covariates = inputs.conditions.get("c", {}).get("dim", 0)
     if config.model == "unet":
         if dataset is None or dataset.image_shape is None:
-            raise FlowmatchError(f"--model unet needs image data; '{config.data}' is not a set of images")
+            raise FlowmatchError(f"model=unet needs image data; '{config.data}' is not a set of images")
         return build_model(
             "unet",
             dim,
@@ -412,7 +412,7 @@ def _initial_model(config: TrainConfig, inputs: TrainingData) -> torch.nn.Module
         )
     if config.model == "seed-mlp":
         if classes or covariates:
-            raise FlowmatchError("the seed-mlp model takes no conditions; use --model mlp for conditional training")
+            raise FlowmatchError("the seed-mlp model takes no conditions; use model=mlp for conditional training")
         return build_model("seed-mlp", dim, width=config.width)
     options = {"condition_dim": covariates} if covariates else {}
     return build_model(
