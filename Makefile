@@ -22,7 +22,11 @@ demo: install
 	$(BIN)/flowmatch sample --run $(DEMO) -n 2000 --solver rk4 --nfe 100 --out $(DEMO)/generated.npy --force
 	@echo "demo run folder: $(DEMO) (samples.png, metrics.json, generated.npy)"
 
+# lint and format (ruff), types (mypy on the package), then the tests
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # the peers (torchcfm, flow-matching) come with the bench extra

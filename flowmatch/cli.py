@@ -61,7 +61,7 @@ def _add_train(sub) -> None:
         p.add_argument(
             flag,
             dest=f.name,
-            type={"str": str, "int": int, "float": float}[f.type],
+            type={"str": str, "int": int, "float": float}[str(f.type)],
             choices=[c for c in meta["choices"] if c != "python"] if meta.get("choices") else None,  # objects are Python's
             default=argparse.SUPPRESS,
             help=f"{meta['help']} (default: {f.default})",
@@ -220,7 +220,9 @@ def _cmd_sample(args) -> int:
             guidance=args.guidance,
             precision=args.precision,
         )
-        parts.append((result.trajectory if args.trajectory else result.x).numpy())
+        drawn = result.trajectory if args.trajectory else result.x
+        assert drawn is not None
+        parts.append(drawn.numpy())
     array = np.concatenate(parts, axis=1 if args.trajectory else 0)
     write_array(out, array)
     which = f", labels {','.join(map(str, labels))} ({args.n} each, in that order)" if args.label else ""

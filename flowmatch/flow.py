@@ -341,7 +341,7 @@ class Flow:
                 )  # fmt: skip
             else:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    solution = integrate(
+                    solution = integrate(  # type: ignore[assignment]  # a Solution: x, nfe, times, trajectory
                         velocity,
                         x0,
                         solver=solver,
@@ -455,6 +455,7 @@ def _in_row_chunks(model: Callable, rows: int | None) -> Callable:
             if out is None:
                 out = x.new_empty((n, *v.shape[1:]))
             out[part] = v
+        assert out is not None
         return out
 
     return call

@@ -154,7 +154,10 @@ class Dataset:
         """How many training rows there are (None for built-in sets, which draw fresh points)."""
         if self.builtin:
             return None
-        return len(self.mapped) if self.mapped is not None else len(self.train)
+        if self.mapped is not None:
+            return len(self.mapped)
+        assert self.train is not None
+        return len(self.train)
 
     def training_rows(self, limit: int | None = None, seed: int = 0) -> torch.Tensor:
         """The training rows in data coordinates (at most ``limit``, a seeded random subset; finite data only)."""
@@ -164,6 +167,7 @@ class Dataset:
         index = torch.arange(n) if limit is None or n <= limit else torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
         if self.mapped is not None:  # a mapped file's rows are read in data coordinates
             return self.mapped[index]
+        assert self.train is not None
         return self.to_data(self.train[index]).to(torch.float32)
 
     def hold_out_validation(self, fraction: float, seed: int) -> Dataset:
@@ -185,6 +189,7 @@ class Dataset:
             val = self.standardizer.forward(val).to(torch.float32)
             return dataclasses.replace(self, mapped=_MappedRows(self.mapped.array, self.mapped.rows[kept]), val=val)
         labels, conditions = self.train_labels, self.train_conditions
+        assert self.train is not None
         return dataclasses.replace(
             self,
             train=self.train[kept].contiguous(),

@@ -74,7 +74,9 @@ class _StepBatches(Sampler):
     the indices from consecutive epochs of a DistributedSampler (this process's shard)."""
 
     def __init__(self, dataset, size_at: Callable[[int], int], seed: int, world: int, rank: int, start_step: int):
-        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=world > 1)
+        self.sampler: DistributedSampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=world > 1
+        )
         self.size_at, self.start_step = size_at, start_step
         self.per_epoch = len(self.sampler)
         if self.per_epoch < 1:
@@ -119,6 +121,7 @@ class Stream:
     ):
         self.data = data
         self.once = False
+        self.loader: Iterable[Any]
         if isinstance(data, DataLoader):
             self.kind, self.loader = "loader", data
         elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
@@ -142,7 +145,7 @@ class Stream:
         """The number of training rows where the data know it (a map-style data set, a loader over one)."""
         dataset = self.data if self.kind == "map" else getattr(self.loader, "dataset", None)
         try:
-            return len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+            return len(dataset) if dataset is not None else None
         except TypeError:
             return None
 

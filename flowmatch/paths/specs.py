@@ -10,7 +10,7 @@ from typing import Any
 from flowmatch.errors import FlowmatchError
 from flowmatch.imports import reference, resolve
 from flowmatch.paths.affine import PATHS, AffinePath, make_path
-from flowmatch.paths.schedules import CustomSchedule, GaussianSchedule, Schedule
+from flowmatch.paths.schedules import CustomSchedule, GaussianSchedule
 
 
 def path_to_config(path: AffinePath) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def path_to_config(path: AffinePath) -> dict[str, Any]:
                 functions[key] = given
         refs = {key: reference(fn, f"the CustomSchedule's {key}") for key, fn in functions.items()}
         return {"name": "custom", **refs, **spec}
-    if type(schedule).__init__ is not Schedule.__init__ and _takes_arguments(type(schedule)):
+    if _takes_arguments(type(schedule)):
         raise FlowmatchError(
             f"schedule {type(schedule).__qualname__} takes arguments, which a run folder cannot record; use a CustomSchedule"
         )
@@ -51,5 +51,5 @@ def path_from_config(spec: dict[str, Any]) -> AffinePath:
 def _takes_arguments(cls: type) -> bool:
     import inspect
 
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    parameters = list(inspect.signature(cls).parameters.values())
     return any(p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)

@@ -139,7 +139,7 @@ class TrainConfig:
         for key, value in values.items():
             if key not in known:
                 raise FlowmatchError(f"{source}: unknown key '{key}'")
-            kwargs[key] = _check_type(key, value, known[key].type, source)
+            kwargs[key] = _check_type(key, value, str(known[key].type), source)
         config = cls(**kwargs)
         config.validate(source)
         return config
@@ -180,7 +180,7 @@ def _check_type(key: str, value: Any, type_name: str, source: str):
         value = float(value)
     if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
         raise FlowmatchError(f"{source}: {key} must be a {type_name}, got {type(value).__name__} {value!r}")
-    if expected is float and not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise FlowmatchError(f"{source}: {key} must be finite, got {value}")
     return value
 

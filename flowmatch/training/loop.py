@@ -193,7 +193,7 @@ def train(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        net = torch.compile(net)  # type: ignore[assignment]
+        net = torch.compile(net)
     net = shaped(net)
     precision = resolve_precision(config.precision, device)
     low_precision = torch.bfloat16 if precision == "bf16" else None  # the model's calls under autocast
@@ -310,6 +310,7 @@ def train(
                 _progress_picture(_flow_for(model, ema, path, inputs, config), run, done)
             if done in callback_steps:
                 paused = time.perf_counter()
+                assert callback is not None
                 callback(done, _flow_for(model, ema, path, inputs, config, source=source), elapsed + paused - started)
                 started += time.perf_counter() - paused  # the callback's time is not training time
             if stop.requested or stopped_early:
@@ -378,6 +379,7 @@ def _same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null:
     or all of them for a pair with the null label; None (all) for an unconditional model."""
     if labels is None:
         return None
+    assert classes is not None
     classes = classes.to(labels.device)
     return (classes[None, :] == labels[:, None]) | (labels[:, None] == null)
 
@@ -444,7 +446,7 @@ def _flow_for(model, ema, path, inputs: TrainingData, config, *, source=None, we
 class _StopSignal:
     """Turns SIGINT and SIGTERM into a request to stop after the current step (main thread only)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
@@ -471,7 +473,7 @@ class _Log:
         self.every = config.log_every
         self.file = self.val_file = None
         self.tensorboard = None
-        self.last_time = None
+        self.last_time: float | None = None
         if run is None:
             return
         path = run / "metrics.csv"

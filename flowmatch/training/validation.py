@@ -46,7 +46,7 @@ class Validation:
         noise = torch.randn(x1.shape, generator=g) if path.bridge_sigma > 0 else None
         c = None if dataset.val_conditions is None else dataset.val_conditions.repeat(repeats, 1)
         self.path, self.weight, self.wrap = path, config.loss_weight, wrap or (lambda m: m)
-        self.pairs = [None if v is None else v.to(device) for v in (x0, x1, t, noise, y, c)]
+        self.pairs: list[torch.Tensor | None] = [None if v is None else v.to(device) for v in (x0, x1, t, noise, y, c)]
         self.best_loss, self.best_step = math.inf, 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self._scratch: torch.nn.Module | None = None
@@ -62,9 +62,11 @@ class Validation:
     @torch.no_grad()
     def loss(self, model: torch.nn.Module, chunk: int = 512) -> float:
         """:func:`~flowmatch.losses.flow_matching_loss` over the fixed triples, ``chunk`` rows a call."""
+        assert self.pairs[0] is not None
         total, n = 0.0, len(self.pairs[0])
         for i in range(0, n, chunk):
             x0, x1, t, noise, y, c = (None if v is None else v[i : i + chunk] for v in self.pairs)
+            assert x0 is not None and x1 is not None and t is not None
             condition = {k: v for k, v in (("y", y), ("c", c)) if v is not None}
             part = flow_matching_loss(self.wrap(model), self.path, x0, x1, t, condition=condition, noise=noise, weight=self.weight)
             total += float(part) * len(x1)
