@@ -39,11 +39,9 @@ within each class only: x0's rows are dealt to the classes in order (the first k
 k_0 points of the smallest label, the next k_1 to the next, ...; the x0 are i.i.d., so which noise
 goes to which class does not matter), and each class's block is coupled on its own.
 
-Cost: the network simplex grows roughly like n^2 to n^3 in the batch size. At batch 256 in 2-D,
-on one core, ``ot`` takes 6-10 ms and ``sinkhorn`` (reg 0.05) about as long, while the whole default
-training step without a coupling takes 4-7 ms (bf16 autocast, fused Adam; ``bench/fewstep.py``
-measures them side by side: 10.5 ms for ``ot`` against 6.8 ms for a step in its latest run, 18.1 ms
-for a step with ``ot``): the coupling makes a training step about 2.7 times as long at that size.
+Cost: the network simplex grows roughly like n^2 to n^3 in the batch size; at batch 256 in 2-D a
+coupling costs more than the rest of a default training step (``bench/fewstep.py`` measures them;
+figures in bench/results/design-figures.md).
 
 Example::
 

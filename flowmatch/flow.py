@@ -427,8 +427,8 @@ def _recycle_freed_memory() -> None:
 
     glibc serves blocks above its mmap threshold (128 KiB at start) with fresh pages from the OS and
     returns free heap above its trim threshold to the OS, so a chunk's activations (2 MiB each for the
-    default MLP) can come back as new pages, and page faults, on every network call: measured ~400,000
-    faults and ~25% of the fp32 sampling time for 100,000 points at NFE 8. Freeing an mmap'd block
+    default MLP) can come back as new pages, and page faults, on every network call (a quarter of the
+    sampling time: bench/results/design-figures.md). Freeing an mmap'd block
     raises the mmap threshold to its size and the trim threshold to twice that (mallopt(3), "dynamic
     mmap threshold"); this one allocation, freed at once and never written, does that. Other
     allocators are unaffected.

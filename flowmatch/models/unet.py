@@ -40,10 +40,8 @@ A resolution r is "listed" when r in attention_resolutions, where r = H / 2^l (t
 that level). H and W must be divisible by 2^(L-1).
 
 Cost. The defaults (channels 16, channel_mult (1, 2), one residual block per level, no attention)
-have 160k parameters (with 10 classes); one training step (forward, backward, Adam) at batch 128 on
-1x8x8 digits is 2.9 GFLOP, about 55 ms of CPU time in one thread. channels = 32 quadruples the
-convolution cost (636k parameters, 11.5 GFLOP, about 140 ms of CPU time per step), which is why the
-default is 16. For 3x32x32 images use more: e.g. channels 64, channel_mult (1, 2, 2),
+suit 8x8 digits on a CPU; channels = 32 quadruples the convolution cost, which is why the default is
+16 (figures: bench/results/design-figures.md). For 3x32x32 images use more: e.g. channels 64, channel_mult (1, 2, 2),
 num_res_blocks 2, attention_resolutions (16, 8), attention_heads 4.
 """
 

@@ -17,10 +17,8 @@ TARGETS = ("auto", "conditional", "posterior")
 #: The posterior target averages over (data point, source component) pairs: the first
 #: min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS / K) points of the global batch (and the pair's own), each
 #: with every one of the source's K components (one for N(0, I): the whole default batch of 512; 8
-#: for 8gaussians: 256 points). Its cost is (batch x points x K) a step.
-#: Measured on two-gaussians (N(0, I), seeds 0-7, first probe with W2 <= 1.1x floor): the first 256
-#: points, median step 125; the whole batch of 512, 87.5 (no seed later). On 8gaussians -> moons:
-#: 32 points crossed at steps 700, 800, 500 (seeds 0-2), 256 at 450 on each.
+#: for 8gaussians: 256 points). Its cost is (batch x points x K) a step; the whole batch learns
+#: fastest (bench/results/design-figures.md).
 POSTERIOR_REFERENCE = 512
 
 
@@ -29,12 +27,9 @@ POSTERIOR_PAIRS = 2048
 
 #: ``target = auto`` takes the posterior on finite data only from this many training rows up. With
 #: fewer, a batch's reference holds a large share of the data set, and the posterior is then close to
-#: the exact velocity field of the training rows, whose flow carries noise onto the rows themselves.
-#: Measured with probes during training (seed 0, test rows as the validation set): on wine (142
-#: training rows) the posterior's validation loss is lowest at step 200 and then rises, the copy share
-#: going from 0.07 there to 0.98 at step 6,000 (the conditional target: 0.97); on 4,000 rows of moons
-#: the posterior copies nothing (copy share 0.03 to 0.05 at every probe). Results of the defaults:
-#: bench/results/memorisation.md.
+#: the exact velocity field of the training rows, whose flow carries noise onto the rows themselves
+#: (measured on wine and moons: bench/results/design-figures.md; the defaults' results:
+#: bench/results/memorisation.md).
 POSTERIOR_MIN_ROWS = 4 * POSTERIOR_REFERENCE
 
 

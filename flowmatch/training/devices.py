@@ -29,10 +29,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
     Native means a CUDA GPU that supports bf16 (Ampere and later) or a CPU with AVX512-BF16 or AMX
     (read from Linux's /proc/cpuinfo; elsewhere fp32). Only the model's matmuls run in bf16 under
-    ``torch.autocast``: weights, optimiser state, the loss and the path stay float32. On an AMD EPYC
-    with AVX512-BF16, 3,000 steps of the default recipe take 0.74-0.77x their fp32 time
-    with sample quality within 0.01 in W2 / floor (``bench/results/peers.md``); on CPUs that emulate
-    bf16 it would be slower, hence fp32 there.
+    ``torch.autocast``: weights, optimiser state, the loss and the path stay float32. With native
+    bf16 a step is faster at the same sample quality; where bf16 is emulated it would be slower, hence
+    fp32 there (``bench/results/design-figures.md``).
     ``fp32`` gives runs that are bit-for-bit the same on every machine.
     """
     if name != "auto":

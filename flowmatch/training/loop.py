@@ -20,16 +20,14 @@ endpoint x1 in ``distill_nfe`` calls.
 Batch: ``batch_size`` pairs a step, after a warm-up during which the batch grows linearly from
 half of it over the first ``batch_warmup`` steps (:func:`batch_size_at`). Early, when the gradient
 is large against its noise, a small batch makes the same progress per step at less cost; later, the
-larger batch lowers the noise floor that the cosine decay and the EMA then average away (in
-``bench.peers`` on checkerboard, 3,000 steps, with a time per pair: W2 <= 1.1x floor on every seed,
-where a fixed batch of 256 got there on none).
+larger batch lowers the noise floor that the cosine decay and the EMA then average away
+(``bench/results/design-figures.md`` has the measurements behind this and the other defaults).
 
 Times and loss weights are :mod:`flowmatch.losses`' (the losses themselves too: the loop calls
 :func:`~flowmatch.losses.flow_matching_loss` and :func:`~flowmatch.losses.distillation_loss`). By
 default the uniforms are stratified: a batch holds ``time_strata`` = 32 times, one in each of
 [k/32, (k+1)/32), each shared by a run of pairs; the loss keeps its expectation, its variance over t
-drops, and the model's time branch runs once per run instead of once per pair (a step at batch 512
-costs about 0.77x as much on one CPU core).
+drops, and the model's time branch runs once per run instead of once per pair.
 
 Finite data (files, tables, images): the trainer holds out ``val_fraction`` of the training rows and
 scores the EMA weights on them every ``val_every`` steps (:class:`Validation`); by default it keeps
@@ -425,7 +423,7 @@ def _initial_model(config: TrainConfig, inputs: TrainingData) -> torch.nn.Module
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """Adam or AdamW, fused: one kernel updates every parameter (on the CPU torch's default is a
-    Python loop over the tensors, 1.1 ms a step for the default MLP against 0.34 ms fused)."""
+    Python loop over the tensors; bench/results/design-figures.md)."""
     optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
