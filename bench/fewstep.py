@@ -13,7 +13,7 @@ posterior one where it applies, i.e. independent pairs from N(0, I)):
 - ``distill-1``, ``distill-2``: students with 1 and 2 Euler steps (``flowmatch distill``) of the best
   of those four models, the one with the lowest W2 at rk4 NFE 100 (pairs as for reflow).
 
-Every model is scored by exact W2 (``flowmatch.metrics.w2_exact``) between 2,000 samples and 2,000
+Every model is scored by exact W2 (``flowmatch.evaluation.metrics.w2_exact``) between 2,000 samples and 2,000
 held-out points, averaged over ``NOISE_DRAWS`` draws (noise seed 1000 * seed + k, the same for every
 model of a seed, against its own held-out set A_k), over the floor, the mean W2 between the
 ``NOISE_DRAWS`` pairs of disjoint held-out sets (see :mod:`bench.heldout`): one draw is too noisy

@@ -1,7 +1,7 @@
 """Memorisation on finite data: flowmatch's defaults before and after issue 17, and ForestFlow.
 
 For each data set and seed, a run trains at the defaults of the moment, and its samples are scored
-against the rows it trained on and the test split (:mod:`flowmatch.memorisation`): the copy share,
+against the rows it trained on and the test split (:mod:`flowmatch.evaluation.memorisation`): the copy share,
 the distance-to-closest-record ratio, W_test and W_train (W1, L1 cost after min-max scaling), each
 the mean over ``SAMPLE_SETS`` sample sets of as many rows as the training set (at most ``MAX_ROWS``),
 so that one draw's luck does not move it. Digits adds the Frechet distance of guided-free samples to

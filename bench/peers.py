@@ -23,7 +23,7 @@ and batch schedule):
 - ``flowmatch ot``: the same with ``coupling="ot"`` at the peers' lr and batch (256, no warm-up: the
   exact coupling costs about 5x as much at 512).
 - ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
-  (``flowmatch.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
+  (``flowmatch.training.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
   ``DISTILL_STEPS`` steps at lr 1e-3. Its training time adds the teacher's, the pairs' and the
   student's; it is scored at NFE 1 only (what it was trained for).
 
@@ -37,7 +37,7 @@ Figures per system and task, median over the seeds (spread: min to max):
 
 - ``train s``: wall time of the optimisation loop (every clock is paused during probes).
 - ``W2/floor`` at NFE 1, 2, 4, 8 (euler) and 100 (rk4; Meta: midpoint, its ODESolver has no rk4):
-  on the 2-D tasks the mean exact W2 (``flowmatch.metrics.w2_exact``) over ``DRAWS`` chunks of
+  on the 2-D tasks the mean exact W2 (``flowmatch.evaluation.metrics.w2_exact``) over ``DRAWS`` chunks of
   ``N_SCORE`` samples, each against its own held-out set, over the floor, the mean W2 between as
   ``FLOOR_PAIRS`` pairs of disjoint held-out sets: what a perfect sampler scores on average
   (``bench.heldout``).

@@ -15,7 +15,7 @@
    row chunking). Each is run ``ROUNDS`` times, interleaved; the table gives the best round (the
    machine may be shared) and the JSON every round. Flowmatch's time includes drawing the noise.
 4. Quality of bf16: from the same noise (``QUALITY_N`` points, seed ``QUALITY_SEED``), the exact W2
-   (``flowmatch.metrics.w2_exact``) between bf16 and fp32 samples, and each one's W2 against
+   (``flowmatch.evaluation.metrics.w2_exact``) between bf16 and fp32 samples, and each one's W2 against
    ``QUALITY_N`` held-out points, beside the data floor (W2 between two disjoint held-out sets of that
    size: what a perfect sampler scores) and the spread of fp32 W2 over ``QUALITY_SEEDS`` noise seeds.
 

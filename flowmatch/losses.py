@@ -10,7 +10,7 @@ functions.
 
 with the conditional target u_i = alpha'_t x1 + sigma'_t x0 (each pair's own velocity), or the
 posterior target (``posterior=``): u_i averaged over the reference points z_j (and the source's
-components) by how likely each makes x_{t_i} (:meth:`flowmatch.paths.AffinePath.posterior_velocity`).
+components) by how likely each makes x_{t_i} (:meth:`flowmatch.paths.affine.AffinePath.posterior_velocity`).
 Both have the marginal velocity field as their minimiser; the posterior's variance is far lower at
 early times.
 

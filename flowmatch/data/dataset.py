@@ -299,7 +299,7 @@ def load_dataset(
     rows, and the values are checked chunk by chunk.
 
     Image data (``digits``, a folder of PNG/JPEG files, an .npz with ``images``) is flattened to
-    (N, C*H*W) in [-1, 1] with ``image_shape`` set; see ``flowmatch.images``.
+    (N, C*H*W) in [-1, 1] with ``image_shape`` set; see ``flowmatch.data.images``.
     """
     name = os.fspath(spec)
     if not isinstance(name, str):

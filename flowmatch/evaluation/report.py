@@ -2,7 +2,7 @@
 
 :func:`evaluate` builds one report (a plain dict, written as ``report.json``):
 
-- ``quality``: every metric of :func:`flowmatch.metrics.quality` for ``n`` generated samples
+- ``quality``: every metric of :func:`flowmatch.evaluation.metrics.quality` for ``n`` generated samples
   against held-out data, each beside its floor (the same metric between two held-out draws of the
   same size). Built-in sets draw fresh held-out points (seeded, independent of training); data
   files use their held-out rows, split in two halves.
@@ -18,7 +18,7 @@
   fixed-step solver at NFE 1 to 100, with their floors.
 - ``memorisation`` (finite data: files, tables, images): the copy share, the distance-to-closest-
   record ratio, W_train and W_test of generated rows, each beside the test split's own
-  (:mod:`flowmatch.memorisation`; :func:`memorisation_report`); for images also ``nearest.png``,
+  (:mod:`flowmatch.evaluation.memorisation`; :func:`memorisation_report`); for images also ``nearest.png``,
   generated images over their nearest training images.
 - ``pictures``: the files written (see :data:`PICTURES`).
 
@@ -319,7 +319,7 @@ MEMORISATION_ROWS = {"full": 5000, "quick": 2000}
 def memorisation_report(
     flow, *, train=None, test=None, quick: bool = False, solver=None, nfe=None, seed: int = 0, folder: Path | None = None
 ) -> dict[str, Any] | None:
-    """:func:`flowmatch.memorisation.memorisation` of the flow's samples, with its one-line ``warning``
+    """:func:`flowmatch.evaluation.memorisation.memorisation` of the flow's samples, with its one-line ``warning``
     ('' when there is none).
 
     Against the flow's data set's training and test rows by default (None for built-in sets, which
@@ -404,7 +404,7 @@ def evaluate(
     Defaults (full / ``quick``): ``n`` samples 5,000 / 1,000; ``n_likelihood`` points 2,000 / 500,
     scored with ``likelihood_solver`` dopri5 (``atol``, ``rtol``) / rk4 at ``likelihood_nfe`` 40;
     ``sweep`` and ``pictures`` on / off. Samples for the metrics come from ``solver`` at ``nfe``
-    (default: the flow's own sampler, :meth:`flowmatch.runs.Flow.resolve_sampler`).
+    (default: the flow's own sampler, :meth:`flowmatch.flow.Flow.resolve_sampler`).
     Returns the report (see the module docstring).
     """
     started = time.perf_counter()

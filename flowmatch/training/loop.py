@@ -34,11 +34,11 @@ scores the EMA weights on them every ``val_every`` steps (:class:`Validation`); 
 the weights of the lowest validation loss and stops ``early_stop`` steps after it, and it uses the
 posterior target only from :data:`POSTERIOR_MIN_ROWS` training rows up. Without these, a long run
 learns the exact velocity field of the training rows, whose flow lands on the rows themselves
-(``flowmatch.memorisation`` measures it).
+(``flowmatch.evaluation.memorisation`` measures it).
 
 The configuration is plain data (:class:`TrainConfig`), every field a ``flowmatch train`` flag and
 a TOML key. :func:`train` is one loop that reads top to bottom; with a run folder it writes
-crash-safe checkpoints (``flowmatch.checkpoints``) and resumes from them exactly: weights,
+crash-safe checkpoints (``flowmatch.training.checkpoints``) and resumes from them exactly: weights,
 optimiser, EMA, schedule, random-number-generator states and so the data order. Under
 ``torchrun`` it trains data-parallel: every process draws the same global batch of
 ``batch_size * world_size`` pairs (the batch size is per process) and takes its own shard, so
@@ -78,7 +78,7 @@ from flowmatch.training.validation import Validation
 class TrainResult:
     """What :func:`train` returns: the trained flow and a summary of the run."""
 
-    flow: Any  # flowmatch.runs.Flow
+    flow: Any  # flowmatch.flow.Flow
     config: TrainConfig
     losses: list[float]
     seconds: float
