@@ -294,19 +294,8 @@ class Flow:
         (backpropagation through every solver step; with ``with_log_prob``, through the divergence
         too): for a loss on the samples, or d x1 / d x0. Without it the solve records no graph.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad)
         solver, nfe = self.resolve_sampler(solver, nfe)
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
-        if precision not in PRECISIONS:
-            raise FlowmatchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-        if precision != "fp32" and with_log_prob:
-            raise FlowmatchError(f"log-densities need float32: sample with precision='fp32' to get with_log_prob (got {precision!r})")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise FlowmatchError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if not isinstance(grad, bool):
-            raise FlowmatchError(f"grad must be True or False, got {grad!r}")
         with torch.set_grad_enabled(grad):  # no graph unless asked for
             if self.device.type == "cpu":
                 batch_size = batch_size or CPU_BATCH_SIZE
@@ -323,14 +312,7 @@ class Flow:
 
                 velocity = transform_schedule(velocity, self.path.schedule, schedule)
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            if x0 is None:
-                x0 = self.draw_source(n, generator)
-            elif not isinstance(x0, torch.Tensor) or x0.shape != (n, self.dim) or not x0.is_floating_point():
-                shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
-                raise FlowmatchError(f"x0 must be a float tensor of shape ({n}, {self.dim}), got {shape}")
-            elif not torch.isfinite(x0).all():
-                raise FlowmatchError("x0 has non-finite values")
-            x0 = x0.to(self.device, next((p.dtype for p in self.model.parameters()), torch.float32))  # the model's precision
+            x0 = self._start(n, x0, generator)
             if with_log_prob:
                 from flowmatch.likelihood import sample_with_log_prob
 
@@ -362,6 +344,17 @@ class Flow:
                 trajectory=trajectory,
                 log_prob=solution.log_prob + self.standardizer.log_abs_det() if with_log_prob else None,
             )
+
+    def _start(self, n: int, x0: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        """The starting points: ``x0`` as given (checked), or n draws of the source; in the model's dtype."""
+        if x0 is None:
+            x0 = self.draw_source(n, generator)
+        elif not isinstance(x0, torch.Tensor) or x0.shape != (n, self.dim) or not x0.is_floating_point():
+            shape = tuple(x0.shape) if isinstance(x0, torch.Tensor) else type(x0).__name__
+            raise FlowmatchError(f"x0 must be a float tensor of shape ({n}, {self.dim}), got {shape}")
+        elif not torch.isfinite(x0).all():
+            raise FlowmatchError("x0 has non-finite values")
+        return x0.to(self.device, next((p.dtype for p in self.model.parameters()), torch.float32))  # the model's precision
 
     def sample(self, n: int, **options) -> torch.Tensor:
         """n samples in data coordinates, shape (n, D); options as for :meth:`generate`."""
@@ -420,6 +413,22 @@ class Flow:
         from flowmatch.runs import save_flow
 
         save_flow(self, folder)
+
+
+def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad) -> None:
+    """:meth:`Flow.generate`'s arguments, each refused with a message naming it."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+        raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
+    if precision not in PRECISIONS:
+        raise FlowmatchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision != "fp32" and with_log_prob:
+        raise FlowmatchError(f"log-densities need float32: sample with precision='fp32' to get with_log_prob (got {precision!r})")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise FlowmatchError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if not isinstance(grad, bool):
+        raise FlowmatchError(f"grad must be True or False, got {grad!r}")
 
 
 def _recycle_freed_memory() -> None:

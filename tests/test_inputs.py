@@ -186,3 +186,65 @@ def test_bad_objects_get_one_clear_error():
         flowmatch.train(data={"x": _points(), "conditions": torch.zeros(3)}, **SMALL)
     with pytest.raises(FlowmatchError, match="yielded no batches"):
         flowmatch.train(data=[], **SMALL)
+
+
+def test_csv_condition_columns_train_and_sample_from_the_cli(tmp_path, capsys):
+    import numpy as np
+    from cli_checks import one_error_line
+
+    from flowmatch.cli import main
+
+    g = np.random.default_rng(0)
+    c = g.uniform(-1, 1, 600)
+    x = np.stack([3 * c + g.normal(size=600), g.normal(size=600)], 1)
+    table = tmp_path / "table.csv"
+    np.savetxt(table, np.column_stack([c, x]), delimiter=",", header="shift,a,b", comments="", fmt="%.6f")
+    (tmp_path / "rows.csv").write_text("shift\n-1\n1\n")
+    run = tmp_path / "run"
+    common = ["--steps", "200", "--width", "32", "--depth", "2", "--quiet", "--no-eval", "--precision", "fp32"]
+    assert main(["train", "--data", str(table), "--condition-columns", "shift", "--out", str(run), *common]) == 0
+    flow = flowmatch.load(run)
+    assert flow.dim == 2 and flow.conditions == {"c": {"dim": 1}} and flow.model.config["condition_dim"] == 1
+    assert (
+        main(["sample", "--run", str(run), "--condition", str(tmp_path / "rows.csv"), "-n", "500", "--out", str(tmp_path / "s.npy")]) == 0
+    )
+    low, high = np.load(tmp_path / "s.npy").reshape(2, 500, 2).mean(1)[:, 0]
+    # closed form: E[a | c] = 3 c, so -3 and 3; 200 steps on 480 rows get within 1 (a model ignoring c: 0 and 0)
+    assert abs(low + 3) < 1.0 and abs(high - 3) < 1.0
+    one_error_line(
+        capsys, main(["train", "--data", str(table), "--condition-columns", "dose", "--out", str(tmp_path / "r2"), *common]), "dose"
+    )
+    assert not (tmp_path / "r2").exists()
+    (tmp_path / "bad.csv").write_text("shift\nx\n")
+    one_error_line(
+        capsys, main(["sample", "--run", str(run), "--condition", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "t.npy")]), "bad.csv"
+    )
+
+
+def test_several_named_conditions_reach_the_model_and_guide():
+    class TwoConditions(torch.nn.Module):  # a user's model taking a float c and an integer label d
+        num_classes = 3  # so that flowmatch may drop d to the null class 3
+
+        def __init__(self):
+            super().__init__()
+            self.lin, self.emb = torch.nn.Linear(4, 2), torch.nn.Embedding(4, 2)
+            self.null_c = torch.nn.Parameter(torch.zeros(1))
+            self.seen: set = set()
+
+        def forward(self, x, t, c, d):
+            self.seen.add((c.shape[1:], d.dtype))
+            c = torch.where(torch.isnan(c), self.null_c, c)
+            t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(len(x), 1)
+            return self.lin(torch.cat([x, t, c], 1)) + self.emb(d)
+
+    x = _points(512)
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        {"x": x[i : i + 64], "c": torch.rand(64, 1, generator=g), "d": torch.randint(3, (64,), generator=g)} for i in range(0, 512, 64)
+    ]
+    model = TwoConditions()
+    flow = flowmatch.train(model=model, data=batches, **SMALL).flow
+    assert flow.conditions == {"c": {"dim": 1}, "d": {"classes": 3}} and model.seen == {((1,), torch.int64)}
+    both = {"c": torch.tensor([[0.3]]), "d": torch.tensor([2])}
+    plain, guided = flow.sample(50, condition=both, seed=0), flow.sample(50, condition=both, guidance=3.0, seed=0)
+    assert torch.isfinite(guided).all() and not torch.equal(plain, guided)

@@ -8,7 +8,7 @@ import torch
 
 import flowmatch.training as training
 import flowmatch.training.devices as devices
-import flowmatch.training.loop as loop
+import flowmatch.training.objective as objective
 from flowmatch.errors import FlowmatchError
 from flowmatch.evaluation.metrics import w2_exact
 from flowmatch.training.config import PRESETS, TrainConfig, resolve_config, resolve_target
@@ -63,7 +63,7 @@ def test_batch_warmup_ramps_from_half_to_the_full_batch(monkeypatch):
     assert {batch_size_at(TrainConfig(batch_size=512, batch_warmup=0), k) for k in (0, 1, 10)} == {512}
     # the loop draws exactly those batches
     seen, real = [], training.sample_times
-    monkeypatch.setattr(loop, "sample_times", lambda c, n, g: seen.append(n) or real(c, n, g))
+    monkeypatch.setattr(objective, "sample_times", lambda c, n, g: seen.append(n) or real(c, n, g))
     options = dict(steps=12, width=16, depth=2, batch_size=32, batch_warmup=8)
     train(seed=0, progress=False, **options)
     assert seen == [batch_size_at(TrainConfig(**options), k) for k in range(12)]
@@ -452,14 +452,14 @@ def test_posterior_target_trains_and_changes_the_regression(tmp_path, source, da
 def test_posterior_target_of_a_conditional_model_averages_within_the_class():
     labels = torch.tensor([0, 1, 2, 2])  # the last pair's label was dropped: 2 is the null label here
     classes = torch.tensor([0, 1, 1, 0, 1])  # the global batch's true classes
-    allowed = loop._same_class(labels, classes, null=2)
+    allowed = objective.same_class(labels, classes, null=2)
     assert allowed.tolist() == [
         [True, False, False, True, False],
         [False, True, True, False, True],
         [True, True, True, True, True],
         [True, True, True, True, True],
     ]
-    assert loop._same_class(None, None, null=2) is None
+    assert objective.same_class(None, None, null=2) is None
 
 
 # -- finite data: validation split, selection, early stop ------------------------------------------

@@ -59,17 +59,18 @@ import torch
 import torch.distributed as dist
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss
 from flowmatch.models.registry import build_model
 from flowmatch.storage import atomic_folder, write_json
-from flowmatch.training.checkpoints import latest_state, optimizer_from_tensors, optimizer_to_tensors, prefixed, save_state, unprefixed
-from flowmatch.training.config import POSTERIOR_PAIRS, POSTERIOR_REFERENCE, TrainConfig, resolve_select, resolve_target
+from flowmatch.training.checkpoints import latest_state, unprefixed
+from flowmatch.training.config import TrainConfig, resolve_select, resolve_target
 from flowmatch.training.devices import resolve_device, resolve_precision
 from flowmatch.training.distributed import _distributed_env, _record_rank_agreement
 from flowmatch.training.ema import EMA
 from flowmatch.training.inputs import TrainingData, resolve_path, resolve_source, split_objects, training_data
+from flowmatch.training.objective import Objective
 from flowmatch.training.pairs import PairSampler
-from flowmatch.training.schedules import batch_size_at, learning_rate, sample_times
+from flowmatch.training.schedules import learning_rate
+from flowmatch.training.state import TrainingState, stream_state
 from flowmatch.training.validation import Validation
 
 
@@ -140,8 +141,7 @@ def train(
     run = Path(run_dir) if run_dir is not None else None
     state = latest_state(run) if run is not None and resume else None
     start_step = state[2]["step"] if state is not None else 0
-    stream_state = _stream_state(state)
-    inputs = training_data(config, objects, world=world, rank=rank, start_step=start_step, stream_state=stream_state)
+    inputs = training_data(config, objects, world=world, rank=rank, start_step=start_step, stream_state=stream_state(state))
     dataset, stream = inputs.dataset, inputs.stream
     source = resolve_source(config, objects, inputs.dim)
     pairs = PairSampler(config, inputs.source_of_batches, source, inputs.conditions)
@@ -161,9 +161,9 @@ def train(
     else:
         model = objects.model if objects.model is not None else _initial_model(config, inputs)
     model = model.to(device)
-    flow_meta_now = None  # a path or source that a run folder cannot record is refused here, before the folder
+    meta = None  # a path or source that a run folder cannot record is refused here, before the folder
     if run is not None:
-        flow_meta_now = flow_meta(
+        meta = flow_meta(
             Flow(model=model, path=path, standardizer=inputs.standardizer, config=config.to_dict(), source=source,
                  shape=inputs.shape, conditions=inputs.conditions)
         )  # fmt: skip
@@ -171,19 +171,10 @@ def train(
     optimizer = _optimizer(config, model)
     # a stream's batches differ between processes; its noise and times do too
     generator = torch.Generator().manual_seed(config.seed + (_RANK_SEED * rank if stream is not None else 0))
-    losses: list[float] = []
-    elapsed = 0.0
-
-    if state is not None:
-        _, tensors, meta = state
-        ema.load(model, unprefixed("ema", tensors), meta["ema_updates"])
-        optimizer_from_tensors(optimizer, unprefixed("optimizer", tensors), meta["optimizer_groups"])
-        generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch"])
-        elapsed, losses = meta["seconds"], list(meta["loss_tail"])
-        if validation is not None and "validation" in meta:
-            validation.best_loss, validation.best_step = meta["validation"]["best_loss"], meta["validation"]["best_step"]
-            validation.best_state = unprefixed("best", tensors) or None
+    saved = TrainingState(
+        model, ema, optimizer, generator, validation=validation, stream=stream, flow_meta=meta, keep=config.keep_checkpoints
+    )
+    elapsed, losses = saved.restore(state[1], state[2]) if state is not None else (0.0, [])
     if world > 1:
         dist.barrier()  # every process has checked its input before the run folder is touched
 
@@ -192,44 +183,20 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
-    net = shaped(net)
     precision = resolve_precision(config.precision, device)
-    low_precision = torch.bfloat16 if precision == "bf16" else None  # the model's calls under autocast
-    target_kind = _target(config, inputs)
-    posterior = target_kind == "posterior"
+    target = _target(config, inputs)
     source_mixture = None if source is None else source.gaussian_mixture  # the posterior's source density
-    if posterior and source is not None and source_mixture is None:
+    if target == "posterior" and source is not None and source_mixture is None:
         raise FlowmatchError(f"target posterior: source '{config.source}' has no isotropic Gaussian-mixture density here")
-    reference_size = min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights)))
-    null_class = inputs.conditions.get("y", {}).get("classes", 0)
+    objective = Objective(
+        config, pairs, path, shaped(net), device=device, world=world, rank=rank, streamed=stream is not None,
+        posterior=target == "posterior", source_mixture=source_mixture, null_class=inputs.conditions.get("y", {}).get("classes", 0),
+        autocast=torch.bfloat16 if precision == "bf16" else None,  # the model's calls under autocast
+    )  # fmt: skip
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
-        if folder is None or not main_process:
-            return
-        opt_tensors, opt_groups = optimizer_to_tensors(optimizer)
-        tensors = {
-            **prefixed("model", model.state_dict()),
-            **prefixed("ema", ema.state_dict(model)),
-            **prefixed("optimizer", opt_tensors),
-            "rng.generator": generator.get_state(),
-            "rng.torch": torch.get_rng_state(),
-        }
-        if validation is not None and validation.best_state is not None:
-            tensors.update(prefixed("best", validation.best_state))
-        meta = {
-            "optimizer_groups": opt_groups,
-            "ema_updates": ema.updates,
-            "seconds": elapsed + time.perf_counter() - started,
-            "loss_tail": losses[-100:],
-            "flow": flow_meta_now,
-        }
-        if validation is not None:
-            meta["validation"] = {"best_loss": validation.best_loss, "best_step": validation.best_step}
-        if stream is not None:
-            position = stream.state()
-            meta["stream"] = {"epoch": position["epoch"], "index": position["index"]}
-            tensors.update(prefixed("stream.rng", position["rng"]))
-        save_state(folder, step, tensors, meta, config.keep_checkpoints)
+        if folder is not None and main_process:
+            saved.save(folder, step, elapsed + time.perf_counter() - started, losses)
 
     started = time.perf_counter()
     if run is not None and main_process and not resume:
@@ -238,53 +205,19 @@ def train(
     stop = _StopSignal()
     bar = _progress_bar(config.steps, start_step, progress and main_process)
     callback_steps = set(callback_steps) if callback is not None and main_process else set()
-    done = start_step
-    exhausted = False
+    done, exhausted = start_step, False
     # a resumed run that had stopped early is finished (its best weights are already behind it)
     stopped_early = validation is not None and 0 < config.early_stop <= start_step - validation.best_step
     shown: dict[str, str] = {}  # the progress bar's figures
     with stop:
         for step in range(start_step, start_step if stopped_early else config.steps):
-            # a global batch, drawn identically by every process, of which each trains on its own
-            # shard; or, streamed, this process's own batch
-            size = batch_size_at(config, step)
             try:
-                x0, x1, condition, classes = pairs(size * world if stream is None else size, generator)
+                loss = objective(step, generator)
             except StopIteration:  # a one-shot iterator ran out
                 exhausted = True
                 break
-            t = sample_times(config, len(x1), generator)
-            noise = torch.randn(x1.shape, generator=generator) if path.bridge_sigma > 0 else None
-            shard = slice(rank * size, (rank + 1) * size) if stream is None else slice(0, len(x1))
-            reference = x1[:reference_size].to(device) if posterior else None  # the same on every process
-            x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
-            condition = {k: v[shard].to(device) for k, v in condition.items()}
-
-            if config.objective == "distill":
-                loss = distillation_loss(net, x0, x1, config.distill_nfe, condition=condition, autocast=low_precision)
-            else:
-                over = None
-                if posterior:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
-                    assert reference is not None
-                    own = torch.arange(shard.start, shard.stop, device=device)
-                    own = torch.where(own < len(reference), own, -1)
-                    allowed = _same_class(condition.get("y"), None if classes is None else classes[: len(reference)], null_class)
-                    over = Posterior(reference, own, allowed, source_mixture)
-                loss = flow_matching_loss(
-                    net, path, x0, x1, t, condition=condition, noise=None if noise is None else noise[shard].to(device),
-                    weight=config.loss_weight, posterior=over, autocast=low_precision,
-                )  # fmt: skip
-            if not torch.isfinite(loss):
-                raise FlowmatchError(_non_finite(loss, step, condition))
-
             lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            _descend(optimizer, model, loss, lr, config.grad_clip)
             ema.update(model)
             if validation is not None and ((step + 1) % config.val_every == 0 or step + 1 == config.steps):
                 value = validation.update(step + 1, ema.copy_into(model, validation.scratch(model)))
@@ -292,11 +225,7 @@ def train(
                 shown["val"] = f"{value:.4f}"
                 stopped_early = config.early_stop > 0 and step + 1 - validation.best_step >= config.early_stop
 
-            if world > 1:  # report the global batch's loss, as one process with the whole batch would
-                loss = loss.detach().clone()
-                dist.all_reduce(loss)
-                loss /= world
-            losses.append(loss.item())
+            losses.append(_global_loss(loss, world))
             done = step + 1
             log.step(done, losses, lr, elapsed + time.perf_counter() - started)
             if bar is not None and (done % 25 == 0 or done == config.steps):
@@ -317,34 +246,50 @@ def train(
         checkpoint(done)
     if bar is not None:
         bar.close()
-    if stopped_early and main_process and progress:
-        assert validation is not None
-        print(
-            f"stopped early at step {done}: the validation loss was lowest at step {validation.best_step} "
-            f"({validation.best_loss:.4f}) and has not improved for {config.early_stop} steps"
-        )
-    if exhausted and main_process and progress:
-        print(f"the data ran out after {done - start_step} batches: stopped at step {done} of {config.steps}")
+    if main_process and progress:
+        _say_why_it_stopped(done, start_step, config, validation if stopped_early else None, exhausted)
     log.close()
     if world > 1:
         _record_rank_agreement(model, run if main_process else None, world)
-    seconds = elapsed + time.perf_counter() - started
     chosen = validation.best_state if validation is not None and select == "val-loss" else None
-    flow = _flow_for(model, ema, path, inputs, config, source=source, weights=chosen)
     return TrainResult(
-        flow, config, losses, seconds, step=done, interrupted=stop.requested, precision=precision, target=target_kind,
+        _flow_for(model, ema, path, inputs, config, source=source, weights=chosen), config, losses,
+        elapsed + time.perf_counter() - started, step=done, interrupted=stop.requested, precision=precision, target=target,
         validation=None if validation is None else validation.summary(select, stopped_early), data_exhausted=exhausted,
     )  # fmt: skip
 
 
+def _descend(optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
+    """One optimiser step on ``loss`` at learning rate ``lr`` (the gradient norm clipped to ``grad_clip`` > 0)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
+def _global_loss(loss: torch.Tensor, world: int) -> float:
+    """The loss of the global batch, as one process with the whole batch would report it."""
+    if world > 1:
+        loss = loss.detach().clone()
+        dist.all_reduce(loss)
+        loss /= world
+    return loss.item()
+
+
+def _say_why_it_stopped(done: int, start: int, config: TrainConfig, early: Validation | None, exhausted: bool) -> None:
+    if early is not None:
+        print(
+            f"stopped early at step {done}: the validation loss was lowest at step {early.best_step} "
+            f"({early.best_loss:.4f}) and has not improved for {config.early_stop} steps"
+        )
+    if exhausted:
+        print(f"the data ran out after {done - start} batches: stopped at step {done} of {config.steps}")
+
+
 _RANK_SEED = 1_000_003  # a streamed run's generator on process r: seed + r * this
-
-
-def _stream_state(state) -> dict[str, Any] | None:
-    """Where a stream stood at a checkpoint (None without one or without a stream)."""
-    if state is None or "stream" not in state[2]:
-        return None
-    return {**state[2]["stream"], "rng": unprefixed("stream.rng", state[1])}
 
 
 def _target(config: TrainConfig, inputs: TrainingData) -> str:
@@ -358,28 +303,6 @@ def _target(config: TrainConfig, inputs: TrainingData) -> str:
             )
         return "conditional"
     return target
-
-
-def _non_finite(loss: torch.Tensor, step: int, condition: dict[str, torch.Tensor]) -> str:
-    """The message for a loss that is NaN or infinite (naming the likely cause on dropped float conditions)."""
-    hint = "try a smaller lr or grad_clip=1.0"
-    dropped = [k for k, v in condition.items() if v.is_floating_point() and torch.isnan(v).any()]
-    if dropped:
-        hint = (
-            f"condition dropout sets dropped rows of {', '.join(dropped)} to NaN: the model must map them to a learned null "
-            "(as flowmatch's MLP does), or train with cond_dropout=0"
-        )
-    return f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; {hint}"
-
-
-def _same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null: int) -> torch.Tensor | None:
-    """(n, R) mask of the batch points each pair's posterior may average over: those of its label's class,
-    or all of them for a pair with the null label; None (all) for an unconditional model."""
-    if labels is None:
-        return None
-    assert classes is not None
-    classes = classes.to(labels.device)
-    return (classes[None, :] == labels[:, None]) | (labels[:, None] == null)
 
 
 def _initial_model(config: TrainConfig, inputs: TrainingData) -> torch.nn.Module:

@@ -1,0 +1,83 @@
+"""One training step's loss: draw the batch and its times, take this process's shard, and evaluate the
+flow-matching loss (conditional or posterior target) or the distillation loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from flowmatch.errors import FlowmatchError
+from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss
+from flowmatch.training.config import POSTERIOR_PAIRS, POSTERIOR_REFERENCE, TrainConfig
+from flowmatch.training.pairs import PairSampler
+from flowmatch.training.schedules import batch_size_at, sample_times
+
+
+class Objective:
+    """``objective(step, generator)`` is step ``step``'s loss (a 0-dim tensor) on this process.
+
+    With global batches (a flowmatch data set) every process draws the same ``batch_size * world``
+    pairs, times and noise and takes its own shard; a stream's batch is this process's own. The
+    posterior target averages over the first ``reference_size`` points of the global batch, the same on
+    every process, restricted to a pair's own class where there are labels.
+    """
+
+    def __init__(
+        self, config: TrainConfig, pairs: PairSampler, path, net, *, device: torch.device, world: int, rank: int,
+        streamed: bool, posterior: bool, source_mixture: Any, null_class: int, autocast: torch.dtype | None,
+    ):  # fmt: skip
+        self.config, self.pairs, self.path, self.net = config, pairs, path, net
+        self.device, self.world, self.rank, self.streamed = device, world, rank, streamed
+        self.posterior, self.source_mixture, self.null_class, self.autocast = posterior, source_mixture, null_class, autocast
+        self.reference_size = min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights)))
+
+    def __call__(self, step: int, generator: torch.Generator) -> torch.Tensor:
+        """The loss; raises StopIteration when a one-shot iterator of batches has run out."""
+        config, device = self.config, self.device
+        size = batch_size_at(config, step)
+        x0, x1, condition, classes = self.pairs(size if self.streamed else size * self.world, generator)
+        t = sample_times(config, len(x1), generator)
+        noise = torch.randn(x1.shape, generator=generator) if self.path.bridge_sigma > 0 else None
+        shard = slice(0, len(x1)) if self.streamed else slice(self.rank * size, (self.rank + 1) * size)
+        reference = x1[: self.reference_size].to(device) if self.posterior else None  # the same on every process
+        x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
+        condition = {k: v[shard].to(device) for k, v in condition.items()}
+        if config.objective == "distill":
+            loss = distillation_loss(self.net, x0, x1, config.distill_nfe, condition=condition, autocast=self.autocast)
+        else:
+            over = None
+            if reference is not None:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
+                own = torch.arange(shard.start, shard.stop, device=device)
+                own = torch.where(own < len(reference), own, -1)
+                allowed = same_class(condition.get("y"), None if classes is None else classes[: len(reference)], self.null_class)
+                over = Posterior(reference, own, allowed, self.source_mixture)
+            loss = flow_matching_loss(
+                self.net, self.path, x0, x1, t, condition=condition, noise=None if noise is None else noise[shard].to(device),
+                weight=config.loss_weight, posterior=over, autocast=self.autocast,
+            )  # fmt: skip
+        if not torch.isfinite(loss):
+            raise FlowmatchError(non_finite_message(loss, step, condition))
+        return loss
+
+
+def same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null: int) -> torch.Tensor | None:
+    """(n, R) mask of the batch points each pair's posterior may average over: those of its label's class,
+    or all of them for a pair with the null label; None (all) for an unconditional model."""
+    if labels is None:
+        return None
+    assert classes is not None
+    classes = classes.to(labels.device)
+    return (classes[None, :] == labels[:, None]) | (labels[:, None] == null)
+
+
+def non_finite_message(loss: torch.Tensor, step: int, condition: dict[str, torch.Tensor]) -> str:
+    """The message for a loss that is NaN or infinite (naming the likely cause on dropped float conditions)."""
+    hint = "try a smaller lr or grad_clip=1.0"
+    dropped = [k for k, v in condition.items() if v.is_floating_point() and torch.isnan(v).any()]
+    if dropped:
+        hint = (
+            f"condition dropout sets dropped rows of {', '.join(dropped)} to NaN: the model must map them to a learned null "
+            "(as flowmatch's MLP does), or train with cond_dropout=0"
+        )
+    return f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; {hint}"
