@@ -11,7 +11,7 @@ dx/dt = v(x, t) forward from t = 0 to t = 1.
 Names are imported on first use, so ``import flowmatch`` and the CLI start quickly.
 """
 
-import importlib
+from flowmatch._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -32,15 +32,6 @@ _EXPORTS = {
     "flow_matching_loss": "losses",
     "distillation_loss": "losses",
     "sample_times": "losses",
+    "from_factory": "models",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'flowmatch' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

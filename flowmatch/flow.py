@@ -1,20 +1,11 @@
-"""Trained flows and run folders.
+"""A trained flow: a velocity model with the path it was trained on and the map between data
+coordinates and the model's (standardised) coordinates.
 
-A :class:`Flow` is a velocity model together with the path it was trained on and the map
-between data coordinates and the model's (standardised) coordinates. It samples by integrating
-dx/dt = v(x, t) forward from x ~ N(0, I) at t = 0 to t = 1 and mapping back to data coordinates.
-
-A run folder holds::
-
-    config.json              the resolved training config
-    checkpoint.safetensors   weights (never pickled)
-    checkpoint.json          what is needed to rebuild the model: its config, the path, the standardiser
-    metrics.json             final loss, W2 against held-out data and its floor
-    samples.png              samples over data
-
-``flowmatch.load(run_dir)`` rebuilds the Flow in one call. Folders are written to a staging
-directory next to the target and renamed into place at the end, so a failed or interrupted
-write never leaves a half-written run and an existing run is only replaced with ``force``.
+:class:`Flow` samples by integrating dx/dt = v(x, t) forward from the source at t = 0 (N(0, I) by
+default) to t = 1 and mapping back to data coordinates; it guides conditional models, runs under
+another schedule or time grid, and scores points (``log_prob``). Rows are flat (n, D) for the
+solvers and the metrics; a model that takes rows in another shape gets them reshaped
+(:attr:`Flow.shape`). Saving and loading are :mod:`flowmatch.runs`'.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
-"""Trained flows and run folders.
-
-A :class:`Flow` is a velocity model together with the path it was trained on and the map
-between data coordinates and the model's (standardised) coordinates. It samples by integrating
-dx/dt = v(x, t) forward from x ~ N(0, I) at t = 0 to t = 1 and mapping back to data coordinates.
+"""Run folders: a trained :class:`~flowmatch.flow.Flow` saved and loaded without pickle.
 
 A run folder holds::
 
     config.json              the resolved training config
     checkpoint.safetensors   weights (never pickled)
-    checkpoint.json          what is needed to rebuild the model: its config, the path, the standardiser
+    checkpoint.json          what is needed to rebuild the flow: the model's config or importable factory
+                             and JSON arguments, the path, the standardiser, conditions, a Python source
     metrics.json             final loss, W2 against held-out data and its floor
     samples.png              samples over data
 

@@ -4,7 +4,7 @@ standardisation (:mod:`.standardize`) and the finite :class:`Dataset` with its s
 Names are imported from their modules on first use.
 """
 
-import importlib
+from flowmatch._lazy import lazy_exports
 
 _EXPORTS = {
     "BUILTIN_CLASSES": "toy",
@@ -48,14 +48,4 @@ _EXPORTS = {
     "to_model_scale": "images",
     "to_pixels": "images",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

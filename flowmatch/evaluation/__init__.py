@@ -4,7 +4,7 @@
 Names are imported from their modules on first use.
 """
 
-import importlib
+from flowmatch._lazy import lazy_exports
 
 _EXPORTS = {
     "CLASSIFIER_META": "images",
@@ -63,14 +63,4 @@ _EXPORTS = {
     "w1_l1": "memorisation",
     "w2_exact": "metrics",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

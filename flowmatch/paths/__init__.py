@@ -5,7 +5,7 @@ schedules (:mod:`.schedules`), the affine path with its velocity, conversions an
 Names are imported from their modules on first use.
 """
 
-import importlib
+from flowmatch._lazy import lazy_exports
 
 _EXPORTS = {
     "AffinePath": "affine",
@@ -22,14 +22,4 @@ _EXPORTS = {
     "path_to_config": "specs",
     "transform_schedule": "transform",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

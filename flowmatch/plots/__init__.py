@@ -4,7 +4,7 @@
 Names are imported from their modules on first use.
 """
 
-import importlib
+from flowmatch._lazy import lazy_exports
 
 _EXPORTS = {
     "DATA_COLOR": "figures",
@@ -21,14 +21,4 @@ _EXPORTS = {
     "save_image_grid": "images",
     "save_trajectory_strip": "images",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
