@@ -127,11 +127,13 @@ def held_out(flow, n: int, n_likelihood: int, seed: int = 0, reference=None) -> 
 
 
 def _points(x, dim: int, what: str) -> torch.Tensor:
-    """User points as a float32 (N, dim) tensor, or one clear error."""
+    """User points as a float32 (N, dim) tensor (rows of another shape flattened), or one clear error."""
     try:
-        x = torch.as_tensor(x, dtype=torch.float32)
+        x = torch.as_tensor(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError):
         raise FlowmatchError(f"{what} must be a tensor or array of shape (N, {dim})") from None
+    if x.ndim > 2 and x[0].numel() == dim:
+        x = x.reshape(len(x), dim)
     if x.ndim != 2 or x.shape[1] != dim:
         raise FlowmatchError(f"{what} must have shape (N, {dim}), got {tuple(x.shape)}")
     if not torch.isfinite(x).all():

@@ -126,10 +126,12 @@ def _saved_value(run: Path, key: str) -> Any:
 
 
 def _reference_points(reference: Any, dim: int) -> torch.Tensor:
-    points = torch.as_tensor(reference.detach().cpu() if isinstance(reference, torch.Tensor) else reference, dtype=torch.float32)
-    if points.ndim < 2 or points[0].numel() != dim or len(points) < 4:
-        raise FlowmatchError(f"reference must hold at least 4 points of {dim} values, got shape {tuple(points.shape)}")
-    return points.reshape(len(points), -1)
+    from flowmatch.evaluation.report import _points
+
+    points = _points(reference, dim, "reference")
+    if len(points) < 4:
+        raise FlowmatchError(f"reference must hold at least 4 points, got {len(points)}")
+    return points
 
 
 def _unmeasured(result: TrainResult, out) -> dict[str, Any]:
