@@ -133,7 +133,8 @@ def train(
     config, objects = split_objects(config, overrides, resume=resume, model=model, data=data, path=path, source=source)
     world, rank, local_rank = _distributed_env()
     device = resolve_device(config.device, local_rank)
-    if world > 1 and not dist.is_initialized():
+    own_group = world > 1 and not dist.is_initialized()  # a process group train() starts, it also ends
+    if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main_process = rank == 0
 
@@ -251,6 +252,8 @@ def train(
     log.close()
     if world > 1:
         _record_rank_agreement(model, run if main_process else None, world)
+    if own_group:
+        dist.destroy_process_group()
     chosen = validation.best_state if validation is not None and select == "val-loss" else None
     return TrainResult(
         _flow_for(model, ema, path, inputs, config, source=source, weights=chosen), config, losses,
