@@ -47,7 +47,6 @@ def fit(
     samples (a distilled student: Euler at its ``distill_nfe``) and ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws
     of the same size. Held-out sets smaller than 2 * n_eval are split in two halves.
     """
-    from flowmatch.evaluation.metrics import w2_exact
     from flowmatch.plots.figures import plot_samples
     from flowmatch.runs import check_writable_run
     from flowmatch.training.inputs import split_objects
@@ -72,31 +71,13 @@ def fit(
     if reference is None and flow._dataset is None:  # streamed data: nothing held out to measure against
         return result, _unmeasured(result, out)
     test = flow.dataset.test if reference is None else _reference_points(reference, flow.dim)
-    m = min(n_eval, len(test) // 2)
-    held_a, held_b = test[:m], test[m : 2 * m]
-    solver, nfe = ("euler", config.distill_nfe) if config.objective == "distill" else ("rk4", 100)
-    samples = flow.sample(m, solver=solver, nfe=nfe, seed=config.seed + 1)
-    w2, floor = w2_exact(samples, held_a), w2_exact(held_b, held_a)
-    metrics = {
-        "final_loss": result.final_loss,
-        "w2": w2,
-        "w2_floor": floor,
-        "w2_ratio": w2 / floor,
-        "n_eval": m,
-        "sampler": {"solver": solver, "nfe": nfe},
-        "train_seconds": result.seconds,
-        "steps": config.steps,
-        "steps_run": result.step,
-        "precision": result.precision,
-        "target": result.target,
-    }
-    if result.validation is not None:
-        metrics["validation"] = result.validation
+    samples, held, metrics = _measure(result, test, n_eval)
     report = None
     if out is not None:
         folder = Path(out)
         flow.save_checkpoint(folder)
-        plot_samples(samples, held_a, folder / "samples.png", title=f"{config.data}: W2 {w2:.3f} (floor {floor:.3f})")
+        title = f"{config.data}: W2 {metrics['w2']:.3f} (floor {metrics['w2_floor']:.3f})"
+        plot_samples(samples, held, folder / "samples.png", title=title)
         if evaluate:
             from flowmatch.evaluation.report import evaluate as quick_evaluation
 
@@ -116,6 +97,27 @@ def fit(
     if report is not None:
         metrics["report"] = report
     return result, metrics
+
+
+def _measure(result: TrainResult, test: torch.Tensor, n_eval: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """(samples, held-out points, metrics): exact W2 of min(n_eval, N/2) samples against as many held-out
+    points, and its floor against the next as many; the run's training figures beside them."""
+    from flowmatch.evaluation.metrics import w2_exact
+
+    config, flow = result.config, result.flow
+    m = min(n_eval, len(test) // 2)
+    held_a, held_b = test[:m], test[m : 2 * m]
+    solver, nfe = ("euler", config.distill_nfe) if config.objective == "distill" else ("rk4", 100)
+    samples = flow.sample(m, solver=solver, nfe=nfe, seed=config.seed + 1)
+    w2, floor = w2_exact(samples, held_a), w2_exact(held_b, held_a)
+    metrics = {
+        "final_loss": result.final_loss, "w2": w2, "w2_floor": floor, "w2_ratio": w2 / floor, "n_eval": m,
+        "sampler": {"solver": solver, "nfe": nfe}, "train_seconds": result.seconds, "steps": config.steps,
+        "steps_run": result.step, "precision": result.precision, "target": result.target,
+    }  # fmt: skip
+    if result.validation is not None:
+        metrics["validation"] = result.validation
+    return samples, held_a, metrics
 
 
 def _saved_value(run: Path, key: str) -> Any:
