@@ -129,3 +129,22 @@ def test_generalized_kl_is_smallest_at_the_true_posterior(source):
     for _ in range(5):
         # measured: these perturbations raise the expected loss by 0.0015 to 0.046, far above float32 round-off (~1e-7)
         assert expected_loss(0.3 * torch.randn(path.states, V, generator=g, dtype=torch.float64)) > base
+
+
+@pytest.mark.parametrize("w", [0.0, 2.0])
+def test_guidance_samples_the_geometric_mix_of_the_posteriors(w):
+    """Masked source, exact posteriors of two laws: guided samples follow p_c^w p_u^(1 - w), renormalised."""
+    p_c = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    p_u = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    path = MixturePath(CosineScheduler(), V, "mask")
+    g = torch.Generator().manual_seed(4)
+    x = jump_sample(
+        _exact_logits(path, p_c), path.draw_source((30_000,), g), path, nfe=4, generator=g,
+        null_logits_fn=_exact_logits(path, p_u), guidance=w,
+    )  # fmt: skip
+    law = p_c**w * p_u ** (1 - w)
+    law = law / law.sum()
+    freq = torch.bincount(x, minlength=V).double() / len(x)
+    assert (freq - law).abs().max() < 5 * (0.25 / len(x)) ** 0.5  # 5 standard errors of 30,000 draws
+    with pytest.raises(FlowmatchError, match="null_logits_fn"):
+        jump_sample(_exact_logits(path, p_c), path.draw_source((2,)), path, guidance=2.0)
