@@ -148,3 +148,32 @@ def test_guidance_samples_the_geometric_mix_of_the_posteriors(w):
     assert (freq - law).abs().max() < 5 * (0.25 / len(x)) ** 0.5  # 5 standard errors of 30,000 draws
     with pytest.raises(FlowmatchError, match="null_logits_fn"):
         jump_sample(_exact_logits(path, p_c), path.draw_source((2,)), path, guidance=2.0)
+
+
+def test_a_token_transformer_learns_dependent_positions():
+    """Sequences (a, a, b, b), a and b uniform over 3 tokens: a model of independent positions puts 1/9 of
+    its samples on such pairs; the transformer trained on the cross-entropy for 1,500 steps puts nearly all."""
+    from flowmatch.models.registry import build_model, to_config
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    path = MixturePath(PolynomialScheduler(1.0), 3, "mask")
+    model = build_model("transformer", 4, vocab_size=3, width=32, depth=2, heads=2)
+    assert to_config(model)["name"] == "transformer" and build_model(
+        "transformer", 4, **{k: v for k, v in to_config(model).items() if k != "name"}
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(1500):
+        a, b = torch.randint(3, (128, 1), generator=g), torch.randint(3, (128, 1), generator=g)
+        x1 = torch.cat([a, a, b, b], dim=1)
+        t = torch.rand(128, generator=g)
+        loss = cross_entropy_loss(model(path.sample(x1, t, g), t), x1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        x = jump_sample(model, path.draw_source((1000, 4)), path, nfe=64, generator=g)
+    paired = ((x[:, 0] == x[:, 1]) & (x[:, 2] == x[:, 3])).double().mean()
+    # measured 0.988 on seed 0 (0.45 after 400 steps); independent positions give 0.11
+    assert paired > 0.8 and x.max() < 3

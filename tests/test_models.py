@@ -57,7 +57,7 @@ def test_time_changes_output():
 
 def test_bad_options():
     with pytest.raises(FlowmatchError, match="unknown model"):
-        build_model("transformer", 2)
+        build_model("convnext", 2)
     with pytest.raises(FlowmatchError, match="activation"):
         build_model("mlp", 2, activation="swish2")
     with pytest.raises(FlowmatchError, match="bad options"):

@@ -14,6 +14,7 @@ _EXPORTS = {
     "MODELS": "registry",
     "ResBlock": "unet",
     "SeedMLP": "mlp",
+    "TokenTransformer": "transformer",
     "UNet": "unet",
     "Upsample": "unet",
     "build_model": "registry",

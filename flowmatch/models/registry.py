@@ -6,9 +6,10 @@ from torch import nn
 
 from flowmatch.errors import FlowmatchError
 from flowmatch.models.mlp import MLP, SeedMLP
+from flowmatch.models.transformer import TokenTransformer
 from flowmatch.models.unet import UNet
 
-MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet}
+MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet, "transformer": TokenTransformer}
 
 
 def build_model(name: str, dim: int, **options) -> nn.Module:

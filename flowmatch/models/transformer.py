@@ -1,0 +1,51 @@
+"""A small transformer over token sequences: the posterior p_{1|t}(x1 | x_t) of discrete flow matching.
+
+    tokens x_t (B, L) in {0, ..., states - 1} -> embedding + learned positions + a time embedding
+    -> ``depth`` pre-norm encoder blocks (``heads`` heads, no causal mask: every position sees all)
+    -> LayerNorm -> Linear -> logits (B, L, vocab_size) over the data tokens.
+
+``states`` is ``vocab_size + 1`` with the masked source (the mask token is ``vocab_size``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowmatch.errors import FlowmatchError
+from flowmatch.models.mlp import sinusoidal_embedding, time_column
+
+
+class TokenTransformer(nn.Module):
+    def __init__(
+        self, dim: int, vocab_size: int, states: int | None = None, width: int = 128, depth: int = 4, heads: int = 4, time_dim: int = 64
+    ):
+        super().__init__()
+        states = vocab_size + 1 if states is None else states
+        if dim < 1 or vocab_size < 2 or states < vocab_size or width < 1 or depth < 1 or heads < 1 or width % heads:
+            raise FlowmatchError(
+                f"transformer sizes: length {dim}, vocab_size {vocab_size}, states {states}, width {width} (a multiple of heads {heads}), depth {depth}"
+            )
+        self.config = {
+            "name": "transformer",
+            "vocab_size": vocab_size,
+            "states": states,
+            "width": width,
+            "depth": depth,
+            "heads": heads,
+            "time_dim": time_dim,
+        }
+        self.time_dim = time_dim
+        self.tokens = nn.Embedding(states, width)
+        self.positions = nn.Parameter(torch.zeros(dim, width))
+        self.time = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab_size))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = time_column(t, self.positions).expand(len(x), 1)
+        h = self.tokens(x) + self.positions[: x.shape[1]] + self.time(sinusoidal_embedding(t, self.time_dim))[:, None]
+        return self.out(self.blocks(h))
