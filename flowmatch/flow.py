@@ -178,8 +178,13 @@ class Flow:
         """The same conditions dropped, as training dropped them: the null class for labels, NaN rows for floats."""
         out = {}
         for name, value in condition.items():
-            classes = self.conditions.get(name, {}).get("classes")
-            out[name] = torch.full_like(value, classes) if classes else torch.full_like(value, math.nan, dtype=torch.float32)
+            spec = self.conditions.get(name, {})
+            if "classes" not in spec:
+                out[name] = torch.full_like(value, math.nan, dtype=torch.float32)
+            elif spec["classes"]:
+                out[name] = torch.full_like(value, spec["classes"])
+            else:  # an integer condition of a model without num_classes: training never dropped it
+                raise FlowmatchError(f"guidance needs a null for condition {name!r}: give the model a num_classes (its null class)")
         return out
 
     def velocity(self, condition=None, guidance: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -195,11 +200,8 @@ class Flow:
         return self._velocity_of(self.call_model(self.model), condition, guidance)
 
     def call_model(self, model: Callable) -> Callable:
-        """``model`` as the solvers call it, on flat rows: reshaped to :attr:`shape` and back."""
-        shape = self.shape
-        if shape is None:
-            return model
-        return lambda x, t, **c: model(x.reshape(x.shape[0], *shape), t, **c).reshape(x.shape[0], -1)
+        """``model`` as the solvers call it, on flat rows (:func:`on_flat_rows` with :attr:`shape`)."""
+        return on_flat_rows(model, self.shape)
 
     def _velocity_of(self, model: Callable, condition: dict[str, torch.Tensor] | None, guidance: float) -> Callable:
         if not condition:
@@ -404,6 +406,14 @@ class Flow:
         from flowmatch.runs import save_flow
 
         save_flow(self, folder)
+
+
+def on_flat_rows(model: Callable, shape: tuple[int, ...] | None) -> Callable:
+    """``model`` called on flat rows (n, D): each row reshaped to ``shape`` on the way in and flattened on the
+    way out (``model`` itself for ``shape`` None)."""
+    if shape is None:
+        return model
+    return lambda x, t, **c: model(x.reshape(x.shape[0], *shape), t, **c).reshape(x.shape[0], -1)
 
 
 def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad) -> None:

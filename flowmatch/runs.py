@@ -105,10 +105,10 @@ def save_flow(flow: Flow, folder: str | os.PathLike) -> None:
     """Weights (safetensors) and metadata, each written atomically (weights first); a flow whose path or
     source cannot be recorded is refused before anything is written."""
     meta = flow_meta(flow)
-    if meta.get("source", {}).get("kind") == "rows":
-        from flowmatch.data.sources import source_to_config
+    if "source" in meta:
+        from flowmatch.data.sources import save_source_rows
 
-        source_to_config(flow._source, Path(folder))
+        save_source_rows(flow._source, Path(folder))
     save_tensors(Path(folder) / CHECKPOINT, flow.model.state_dict())
     write_json(Path(folder) / CHECKPOINT_META, meta)
 

@@ -64,18 +64,23 @@ def as_source(source: Any, dim: int):
     return found
 
 
-def source_to_config(source, folder: Path | None = None) -> dict[str, Any]:
-    """JSON naming a Python source; rows go to ``folder / source.safetensors`` (when a folder is given)."""
+def source_to_config(source) -> dict[str, Any]:
+    """JSON naming a Python source (rows: the file :func:`save_source_rows` writes)."""
     from flowmatch.imports import reference
-    from flowmatch.storage import save_tensors
 
     if isinstance(source, RowSource):
-        if folder is not None:
-            save_tensors(folder / SOURCE_ROWS, {"rows": source.rows})
         return {"kind": "rows", "file": SOURCE_ROWS, "dim": source.dim}
     if isinstance(source, SamplerSource):
         return {"kind": "sampler", "sampler": reference(source.fn, "the source sampler"), "dim": source.dim}
     return {"kind": "object", "class": reference(type(source), "the source's class"), "dim": source.dim, "rebuild": False}
+
+
+def save_source_rows(source, folder: Path) -> None:
+    """``folder / source.safetensors`` for a source of rows (nothing for other sources)."""
+    from flowmatch.storage import save_tensors
+
+    if isinstance(source, RowSource):
+        save_tensors(folder / SOURCE_ROWS, {"rows": source.rows})
 
 
 def source_from_config(spec: dict[str, Any], folder: Path):

@@ -52,6 +52,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def train(
     example to score the model as it trains; the training clock (``TrainResult.seconds``, the
     ``seconds`` column) stops while it runs.
     """
-    from flowmatch.flow import Flow
+    from flowmatch.flow import Flow, on_flat_rows
     from flowmatch.runs import build_flow, flow_meta
 
     config, objects = split_objects(config, overrides, resume=resume, model=model, data=data, path=path, source=source)
@@ -147,7 +148,7 @@ def train(
     source = resolve_source(config, objects, inputs.dim)
     pairs = PairSampler(config, inputs.source_of_batches, source, inputs.conditions)
     path = resolve_path(config, objects)
-    shaped = Flow(model=torch.nn.Identity(), path=path, standardizer=inputs.standardizer, config={}, shape=inputs.shape).call_model
+    shaped = partial(on_flat_rows, shape=inputs.shape)  # the model on flat rows, in the data's own row shape
     validation = None
     if dataset is not None and dataset.val is not None and config.objective == "flow-matching":
         validation = Validation(config, dataset, path, source, device, wrap=shaped)
@@ -456,10 +457,9 @@ def _start_run_folder(run: Path, config: TrainConfig, checkpoint, source=None) -
     with atomic_folder(run) as staging:
         write_json(staging / "config.json", config.to_dict())
         if config.source == "python":  # rows of a source given in Python are kept with the run
-            from flowmatch.data.sources import RowSource, source_to_config
+            from flowmatch.data.sources import save_source_rows
 
-            if isinstance(source, RowSource):
-                source_to_config(source, staging)
+            save_source_rows(source, staging)
         checkpoint(0, staging)
 
 
