@@ -76,7 +76,8 @@ def fit(
     if out is not None:
         folder = Path(out)
         flow.save_checkpoint(folder)
-        title = f"{config.data}: W2 {metrics['w2']:.3f} (floor {metrics['w2_floor']:.3f})"
+        name = "data from Python" if config.data == "python" else config.data
+        title = f"{name}: W2 {metrics['w2']:.3f} (floor {metrics['w2_floor']:.3f})"
         plot_samples(samples, held, folder / "samples.png", title=title)
         if evaluate:
             from flowmatch.evaluation.report import evaluate as quick_evaluation
