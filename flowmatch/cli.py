@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from flowmatch.discrete.training import resolve_kind
 from flowmatch.errors import FlowmatchError
 from flowmatch.flow import PRECISIONS
 from flowmatch.paths.affine import PATHS
 from flowmatch.solvers.grids import time_grid
 from flowmatch.solvers.tableaus import SOLVERS
 from flowmatch.storage import atomic_file
-from flowmatch.training.config import PRESETS, TrainConfig
+from flowmatch.training.config import PRESETS, TrainConfig, kind_defaults
 from flowmatch.training.fitting import fit, resume_config
 
 
@@ -89,6 +90,8 @@ def _cmd_train(args) -> int:
             raise FlowmatchError("--resume continues a run with its saved config; only --steps may be given with it")
         out = args.resume
         config = resume_config(Path(out), None)
+        if config.kind in ("tokens", "table"):
+            raise FlowmatchError(f"'{out}' is a {config.kind} run, which cannot be resumed yet: train it again with more steps")
         if "steps" in flags:
             config = TrainConfig.from_dict({**config.to_dict(), "steps": flags["steps"]}, source="flags")
     else:
@@ -104,7 +107,16 @@ def _cmd_train(args) -> int:
             raise FlowmatchError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
         base = TrainConfig.from_dict({**PRESETS.get(preset, {}), **file_values}, source=source)
         config = TrainConfig.from_dict({**base.to_dict(), **flags}, source="flags")
+        kind = resolve_kind(config)
+        if kind != "continuous":  # token sequences and tables: their network and batches under what was given
+            given = {**PRESETS.get(preset, {}), **file_values, **flags}
+            base = TrainConfig.from_dict(
+                {**kind_defaults(kind, given), "kind": kind, **PRESETS.get(preset, {}), **file_values}, source=source
+            )
+            config = TrainConfig.from_dict({**base.to_dict(), **flags}, source="flags")
     result, metrics = fit(config, out=out, force=args.force, resume=bool(args.resume), progress=not args.quiet, evaluate=args.evaluate)
+    if metrics.get("kind") in ("tokens", "table"):
+        return _report_discrete_run(out, result, metrics)
     if result.interrupted:
         print(f"stopped at step {result.step} of {config.steps}; checkpoint saved. Resume with: flowmatch train --resume {out}")
         return 0
@@ -122,12 +134,30 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _report_discrete_run(out: str, result, metrics: dict[str, Any]) -> int:
+    stopped = f" (stopped at step {result.step} of {result.config.steps})" if result.interrupted else ""
+    line = f"wrote {out}{stopped}: loss {metrics['final_loss']:.4f}"
+    report = metrics.get("report")
+    if report and report["kind"] == "tokens":
+        b = report["bits_per_token"]
+        line += f", bits per token (bound) {b['value']:.3f} against the {b['ngram_order']}-gram model's {b['ngram_model']:.3f}"
+    elif report:
+        m = report["marginals"]
+        line += f", mean W1 {m['mean_w1']['value']:.3f} (test split {m['mean_w1']['reference']:.3f}), mean TV {m['mean_tv']['value']:.3f} ({m['mean_tv']['reference']:.3f})"
+    print(line + f", {metrics['train_seconds']:.1f} s")
+    return 0
+
+
 # -- sample --------------------------------------------------------------------------------------
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate samples from a run", description="Generate samples from a trained run.")
     p.add_argument("--run", required=True, help="run folder written by 'flowmatch train'")
     p.add_argument("-n", type=int, default=1000, help="number of samples (default: 1000)")
-    p.add_argument("--out", required=True, help="output file, .npy or .csv (data coordinates)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file: .npy or .csv (data coordinates); a table run: .csv; a tokens run: .txt (text) or .npy (token ids)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     _add_solver_flags(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -148,10 +178,23 @@ def _add_sample(sub) -> None:
         choices=PATHS,
         help="sample under this path's schedule instead of the one trained on (the velocity is rewritten; same endpoints for an exact field)",
     )
+    _add_discrete_flags(p)
     p.add_argument(
         "--precision", default="fp32", choices=PRECISIONS,
         help="precision of the network: bf16 runs it in bfloat16 (faster on CPUs and GPUs with bf16 units); the ODE state stays float32 (default: fp32)",
     )  # fmt: skip
+
+
+def _add_discrete_flags(p) -> None:
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="tokens and table runs: divide the posterior's logits by this (default: 1)"
+    )
+    p.add_argument(
+        "--corrector",
+        type=float,
+        default=0.0,
+        help="tokens and table runs: corrector strength alpha of the jump sampler (0 = none; default: 0)",
+    )
 
 
 def _label_list(text: str) -> list[int]:
@@ -201,6 +244,10 @@ def _cmd_sample(args) -> int:
     if not out.parent.is_dir():
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
     flow = load(args.run, device=str(resolve_device(args.device)))
+    if hasattr(flow, "kind"):
+        return _sample_discrete(args, flow, out)
+    if args.temperature != 1.0 or args.corrector:
+        raise FlowmatchError("--temperature and --corrector apply to tokens and table runs")
     labels = args.label or [None]
     rows = list(_condition_file(args.condition)) if args.condition else [None]
     parts = []
@@ -228,6 +275,33 @@ def _cmd_sample(args) -> int:
     which = f", labels {','.join(map(str, labels))} ({args.n} each, in that order)" if args.label else ""
     which += f", {len(rows)} condition rows ({args.n} each, in that order)" if args.condition else ""
     print(f"wrote {out}: shape {array.shape}{which}, solver {flow.resolve_sampler(args.solver, args.nfe)[0]}, NFE {result.nfe}")
+    return 0
+
+
+def _sample_discrete(args, flow, out: Path) -> int:
+    """A tokens run writes text (.txt) or token ids (.npy); a table run writes rows (.csv)."""
+    from flowmatch.discrete.training import format_texts
+
+    allowed = (".txt", ".npy") if flow.kind == "tokens" else (".csv",)
+    if out.suffix not in allowed:
+        raise FlowmatchError(f"a {flow.kind} run writes {' or '.join(allowed)}, not '{out.suffix}'")
+    if args.solver or args.grid != "uniform" or args.label or args.condition or args.trajectory or args.schedule or args.guidance != 1.0:
+        raise FlowmatchError(f"a {flow.kind} run samples with the jump sampler: give --nfe, --temperature, --corrector and --seed only")
+    nfe = args.nfe if args.nfe is not None else 64
+    x, tokens = flow.generate(args.n, nfe=nfe, temperature=args.temperature, corrector=args.corrector, seed=args.seed, progress=True)
+    if out.suffix == ".npy":
+        write_array(out, tokens.numpy())
+    elif out.suffix == ".txt":
+        texts = flow.decode(None, tokens)
+        if not isinstance(texts, list):
+            raise FlowmatchError("this run's tokens are ids without text: write them to a .npy file")
+        with atomic_file(out) as tmp:
+            tmp.write_text(format_texts(texts))
+    else:
+        from flowmatch.data.tables import write_table
+
+        write_table(flow.decode(x, tokens), out)
+    print(f"wrote {out}: {args.n} {'sequences' if flow.kind == 'tokens' else 'rows'}, jump sampler NFE {nfe}")
     return 0
 
 
@@ -294,6 +368,8 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--probes", type=int, default=1, help="Rademacher probes per point for Hutchinson (default: 1)")
     p.add_argument("--no-pictures", action="store_true", help="write report.json only")
+    _add_discrete_flags(p)
+    p.add_argument("--target", default=None, help="table runs: the column the ML-efficiency model predicts (default: the last categorical)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out draws, noise and probes (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -305,6 +381,8 @@ def _cmd_eval(args) -> int:
     from flowmatch.training.devices import resolve_device
 
     flow = load(args.run, device=str(resolve_device(args.device)))
+    if hasattr(flow, "kind"):
+        return _eval_discrete(args, flow)
     report = evaluate(
         flow,
         args.run,
@@ -327,6 +405,26 @@ def _cmd_eval(args) -> int:
     print(f"wrote {Path(args.run) / 'report.json'}")
     if report.get("memorisation", {}).get("warning"):
         print(f"flowmatch eval: {as_flags(report['memorisation']['warning'], build_parser())}", file=sys.stderr)
+    return 0
+
+
+def _eval_discrete(args, flow) -> int:
+    from flowmatch.discrete.training import data_from_config
+    from flowmatch.evaluation.discrete import evaluate_discrete, format_discrete_report
+    from flowmatch.storage import write_json
+
+    if args.n is not None and args.n < 1:
+        raise FlowmatchError(f"-n must be a positive integer, got {args.n}")
+    if args.nfe is not None and args.nfe < 1:
+        raise FlowmatchError(f"--nfe must be a positive integer, got {args.nfe}")
+    data = data_from_config(flow.config)
+    report = evaluate_discrete(
+        flow, data, quick=args.quick, n=args.n, nfe=args.nfe, temperature=args.temperature, corrector=args.corrector,
+        seed=args.seed, target=args.target, progress=not args.quiet,
+    )  # fmt: skip
+    write_json(Path(args.run) / "report.json", report)
+    print(format_discrete_report(report))
+    print(f"wrote {Path(args.run) / 'report.json'}")
     return 0
 
 

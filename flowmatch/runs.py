@@ -138,6 +138,12 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
         except (SafetensorError, OSError, ValueError) as exc:
             raise FlowmatchError(f"{folder / CHECKPOINT}: cannot read the weights (truncated or corrupt?): {exc}") from None
         where = folder / CHECKPOINT
+        if isinstance(meta, dict) and meta.get("kind") in ("tokens", "table"):  # a discrete or mixed flow
+            from flowmatch.discrete.flow import build_discrete_flow
+
+            if model is not None or source is not None:
+                raise FlowmatchError(f"'{folder}' holds a {meta['kind']} run: load it without model= or source=")
+            return build_discrete_flow(meta, state, config if isinstance(config, dict) else {}, where).to(device)  # type: ignore[return-value]
     else:
         where, tensors, state_meta = latest_state(folder)
         meta = state_meta.get("flow", {})

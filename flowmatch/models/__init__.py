@@ -11,6 +11,7 @@ _EXPORTS = {
     "Attention": "unet",
     "Downsample": "unet",
     "MLP": "mlp",
+    "MixedMLP": "mixed",
     "MODELS": "registry",
     "ResBlock": "unet",
     "SeedMLP": "mlp",

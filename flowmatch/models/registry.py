@@ -5,11 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.models.mixed import MixedMLP
 from flowmatch.models.mlp import MLP, SeedMLP
 from flowmatch.models.transformer import TokenTransformer
 from flowmatch.models.unet import UNet
 
-MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet, "transformer": TokenTransformer}
+MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet, "transformer": TokenTransformer, "mixed-mlp": MixedMLP}
 
 
 def build_model(name: str, dim: int, **options) -> nn.Module:

@@ -14,6 +14,10 @@ from flowmatch.paths.affine import PATHS
 TARGETS = ("auto", "conditional", "posterior")
 
 
+#: What a run learns: continuous rows, token sequences, or a mixed-type table.
+KINDS = ("auto", "continuous", "tokens", "table")
+
+
 #: The posterior target averages over (data point, source component) pairs: the first
 #: min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS / K) points of the global batch (and the pair's own), each
 #: with every one of the source's K components (one for N(0, I): the whole default batch of 512; 8
@@ -43,7 +47,18 @@ class TrainConfig:
     """Everything that defines a training run. Every field is also a ``flowmatch train`` flag."""
 
     # what to learn
-    data: str = _option("two-gaussians", "built-in data set name or a .npy/.npz/.csv file of shape (N, D)")
+    data: str = _option(
+        "two-gaussians",
+        "built-in data set name (a corpus: pydoc), or a file: .npy/.npz/.csv rows of shape (N, D), a .csv table with "
+        "categorical columns, a .txt text, a .npy of token ids (kind tokens)",
+    )
+    kind: str = _option(
+        "auto",
+        "what the data are: continuous rows, token sequences (discrete flow matching) or a mixed-type table (numeric columns "
+        "continuous, categorical columns discrete, one network); auto: tokens for text and corpora, table for a CSV with "
+        "text columns or empty cells, else continuous",
+        choices=KINDS,
+    )
     source: str = _option("gaussian", "distribution at t = 0: gaussian (N(0, I)) or a data set name or file")
     path: str = _option("linear", "probability path", choices=(*PATHS, "python"))
     sigma_min: float = _option(0.0, "noise floor of the gaussian path at t = 1", low=0.0, high=0.999)
@@ -66,8 +81,26 @@ class TrainConfig:
         choices=TARGETS,
     )
     distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
+    # discrete flow matching (kind tokens and table)
+    scheduler: str = _option("linear", "kappa_t of the discrete mixture path (tokens, table)", choices=("linear", "polynomial", "cosine"))
+    scheduler_exponent: float = _option(2.0, "n of the polynomial scheduler kappa_t = t^n", low=1e-3)
+    discrete_source: str = _option(
+        "mask", "source of the discrete mixture path: an absorbing mask token or uniform tokens", choices=("mask", "uniform")
+    )
+    discrete_loss: str = _option("cross-entropy", "loss of the discrete part", choices=("cross-entropy", "generalized-kl"))
+    seq_len: int = _option(128, "tokens per training sequence (kind tokens)", low=2)
+    heads: int = _option(4, "attention heads (transformer)", low=1)
+    missing: str = _option(
+        "model",
+        "empty cells of a table: model them (a missing category, or a mask for numbers) or refuse the file",
+        choices=("model", "refuse"),
+    )
     # model
-    model: str = _option("mlp", "velocity model (unet: images)", choices=("mlp", "seed-mlp", "unet", "python"))
+    model: str = _option(
+        "mlp",
+        "velocity model (unet: images; transformer: token sequences; mixed-mlp: tables; kind tokens and table pick theirs)",
+        choices=("mlp", "seed-mlp", "unet", "transformer", "mixed-mlp", "python"),
+    )
     width: int = _option(256, "hidden units per layer (mlp)", low=1)
     depth: int = _option(3, "hidden layers (mlp)", low=1)
     activation: str = _option("silu", "activation (mlp)", choices=("relu", "silu", "gelu", "tanh", "softplus"))
@@ -178,6 +211,44 @@ def _check_type(key: str, value: Any, type_name: str, source: str):
     if isinstance(value, float) and not math.isfinite(value):
         raise FlowmatchError(f"{source}: {key} must be finite, got {value}")
     return value
+
+
+#: Defaults of discrete runs, under a preset, a config file and flags: their networks and batches.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tokens": {
+        "model": "transformer",
+        "width": 128,
+        "depth": 4,
+        "batch_size": 64,
+        "batch_warmup": 0,
+        "lr": 1e-3,
+        "warmup": 200,
+        "grad_clip": 1.0,
+        "steps": 6000,
+        "val_every": 250,
+        "early_stop": 0,
+        "ema": 0.999,
+    },
+    "table": {
+        "model": "mixed-mlp",
+        "width": 256,
+        "depth": 3,
+        "batch_size": 256,
+        "batch_warmup": 0,
+        "lr": 2e-3,
+        "steps": 4000,
+        "val_every": 100,
+    },
+}
+
+
+def kind_defaults(kind: str, given: dict[str, Any]) -> dict[str, Any]:
+    """:data:`KIND_DEFAULTS` of ``kind`` for a run that sets ``given`` itself: a default warm-up is at most a
+    tenth of the given steps."""
+    values = dict(KIND_DEFAULTS.get(kind, {}))
+    if "warmup" in values and "steps" in given:
+        values["warmup"] = min(values["warmup"], int(given["steps"]) // 10)
+    return values
 
 
 PRESETS: dict[str, dict[str, Any]] = {

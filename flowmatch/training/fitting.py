@@ -10,7 +10,7 @@ import torch
 
 from flowmatch.errors import FlowmatchError
 from flowmatch.storage import write_json
-from flowmatch.training.config import TrainConfig, _posterior_obstacle
+from flowmatch.training.config import TrainConfig, _posterior_obstacle, kind_defaults
 from flowmatch.training.distributed import _distributed_env
 from flowmatch.training.loop import TrainResult, train
 
@@ -52,6 +52,22 @@ def fit(
     from flowmatch.training.inputs import split_objects
 
     given = {"model": model, "data": data, "path": path, "source": source}
+    if (
+        not resume
+        and isinstance(data, (str, type(None)))
+        and isinstance(model, (torch.nn.Module, type(None)))
+        and path is None
+        and source is None
+    ):
+        from flowmatch.discrete.training import fit_discrete, resolve_kind
+
+        probe = split_objects(config, overrides, **{**given, "model": None})[0]
+        kind = resolve_kind(probe)
+        if kind != "continuous":
+            if config is None:  # the kind's network and batches under what was given
+                base = TrainConfig.from_dict({**kind_defaults(kind, overrides), "kind": kind})
+                probe = split_objects(base, overrides, **{**given, "model": None})[0]
+            return fit_discrete(probe, out, model=model, force=force, progress=progress, evaluate=evaluate)  # type: ignore[return-value]
     if resume:
         if out is None:
             raise FlowmatchError("resume needs the run folder")

@@ -132,6 +132,13 @@ def train(
     from flowmatch.runs import build_flow, flow_meta
 
     config, objects = split_objects(config, overrides, resume=resume, model=model, data=data, path=path, source=source)
+    if objects.data is None and config.kind != "continuous":
+        from flowmatch.discrete.training import resolve_kind
+
+        if resolve_kind(config) != "continuous":
+            raise FlowmatchError(
+                f"data '{config.data}' is of kind {resolve_kind(config)}: train it with flowmatch.fit (or flowmatch.discrete.training.train_discrete)"
+            )
     world, rank, local_rank = _distributed_env()
     device = resolve_device(config.device, local_rank)
     own_group = world > 1 and not dist.is_initialized()  # a process group train() starts, it also ends
