@@ -2,7 +2,8 @@
 
 train_speed, peers (four tasks, three seeds, two processes: about 50 minutes on 2 cores), throughput,
 fewstep, and memorisation (seed 0: flowmatch before and after issue 17's defaults and ForestFlow on
-the finite sets, about 40 minutes); each prints its Markdown table and writes its results under ``bench/results/``. Everything
+the finite sets, about 40 minutes), tables (mixed-type tables against ForestFlow) and text (the built-in
+corpus); each prints its Markdown table and writes its results under ``bench/results/``. Everything
 runs on one thread per process (OMP_NUM_THREADS=1). fewstep runs with one seed here (its full
 three-seed run is about half an hour on its own: ``python -m bench.fewstep``); ``--quick`` runs the
 peers on two-gaussians with one seed.
@@ -22,7 +23,9 @@ import time  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="peers on two-gaussians with one seed")
-    parser.add_argument("--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,memorisation")
+    parser.add_argument(
+        "--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,memorisation,tables,text"
+    )
     args = parser.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
     started = time.perf_counter()
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # its full run (three seeds) is python -m bench.memorisation; seed 0 keeps its own result files
     stage("memorisation", lambda: memorisation.main(["--seeds", "0", "--out", "memorisation-seed0"]))
+    from bench import tables, text
+
+    stage("tables", tables.main)  # mixed-type tables against ForestFlow: about 20 minutes
+    stage("text", text.main)  # the pydoc corpus: about 10 minutes of training, then the NFE curve
     print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
 
 

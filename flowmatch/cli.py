@@ -235,8 +235,8 @@ def _cmd_sample(args) -> int:
     from flowmatch.training.devices import resolve_device
 
     out = Path(args.out)
-    if out.suffix not in (".npy", ".csv"):
-        raise FlowmatchError(f"output '{out}' must end in .npy or .csv")
+    if out.suffix not in (".npy", ".csv", ".txt"):
+        raise FlowmatchError(f"output '{out}' must end in .npy, .csv or .txt (a tokens run)")
     if args.trajectory and out.suffix != ".npy":
         raise FlowmatchError("--trajectory needs a .npy output")
     if out.exists() and not args.force:
@@ -246,6 +246,8 @@ def _cmd_sample(args) -> int:
     flow = load(args.run, device=str(resolve_device(args.device)))
     if hasattr(flow, "kind"):
         return _sample_discrete(args, flow, out)
+    if out.suffix == ".txt":
+        raise FlowmatchError(f"a continuous run writes .npy or .csv, not '{out.suffix}'")
     if args.temperature != 1.0 or args.corrector:
         raise FlowmatchError("--temperature and --corrector apply to tokens and table runs")
     labels = args.label or [None]
@@ -460,7 +462,24 @@ def _cmd_plot(args) -> int:
     flow = load(args.run, device=str(resolve_device(args.device)))  # a bad run folder is the first error
     if not out.parent.is_dir():
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
+    if hasattr(flow, "kind"):
+        return _plot_discrete(args, flow, out)
     picture(flow, args.what, out, n=args.n, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def _plot_discrete(args, flow, out: Path) -> int:
+    """A table run draws its columns' distributions (``--what samples``); a tokens run has no picture."""
+    if flow.kind != "table" or args.what != "samples":
+        raise FlowmatchError(f"a {flow.kind} run draws only --what samples (a table's columns); text is in samples.txt")
+    from flowmatch.discrete.training import data_from_config
+    from flowmatch.plots.tables import plot_table_marginals
+
+    data = data_from_config(flow.config)
+    plot_table_marginals(
+        flow.sample(min(args.n, 20_000), seed=args.seed), data.test, out, title=f"{flow.config['data']}: samples against the test split"
+    )
     print(f"wrote {out}")
     return 0
 

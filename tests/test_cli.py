@@ -34,7 +34,7 @@ def _bad_files(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     np.save(tmp_path / "nan.npy", np.array([[0.0, 1.0], [np.nan, 2.0]] * 5))
     np.save(tmp_path / "inf.npy", np.array([[0.0, 1.0], [np.inf, 2.0]] * 5))
-    (tmp_path / "text.csv").write_text("a,b\n1,2\n3,x\n5,6\n7,8\n9,10\n")
+    (tmp_path / "text.csv").write_text("1,2\n3,x\n5,6\n7,8\n9,10\n")
     np.save(tmp_path / "flat.npy", np.arange(10.0))
     return {
         "missing": (tmp_path / "nope.npy", "nope.npy"),

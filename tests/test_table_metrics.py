@@ -252,7 +252,7 @@ def test_table_report_on_a_mixed_frame_with_missing_cells():
     ml = report["ml_efficiency"]
     assert ml["target"] == "flag"  # the last categorical column
     assert math.isfinite(ml["synthetic"]) and math.isfinite(ml["real"])
-    assert report["n"] == {"synthetic": 500, "train": 600, "test": 400, "test_a": 200, "test_b": 200}
+    assert report["n"] == {"synthetic": 500, "scored_marginals": 200, "train": 600, "test": 400, "test_a": 200, "test_b": 200}
     # k misses about 10% of its cells on both sides: the shares differ by sampling only, sd
     # sqrt(0.09 / 500 + 0.09 / 200) = 0.025 (synthetic against test half A): 0.1 is 4 sd
     assert report["marginals"]["columns"]["k"]["missing"]["value"] < 0.1

@@ -1,5 +1,6 @@
 """Data: built-in 2-D sets (:mod:`.toy`), files (:mod:`.files`), images (:mod:`.images`), the
-standardisation (:mod:`.standardize`) and the finite :class:`Dataset` with its splits (:mod:`.dataset`).
+standardisation (:mod:`.standardize`) and the finite :class:`Dataset` with its splits (:mod:`.dataset`); token
+sequences and the built-in corpus (:mod:`.tokens`) and mixed-type tables (:mod:`.tables`).
 
 Names are imported from their modules on first use.
 """
@@ -11,6 +12,7 @@ _EXPORTS = {
     "BUILTIN_IMAGE_SETS": "images",
     "BUILTIN_NAMES": "toy",
     "Batch": "streams",
+    "CORPORA": "tokens",
     "Dataset": "dataset",
     "ENTROPY": "toy",
     "FILE_EXTENSIONS": "files",
@@ -26,6 +28,9 @@ _EXPORTS = {
     "Standardizer": "standardize",
     "Stream": "streams",
     "TABLE_NAMES": "toy",
+    "TableCodec": "tables",
+    "TokenData": "tokens",
+    "Vocabulary": "tokens",
     "as_source": "sources",
     "entropy": "toy",
     "has_log_prob": "toy",
@@ -39,7 +44,9 @@ _EXPORTS = {
     "load_image_set": "images",
     "load_labels": "files",
     "load_table": "files",
+    "load_tokens": "tokens",
     "log_prob": "toy",
+    "read_table": "tables",
     "sample_builtin": "toy",
     "source_from_config": "sources",
     "source_to_config": "sources",
@@ -47,5 +54,6 @@ _EXPORTS = {
     "stratified_split": "images",
     "to_model_scale": "images",
     "to_pixels": "images",
+    "write_table": "tables",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

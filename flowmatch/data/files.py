@@ -170,6 +170,21 @@ def _npz_key(path: str, keys: list[str]) -> str:
     raise FlowmatchError(f"{path}: several arrays ({', '.join(keys)}) and none named 'data' or 'x'; name the data array 'data'")
 
 
+def read_utf8(path: str | os.PathLike) -> str:
+    """A text file's contents; an unreadable file or bytes that are not UTF-8 are a FlowmatchError naming
+    the line (and the byte's column)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise FlowmatchError(f"{os.fspath(path)}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = data.count(b"\n", 0, exc.start) + 1, exc.start - data.rfind(b"\n", 0, exc.start)
+        raise FlowmatchError(f"{os.fspath(path)}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x} at column {column})") from None
+
+
 def _is_number(cell: str) -> bool:
     try:
         float(cell)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flowmatch.data.files import _is_number, read_utf8
 from flowmatch.errors import FlowmatchError
 from flowmatch.storage import atomic_file
 
@@ -41,16 +42,7 @@ def read_table(path: str | os.PathLike, *, missing: str = "model", max_categorie
     path = os.fspath(path)
     if missing not in MISSING_CHOICES:
         raise FlowmatchError(f"missing={missing!r}: choose one of {', '.join(MISSING_CHOICES)}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise FlowmatchError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
-        raise FlowmatchError(f"{path}: line {line} is not UTF-8 (byte 0x{data[e.start]:02x} at column {column})") from None
+    text = read_utf8(path)
     header, rows, lines = _split_rows(path, text.removeprefix("\ufeff"))
     frame = pd.DataFrame({name: _parse_column([row[j] for row in rows]) for j, name in enumerate(header)})
     for name in header:
@@ -77,26 +69,15 @@ def read_table(path: str | os.PathLike, *, missing: str = "model", max_categorie
 
 
 def looks_mixed(path: str | os.PathLike) -> bool:
-    """Whether a CSV file is a mixed-type table: a text column or an empty cell (a file of numbers only is
-    continuous rows). A file read_table refuses is a table's error only where its first line is not all
-    numbers (a header-less numeric file is the continuous reader's to read)."""
-    try:
-        frame = read_table(path)
-    except FlowmatchError:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            first = next(csv.reader(f), [])
-        if first and all(_is_number(cell) for cell in first):
-            return False
-        raise
-    return any(not pd.api.types.is_numeric_dtype(frame[c].dtype) for c in frame) or bool(frame.isna().any().any())
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
+    """Whether a CSV file is a mixed-type table: a header, and a text column or an empty cell (a file of
+    numbers only is continuous rows). A first line of numbers is data, not a header: such a file is the
+    continuous reader's to read (and to refuse with its own message)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = next(csv.reader(f), [])
+    if first and all(_is_number(cell) for cell in first):
         return False
-    return True
+    frame = read_table(path)
+    return any(not pd.api.types.is_numeric_dtype(frame[c].dtype) for c in frame) or bool(frame.isna().any().any())
 
 
 def _split_rows(path: str, text: str) -> tuple[list[str], list[list[str]], list[int]]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowmatch.data.files import read_utf8
 from flowmatch.errors import FlowmatchError
 
 #: Built-in corpora by name.
@@ -108,23 +109,10 @@ def load_tokens(name: str) -> TokenData:
         raise FlowmatchError(f"{name}: no such file (token data are a .txt file, a .npy array of token ids, or: {', '.join(CORPORA)})")
     ext = os.path.splitext(name)[1].lower()
     if ext == ".txt":
-        return _from_text(name, _read_text(name))
+        return _from_text(name, read_utf8(name))
     if ext == ".npy":
         return _from_ids(name, _read_ids(name))
     raise FlowmatchError(f"{name}: token data must be a .txt file or a .npy array of token ids, not '{ext}'")
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise FlowmatchError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise FlowmatchError(f"{path}: line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x})") from None
 
 
 def _read_ids(path: str) -> np.ndarray:

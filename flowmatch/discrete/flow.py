@@ -68,7 +68,8 @@ class DiscreteFlow:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
         generator = torch.Generator().manual_seed(seed if seed is not None else 0)
-        xs, ts = [], []
+        xs: list[torch.Tensor] = []
+        ts: list[torch.Tensor] = []
         device = self.device
         with torch.no_grad():
             for start in range(0, n, batch_size):
@@ -84,7 +85,8 @@ class DiscreteFlow:
                     fn, tokens0, self.path, x0=x0, nfe=nfe, temperature=temperature, generator=generator,
                     corrector=corrector, progress=progress,
                 )  # fmt: skip
-                xs.append(x)
+                if x is not None:
+                    xs.append(x)
                 ts.append(tokens)
         return (None if self.dim == 0 else torch.cat(xs)), torch.cat(ts)
 
@@ -126,7 +128,7 @@ class DiscreteFlow:
                     x_t = self.path.sample(x1, t, generator)
                     logits = self.predict(None, x_t.to(device), t.float().to(device))[1].float().cpu()
                     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x1, reduction="none")  # (n, L)
-                    masked = (x_t == self.path.mask).to(torch.float64)
+                    masked = x_t.eq(self.path.vocab_size).to(torch.float64)  # at the mask
                     weight = self.path.jump_rate(t)
                     total += float((weight * (masked * nll.double()).sum(1)).sum()) / times
         return total / tokens.numel()

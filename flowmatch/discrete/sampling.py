@@ -4,7 +4,9 @@ From t to t + h each position's token z jumps with probability
 
     lambda = (kappa_{t+h} - kappa_t) / (1 - kappa_t)
 
-to a token drawn from the posterior p_{1|t}(. | x_t) (which may be z itself), and stays otherwise. To
+to a token drawn from the posterior p_{1|t}(. | x_t) (which may be z itself), and stays otherwise (with
+the masked source only masked positions jump: the exact posterior of a revealed token is that token, and
+a learned one that leaks a little mass elsewhere would otherwise rewrite finished tokens). To
 first order in h this is the Euler step delta_z + h u_t(., z) of the probability velocity
 (:mod:`flowmatch.discrete.paths`); it is exact for the mixture path when the posterior is exact, and its
 last step (kappa = 1) leaves no position at the source. One posterior call per step: ``nfe`` steps,
@@ -121,6 +123,8 @@ def _jump(tokens, logits, path: MixturePath, t, s, temperature: float, alpha: fl
     probs = torch.softmax(logits / temperature, dim=-1)
     drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(tokens.shape)
     k_t, k_s = path.scheduler.kappa(t), path.scheduler.kappa(s)
+    if path.mask is not None:  # the posterior of a revealed token is that token: only masked positions move forward
+        drawn = torch.where(tokens == path.mask, drawn, tokens)
     if alpha == 0.0:
         jump = float((k_s - k_t) / (1 - k_t)) if k_t < 1 else 1.0
         moves = torch.rand(tokens.shape, generator=generator, dtype=torch.float64) < jump

@@ -13,7 +13,7 @@
 
 **Tables**: :func:`flowmatch.evaluation.tables.table_report` (per-column marginals, pairwise associations,
 machine-learning efficiency, memorisation; each beside the test split's own), on ``draws`` generated sets
-of the test split's size; a figure is the median over the draws, so the luck of one draw does not move it.
+of the training split's size; a figure is the median over the draws, so the luck of one draw does not move it.
 """
 
 from __future__ import annotations
@@ -96,15 +96,15 @@ def evaluate_table(
     flow, data, *, quick: bool = False, draws: int | None = None, nfe: int | None = None, temperature: float = 1.0,
     corrector: float = 0.0, seed: int = 0, target: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """:func:`flowmatch.evaluation.tables.table_report` of ``draws`` generated sets (each the test split's
-    size), the median of each figure, with the generated sets' spread."""
+    """:func:`flowmatch.evaluation.tables.table_report` of ``draws`` generated sets (each the training split's
+    size: the ML-efficiency model fits on as many rows as its real twin), the median of each figure."""
     from flowmatch.evaluation.tables import table_report
 
     draws = draws if draws is not None else (1 if quick else 3)
     nfe = nfe if nfe is not None else 64
     reports = []
     for k in range(draws):
-        synthetic = flow.sample(len(data.test), nfe=nfe, temperature=temperature, corrector=corrector, seed=seed + 17 * k)
+        synthetic = flow.sample(len(data.train), nfe=nfe, temperature=temperature, corrector=corrector, seed=seed + 17 * k)
         reports.append(table_report(synthetic, data.train, data.test, target=target, seed=seed))
     report = _median_report(reports)
     report.update(kind="table", draws=draws, sampler={"nfe": nfe, "temperature": temperature, "corrector": corrector})

@@ -227,6 +227,16 @@ def _trajectory(flow, n: int, seed: int):
     return gen.trajectory, gen.times
 
 
+def _evaluate_discrete(flow, run_dir, *, quick: bool, n, nfe, seed: int) -> dict[str, Any]:
+    from flowmatch.discrete.training import data_from_config
+    from flowmatch.evaluation.discrete import evaluate_discrete
+
+    report = evaluate_discrete(flow, data_from_config(flow.config), quick=quick, n=n, nfe=nfe, seed=seed)
+    if run_dir is not None:
+        write_json(Path(run_dir) / "report.json", report)
+    return report
+
+
 def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, sweep=None, seed: int = 0, progress: bool = False) -> Path:
     """Draw one picture ``what`` (a :data:`PICTURES` key) of ``flow`` to ``out``.
 
@@ -408,7 +418,13 @@ def evaluate(
     ``sweep`` and ``pictures`` on / off. Samples for the metrics come from ``solver`` at ``nfe``
     (default: the flow's own sampler, :meth:`flowmatch.flow.Flow.resolve_sampler`).
     Returns the report (see the module docstring).
+
+    A discrete or mixed flow (:class:`~flowmatch.discrete.flow.DiscreteFlow`) gets the report of
+    :func:`flowmatch.evaluation.discrete.evaluate_discrete` on its run's data (``quick``, ``n``, ``nfe``
+    and ``seed`` apply), written to ``run_dir`` as report.json.
     """
+    if hasattr(flow, "kind") and hasattr(flow, "nll_bound"):
+        return _evaluate_discrete(flow, run_dir, quick=quick, n=n, nfe=nfe, seed=seed)
     started = time.perf_counter()
     solver, nfe = flow.resolve_sampler(solver, nfe)
     defaults = QUICK if quick else FULL

@@ -498,10 +498,16 @@ def table_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFram
     "associations": {"value", "reference"}, "ml_efficiency": ml_efficiency's dict (None for a
     one-column table), "memorisation": memorisation_share's dict, "n": {"synthetic", "train", "test",
     "test_a", "test_b"}}``. Means over no columns of a kind are NaN.
+
+    The marginals and associations score the first |B| synthetic rows (as many as the reference has:
+    more rows would score below the reference's finite-sample floor); ML efficiency trains on all of
+    them (give as many as there are training rows, so that both models fit on sets of one size) and
+    memorisation scores all of them.
     """
     train, synthetic, test = _frames(train, "train", synthetic=synthetic, test=test)
     kinds = _kinds(train)
     a, b = split_test(test, seed)
+    full, synthetic = synthetic, synthetic.iloc[: len(b)]
     value = _marginals(synthetic, a, kinds)
     reference = _marginals(b, a, kinds)
     columns = {
@@ -522,9 +528,16 @@ def table_report(synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFram
     return {
         "marginals": {"columns": columns, "mean_w1": mean_of("W1"), "mean_tv": mean_of("TV")},
         "associations": {"value": _association_distance(synthetic, a, kinds), "reference": _association_distance(b, a, kinds)},
-        "ml_efficiency": _ml_efficiency(synthetic, train, test, kinds, target, seed) if len(kinds) > 1 else None,
-        "memorisation": _memorisation(synthetic, train, test, kinds),
-        "n": {"synthetic": len(synthetic), "train": len(train), "test": len(test), "test_a": len(a), "test_b": len(b)},
+        "ml_efficiency": _ml_efficiency(full, train, test, kinds, target, seed) if len(kinds) > 1 else None,
+        "memorisation": _memorisation(full, train, test, kinds),
+        "n": {
+            "synthetic": len(full),
+            "scored_marginals": len(synthetic),
+            "train": len(train),
+            "test": len(test),
+            "test_a": len(a),
+            "test_b": len(b),
+        },
     }
 
 

@@ -49,6 +49,7 @@ class MixedMLP(nn.Module):
         self.dim, self.vocab_sizes, self.time_dim = dim, sizes, time_dim
         self.states = max(sizes) + 1  # the mask is max(sizes)
         self.tokens = nn.Embedding(len(sizes) * self.states, embed)
+        self.offsets: torch.Tensor
         self.register_buffer("offsets", torch.arange(len(sizes)) * self.states, persistent=False)
         self.x_in = nn.Linear(dim + len(sizes) * embed, width)
         self.t_in = nn.Sequential(nn.Linear(time_dim, width), ACTIVATIONS[activation](), nn.Linear(width, width))
@@ -60,6 +61,8 @@ class MixedMLP(nn.Module):
         valid = torch.zeros(len(sizes), max(sizes), dtype=torch.bool)
         for j, v in enumerate(sizes):
             valid[j, :v] = True
+        self.valid: torch.Tensor
+        self.scatter: torch.Tensor
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("scatter", valid.reshape(-1).nonzero().squeeze(1), persistent=False)
 

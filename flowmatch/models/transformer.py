@@ -1,6 +1,6 @@
 """A small transformer over token sequences: the posterior p_{1|t}(x1 | x_t) of discrete flow matching.
 
-    tokens x_t (B, L) in {0, ..., states - 1} -> embedding + learned positions + a time embedding
+    tokens x_t (B, L) in {0, ..., states - 1} -> embedding + positions (fixed sinusoids + learned) + a time embedding
     -> ``depth`` pre-norm encoder blocks (``heads`` heads, no causal mask: every position sees all)
     -> LayerNorm -> Linear -> logits (B, L, vocab_size) over the data tokens.
 
@@ -38,6 +38,8 @@ class TokenTransformer(nn.Module):
         self.time_dim = time_dim
         self.tokens = nn.Embedding(states, width)
         self.positions = nn.Parameter(torch.zeros(dim, width))
+        self.sinusoid: torch.Tensor
+        self.register_buffer("sinusoid", _sinusoid(dim, width), persistent=False)
         self.time = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
         layer = nn.TransformerEncoderLayer(
             width, heads, dim_feedforward=4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
@@ -47,5 +49,18 @@ class TokenTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         t = time_column(t, self.positions).expand(len(x), 1)
-        h = self.tokens(x) + self.positions[: x.shape[1]] + self.time(sinusoidal_embedding(t, self.time_dim))[:, None]
+        places = self.positions[: x.shape[1]] + self.sinusoid[: x.shape[1]]
+        h = self.tokens(x) + places + self.time(sinusoidal_embedding(t, self.time_dim))[:, None]
         return self.out(self.blocks(h))
+
+
+def _sinusoid(length: int, width: int) -> torch.Tensor:
+    """The fixed sinusoidal position code of Vaswani et al., sin / cos of i / 10000^(2k / width), on the scale
+    of the N(0, 1) token embeddings: attention reads relative places from it from the first step, where a
+    learned code alone starts equal at every place (and a masked position would have nothing to ask by)."""
+    place = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(-torch.arange(0, width, 2, dtype=torch.float32) * (torch.log(torch.tensor(10_000.0)) / width))
+    code = torch.zeros(length, width)
+    code[:, 0::2] = torch.sin(place * freq)
+    code[:, 1::2] = torch.cos(place * freq[: width // 2])
+    return code

@@ -46,6 +46,11 @@ def fit(
     Metrics: the mean loss over the last 100 steps; exact W2 between ``n_eval`` rk4 (NFE 100)
     samples (a distilled student: Euler at its ``distill_nfe``) and ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws
     of the same size. Held-out sets smaller than 2 * n_eval are split in two halves.
+
+    Token sequences and mixed-type tables (``kind`` tokens or table, or ``auto`` on a .txt file, the
+    built-in corpus, or a CSV with text columns or empty cells) train by discrete flow matching:
+    :func:`flowmatch.discrete.training.fit_discrete`, with the kind's defaults under what is given; it
+    returns a :class:`~flowmatch.discrete.training.DiscreteResult` and its metrics.
     """
     from flowmatch.plots.figures import plot_samples
     from flowmatch.runs import check_writable_run
