@@ -1,0 +1,177 @@
+"""Riemannian flow matching: the tangent-valued model, its loss, and a flow that samples and scores.
+
+**Model.** A network reads the manifold's features of a point (:meth:`Manifold.features`: the
+coordinates on a sphere, [cos, sin] of the angles on a torus, the rotation matrix for SO(3)) and the time,
+and outputs ``manifold.output_dim`` numbers that :meth:`Manifold.to_tangent` turns into a tangent
+vector at the point (the orthogonal projection for spheres and R^d, the output itself for the torus,
+q (0, omega) for SO(3)). :class:`TangentModel` does this for any ``net(features, t)``;
+:class:`FeatureMLP` is a small such network (the package's :class:`flowmatch.models.MLP` has one width
+for its input and output, which differ here).
+
+**Loss.** With the geodesic path x_t = exp_{x0}(kappa_t log_{x0}(x1)) and its velocity u_t
+(:class:`flowmatch.manifolds.GeodesicPath`), the Riemannian conditional flow matching loss is
+
+    L = E_{t, x0, x1} |v_theta(x_t, t) - u_t|^2_{g(x_t)},
+
+and for these manifolds the metric g is the ambient Euclidean inner product of tangent vectors, so the
+norm is the plain norm of the (n, ambient_dim) rows. Its minimiser over fields is the marginal
+velocity, whose flow carries the source distribution to the data (Chen & Lipman 2024).
+
+**Flow.** :class:`RiemannianFlow` holds a model, a manifold and a path: ``loss`` for training,
+``generate`` to integrate from the source (uniform by default) with :func:`integrate_manifold`, and
+``log_prob`` for the density w.r.t. the Riemannian volume by :func:`manifold_log_prob`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from flowmatch.errors import FlowmatchError
+from flowmatch.manifolds.likelihood import manifold_log_prob
+from flowmatch.manifolds.manifolds import Manifold
+from flowmatch.manifolds.paths import GeodesicPath
+from flowmatch.manifolds.solvers import integrate_manifold
+from flowmatch.models.mlp import ACTIVATIONS, sinusoidal_embedding, time_column
+
+Source = torch.Tensor | Callable[[int, torch.Generator | None], torch.Tensor] | None
+
+
+class FeatureMLP(nn.Module):
+    """net(f, t): h = act(W_f f + W_t emb(t)), then (depth - 1) x [Linear(width, width), act], then
+    Linear(width, out_dim); emb is the sinusoidal time embedding of :mod:`flowmatch.models.mlp` through a
+    learned projection. t is a number, a 0-dim tensor or a (batch,) tensor."""
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 128, depth: int = 3, activation: str = "silu", time_dim: int = 32):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise FlowmatchError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
+        if min(in_dim, out_dim, width, depth) < 1 or time_dim < 2 or time_dim % 2:
+            raise FlowmatchError(f"model sizes must be positive (time_dim even): width={width}, depth={depth}, time_dim={time_dim}")
+        self.config = {"name": "feature-mlp", "width": width, "depth": depth, "activation": activation, "time_dim": time_dim}
+        self.time_dim = time_dim
+        self.f_in = nn.Linear(in_dim, width)
+        self.t_in = nn.Sequential(nn.Linear(time_dim, width), ACTIVATIONS[activation](), nn.Linear(width, width))
+        layers: list[nn.Module] = [ACTIVATIONS[activation]()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(width, width), ACTIVATIONS[activation]()]
+        layers.append(nn.Linear(width, out_dim))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, f: torch.Tensor, t) -> torch.Tensor:
+        emb = sinusoidal_embedding(time_column(t, f), self.time_dim)
+        return self.body(self.f_in(f) + self.t_in(emb))
+
+
+class TangentModel(nn.Module):
+    """v(x, t) = manifold.to_tangent(x, net(manifold.features(x), t)): a velocity field tangent to the manifold.
+
+    ``net`` maps (n, manifold.feature_dim) features and times to (n, manifold.output_dim) outputs
+    (ambient_dim for spheres and R^d, dim for the torus, 3 for SO(3)).
+    """
+
+    def __init__(self, net: nn.Module, manifold: Manifold):
+        super().__init__()
+        if not isinstance(manifold, Manifold):
+            raise FlowmatchError(f"a TangentModel needs a Manifold, got {type(manifold).__name__}")
+        self.net = net
+        self.manifold = manifold
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        out = self.net(self.manifold.features(x), t)
+        if out.shape != (x.shape[0], self.manifold.output_dim):
+            raise FlowmatchError(
+                f"the network must output shape (n, {self.manifold.output_dim}) on {self.manifold.label}, got {tuple(out.shape)}"
+            )
+        return self.manifold.to_tangent(x, out)
+
+
+def tangent_mlp(manifold: Manifold, **options) -> TangentModel:
+    """A :class:`TangentModel` around a :class:`FeatureMLP` of the manifold's feature and output widths
+    (``options``: width, depth, activation, time_dim)."""
+    return TangentModel(FeatureMLP(manifold.feature_dim, manifold.output_dim, **options), manifold)
+
+
+def riemannian_loss(model: Callable, path: GeodesicPath, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """mean_i |model(x_t, t)_i - u_t,i|^2 over the batch, for (x_t, u_t) on ``path`` between x0 and x1 at times t (n,).
+
+    The squared norm is the ambient Euclidean one of tangent vectors at x_t, which is the Riemannian
+    metric of these manifolds (induced by the embedding, or flat for the torus).
+    """
+    sample = path.sample(x0, x1, t)
+    pred = model(sample.x_t, sample.t)
+    if pred.shape != sample.velocity.shape:
+        raise FlowmatchError(f"the model returned shape {tuple(pred.shape)} for points of shape {tuple(sample.x_t.shape)}")
+    return (pred - sample.velocity).pow(2).sum(dim=1).mean()
+
+
+class RiemannianFlow:
+    """A velocity model on a manifold with its geodesic path: train with :meth:`loss`, sample with
+    :meth:`generate`, score with :meth:`log_prob`. The source is the uniform distribution unless given.
+
+    The model's first parameter fixes the device and dtype of generated points (CPU float32 without parameters).
+    """
+
+    def __init__(self, model: Callable, manifold: Manifold, path: GeodesicPath | None = None):
+        if not isinstance(manifold, Manifold):
+            raise FlowmatchError(f"a RiemannianFlow needs a Manifold, got {type(manifold).__name__}")
+        self.model = model
+        self.manifold = manifold
+        self.path = path if path is not None else GeodesicPath(manifold)
+
+    def _placement(self) -> tuple[torch.device, torch.dtype]:
+        params = list(self.model.parameters()) if isinstance(self.model, nn.Module) else []
+        if params:
+            return params[0].device, params[0].dtype
+        return torch.device("cpu"), torch.float32
+
+    def _source(self, n: int, generator: torch.Generator | None, source: Source) -> torch.Tensor:
+        device, dtype = self._placement()
+        if source is None:
+            x0 = self.manifold.random_uniform(n, generator, dtype=dtype)
+        elif callable(source):
+            x0 = source(n, generator)
+        else:
+            x0 = source
+        x0 = self.manifold.check(x0, "source points").to(device=device, dtype=dtype)
+        if x0.shape[0] != n:
+            raise FlowmatchError(f"the source gave {x0.shape[0]} points for {n} samples")
+        return x0
+
+    def loss(self, x1: torch.Tensor, generator: torch.Generator | None = None, source: Source = None) -> torch.Tensor:
+        """The Riemannian flow matching loss on a batch of data points x1, with x0 from the source
+        (independent coupling) and t ~ U[0, 1), both drawn with ``generator`` (None: torch's global generator)."""
+        x1 = self.manifold.check(x1, "data points")
+        x0 = self._source(x1.shape[0], generator, source).to(device=x1.device, dtype=x1.dtype)
+        t = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype).to(x1.device)
+        return riemannian_loss(self.model, self.path, x0, x1, t)
+
+    def generate(self, n: int, solver: str = "rk4", nfe: int = 64, seed: int = 0, source: Source = None) -> torch.Tensor:
+        """n samples at t = 1 in canonical form, integrated from source points at t = 0.
+
+        ``source`` is None (uniform), a tensor of n points, or ``f(n, generator)`` returning n points;
+        randomness comes from a generator seeded with ``seed``.
+        """
+        x0 = self._source(n, torch.Generator().manual_seed(seed), source)
+        with torch.no_grad():
+            sol = integrate_manifold(self.model, x0, self.manifold, solver=solver, nfe=nfe)
+        return self.manifold.canonical(sol.x)
+
+    def log_prob(
+        self,
+        x: torch.Tensor,
+        *,
+        solver: str = "rk4",
+        nfe: int = 64,
+        probes: int = 0,
+        seed: int = 0,
+        base_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """log p_1(x) per row w.r.t. the Riemannian volume (see :func:`manifold_log_prob`); the source
+        density is uniform unless ``base_log_prob`` is given."""
+        device, dtype = self._placement()
+        x = self.manifold.check(x, "points").to(device=device, dtype=dtype)
+        base = base_log_prob if base_log_prob is not None else self.manifold.uniform_log_prob
+        return manifold_log_prob(self.model, x, self.manifold, base_log_prob=base, solver=solver, nfe=nfe, probes=probes, seed=seed)
