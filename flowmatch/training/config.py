@@ -238,7 +238,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_warmup": 0,
         "lr": 2e-3,
         "steps": 4000,
-        "val_every": 100,
+        "val_every": 50,
     },
 }
 
