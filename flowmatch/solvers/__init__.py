@@ -1,5 +1,6 @@
 """ODE solvers for dx/dt = v(x, t): fixed-step Runge-Kutta tableaus (:mod:`.tableaus`) on time grids
-(:mod:`.grids`), and torchdiffeq's adaptive solvers, behind one :func:`integrate` (:mod:`.integrate`).
+(:mod:`.grids`), and torchdiffeq's adaptive solvers, behind one :func:`integrate` (:mod:`.integrate`);
+the Euler-Maruyama sampler with the ODE's marginals for Gaussian paths (:mod:`.sde`).
 
 Names are imported from their modules on first use.
 """
@@ -18,6 +19,8 @@ _EXPORTS = {
     "Tableau": "tableaus",
     "Velocity": "integration",
     "integrate": "integration",
+    "score_from_velocity": "sde",
+    "sde_sample": "sde",
     "steps_for": "tableaus",
     "time_grid": "grids",
 }
