@@ -251,6 +251,7 @@ class Flow:
         x0: torch.Tensor | None = None,
         grad: bool = False,
         schedule=None,
+        noise: float = 0.0,
     ) -> Samples:
         """Integrate n noise samples from t = 0 to t = 1; the result is in data coordinates.
 
@@ -286,8 +287,15 @@ class Flow:
         ``grad=True`` keeps the result in the autograd graph of ``x0`` and of the model's parameters
         (backpropagation through every solver step; with ``with_log_prob``, through the divergence
         too): for a loss on the samples, or d x1 / d x0. Without it the solve records no graph.
+
+        ``noise > 0`` samples the SDE with the ODE's marginals instead (:mod:`flowmatch.solvers.sde`:
+        Euler-Maruyama with diffusion g_t^2 = noise sigma_t, ``nfe`` steps on the uniform grid; the
+        N(0, I) source and a Gaussian path); ``noise = 0`` is the ODE.
         """
         _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad)
+        if noise:
+            self._check_sde(noise, solver, grid, schedule, with_log_prob)
+            solver = "euler"
         solver, nfe = self.resolve_sampler(solver, nfe)
         with torch.set_grad_enabled(grad):  # no graph unless asked for
             if self.device.type == "cpu":
@@ -314,6 +322,13 @@ class Flow:
                     velocity, x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
                     generator=generator, return_trajectory=return_trajectory, progress=progress, grad=grad,
                 )  # fmt: skip
+            elif noise:
+                from flowmatch.solvers.sde import sde_sample
+
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    solution = sde_sample(  # type: ignore[assignment]
+                        velocity, x0, self.path, nfe=nfe, noise=noise, generator=generator, return_trajectory=return_trajectory
+                    )
             else:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     solution = integrate(  # type: ignore[assignment]  # a Solution: x, nfe, times, trajectory
@@ -337,6 +352,17 @@ class Flow:
                 trajectory=trajectory,
                 log_prob=solution.log_prob + self.standardizer.log_abs_det() if with_log_prob else None,
             )
+
+    def _check_sde(self, noise, solver, grid, schedule, with_log_prob) -> None:
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
+            raise FlowmatchError(f"noise must be a finite number >= 0, got {noise!r}")
+        if solver not in (None, "euler"):
+            raise FlowmatchError(f"the stochastic sampler (noise > 0) is Euler-Maruyama; solver {solver} is an ODE solver")
+        if grid != "uniform" or schedule is not None or with_log_prob:
+            raise FlowmatchError("the stochastic sampler (noise > 0) takes the uniform grid, the trained schedule and no log-density")
+        self._require_gaussian_source()
+        if self.path.bridge_sigma > 0:
+            raise FlowmatchError("the stochastic sampler needs a Gaussian path; this flow's path has bridge noise")
 
     def _start(self, n: int, x0: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
         """The starting points: ``x0`` as given (checked), or n draws of the source; in the model's dtype."""
