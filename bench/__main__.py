@@ -2,8 +2,9 @@
 
 train_speed, peers (four tasks, three seeds, two processes: about 50 minutes on 2 cores), throughput,
 fewstep, and memorisation (seed 0: flowmatch before and after issue 17's defaults and ForestFlow on
-the finite sets, about 40 minutes), tables (mixed-type tables against ForestFlow) and text (the built-in
-corpus); each prints its Markdown table and writes its results under ``bench/results/``. Everything
+the finite sets, about 40 minutes), tables (mixed-type tables against ForestFlow), text (the built-in
+corpus) and manifolds (Riemannian flow matching against Meta's flow_matching and the Euclidean flow,
+about 17 minutes); each prints its Markdown table and writes its results under ``bench/results/``. Everything
 runs on one thread per process (OMP_NUM_THREADS=1). fewstep runs with one seed here (its full
 three-seed run is about half an hour on its own: ``python -m bench.fewstep``); ``--quick`` runs the
 peers on two-gaussians with one seed.
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="peers on two-gaussians with one seed")
     parser.add_argument(
-        "--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,memorisation,tables,text"
+        "--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,memorisation,tables,text,manifolds"
     )
     args = parser.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     stage("tables", tables.main)  # mixed-type tables against ForestFlow: about 20 minutes
     stage("text", text.main)  # the pydoc corpus: about 10 minutes of training, then the NFE curve
+    from bench import manifolds
+
+    stage("manifolds", manifolds.main)  # Riemannian flow matching against Meta's: about 17 minutes
     print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
 
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from flowmatch.discrete.training import resolve_kind
 from flowmatch.errors import FlowmatchError
 from flowmatch.flow import PRECISIONS
+from flowmatch.manifolds.flow import RiemannianFlow
 from flowmatch.paths.affine import PATHS
 from flowmatch.solvers.grids import time_grid
 from flowmatch.solvers.tableaus import SOLVERS
 from flowmatch.storage import atomic_file
-from flowmatch.training.config import PRESETS, TrainConfig, kind_defaults
+from flowmatch.training.config import PRESETS, TrainConfig, kind_defaults, resolve_kind
 from flowmatch.training.fitting import fit, resume_config
 
 
@@ -90,7 +90,7 @@ def _cmd_train(args) -> int:
             raise FlowmatchError("--resume continues a run with its saved config; only --steps may be given with it")
         out = args.resume
         config = resume_config(Path(out), None)
-        if config.kind in ("tokens", "table"):
+        if config.kind in ("tokens", "table", "manifold"):
             raise FlowmatchError(f"'{out}' is a {config.kind} run, which cannot be resumed yet: train it again with more steps")
         if "steps" in flags:
             config = TrainConfig.from_dict({**config.to_dict(), "steps": flags["steps"]}, source="flags")
@@ -117,6 +117,8 @@ def _cmd_train(args) -> int:
     result, metrics = fit(config, out=out, force=args.force, resume=bool(args.resume), progress=not args.quiet, evaluate=args.evaluate)
     if metrics.get("kind") in ("tokens", "table"):
         return _report_discrete_run(out, result, metrics)
+    if metrics.get("kind") == "manifold":
+        return _report_manifold_run(out, result, metrics)
     if result.interrupted:
         print(f"stopped at step {result.step} of {config.steps}; checkpoint saved. Resume with: flowmatch train --resume {out}")
         return 0
@@ -148,6 +150,22 @@ def _report_discrete_run(out: str, result, metrics: dict[str, Any]) -> int:
     return 0
 
 
+def _report_manifold_run(out: str, result, metrics: dict[str, Any]) -> int:
+    stopped = f" (stopped at step {result.step} of {result.config.steps})" if result.interrupted else ""
+    line = f"wrote {out}{stopped}: loss {metrics['final_loss']:.4f}"
+    if "w2" in metrics:
+        line += f", geodesic W2 {metrics['w2']:.4f} (floor {metrics['w2_floor']:.4f})"
+    if "nll" in metrics:
+        line += f", NLL {metrics['nll']:.3f} nats"
+        if "entropy_reference" in metrics:
+            line += f" (entropy {metrics['entropy_reference']:.3f})"
+    on = metrics.get("on_manifold")
+    if on and on["projected"]:
+        line += f", mean distance off the manifold {on['mean_distance']:.3g} (projected)"
+    print(line + f", {metrics['train_seconds']:.1f} s")
+    return 0
+
+
 # -- sample --------------------------------------------------------------------------------------
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate samples from a run", description="Generate samples from a trained run.")
@@ -156,7 +174,9 @@ def _add_sample(sub) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output file: .npy or .csv (data coordinates); a table run: .csv; a tokens run: .txt (text) or .npy (token ids)",
+        help="output file: .npy or .csv (data coordinates); a table run: .csv; a tokens run: .txt (text) or .npy (token ids); "
+        "a manifold run: .npy (ambient coordinates: unit vectors, angles in radians, quaternions w,x,y,z) or .csv (sphere: "
+        "lat,lon in degrees, or the run's --units; torus: angles in the run's units; so3: w,x,y,z; with a header)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     _add_solver_flags(p)
@@ -215,7 +235,13 @@ def _grid(text: str) -> str:
 
 
 def _add_solver_flags(p) -> None:
-    p.add_argument("--solver", default=None, choices=SOLVERS, help="ODE solver (default: rk4; a distilled student: euler)")
+    p.add_argument(
+        "--solver",
+        default=None,
+        choices=SOLVERS,
+        help="ODE solver (default: rk4; a distilled student: euler; a manifold run: euler, midpoint, heun or rk4, "
+        "stepping through the exponential map)",
+    )
     p.add_argument(
         "--nfe", type=int, default=None, help="velocity evaluations for fixed-step solvers (default: 100; a distilled student: its own)"
     )
@@ -244,6 +270,8 @@ def _cmd_sample(args) -> int:
     if not out.parent.is_dir():
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
     flow = load(args.run, device=str(resolve_device(args.device)))
+    if isinstance(flow, RiemannianFlow):
+        return _sample_manifold(args, flow, out)
     if hasattr(flow, "kind"):
         return _sample_discrete(args, flow, out)
     if out.suffix == ".txt":
@@ -307,6 +335,50 @@ def _sample_discrete(args, flow, out: Path) -> int:
     return 0
 
 
+def _manifold_solver(solver: str | None, flag: str = "--solver") -> str:
+    from flowmatch.manifolds.solvers import MANIFOLD_SOLVERS
+
+    if solver is not None and solver not in MANIFOLD_SOLVERS:
+        raise FlowmatchError(
+            f"{flag} {solver}: a manifold run integrates with {', '.join(MANIFOLD_SOLVERS)} (fixed steps through the exponential map)"
+        )
+    return solver or "rk4"
+
+
+def _sample_manifold(args, flow, out: Path) -> int:
+    """A manifold run writes .npy (canonical ambient coordinates) or .csv (the data file's terms, with a header)."""
+    from flowmatch.manifolds.data import points_to_columns
+
+    if out.suffix not in (".npy", ".csv"):
+        raise FlowmatchError(f"a manifold run writes .npy or .csv, not '{out.suffix}'")
+    continuous_only = args.grid != "uniform" or args.label or args.condition or args.trajectory or args.schedule or args.guidance != 1.0
+    if continuous_only or args.precision != "fp32" or args.temperature != 1.0 or args.corrector:
+        raise FlowmatchError("a manifold run samples with --solver (euler, midpoint, heun, rk4), --nfe and --seed only")
+    if args.n < 1:
+        raise FlowmatchError(f"-n must be a positive integer, got {args.n}")
+    solver, nfe = _manifold_solver(args.solver), args.nfe if args.nfe is not None else 100
+    x = flow.generate(args.n, solver=solver, nfe=nfe, seed=args.seed).cpu()
+    where = f"on {flow.manifold.label}"
+    if out.suffix == ".npy":
+        write_array(out, x.numpy())
+    else:
+        units = flow.config.get("units", "auto")
+        if flow.manifold.name == "torus" and units == "auto":
+            units = "radians"
+        names, values = points_to_columns(
+            x, flow.manifold, units=None if units == "auto" else units, columns=flow.config.get("columns") or None
+        )
+        with atomic_file(out) as tmp:
+            np.savetxt(tmp, values, delimiter=",", fmt="%.10g", header=",".join(names), comments="")
+        unit = f" in {units if units != 'auto' else 'degrees'}" if flow.manifold.name in ("sphere", "torus") else ""
+        where += f" ({', '.join(names)}{unit})"
+    if flow.manifold != flow.data_manifold:
+        off = flow.on_data_manifold(x)[1]
+        where += f"; the Euclidean comparison's points as generated, mean distance {float(off.mean()):.3g} off {flow.data_manifold.label}"
+    print(f"wrote {out}: {args.n} points {where}, solver {solver}, NFE {nfe} (exactly {nfe} velocity evaluations)")
+    return 0
+
+
 def _condition_file(path: str) -> np.ndarray:
     """Condition rows (k, d) from a .npy or a .csv file (an optional header row)."""
     from flowmatch.data.files import _csv_numbers, _csv_rows
@@ -346,7 +418,10 @@ def _add_eval(sub) -> None:
         help="evaluate a run: sample quality, likelihood, KL, pictures",
         description="Evaluate a trained run: sample-quality metrics beside their floors, NLL by the instantaneous "
         "change of variables, KL(data || model) for built-in sets, and pictures. Writes report.json and the "
-        "pictures into the run folder (each atomically) and prints a table.",
+        "pictures into the run folder (each atomically) and prints a table. A manifold run: geodesic W2 and MMD^2 of "
+        "--sets generated sets (-n points each, default 5 x 2000; quick 3 x 500), each against its own held-out set, "
+        "beside their floors; memorisation; the NLL on the manifold (rk4, exact divergence; --likelihood-nfe, default "
+        "64, quick 32) beside the entropy and KL for built-in sets; samples.png.",
     )
     p.add_argument("--run", required=True, help="run folder written by 'flowmatch train'")
     p.add_argument(
@@ -369,6 +444,13 @@ def _add_eval(sub) -> None:
         help="exact (D backward passes) or Hutchinson; auto: exact up to D = 16",
     )
     p.add_argument("--probes", type=int, default=1, help="Rademacher probes per point for Hutchinson (default: 1)")
+    p.add_argument(
+        "--sets",
+        type=int,
+        default=None,
+        help="manifold runs: generated sets, each of -n points scored against its own held-out set (default: 5; quick: 3); "
+        "a file's run cuts its test split into sets + 1 blocks",
+    )
     p.add_argument("--no-pictures", action="store_true", help="write report.json only")
     _add_discrete_flags(p)
     p.add_argument("--target", default=None, help="table runs: the column the ML-efficiency model predicts (default: the last categorical)")
@@ -383,6 +465,8 @@ def _cmd_eval(args) -> int:
     from flowmatch.training.devices import resolve_device
 
     flow = load(args.run, device=str(resolve_device(args.device)))
+    if isinstance(flow, RiemannianFlow):
+        return _eval_manifold(args, flow)
     if hasattr(flow, "kind"):
         return _eval_discrete(args, flow)
     report = evaluate(
@@ -430,6 +514,22 @@ def _eval_discrete(args, flow) -> int:
     return 0
 
 
+def _eval_manifold(args, flow) -> int:
+    from flowmatch.evaluation.manifolds import evaluate_manifold, format_run_report
+
+    if args.temperature != 1.0 or args.corrector or args.target:
+        raise FlowmatchError("--temperature, --corrector and --target apply to tokens and table runs")
+    report = evaluate_manifold(
+        flow, args.run, quick=args.quick, sets=args.sets, n=args.n, solver=_manifold_solver(args.solver), nfe=args.nfe,
+        n_likelihood=args.n_likelihood, likelihood_solver=_manifold_solver(args.likelihood_solver, "--likelihood-solver"),
+        likelihood_nfe=args.likelihood_nfe, probes=args.probes if args.divergence == "hutchinson" else 0, seed=args.seed,
+        pictures=False if args.no_pictures else None,
+    )  # fmt: skip
+    print(format_run_report(report))
+    print(f"wrote {Path(args.run) / 'report.json'}")
+    return 0
+
+
 def _add_plot(sub) -> None:
     from flowmatch.evaluation.report import PICTURES
 
@@ -437,10 +537,14 @@ def _add_plot(sub) -> None:
         "plot",
         help="draw one picture of a run",
         description="Draw one picture of a trained run: samples over data (pairwise plots for D > 2), the "
-        "log-density heat map (2-D), trajectories, the velocity field (2-D), an animated GIF, or quality against NFE.",
+        "log-density heat map (2-D), trajectories, the velocity field (2-D), an animated GIF, or quality against NFE. "
+        "A manifold run draws its samples on the manifold (equal-area sphere map, the torus square, SO(3) by axis and "
+        "angle) beside held-out data.",
     )
     p.add_argument("--run", required=True, help="run folder written by 'flowmatch train'")
-    p.add_argument("--what", required=True, choices=list(PICTURES), help="which picture")
+    p.add_argument(
+        "--what", default="samples", choices=list(PICTURES), help="which picture (default: samples; a manifold run draws only samples)"
+    )
     p.add_argument("--out", default=None, help="output file (default: RUN/<what>.png, animation.gif for the animation)")
     p.add_argument(
         "-n", type=int, default=2000, help="samples and held-out points to draw (default: 2000; the NFE sweep uses at most 1000)"
@@ -462,6 +566,8 @@ def _cmd_plot(args) -> int:
     flow = load(args.run, device=str(resolve_device(args.device)))  # a bad run folder is the first error
     if not out.parent.is_dir():
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
+    if isinstance(flow, RiemannianFlow):
+        return _plot_manifold(args, flow, out)
     if hasattr(flow, "kind"):
         return _plot_discrete(args, flow, out)
     picture(flow, args.what, out, n=args.n, seed=args.seed, progress=not args.quiet)
@@ -480,6 +586,18 @@ def _plot_discrete(args, flow, out: Path) -> int:
     plot_table_marginals(
         flow.sample(min(args.n, 20_000), seed=args.seed), data.test, out, title=f"{flow.config['data']}: samples against the test split"
     )
+    print(f"wrote {out}")
+    return 0
+
+
+def _plot_manifold(args, flow, out: Path) -> int:
+    from flowmatch.evaluation.manifolds import manifold_picture
+
+    if args.what != "samples":
+        raise FlowmatchError(f"a manifold run draws only --what samples (its points on {flow.data_manifold.label}), not {args.what}")
+    if args.n < 2:
+        raise FlowmatchError(f"-n must be at least 2, got {args.n}")
+    manifold_picture(flow, out, n=args.n, seed=args.seed)
     print(f"wrote {out}")
     return 0
 

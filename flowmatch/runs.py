@@ -9,7 +9,8 @@ A run folder holds::
     metrics.json             final loss, W2 against held-out data and its floor
     samples.png              samples over data
 
-``flowmatch.load(run_dir)`` rebuilds the Flow in one call. Folders are written to a staging
+``flowmatch.load(run_dir)`` rebuilds the Flow in one call (a :class:`~flowmatch.discrete.flow.DiscreteFlow`
+for kinds tokens and table, a :class:`~flowmatch.manifolds.flow.RiemannianFlow` for kind manifold). Folders are written to a staging
 directory next to the target and renamed into place at the end, so a failed or interrupted
 write never leaves a half-written run and an existing run is only replaced with ``force``.
 """
@@ -144,6 +145,12 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
             if model is not None or source is not None:
                 raise FlowmatchError(f"'{folder}' holds a {meta['kind']} run: load it without model= or source=")
             return build_discrete_flow(meta, state, config if isinstance(config, dict) else {}, where).to(device)  # type: ignore[return-value]
+        if isinstance(meta, dict) and meta.get("kind") == "manifold":  # a Riemannian flow
+            from flowmatch.manifolds.training import build_manifold_flow
+
+            if model is not None or source is not None:
+                raise FlowmatchError(f"'{folder}' holds a manifold run: load it without model= or source=")
+            return build_manifold_flow(meta, state, config if isinstance(config, dict) else {}, where).to(device)  # type: ignore[return-value]
     else:
         where, tensors, state_meta = latest_state(folder)
         meta = state_meta.get("flow", {})

@@ -348,9 +348,11 @@ def load_dataset(
     if not os.path.exists(name):
         if _looks_like_path(name):
             raise FlowmatchError(f"{name}: no such file")
+        from flowmatch.manifolds.data import MANIFOLD_SETS
+
         raise FlowmatchError(
-            f"unknown data {name!r}: not a file and not one of the built-in sets ({', '.join(_ALL_BUILTINS)})"
-            + _did_you_mean(name, _ALL_BUILTINS)
+            f"unknown data {name!r}: not a file and not one of the built-in sets ({', '.join(_ALL_BUILTINS)}; on manifolds: "
+            f"{', '.join(MANIFOLD_SETS)})" + _did_you_mean(name, (*_ALL_BUILTINS, *MANIFOLD_SETS))
         )
 
     if n_test < 2:

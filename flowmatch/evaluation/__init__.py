@@ -1,7 +1,7 @@
 """Evaluation: sample-quality metrics (:mod:`.metrics`), memorisation (:mod:`.memorisation`), image metrics
 (:mod:`.images`) and the report of a trained flow (:mod:`.report`); for discrete flows the n-gram reference
 and statistics of text (:mod:`.text`), the figures of mixed-type tables (:mod:`.tables`) and their reports
-(:mod:`.discrete`).
+(:mod:`.discrete`); for flows on manifolds their report (:mod:`.manifolds`).
 
 Names are imported from their modules on first use.
 """
@@ -41,6 +41,7 @@ _EXPORTS = {
     "energy_distance": "metrics",
     "evaluate": "report",
     "evaluate_discrete": "discrete",
+    "evaluate_manifold": "manifolds",
     "evaluate_table": "discrete",
     "evaluate_tokens": "discrete",
     "format_discrete_report": "discrete",

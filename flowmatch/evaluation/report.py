@@ -421,10 +421,24 @@ def evaluate(
 
     A discrete or mixed flow (:class:`~flowmatch.discrete.flow.DiscreteFlow`) gets the report of
     :func:`flowmatch.evaluation.discrete.evaluate_discrete` on its run's data (``quick``, ``n``, ``nfe``
-    and ``seed`` apply), written to ``run_dir`` as report.json.
+    and ``seed`` apply), written to ``run_dir`` as report.json. A flow on a manifold
+    (:class:`~flowmatch.manifolds.flow.RiemannianFlow`) gets :func:`flowmatch.evaluation.manifolds.evaluate_manifold`
+    (``quick``, ``n``, ``solver``, ``nfe``, ``n_likelihood``, fixed-step ``likelihood_solver`` and
+    ``likelihood_nfe``, ``divergence``/``probes``, ``seed``, ``pictures`` and ``reference`` with ``train`` apply).
     """
     if hasattr(flow, "kind") and hasattr(flow, "nll_bound"):
         return _evaluate_discrete(flow, run_dir, quick=quick, n=n, nfe=nfe, seed=seed)
+    from flowmatch.manifolds.flow import RiemannianFlow
+
+    if isinstance(flow, RiemannianFlow):
+        from flowmatch.evaluation.manifolds import evaluate_manifold, reference_data
+
+        data = reference_data(flow, reference, train) if reference is not None else None
+        return evaluate_manifold(
+            flow, run_dir, data=data, quick=quick, n=n, solver=solver, nfe=nfe, n_likelihood=n_likelihood,
+            likelihood_solver=likelihood_solver, likelihood_nfe=likelihood_nfe, probes=probes if divergence == "hutchinson" else 0,
+            seed=seed, pictures=pictures,
+        )  # fmt: skip
     started = time.perf_counter()
     solver, nfe = flow.resolve_sampler(solver, nfe)
     defaults = QUICK if quick else FULL

@@ -6,7 +6,8 @@
 - :mod:`.solvers`: Runge-Kutta solvers stepping through the exponential map;
 - :mod:`.likelihood`: log-densities through the Riemannian divergence;
 - :mod:`.flow`: the tangent-valued model, the loss and :class:`RiemannianFlow`;
-- :mod:`.data` and :mod:`.metrics`: data sets on manifolds and their evaluation.
+- :mod:`.data` and :mod:`.metrics`: data sets on manifolds and their evaluation;
+- :mod:`.training`: runs of kind manifold (train, fit, the run folder, loading).
 
 Names are imported from their modules on first use.
 """
@@ -14,20 +15,23 @@ Names are imported from their modules on first use.
 from flowmatch._lazy import lazy_exports
 
 _EXPORTS = {
-    "MANIFOLDS": "manifolds",
-    "MANIFOLD_SETS": "data",
-    "MANIFOLD_SOLVERS": "solvers",
-    "ON_MANIFOLD_TOLERANCE": "manifolds",
     "Euclidean": "manifolds",
+    "FLOW_SOURCES": "flow",
     "FeatureMLP": "flow",
     "FlatTorus": "manifolds",
     "GeodesicPath": "paths",
     "GeodesicSample": "paths",
+    "MANIFOLDS": "manifolds",
+    "MANIFOLD_SETS": "data",
+    "MANIFOLD_SOLVERS": "solvers",
     "Manifold": "manifolds",
+    "ON_MANIFOLD_TOLERANCE": "manifolds",
     "RiemannianFlow": "flow",
     "SO3": "manifolds",
     "Sphere": "manifolds",
+    "TangentMLP": "flow",
     "TangentModel": "flow",
+    "fit_manifold": "training",
     "integrate_manifold": "solvers",
     "load_manifold_data": "data",
     "make_manifold": "manifolds",
@@ -42,5 +46,6 @@ _EXPORTS = {
     "riemannian_loss": "flow",
     "sinc": "manifolds",
     "tangent_mlp": "flow",
+    "train_manifold": "training",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

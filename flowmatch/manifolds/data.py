@@ -682,3 +682,41 @@ def _read_array_points(path: str, wanted: str | None, units: str | None) -> tupl
     if units is None:
         raise FlowmatchError(f"{path}: say whether the torus angles are in degrees or radians: units='degrees' or units='radians'")
     return kind, _torus_points(array, units)
+
+
+# -- points back in a file's terms ---------------------------------------------------------------------
+def points_to_columns(
+    x, manifold: Manifold, *, units: str | None = None, columns: Sequence[str] | str | None = None
+) -> tuple[list[str], np.ndarray]:
+    """(header, values (n, k) float64): points in the columns a user file holds, the inverse of the readers.
+
+    - sphere S^2: latitude and longitude, phi = asin z and lambda = atan2(y, x) (:func:`sphere_to_latlon`),
+      in degrees unless ``units="radians"``; longitude in [-180, 180);
+    - torus: the angles in [-pi, pi), or in [-180, 180) with ``units="degrees"``;
+    - so3: the quaternion (w, x, y, z) with w >= 0;
+    - any other manifold: the ambient coordinates x1..xD.
+
+    ``columns`` (names, or one comma-separated string) names the header; by default lat,lon /
+    theta1..thetad / w,x,y,z / x1..xD.
+    """
+    if units is not None and units not in UNITS:
+        raise FlowmatchError(f"units={units!r}: choose one of {', '.join(UNITS)}")
+    x = torch.as_tensor(x).detach().cpu().to(torch.float64)
+    if x.ndim != 2 or x.shape[1] != manifold.ambient_dim:
+        raise FlowmatchError(f"points on {manifold.label} must have shape (n, {manifold.ambient_dim}), got {tuple(x.shape)}")
+    degrees = 180.0 / math.pi
+    if manifold.name == "sphere" and manifold.dim == 2:
+        lat, lon = sphere_to_latlon(x / x.norm(dim=1, keepdim=True))
+        scale = 1.0 if units == "radians" else degrees
+        values, default = torch.stack([lat, wrap_angle(lon)], dim=1) * scale, ["lat", "lon"]
+    elif manifold.name == "torus":
+        values = wrap_angle(x) * (degrees if units == "degrees" else 1.0)
+        default = [f"theta{i + 1}" for i in range(x.shape[1])]
+    elif manifold.name == "so3":
+        values, default = manifold.canonical(x), list(QUATERNION_NAMES[0])
+    else:
+        values, default = x, [f"x{i + 1}" for i in range(x.shape[1])]
+    names = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else list(columns or default)
+    if len(names) != values.shape[1]:
+        raise FlowmatchError(f"{len(names)} column names ({', '.join(names)}) for {values.shape[1]} columns on {manifold.label}")
+    return names, values.numpy()

@@ -19,11 +19,19 @@ velocity, whose flow carries the source distribution to the data (Chen & Lipman 
 
 **Flow.** :class:`RiemannianFlow` holds a model, a manifold and a path: ``loss`` for training,
 ``generate`` to integrate from the source (uniform by default) with :func:`integrate_manifold`, and
-``log_prob`` for the density w.r.t. the Riemannian volume by :func:`manifold_log_prob`.
+``log_prob`` for the density w.r.t. the Riemannian volume by :func:`manifold_log_prob`. A flow loaded
+from a run folder also carries the run's ``config``; the Euclidean comparison (a flow on R^D from the
+standard normal source, ``source="gaussian"``, trained on a manifold's ambient coordinates) names the
+manifold its data live on as ``data_manifold``.
+
+**Saving.** :class:`TangentMLP` is the :class:`TangentModel` around a :class:`FeatureMLP` that knows its
+config, registered as ``"tangent-mlp"`` in :mod:`flowmatch.models.registry`, so that a run folder
+rebuilds it from JSON (its manifold, width, depth, activation and time embedding).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -31,7 +39,7 @@ from torch import nn
 
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.likelihood import manifold_log_prob
-from flowmatch.manifolds.manifolds import Manifold
+from flowmatch.manifolds.manifolds import Manifold, make_manifold, manifold_from_config
 from flowmatch.manifolds.paths import GeodesicPath
 from flowmatch.manifolds.solvers import integrate_manifold
 from flowmatch.models.mlp import ACTIVATIONS, sinusoidal_embedding, time_column
@@ -88,10 +96,36 @@ class TangentModel(nn.Module):
         return self.manifold.to_tangent(x, out)
 
 
-def tangent_mlp(manifold: Manifold, **options) -> TangentModel:
-    """A :class:`TangentModel` around a :class:`FeatureMLP` of the manifold's feature and output widths
-    (``options``: width, depth, activation, time_dim)."""
-    return TangentModel(FeatureMLP(manifold.feature_dim, manifold.output_dim, **options), manifold)
+class TangentMLP(TangentModel):
+    """A :class:`TangentModel` around a :class:`FeatureMLP` of the manifold's feature and output widths,
+    built from plain values so that :func:`flowmatch.models.registry.build_model` makes it by name
+    (``"tangent-mlp"``) and a run folder rebuilds it from ``config``.
+
+    ``dim`` is the points' width (the manifold's ``ambient_dim``, checked); ``manifold`` a
+    :class:`Manifold`, its ``to_config()`` dict or a name (sphere, torus, so3: their default dimension).
+    """
+
+    def __init__(
+        self, dim: int, manifold: Manifold | dict | str, width: int = 128, depth: int = 3, activation: str = "silu", time_dim: int = 32
+    ):
+        if isinstance(manifold, dict):
+            manifold = manifold_from_config(manifold)
+        elif isinstance(manifold, str):  # by name: the manifold whose points have dim coordinates
+            manifold = make_manifold(manifold, {"sphere": dim - 1, "so3": None}.get(manifold, dim))
+        if not isinstance(manifold, Manifold):
+            raise FlowmatchError(f"a tangent-mlp needs a manifold (a Manifold, its config or its name), got {type(manifold).__name__}")
+        if dim != manifold.ambient_dim:
+            raise FlowmatchError(f"points on {manifold.label} have {manifold.ambient_dim} coordinates, not {dim}")
+        super().__init__(FeatureMLP(manifold.feature_dim, manifold.output_dim, width, depth, activation, time_dim), manifold)
+        self.config = {
+            "name": "tangent-mlp", "manifold": manifold.to_config(), "width": width, "depth": depth, "activation": activation,
+            "time_dim": time_dim,
+        }  # fmt: skip
+
+
+def tangent_mlp(manifold: Manifold, **options) -> TangentMLP:
+    """A :class:`TangentMLP` on ``manifold`` (``options``: width, depth, activation, time_dim)."""
+    return TangentMLP(manifold.ambient_dim, manifold, **options)
 
 
 def riemannian_loss(model: Callable, path: GeodesicPath, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -107,19 +141,47 @@ def riemannian_loss(model: Callable, path: GeodesicPath, x0: torch.Tensor, x1: t
     return (pred - sample.velocity).pow(2).sum(dim=1).mean()
 
 
+#: The sources a :class:`RiemannianFlow` draws from by name: the manifold's uniform law, or N(0, I) in R^D.
+FLOW_SOURCES = ("uniform", "gaussian")
+
+
 class RiemannianFlow:
     """A velocity model on a manifold with its geodesic path: train with :meth:`loss`, sample with
-    :meth:`generate`, score with :meth:`log_prob`. The source is the uniform distribution unless given.
+    :meth:`generate`, score with :meth:`log_prob`.
 
-    The model's first parameter fixes the device and dtype of generated points (CPU float32 without parameters).
+    ``source`` names the distribution at t = 0: ``"uniform"`` (the manifold's uniform law, density
+    1 / volume) or ``"gaussian"`` (N(0, I), on R^D only: the Euclidean comparison, whose
+    ``data_manifold`` is the manifold its training points lie on). ``config`` is the run's config
+    (a dict) when the flow comes from a run folder. The model's first parameter fixes the device and
+    dtype of generated points (CPU float32 without parameters).
     """
 
-    def __init__(self, model: Callable, manifold: Manifold, path: GeodesicPath | None = None):
+    def __init__(
+        self,
+        model: Callable,
+        manifold: Manifold,
+        path: GeodesicPath | None = None,
+        *,
+        source: str = "uniform",
+        data_manifold: Manifold | None = None,
+        config: dict | None = None,
+    ):
         if not isinstance(manifold, Manifold):
             raise FlowmatchError(f"a RiemannianFlow needs a Manifold, got {type(manifold).__name__}")
+        if source not in FLOW_SOURCES:
+            raise FlowmatchError(f"source {source!r}: choose one of {', '.join(FLOW_SOURCES)}")
+        if source == "gaussian" and manifold.name != "euclidean":
+            raise FlowmatchError(
+                f"the gaussian source is N(0, I) on R^D (the Euclidean comparison); a flow on {manifold.label} starts from 'uniform'"
+            )
+        if data_manifold is not None and not isinstance(data_manifold, Manifold):
+            raise FlowmatchError(f"data_manifold must be a Manifold, got {type(data_manifold).__name__}")
         self.model = model
         self.manifold = manifold
         self.path = path if path is not None else GeodesicPath(manifold)
+        self.source = source
+        self.data_manifold = data_manifold if data_manifold is not None else manifold
+        self.config = dict(config or {})
 
     def _placement(self) -> tuple[torch.device, torch.dtype]:
         params = list(self.model.parameters()) if isinstance(self.model, nn.Module) else []
@@ -129,7 +191,9 @@ class RiemannianFlow:
 
     def _source(self, n: int, generator: torch.Generator | None, source: Source) -> torch.Tensor:
         device, dtype = self._placement()
-        if source is None:
+        if source is None and self.source == "gaussian":
+            x0 = torch.randn(n, self.manifold.ambient_dim, generator=generator, dtype=dtype)
+        elif source is None:
             x0 = self.manifold.random_uniform(n, generator, dtype=dtype)
         elif callable(source):
             x0 = source(n, generator)
@@ -140,6 +204,36 @@ class RiemannianFlow:
             raise FlowmatchError(f"the source gave {x0.shape[0]} points for {n} samples")
         return x0
 
+    def draw_source(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n points of the flow's source, drawn with ``generator``, on the model's device and dtype."""
+        return self._source(n, generator, None)
+
+    def on_data_manifold(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generated points as points of ``data_manifold`` (canonical), and each one's distance from it before.
+
+        For a flow on its data's manifold the points are already there (the distance is their rounding
+        error: | |x| - 1 | on spheres and quaternions, 0 otherwise). The Euclidean comparison's points
+        in R^D are projected with ``data_manifold.projx``: normalised on spheres and quaternions (distance
+        | |x| - 1 |, the Euclidean distance to the manifold), wrapped on the torus (distance: how far the
+        angles lie outside the chart [-pi, pi]^d, where the straight-line flow cannot wrap).
+        """
+        target = self.data_manifold
+        x = x.detach()
+        if target.name == "torus":
+            off = torch.linalg.vector_norm(x - x.clamp(-math.pi, math.pi), dim=1)
+        elif target.name in ("sphere", "so3"):
+            off = (torch.linalg.vector_norm(x, dim=1) - 1).abs()
+        else:
+            off = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        return target.canonical(target.projx(x)), off
+
+    def source_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log-density of the flow's source at x (n,): -log volume (uniform), or
+        -|x|^2 / 2 - (D / 2) log(2 pi) (gaussian)."""
+        if self.source == "gaussian":
+            return -0.5 * x.pow(2).sum(dim=1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+        return self.manifold.uniform_log_prob(x)
+
     def loss(self, x1: torch.Tensor, generator: torch.Generator | None = None, source: Source = None) -> torch.Tensor:
         """The Riemannian flow matching loss on a batch of data points x1, with x0 from the source
         (independent coupling) and t ~ U[0, 1), both drawn with ``generator`` (None: torch's global generator)."""
@@ -149,15 +243,20 @@ class RiemannianFlow:
         return riemannian_loss(self.model, self.path, x0, x1, t)
 
     def generate(self, n: int, solver: str = "rk4", nfe: int = 64, seed: int = 0, source: Source = None) -> torch.Tensor:
-        """n samples at t = 1 in canonical form, integrated from source points at t = 0.
+        """n samples at t = 1 in canonical form, integrated from source points at t = 0 with exactly
+        ``nfe`` velocity evaluations.
 
-        ``source`` is None (uniform), a tensor of n points, or ``f(n, generator)`` returning n points;
+        ``source`` is None (the flow's own), a tensor of n points, or ``f(n, generator)`` returning n points;
         randomness comes from a generator seeded with ``seed``.
         """
         x0 = self._source(n, torch.Generator().manual_seed(seed), source)
         with torch.no_grad():
             sol = integrate_manifold(self.model, x0, self.manifold, solver=solver, nfe=nfe)
         return self.manifold.canonical(sol.x)
+
+    def sample(self, n: int, **options) -> torch.Tensor:
+        """:meth:`generate` (the name every flowmatch flow samples by)."""
+        return self.generate(n, **options)
 
     def log_prob(
         self,
@@ -170,8 +269,13 @@ class RiemannianFlow:
         base_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """log p_1(x) per row w.r.t. the Riemannian volume (see :func:`manifold_log_prob`); the source
-        density is uniform unless ``base_log_prob`` is given."""
+        density is the flow's own (:meth:`source_log_prob`) unless ``base_log_prob`` is given."""
         device, dtype = self._placement()
         x = self.manifold.check(x, "points").to(device=device, dtype=dtype)
-        base = base_log_prob if base_log_prob is not None else self.manifold.uniform_log_prob
+        base = base_log_prob if base_log_prob is not None else self.source_log_prob
         return manifold_log_prob(self.model, x, self.manifold, base_log_prob=base, solver=solver, nfe=nfe, probes=probes, seed=seed)
+
+    def to(self, device) -> RiemannianFlow:
+        if isinstance(self.model, nn.Module):
+            self.model.to(device)
+        return self

@@ -5,12 +5,20 @@ from __future__ import annotations
 from torch import nn
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.manifolds.flow import TangentMLP
 from flowmatch.models.mixed import MixedMLP
 from flowmatch.models.mlp import MLP, SeedMLP
 from flowmatch.models.transformer import TokenTransformer
 from flowmatch.models.unet import UNet
 
-MODELS = {"mlp": MLP, "seed-mlp": SeedMLP, "unet": UNet, "transformer": TokenTransformer, "mixed-mlp": MixedMLP}
+MODELS = {
+    "mlp": MLP,
+    "seed-mlp": SeedMLP,
+    "unet": UNet,
+    "transformer": TokenTransformer,
+    "mixed-mlp": MixedMLP,
+    "tangent-mlp": TangentMLP,  # a velocity tangent to a manifold (kind manifold); dim = the points' coordinates
+}
 
 
 def build_model(name: str, dim: int, **options) -> nn.Module:

@@ -10,7 +10,7 @@ import torch
 
 from flowmatch.errors import FlowmatchError
 from flowmatch.storage import write_json
-from flowmatch.training.config import TrainConfig, _posterior_obstacle, kind_defaults
+from flowmatch.training.config import TrainConfig, _posterior_obstacle, kind_defaults, resolve_kind
 from flowmatch.training.distributed import _distributed_env
 from flowmatch.training.loop import TrainResult, train
 
@@ -50,7 +50,10 @@ def fit(
     Token sequences and mixed-type tables (``kind`` tokens or table, or ``auto`` on a .txt file, the
     built-in corpus, or a CSV with text columns or empty cells) train by discrete flow matching:
     :func:`flowmatch.discrete.training.fit_discrete`, with the kind's defaults under what is given; it
-    returns a :class:`~flowmatch.discrete.training.DiscreteResult` and its metrics.
+    returns a :class:`~flowmatch.discrete.training.DiscreteResult` and its metrics. Points on a manifold
+    (``kind`` manifold, or ``auto`` on a built-in manifold set or with ``manifold`` given) train by Riemannian
+    flow matching: :func:`flowmatch.manifolds.training.fit_manifold`, likewise, returning a
+    :class:`~flowmatch.manifolds.training.ManifoldResult`.
     """
     from flowmatch.plots.figures import plot_samples
     from flowmatch.runs import check_writable_run
@@ -64,7 +67,7 @@ def fit(
         and path is None
         and source is None
     ):
-        from flowmatch.discrete.training import fit_discrete, resolve_kind
+        from flowmatch.discrete.training import fit_discrete
 
         probe = split_objects(config, overrides, **{**given, "model": None})[0]
         kind = resolve_kind(probe)
@@ -72,6 +75,10 @@ def fit(
             if config is None:  # the kind's network and batches under what was given
                 base = TrainConfig.from_dict({**kind_defaults(kind, overrides), "kind": kind})
                 probe = split_objects(base, overrides, **{**given, "model": None})[0]
+            if kind == "manifold":
+                from flowmatch.manifolds.training import fit_manifold
+
+                return fit_manifold(probe, out, model=model, force=force, progress=progress, evaluate=evaluate)  # type: ignore[return-value]
             return fit_discrete(probe, out, model=model, force=force, progress=progress, evaluate=evaluate)  # type: ignore[return-value]
     if resume:
         if out is None:
@@ -80,6 +87,8 @@ def fit(
             rebuilt = {"model": "python"} if model is None and _saved_value(Path(out), "model") == "python" else {}
             config = split_objects(config, {**rebuilt, **overrides}, resume=True, **given)[0]
         config = resume_config(Path(out), config)
+        if config.kind in ("tokens", "table", "manifold"):
+            raise FlowmatchError(f"'{out}' is a {config.kind} run, which cannot be resumed yet: train it again with more steps")
     else:
         config, _ = split_objects(config, overrides, **given)  # "python" where an object is given
         if out is not None:

@@ -63,7 +63,7 @@ from flowmatch.errors import FlowmatchError
 from flowmatch.models.registry import build_model
 from flowmatch.storage import atomic_folder, write_json
 from flowmatch.training.checkpoints import latest_state, unprefixed
-from flowmatch.training.config import TrainConfig, resolve_select, resolve_target
+from flowmatch.training.config import TrainConfig, resolve_kind, resolve_select, resolve_target
 from flowmatch.training.devices import resolve_device, resolve_precision
 from flowmatch.training.distributed import _distributed_env, _record_rank_agreement
 from flowmatch.training.ema import EMA
@@ -133,12 +133,10 @@ def train(
 
     config, objects = split_objects(config, overrides, resume=resume, model=model, data=data, path=path, source=source)
     if objects.data is None and config.kind != "continuous":
-        from flowmatch.discrete.training import resolve_kind
-
-        if resolve_kind(config) != "continuous":
-            raise FlowmatchError(
-                f"data '{config.data}' is of kind {resolve_kind(config)}: train it with flowmatch.fit (or flowmatch.discrete.training.train_discrete)"
-            )
+        kind = resolve_kind(config)
+        if kind != "continuous":
+            trainer = "flowmatch.manifolds.training.train_manifold" if kind == "manifold" else "flowmatch.discrete.training.train_discrete"
+            raise FlowmatchError(f"data '{config.data}' is of kind {kind}: train it with flowmatch.fit (or {trainer})")
     world, rank, local_rank = _distributed_env()
     device = resolve_device(config.device, local_rank)
     own_group = world > 1 and not dist.is_initialized()  # a process group train() starts, it also ends
