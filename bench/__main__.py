@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     stage("memorisation", lambda: memorisation.main(["--seeds", "0", "--out", "memorisation-seed0"]))
     from bench import tables, text
 
-    stage("tables", tables.main)  # mixed-type tables against ForestFlow: about 20 minutes
+    stage("tables", tables.main)  # mixed-type tables against ForestFlow: about 40 minutes on 2 cores
     stage("text", text.main)  # the pydoc corpus: about 10 minutes of training, then the NFE curve
     from bench import manifolds
 

@@ -437,7 +437,7 @@ def test_target_auto_is_the_posterior_where_it_applies(tmp_path, capsys):
     with pytest.raises(
         FlowmatchError,
         match=r"target posterior needs a gaussian or gaussian-mixture source \(gaussian, "
-        r"two-gaussians, 8gaussians\), not 'moons'",
+        r"two-gaussians, 8gaussians\), or the uniform law on a manifold \(kind manifold\), not 'moons'",
     ):
         TrainConfig.from_dict({"target": "posterior", "source": "moons"})
     with pytest.raises(FlowmatchError, match="target posterior needs independent pairs, not coupling ot"):
