@@ -15,6 +15,15 @@ w_k = 10000^(-k / (channels / 2)). Labels y take values 0..num_classes-1; index 
 learned *null label*, used when y is None and for classifier-free guidance dropout (the class
 embedding only exists when ``num_classes > 0``).
 
+With ``times=2`` the model is MeanFlow's average velocity u(x, r, t) over [r, t], x at time r <= t
+(see :mod:`flowmatch.models.mlp`), called as ``model(x, t, y, r=r)``; it embeds (r, t - r), the time of
+x and the interval's length, through two time MLPs whose outputs add::
+
+    e = MLP(sinusoidal(r)) + MLP'(sinusoidal(t - r)) + Embed(y)
+
+with the features at time scale 1 (angles t w_k, not 1000 t w_k; ``time_scale``, as the MLP explains),
+and with r left out (r = t) it is the velocity field u(x, t, t) = v(x, t).
+
 Residual block ResBlock(c_in -> c_out), with GroupNorm GN (``norm_groups(c)`` = gcd(c, 8) groups)::
 
     h = Conv3x3(SiLU(GN(x)))
@@ -63,8 +72,8 @@ def norm_groups(channels: int) -> int:
     return math.gcd(channels, 8)
 
 
-def _time_features(t, x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """(batch, dim) features [cos(1000 t w_k), sin(1000 t w_k)] for a scalar, 0-d or (batch,) t.
+def _time_features(t, x: torch.Tensor, dim: int, max_period: float = 10_000.0, scale: float = 1000.0) -> torch.Tensor:
+    """(batch, dim) features [cos(s t w_k), sin(s t w_k)] (s = ``scale``) for a scalar, 0-d or (batch,) t.
 
     Same formula as ``flowmatch.models.sinusoidal_embedding`` (kept here so the two modules do not
     import each other).
@@ -74,7 +83,7 @@ def _time_features(t, x: torch.Tensor, dim: int, max_period: float = 10_000.0) -
         raise FlowmatchError(f"t must be a scalar or have one time per example ({x.shape[0]}), got shape {tuple(t.shape)}")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=x.dtype, device=x.device) / half)
-    angles = 1000.0 * t * freqs
+    angles = scale * t * freqs
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).expand(x.shape[0], 2 * half)
 
 
@@ -174,6 +183,10 @@ class UNet(nn.Module):
     - ``attention_heads``: heads of each attention block (must divide the channels there; default 1).
     - ``dropout``: dropout rate inside the residual blocks (default 0).
     - ``num_classes``: number of labels (0 = unconditional); label ``num_classes`` is the null label.
+    - ``times``: 1 for v(x, t), 2 for MeanFlow's u(x, r, t) (module docstring); kept in ``config``
+      only when 2, so a one-time model's config is as before.
+    - ``time_scale``: the factor of t in the sinusoidal features (default 1000 for one time, 1 for
+      two); kept in ``config`` when it is not 1000.
     """
 
     def __init__(
@@ -187,8 +200,17 @@ class UNet(nn.Module):
         attention_heads: int = 1,
         dropout: float = 0.0,
         num_classes: int = 0,
+        times: int = 1,
+        time_scale: float | None = None,
     ):
         super().__init__()
+        if isinstance(times, bool) or times not in (1, 2):
+            raise FlowmatchError(f"unet: times must be 1 (v(x, t)) or 2 (u(x, r, t)), got {times!r}")
+        if time_scale is None:
+            time_scale = 1000.0 if times == 1 else 1.0
+        if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not (math.isfinite(time_scale) and time_scale > 0):
+            raise FlowmatchError(f"unet: time_scale must be a positive number, got {time_scale!r}")
+        time_scale = float(time_scale)
         shape = _resolve_image_shape(dim, image_shape)
         mult = _int_tuple(channel_mult, "channel_mult")
         attn_res = _int_tuple(attention_resolutions, "attention_resolutions")
@@ -232,12 +254,18 @@ class UNet(nn.Module):
             "dropout": float(dropout),
             "num_classes": num_classes,
         }
+        if times == 2:
+            self.config["times"] = times
+        if time_scale != 1000.0:
+            self.config["time_scale"] = time_scale
+        self.time_scale = time_scale
         self.image_shape = shape
         self.num_classes = num_classes
         self.channels = channels
         emb_dim = 4 * channels
 
         self.time_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.interval_mlp = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) if times == 2 else None
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
 
         self.conv_in = nn.Conv2d(c, channels, 3, padding=1)
@@ -279,9 +307,18 @@ class UNet(nn.Module):
         assert self.conv_out.bias is not None  # nn.Conv2d has a bias by default
         nn.init.zeros_(self.conv_out.bias)
 
-    def embedding(self, x: torch.Tensor, t, y: torch.Tensor | None) -> torch.Tensor:
-        """The conditioning vector e = MLP(sinusoidal(t)) [+ Embed(y)], shape (batch, 4 * channels)."""
-        e = self.time_mlp(_time_features(t, x, self.channels))
+    def embedding(self, x: torch.Tensor, t, y: torch.Tensor | None, r=None) -> torch.Tensor:
+        """The conditioning vector e = MLP(sinusoidal(t)) [+ Embed(y)], shape (batch, 4 * channels);
+        for ``times=2``, e = MLP(sinusoidal(r)) + MLP'(sinusoidal(t - r)) [+ Embed(y)] (r None: r = t)."""
+        if self.interval_mlp is None:
+            if r is not None:
+                raise FlowmatchError("unet: this model takes one time, v(x, t); build it with times=2 for u(x, r, t)")
+            e = self.time_mlp(_time_features(t, x, self.channels, scale=self.time_scale))
+        else:
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            r = t if r is None else torch.as_tensor(r, dtype=x.dtype, device=x.device)
+            e = self.time_mlp(_time_features(r, x, self.channels, scale=self.time_scale))
+            e = e + self.interval_mlp(_time_features(t - r, x, self.channels, scale=self.time_scale))
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
@@ -296,11 +333,12 @@ class UNet(nn.Module):
             e = e + self.label_emb(y.long().expand(x.shape[0]))
         return e
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None, *, r=None) -> torch.Tensor:
+        """v(x, t), or for ``times=2`` u(x, r, t) with x at time r (r left out: r = t, u(x, t, t) = v(x, t))."""
         batch = x.shape[0]
         if x.ndim != 2 or x.shape[1] != math.prod(self.image_shape):
             raise FlowmatchError(f"unet: expected flat images of shape (batch, {math.prod(self.image_shape)}), got {tuple(x.shape)}")
-        e = self.embedding(x, t, y)
+        e = self.embedding(x, t, y, r)
         h = self.conv_in(x.reshape(batch, *self.image_shape))
         skips = [h]
         for block in self.down:

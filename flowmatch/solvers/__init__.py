@@ -1,6 +1,7 @@
 """ODE solvers for dx/dt = v(x, t): fixed-step Runge-Kutta tableaus (:mod:`.tableaus`) on time grids
 (:mod:`.grids`), and torchdiffeq's adaptive solvers, behind one :func:`integrate` (:mod:`.integrate`);
-the Euler-Maruyama sampler with the ODE's marginals for Gaussian paths (:mod:`.sde`).
+the Euler-Maruyama sampler with the ODE's marginals for Gaussian paths (:mod:`.sde`); few-step
+sampling with a MeanFlow average-velocity model (:mod:`.meanflow`).
 
 Names are imported from their modules on first use.
 """
@@ -18,7 +19,9 @@ _EXPORTS = {
     "TIME_GRIDS": "grids",
     "Tableau": "tableaus",
     "Velocity": "integration",
+    "instantaneous_velocity": "meanflow",
     "integrate": "integration",
+    "mean_flow_sample": "meanflow",
     "score_from_velocity": "sde",
     "sde_sample": "sde",
     "steps_for": "tableaus",
