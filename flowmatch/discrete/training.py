@@ -33,7 +33,7 @@ from flowmatch.discrete.schedulers import make_scheduler
 from flowmatch.errors import FlowmatchError
 from flowmatch.training.config import TrainConfig
 from flowmatch.training.ema import EMA
-from flowmatch.training.loop import _StopSignal
+from flowmatch.training.loop import _descend, _optimizer, _StopSignal
 from flowmatch.training.schedules import learning_rate
 
 #: Held-out windows (tokens) or rows (tables) the validation loss is computed on.
@@ -138,9 +138,7 @@ def train_discrete(config: TrainConfig, *, data: Any = None, model: torch.nn.Mod
     model = model if model is not None else _model(config, kind, path, length, dim, sizes)
     flow = DiscreteFlow(model, path, length=length, dim=dim, codec=data.vocab if kind == "tokens" else data.codec, config=config.to_dict())
     ema = EMA(model, config.ema, config.ema_warmup)
-    optimizer = (torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam)(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = _optimizer(config, model)
     generator = torch.Generator().manual_seed(config.seed)
     val = _validation_set(data, kind, config, torch.Generator().manual_seed(config.seed + 1))
     best: dict[str, Any] = {"loss": float("inf"), "step": 0, "weights": None}
@@ -159,13 +157,7 @@ def train_discrete(config: TrainConfig, *, data: Any = None, model: torch.nn.Mod
             loss = _loss(flow, data, kind, config, config.batch_size, generator)
             if not torch.isfinite(loss):
                 raise FlowmatchError(f"training stopped: the loss is {loss.item()} at step {step}; try a smaller lr")
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            _descend(optimizer, model, loss, learning_rate(config, step), config.grad_clip)
             ema.update(model)
             losses.append(loss.item())
             done = step + 1

@@ -59,7 +59,7 @@ from flowmatch.manifolds.manifolds import Euclidean, Manifold, manifold_from_con
 from flowmatch.manifolds.paths import GeodesicPath
 from flowmatch.training.config import TrainConfig, resolve_kind, resolve_target
 from flowmatch.training.ema import EMA
-from flowmatch.training.loop import _StopSignal
+from flowmatch.training.loop import _descend, _optimizer, _StopSignal
 from flowmatch.training.schedules import batch_size_at, learning_rate, sample_times
 
 #: Share of a file's points held out as its test split (at most TEST_MAX), as for every data file.
@@ -182,8 +182,11 @@ def check_options(config: TrainConfig) -> None:
             raise FlowmatchError(f"{key}={getattr(config, key)!r} does not apply to kind manifold (Riemannian flow matching)")
     if config.precision == "bf16":
         raise FlowmatchError("kind manifold trains in float32: precision='bf16' does not apply")
-    if config.source not in ("uniform", "gaussian"):
-        raise FlowmatchError(f"kind manifold starts from source='uniform' (or 'gaussian' with manifold='euclidean'), not '{config.source}'")
+    if config.source not in ("uniform", "gaussian", *MANIFOLD_SETS):
+        raise FlowmatchError(
+            f"kind manifold starts from source='uniform', a built-in set on the same manifold ({', '.join(MANIFOLD_SETS)}) "
+            f"or 'gaussian' with manifold='euclidean', not '{config.source}'"
+        )
     if config.model not in ("mlp", "tangent-mlp", "python"):  # mlp: the continuous default, so the kind's own
         raise FlowmatchError(f"kind manifold trains the tangent-mlp, not model {config.model}; pass your own model in Python")
 
@@ -252,9 +255,7 @@ def train_manifold(
     net = flow.model
     assert isinstance(net, torch.nn.Module)
     ema = EMA(net, config.ema, config.ema_warmup)
-    optimizer = (torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam)(
-        net.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = _optimizer(config, net)
     generator = torch.Generator().manual_seed(config.seed)
     target = resolve_target(config, len(data.train) if data.train is not None else None)
     posterior = target == "posterior"
@@ -279,13 +280,7 @@ def train_manifold(
             loss = _loss(net, flow, x0, x1, t, posterior)
             if not torch.isfinite(loss):
                 raise FlowmatchError(f"training stopped: the loss is {loss.item()} at step {step}; try a smaller lr")
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            optimizer.step()
+            _descend(optimizer, net, loss, learning_rate(config, step), config.grad_clip)
             ema.update(net)
             losses.append(loss.item())
             done = step + 1
