@@ -202,6 +202,22 @@ def test_the_euclidean_comparison_trains_on_ambient_coordinates_and_is_projected
     assert "nll" not in report["likelihood"] and "entropy" in report["likelihood"]  # a density in R^3 has no NLL on S^2
 
 
+def test_a_built_in_set_is_a_source_on_its_own_manifold(tmp_path, capsys):
+    """From one law on the sphere to another: x0 ~ S2-vmf, whose density the log-likelihood starts from."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", "S2-checkerboard", "--source", "S2-vmf", "--out", str(run), *TINY]) == 0
+    flow = flowmatch.load(run)
+    assert flow.source == "S2-vmf" and read_json(run / "config.json")["target"] == "auto"
+    x0 = flow.draw_source(2000, torch.Generator().manual_seed(0))
+    law = manifold_set("S2-vmf")
+    torch.testing.assert_close(flow.source_log_prob(x0), law.log_prob(x0).float())
+    # the draws are the set's, not uniform: their mean log-density is the set's -entropy, not -log(4 pi)
+    assert abs(float(law.log_prob(x0).mean()) + law.entropy()[0]) < 0.1 < abs(float(law.log_prob(x0).mean()) + math.log(4 * math.pi))
+    samples = flow.generate(300, nfe=8)
+    assert off_manifold(samples.numpy(), "sphere") < 1e-6
+    assert torch.isfinite(flow.log_prob(samples[:20], nfe=8)).all()
+
+
 def test_fit_in_python_trains_a_manifold_run(tmp_path):
     result, metrics = flowmatch.fit(data="T2-wrapped", steps=20, width=16, depth=1, batch_size=32, out=tmp_path / "run", progress=False)
     assert metrics["kind"] == "manifold" and result.step == 20 and isinstance(result.flow, RiemannianFlow)
@@ -286,6 +302,8 @@ def test_bad_manifold_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         (["--data", "S2-vmf", "--manifold", "euclidean", "--source", "uniform"], ["R^3 has no uniform distribution"]),
         (["--data", "S2-vmf", "--coupling", "ot"], ["does not apply to kind manifold"]),
         (["--data", "S2-vmf", "--model", "unet"], ["trains the tangent-mlp"]),
+        (["--data", "S2-vmf", "--source", "T2-wrapped"], ["source 'T2-wrapped' lies on the flat torus T^2", "not on the sphere S^2"]),
+        (["--data", "S2-vmf", "--source", "moons"], ["kind manifold starts from --source uniform", "not 'moons'"]),
     ):
         code = main(["train", *args, "--out", str(run), *TINY])
         one_error_line(capsys, code, *needles)

@@ -141,8 +141,21 @@ def riemannian_loss(model: Callable, path: GeodesicPath, x0: torch.Tensor, x1: t
     return (pred - sample.velocity).pow(2).sum(dim=1).mean()
 
 
-#: The sources a :class:`RiemannianFlow` draws from by name: the manifold's uniform law, or N(0, I) in R^D.
+#: The sources a :class:`RiemannianFlow` draws from by name: the manifold's uniform law, or N(0, I) in R^D;
+#: besides these, a built-in set on the same manifold (:data:`flowmatch.manifolds.data.MANIFOLD_SETS`).
 FLOW_SOURCES = ("uniform", "gaussian")
+
+
+def source_law(name: str, manifold: Manifold):
+    """The built-in set ``name`` as the source of a flow on ``manifold`` (same manifold and dimension)."""
+    from flowmatch.manifolds.data import MANIFOLD_SETS, manifold_set
+
+    if name not in MANIFOLD_SETS:
+        raise FlowmatchError(f"source {name!r}: choose one of {', '.join(FLOW_SOURCES)} or a built-in set: {', '.join(MANIFOLD_SETS)}")
+    law = manifold_set(name)
+    if law.manifold.to_config() != manifold.to_config():
+        raise FlowmatchError(f"source {name!r} lies on {law.manifold.label}, not on {manifold.label}, where this flow's data lie")
+    return law
 
 
 class RiemannianFlow:
@@ -150,7 +163,8 @@ class RiemannianFlow:
     :meth:`generate`, score with :meth:`log_prob`.
 
     ``source`` names the distribution at t = 0: ``"uniform"`` (the manifold's uniform law, density
-    1 / volume) or ``"gaussian"`` (N(0, I), on R^D only: the Euclidean comparison, whose
+    1 / volume), a built-in set on the same manifold (e.g. ``"S2-vmf"`` for a flow from one law on the
+    sphere to another, with that set's density) or ``"gaussian"`` (N(0, I), on R^D only: the Euclidean comparison, whose
     ``data_manifold`` is the manifold its training points lie on). ``config`` is the run's config
     (a dict) when the flow comes from a run folder. The model's first parameter fixes the device and
     dtype of generated points (CPU float32 without parameters).
@@ -168,8 +182,7 @@ class RiemannianFlow:
     ):
         if not isinstance(manifold, Manifold):
             raise FlowmatchError(f"a RiemannianFlow needs a Manifold, got {type(manifold).__name__}")
-        if source not in FLOW_SOURCES:
-            raise FlowmatchError(f"source {source!r}: choose one of {', '.join(FLOW_SOURCES)}")
+        self._law = None if source in FLOW_SOURCES else source_law(source, manifold)
         if source == "gaussian" and manifold.name != "euclidean":
             raise FlowmatchError(
                 f"the gaussian source is N(0, I) on R^D (the Euclidean comparison); a flow on {manifold.label} starts from 'uniform'"
@@ -193,6 +206,8 @@ class RiemannianFlow:
         device, dtype = self._placement()
         if source is None and self.source == "gaussian":
             x0 = torch.randn(n, self.manifold.ambient_dim, generator=generator, dtype=dtype)
+        elif source is None and self._law is not None:
+            x0 = self._law.sample(n, generator, dtype=dtype)
         elif source is None:
             x0 = self.manifold.random_uniform(n, generator, dtype=dtype)
         elif callable(source):
@@ -232,6 +247,10 @@ class RiemannianFlow:
         -|x|^2 / 2 - (D / 2) log(2 pi) (gaussian)."""
         if self.source == "gaussian":
             return -0.5 * x.pow(2).sum(dim=1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+        if self._law is not None:
+            if not self._law.has_log_prob:
+                raise FlowmatchError(f"the source {self.source!r} has no known density: log-densities need one")
+            return self._law.log_prob(x).to(x.dtype)
         return self.manifold.uniform_log_prob(x)
 
     def loss(self, x1: torch.Tensor, generator: torch.Generator | None = None, source: Source = None) -> torch.Tensor:

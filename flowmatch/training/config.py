@@ -73,7 +73,8 @@ class TrainConfig:
     source: str = _option(
         "gaussian",
         "distribution at t = 0: gaussian (N(0, I)) or a data set name or file; kind manifold: uniform (the manifold's "
-        "uniform law, its default) or gaussian (N(0, I), --manifold euclidean only)",
+        "uniform law, its default), a built-in set on the same manifold (e.g. S2-vmf) or gaussian (N(0, I), --manifold "
+        "euclidean only)",
     )
     path: str = _option("linear", "probability path", choices=(*PATHS, "python"))
     sigma_min: float = _option(0.0, "noise floor of the gaussian path at t = 1", low=0.0, high=0.999)
