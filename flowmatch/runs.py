@@ -30,7 +30,7 @@ from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
 from flowmatch.flow import Flow, _conditions_of
 from flowmatch.storage import read_json, save_tensors, write_json
-from flowmatch.training.checkpoints import latest_state, list_states, unprefixed
+from flowmatch.training.checkpoints import latest_state, list_states, load_weights, unprefixed
 
 FORMAT_VERSION = 1
 
@@ -194,13 +194,8 @@ def build_flow(
         if isinstance(exc, FlowmatchError):
             raise
         raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise FlowmatchError(f"{where}: weights do not match the model: {first}") from None
     return Flow(
-        model=model.eval(), path=path, standardizer=standardizer, config=config, source=source,
+        model=load_weights(model, state, where), path=path, standardizer=standardizer, config=config, source=source,
         shape=meta.get("shape"), conditions=meta.get("conditions"),
     )  # fmt: skip
 

@@ -28,6 +28,7 @@ import torch
 from flowmatch.discrete.paths import MixturePath
 from flowmatch.discrete.sampling import mixed_sample
 from flowmatch.errors import FlowmatchError
+from flowmatch.training.checkpoints import load_weights
 
 
 class DiscreteFlow:
@@ -199,14 +200,7 @@ def build_discrete_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], co
         if isinstance(exc, FlowmatchError):
             raise FlowmatchError(f"{where}: {exc}") from None
         raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FlowmatchError(f"{where}: weights do not match the model: {str(exc).strip().splitlines()[0]}") from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise FlowmatchError(f"{where}: weights hold non-finite values ({bad[0]})")
-    model.eval()
+    load_weights(model, state, where)
     return flow
 
 

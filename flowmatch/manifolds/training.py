@@ -57,6 +57,7 @@ from flowmatch.manifolds.data import MANIFOLD_SETS, ManifoldData, PointSet, load
 from flowmatch.manifolds.flow import RiemannianFlow, TangentMLP, riemannian_loss
 from flowmatch.manifolds.manifolds import Euclidean, Manifold, manifold_from_config
 from flowmatch.manifolds.paths import GeodesicPath
+from flowmatch.training.checkpoints import load_weights
 from flowmatch.training.config import TrainConfig, resolve_kind, resolve_target
 from flowmatch.training.ema import EMA
 from flowmatch.training.loop import _descend, _optimizer, _StopSignal
@@ -403,14 +404,7 @@ def build_manifold_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], co
         if isinstance(exc, FlowmatchError):
             raise FlowmatchError(f"{where}: {exc}") from None
         raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FlowmatchError(f"{where}: weights do not match the model: {str(exc).strip().splitlines()[0]}") from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise FlowmatchError(f"{where}: weights hold non-finite values ({bad[0]})")
-    model.eval()
+    load_weights(model, state, where)
     return flow
 
 

@@ -104,3 +104,16 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> torch.nn.Module:
+    """``state`` into ``model`` (strict), in eval mode; weights that do not fit the model, or that hold a
+    NaN or an infinity, are one error naming the checkpoint ``where`` and the first offending entry."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FlowmatchError(f"{where}: weights do not match the model: {str(exc).strip().splitlines()[0]}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise FlowmatchError(f"{where}: weights hold non-finite values ({bad[0]})")
+    return model.eval()
