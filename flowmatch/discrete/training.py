@@ -33,7 +33,7 @@ from flowmatch.discrete.schedulers import make_scheduler
 from flowmatch.errors import FlowmatchError
 from flowmatch.training.config import TrainConfig
 from flowmatch.training.ema import EMA
-from flowmatch.training.loop import _descend, _optimizer, _StopSignal
+from flowmatch.training.loop import _descend, _optimizer, _progress_bar, _StopSignal
 from flowmatch.training.schedules import learning_rate
 
 #: Held-out windows (tokens) or rows (tables) the validation loss is computed on.
@@ -145,11 +145,7 @@ def train_discrete(config: TrainConfig, *, data: Any = None, model: torch.nn.Mod
     log: list[tuple[int, float, float, float]] = []
     losses: list[float] = []
     stop = _StopSignal()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, desc="train", unit="step", dynamic_ncols=True)
+    bar = _progress_bar(config.steps, 0, progress)
     started, done = time.perf_counter(), 0
     model.train()
     with stop:

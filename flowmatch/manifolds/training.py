@@ -60,7 +60,7 @@ from flowmatch.manifolds.paths import GeodesicPath
 from flowmatch.training.checkpoints import load_weights
 from flowmatch.training.config import TrainConfig, resolve_kind, resolve_target
 from flowmatch.training.ema import EMA
-from flowmatch.training.loop import _descend, _optimizer, _StopSignal
+from flowmatch.training.loop import _descend, _optimizer, _progress_bar, _StopSignal
 from flowmatch.training.schedules import batch_size_at, learning_rate, sample_times
 
 #: Share of a file's points held out as its test split (at most TEST_MAX), as for every data file.
@@ -265,11 +265,7 @@ def train_manifold(
     log: list[tuple[int, float, float, float]] = []
     losses: list[float] = []
     stop = _StopSignal()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, desc="train", unit="step", dynamic_ncols=True)
+    bar = _progress_bar(config.steps, 0, progress)
     started, done = time.perf_counter(), 0
     net.train()
     with stop:
