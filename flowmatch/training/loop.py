@@ -47,6 +47,7 @@ the result equals one process with the global batch, up to floating-point roundi
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -258,7 +259,13 @@ def train(
     log.close()
     if world > 1:
         _record_rank_agreement(model, run if main_process else None, world)
+    if world > 1:
+        # DDP's reducer hooks the model's parameters, which the result keeps: it would keep the process
+        # group alive until interpreter exit, where gloo's threads die in a random order (SIGABRT)
+        del objective, net
+        gc.collect()
     if own_group:
+        dist.barrier()  # no process closes its connections while another still uses them
         dist.destroy_process_group()
     chosen = validation.best_state if validation is not None and select == "val-loss" else None
     return TrainResult(
