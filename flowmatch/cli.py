@@ -10,12 +10,15 @@ import argparse
 import dataclasses
 import sys
 import tomllib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flowmatch.errors import FlowmatchError
+from flowmatch.errors import FlowmatchError, FlowmatchWarning
 from flowmatch.flow import PRECISIONS
 from flowmatch.manifolds.flow import RiemannianFlow
 from flowmatch.paths.affine import PATHS
@@ -723,11 +726,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _notes(command: str) -> Iterator[None]:
+    """Each :class:`~flowmatch.errors.FlowmatchWarning` (such as which checkpoint a run was loaded from) as one
+    ``note:`` line on stderr, every time; other warnings as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FlowmatchWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, FlowmatchWarning):
+                print(f"flowmatch {command}: note: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command][1](args)
+        with _notes(args.command):
+            return COMMANDS[args.command][1](args)
     except FlowmatchError as exc:
         print(f"flowmatch {args.command}: error: {as_flags(str(exc), parser)}", file=sys.stderr)
         return 2

@@ -9,3 +9,8 @@ on one line to stderr and exits with status 2; Python callers can catch it (it i
 
 class FlowmatchError(ValueError):
     """Bad input from the user: a file, a flag, a config value or a checkpoint."""
+
+
+class FlowmatchWarning(UserWarning):
+    """Something the user should know about what flowmatch did, such as which checkpoint it loaded; the CLI
+    prints it as one ``note:`` line on stderr."""

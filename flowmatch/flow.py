@@ -288,6 +288,10 @@ class Flow:
         (backpropagation through every solver step; with ``with_log_prob``, through the divergence
         too): for a loss on the samples, or d x1 / d x0. Without it the solve records no graph.
 
+        Samples are finite: a draw in which any sample comes out NaN or infinite (a diverged model, or a
+        solver that overflows) raises :class:`~flowmatch.errors.FlowmatchError` naming how many, and
+        returns nothing.
+
         ``noise > 0`` samples the SDE with the ODE's marginals instead (:mod:`flowmatch.solvers.sde`:
         Euler-Maruyama with diffusion g_t^2 = noise sigma_t, ``nfe`` steps on the uniform grid; the
         N(0, I) source and a Gaussian path); ``noise = 0`` is the ODE.
@@ -342,6 +346,7 @@ class Flow:
                         return_trajectory=return_trajectory,
                         progress=progress,
                     )
+            _require_finite(solution.x, solver, solution.nfe)
             trajectory = None
             if solution.trajectory is not None:
                 trajectory = self.standardizer.inverse(solution.trajectory.cpu())
@@ -440,6 +445,16 @@ def on_flat_rows(model: Callable, shape: tuple[int, ...] | None) -> Callable:
     if shape is None:
         return model
     return lambda x, t, **c: model(x.reshape(x.shape[0], *shape), t, **c).reshape(x.shape[0], -1)
+
+
+def _require_finite(x: torch.Tensor, solver: str, nfe: int) -> None:
+    """Samples hold no NaN or infinity: a draw that does (a diverged model or solver) is an error, not a result."""
+    finite = torch.isfinite(x.detach().reshape(len(x), -1)).all(1)
+    if not bool(finite.all()):
+        raise FlowmatchError(
+            f"sampling gave non-finite values in {int((~finite).sum())} of {len(x)} samples (solver {solver}, NFE {nfe}): "
+            "the model's velocity overflows; its weights may have diverged in training"
+        )
 
 
 def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad) -> None:

@@ -18,6 +18,7 @@ write never leaves a half-written run and an existing run is only replaced with 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,13 @@ from safetensors.torch import load_file
 
 from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
-from flowmatch.errors import FlowmatchError
+from flowmatch.errors import FlowmatchError, FlowmatchWarning
 from flowmatch.flow import Flow, _conditions_of
 from flowmatch.storage import read_json, save_tensors, write_json
 from flowmatch.training.checkpoints import latest_state, list_states, load_weights, unprefixed
 
+#: The version of checkpoint.json (and of a training checkpoint's ``flow`` entry) this flowmatch writes and
+#: reads. Every checkpoint.json flowmatch has written names its version, so one without a version is refused.
 FORMAT_VERSION = 1
 
 
@@ -118,7 +121,10 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
     """Rebuild the Flow saved in a run folder (weights are read with safetensors, never unpickled).
 
     A finished run has ``checkpoint.safetensors``; a run stopped during training is loaded from its
-    newest training checkpoint (EMA weights where kept). ``model=`` fills an instance of one's own
+    newest training checkpoint (EMA weights where kept), and so is a finished run that was resumed with
+    more steps and stopped again (its training checkpoints are newer than the final weights, by
+    ``steps_run`` in metrics.json): either way a :class:`~flowmatch.errors.FlowmatchWarning` says which
+    step was loaded and why (the CLI prints it as one ``note:`` line). ``model=`` fills an instance of one's own
     with the weights instead of rebuilding the model (needed for a model the run folder only names);
     ``source=`` gives back a source object that the run could not save.
     """
@@ -129,11 +135,16 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
         raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CONFIG} is missing")
     config = read_json(folder / CONFIG)
     finished = (folder / CHECKPOINT).is_file() and (folder / CHECKPOINT_META).is_file()
-    if finished or not list_states(folder):
+    states = list_states(folder)
+    final_step = _final_step(folder) if finished and states else None
+    if final_step is not None and _step_of(states[-1]) <= final_step:
+        final_step = None  # the final weights are the newest state
+    if (finished and final_step is None) or not states:
         for name in (CHECKPOINT, CHECKPOINT_META):
             if not (folder / name).is_file():
                 raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {name} is missing")
         meta = read_json(folder / CHECKPOINT_META)
+        check_format(meta, folder / CHECKPOINT_META)
         try:
             state = load_file(str(folder / CHECKPOINT))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -155,7 +166,49 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
         where, tensors, state_meta = latest_state(folder)
         meta = state_meta.get("flow", {})
         state = {**unprefixed("model", tensors), **unprefixed("ema", tensors)}  # EMA parameters, the model's buffers
+        flow = build_flow(meta, state, config, where, model=model, source=source, folder=folder).to(device)
+        why = (
+            f"its {CHECKPOINT} is from step {final_step} and training went on"
+            if final_step is not None
+            else f"it has no {CHECKPOINT} (training did not finish)"
+        )
+        warnings.warn(
+            f"'{folder}': loaded training checkpoint step {_step_of(Path(where))} (EMA weights where kept): {why}",
+            FlowmatchWarning,
+            stacklevel=2,
+        )
+        return flow
     return build_flow(meta, state, config, where, model=model, source=source, folder=folder).to(device)
+
+
+def _step_of(state_folder: Path) -> int:
+    """The step of a training checkpoint folder ``step-00001234``."""
+    return int(state_folder.name.removeprefix("step-"))
+
+
+def _final_step(folder: Path) -> int | None:
+    """The step at which a finished run's weights were saved (``steps_run`` in metrics.json), None if unknown."""
+    try:
+        metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
+    except FlowmatchError:
+        return None
+    value = metrics.get("steps_run") if isinstance(metrics, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_format(meta: Any, where) -> None:
+    """Checkpoint metadata that this flowmatch can read: format ``flowmatch-checkpoint`` and a version up to
+    :data:`FORMAT_VERSION`; one written by a newer flowmatch is refused by its version."""
+    if not isinstance(meta, dict) or meta.get("format") != "flowmatch-checkpoint":
+        raise FlowmatchError(f"{where}: not a flowmatch checkpoint (no format 'flowmatch-checkpoint')")
+    version = meta.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise FlowmatchError(
+            f"{where}: checkpoint format version {version} was written by a newer flowmatch; this one reads version "
+            f"{FORMAT_VERSION}: upgrade flowmatch to load it"
+        )
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise FlowmatchError(f"{where}: unknown checkpoint format version {version!r} (this flowmatch reads version {FORMAT_VERSION})")
 
 
 def build_flow(
@@ -172,8 +225,7 @@ def build_flow(
     from flowmatch.models.registry import from_config
     from flowmatch.paths.specs import path_from_config
 
-    if not isinstance(meta, dict) or meta.get("format") != "flowmatch-checkpoint" or meta.get("version") != FORMAT_VERSION:
-        raise FlowmatchError(f"{where}: not a flowmatch checkpoint of version {FORMAT_VERSION}")
+    check_format(meta, where)
     try:
         spec = dict(meta["model"])
         if model is not None and not isinstance(model, torch.nn.Module):

@@ -263,6 +263,8 @@ def load_classifier(folder: str | os.PathLike) -> ImageClassifier:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from flowmatch.training.checkpoints import load_weights
+
     folder = Path(folder)
     meta_path, weights_path = folder / CLASSIFIER_META, folder / CLASSIFIER_WEIGHTS
     for p in (meta_path, weights_path):
@@ -280,10 +282,10 @@ def load_classifier(folder: str | os.PathLike) -> ImageClassifier:
         raise FlowmatchError(f"{meta_path}: malformed classifier config ({exc!r})") from None
     try:
         state = load_file(str(weights_path))
-        classifier.load_state_dict(state, strict=True)
     except (SafetensorError, OSError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FlowmatchError(f"{weights_path}: cannot load the classifier weights ({first})") from None
+    load_weights(classifier, state, weights_path)  # names, shapes, dtypes and finite values checked
     classifier.meta = dict(meta.get("meta") or {})
     return classifier.eval()
 

@@ -266,11 +266,15 @@ class RiemannianFlow:
         ``nfe`` velocity evaluations.
 
         ``source`` is None (the flow's own), a tensor of n points, or ``f(n, generator)`` returning n points;
-        randomness comes from a generator seeded with ``seed``.
+        randomness comes from a generator seeded with ``seed``. Samples are finite: a draw in which any
+        comes out NaN or infinite raises :class:`~flowmatch.errors.FlowmatchError` naming how many.
         """
+        from flowmatch.flow import _require_finite
+
         x0 = self._source(n, torch.Generator().manual_seed(seed), source)
         with torch.no_grad():
             sol = integrate_manifold(self.model, x0, self.manifold, solver=solver, nfe=nfe)
+        _require_finite(sol.x, solver, nfe)
         return self.manifold.canonical(sol.x)
 
     def sample(self, n: int, **options) -> torch.Tensor:

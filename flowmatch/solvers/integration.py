@@ -212,7 +212,15 @@ def _integrate_adaptive(
     # step_t = t1 makes the last step end exactly at t1 instead of overshooting it and
     # interpolating back, so f is only evaluated between t0 and t1 (as the model was trained)
     options = {"step_t": torch.tensor([t1], dtype=torch.float64)}
-    states = odeint(counted, x0, times.to(x0.device), method=solver, atol=atol, rtol=rtol, options=options)
+    try:
+        states = odeint(counted, x0, times.to(x0.device), method=solver, atol=atol, rtol=rtol, options=options)
+    except AssertionError as exc:  # torchdiffeq's step-size control gives up (a NaN or overflowing velocity)
+        if "underflow in dt" not in str(exc):
+            raise
+        raise FlowmatchError(
+            f"{solver}: the step size underflowed after {count} velocity evaluations (atol {atol}, rtol {rtol}): "
+            "the velocity is non-finite or overflows; its weights may have diverged in training"
+        ) from None
     return Solution(
         x=states[-1],
         nfe=count,

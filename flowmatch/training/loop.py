@@ -182,7 +182,7 @@ def train(
     saved = TrainingState(
         model, ema, optimizer, generator, validation=validation, stream=stream, flow_meta=meta, keep=config.keep_checkpoints
     )
-    elapsed, losses = saved.restore(state[1], state[2]) if state is not None else (0.0, [])
+    elapsed, losses = saved.restore(state[1], state[2], state[0]) if state is not None else (0.0, [])
     if world > 1:
         dist.barrier()  # every process has checked its input before the run folder is touched
 

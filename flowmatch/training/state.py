@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from flowmatch.training.checkpoints import optimizer_from_tensors, optimizer_to_tensors, prefixed, save_state, unprefixed
+from flowmatch.training.checkpoints import check_weights, optimizer_from_tensors, optimizer_to_tensors, prefixed, save_state, unprefixed
 
 
 class TrainingState:
@@ -44,8 +44,11 @@ class TrainingState:
             tensors.update(prefixed("stream.rng", position["rng"]))
         save_state(folder, step, tensors, meta, self.keep)
 
-    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> tuple[float, list[float]]:
-        """Put a checkpoint's state back; returns (training seconds so far, the recent losses)."""
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], where="the checkpoint") -> tuple[float, list[float]]:
+        """Put a checkpoint's state back (its EMA weights checked as the model's are: names, shapes, dtypes,
+        finite values; the error names ``where``); returns (training seconds so far, the recent losses)."""
+        if self.ema.shadow is not None:
+            check_weights(dict(self.model.named_parameters()), unprefixed("ema", tensors), f"{where} (EMA)")
         self.ema.load(self.model, unprefixed("ema", tensors), meta["ema_updates"])
         optimizer_from_tensors(self.optimizer, unprefixed("optimizer", tensors), meta["optimizer_groups"])
         self.generator.set_state(tensors["rng.generator"])

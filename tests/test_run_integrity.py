@@ -1,0 +1,162 @@
+"""What a run folder's loader accepts: checked weights (names, shapes, dtypes, finite values) and format
+version, a note naming the training checkpoint it falls back to, and samples that are finite or an error."""
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from cli_checks import one_error_line
+from safetensors.torch import load_file, save_file
+
+import flowmatch
+from flowmatch.cli import main
+from flowmatch.errors import FlowmatchError, FlowmatchWarning
+from flowmatch.training.config import TrainConfig
+from flowmatch.training.fitting import fit
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("integrity") / "run"
+    fit(TrainConfig(steps=20, width=16, batch_size=32), out=str(out), progress=False, evaluate=False, n_eval=200)
+    return out
+
+
+def _finished_copy(run, dst, change=None):
+    """A copy of the run with only its final checkpoint; ``change(state)`` edits the weights in place."""
+    shutil.copytree(run, dst)
+    shutil.rmtree(dst / "checkpoints")
+    if change is not None:
+        state = load_file(str(dst / "checkpoint.safetensors"))
+        change(state)
+        save_file(state, str(dst / "checkpoint.safetensors"))
+    return dst
+
+
+def _sample(run, out, capsys):
+    capsys.readouterr()
+    return main(["sample", "--run", str(run), "-n", "5", "--nfe", "4", "--out", str(out)])
+
+
+def _nan_bias(state):
+    state["body.1.bias"] = torch.full_like(state["body.1.bias"], float("nan"))
+
+
+def _as_int64(state):
+    for key in state:
+        state[key] = state[key].round().long()
+
+
+def _as_float64(state):
+    for key in state:
+        state[key] = state[key].double()
+
+
+def _wrong_shape(state):
+    state["body.1.bias"] = torch.zeros(17)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (_nan_bias, ["weights hold non-finite values (body.1.bias)"]),
+        (_as_int64, ["weights do not match the model", "is int64, the model's float32 (weights are not cast)"]),
+        (_as_float64, ["is float64, the model's float32 (weights are not cast)"]),
+        (_wrong_shape, ["body.1.bias has shape (17,), the model's (16,)"]),
+    ],
+)
+def test_sample_refuses_weights_that_do_not_fit(run, tmp_path, capsys, change, words):
+    bad = _finished_copy(run, tmp_path / "bad", change)
+    out = tmp_path / "s.npy"
+    one_error_line(capsys, _sample(bad, out, capsys), "flowmatch sample: error:", str(bad / "checkpoint.safetensors"), *words)
+    assert not out.exists()
+    with pytest.raises(FlowmatchError, match=words[-1].replace("(", r"\(").replace(")", r"\)")):
+        flowmatch.load(bad)
+
+
+def test_a_refused_checkpoint_leaves_the_given_model_untouched(run, tmp_path):
+    from flowmatch.models.mlp import MLP
+
+    bad = _finished_copy(run, tmp_path / "bad", _as_int64)
+    torch.manual_seed(0)
+    mine = MLP(2, width=16, depth=3)
+    before = {k: v.clone() for k, v in mine.state_dict().items()}
+    with pytest.raises(FlowmatchError, match="int64"):
+        flowmatch.load(bad, model=mine)
+    for key, value in mine.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize(
+    "version, words",
+    [
+        (2, "checkpoint format version 2 was written by a newer flowmatch; this one reads version 1: upgrade flowmatch"),
+        (None, "unknown checkpoint format version None"),
+        ("1", "unknown checkpoint format version '1'"),
+        (True, "unknown checkpoint format version True"),
+    ],
+)
+def test_checkpoint_format_version(run, tmp_path, capsys, version, words):
+    bad = _finished_copy(run, tmp_path / "bad")
+    meta = json.loads((bad / "checkpoint.json").read_text())
+    assert meta["version"] == 1  # what every run writes
+    if version is None:
+        del meta["version"]
+    else:
+        meta["version"] = version
+    (bad / "checkpoint.json").write_text(json.dumps(meta))
+    one_error_line(capsys, _sample(bad, tmp_path / "s.npy", capsys), str(bad / "checkpoint.json"), words)
+    assert not (tmp_path / "s.npy").exists()
+
+
+def test_a_newer_version_of_a_discrete_or_manifold_checkpoint_is_refused_too(run, tmp_path):
+    bad = _finished_copy(run, tmp_path / "bad")
+    for kind in ("tokens", "manifold"):
+        (bad / "checkpoint.json").write_text(json.dumps({"format": "flowmatch-checkpoint", "version": 3, "kind": kind}))
+        with pytest.raises(FlowmatchError, match="version 3 was written by a newer flowmatch"):
+            flowmatch.load(bad)
+    (bad / "checkpoint.json").write_text(json.dumps({"format": "other", "version": 1}))
+    with pytest.raises(FlowmatchError, match="not a flowmatch checkpoint"):
+        flowmatch.load(bad)
+
+
+def test_falling_back_to_a_training_checkpoint_says_so(run, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "checkpoint.safetensors").unlink()
+    with pytest.warns(FlowmatchWarning) as caught:
+        flowmatch.load(unfinished)
+    assert [str(w.message) for w in caught] == [
+        f"'{unfinished}': loaded training checkpoint step 20 (EMA weights where kept): "
+        "it has no checkpoint.safetensors (training did not finish)"
+    ]
+    capsys.readouterr()
+    out = tmp_path / "s.npy"
+    assert _sample(unfinished, out, capsys) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"flowmatch sample: note: '{unfinished}': loaded training checkpoint step 20 (EMA weights where kept): "
+        "it has no checkpoint.safetensors (training did not finish)"
+    ]
+    assert out.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a finished run loads without a word
+        flowmatch.load(run)
+
+
+def _huge_output_layer(state):
+    state["body.5.weight"] = state["body.5.weight"] * 1e37  # finite weights whose velocity overflows
+
+
+def test_non_finite_samples_are_an_error_not_a_file(run, tmp_path, capsys):
+    big = _finished_copy(run, tmp_path / "big", _huge_output_layer)
+    out = tmp_path / "s.npy"
+    one_error_line(capsys, _sample(big, out, capsys), "sampling gave non-finite values in 5 of 5 samples (solver rk4, NFE 4)", "overflows")
+    assert not out.exists()
+    flow = flowmatch.load(big)
+    with pytest.raises(FlowmatchError, match="non-finite values in 3 of 3 samples"):
+        flow.sample(3, nfe=4)
+    with pytest.raises(FlowmatchError, match="dopri5: the step size underflowed after .* velocity evaluations"):
+        flow.generate(3, solver="dopri5")
