@@ -28,6 +28,8 @@ from flowmatch.storage import atomic_file
 from flowmatch.training.config import PRESETS, TrainConfig, kind_defaults, resolve_kind
 from flowmatch.training.fitting import fit, resume_config
 
+SAMPLERS = (*SOLVERS, "meanflow")  # the ODE solvers, and a MeanFlow model's average-velocity jumps
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit status 2."""
@@ -89,14 +91,14 @@ def _load_toml(path: str) -> dict[str, Any]:
 def _cmd_train(args) -> int:
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if args.resume:
-        if args.out or args.preset or args.config or args.force or set(flags) - {"steps"}:
-            raise FlowmatchError("--resume continues a run with its saved config; only --steps may be given with it")
+        if args.out or args.preset or args.config or args.force or set(flags) - {"steps", "threads"}:
+            raise FlowmatchError("--resume continues a run with its saved config; only --steps (and --threads) may be given with it")
         out = args.resume
         config = resume_config(Path(out), None)
         if config.kind in ("tokens", "table", "manifold"):
             raise FlowmatchError(f"'{out}' is a {config.kind} run, which cannot be resumed yet: train it again with more steps")
-        if "steps" in flags:
-            config = TrainConfig.from_dict({**config.to_dict(), "steps": flags["steps"]}, source="flags")
+        if flags:
+            config = TrainConfig.from_dict({**config.to_dict(), **flags}, source="flags")
     else:
         if not args.out:
             raise FlowmatchError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -196,6 +198,13 @@ def _add_sample(sub) -> None:
     )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w (1 = plain conditional; default: 1)")
     p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="stochastic sampling: Euler-Maruyama with the ODE's marginals and diffusion g^2 = noise * sigma_t, --nfe steps "
+        "(N(0, I) source, Gaussian path); 0 = the ODE (default: 0)",
+    )
+    p.add_argument(
         "--schedule",
         default=None,
         choices=PATHS,
@@ -241,9 +250,9 @@ def _add_solver_flags(p) -> None:
     p.add_argument(
         "--solver",
         default=None,
-        choices=SOLVERS,
+        choices=SAMPLERS,
         help="ODE solver (default: rk4; a distilled student: euler; a manifold run: euler, midpoint, heun or rk4, "
-        "stepping through the exponential map)",
+        "stepping through the exponential map); meanflow: --nfe jumps of a MeanFlow run's average velocity (its default, NFE 1)",
     )
     p.add_argument(
         "--nfe", type=int, default=None, help="velocity evaluations for fixed-step solvers (default: 100; a distilled student: its own)"
@@ -299,6 +308,7 @@ def _cmd_sample(args) -> int:
             condition=row,
             guidance=args.guidance,
             precision=args.precision,
+            noise=args.noise,
         )
         drawn = result.trajectory if args.trajectory else result.x
         assert drawn is not None
@@ -318,7 +328,16 @@ def _sample_discrete(args, flow, out: Path) -> int:
     allowed = (".txt", ".npy") if flow.kind == "tokens" else (".csv",)
     if out.suffix not in allowed:
         raise FlowmatchError(f"a {flow.kind} run writes {' or '.join(allowed)}, not '{out.suffix}'")
-    if args.solver or args.grid != "uniform" or args.label or args.condition or args.trajectory or args.schedule or args.guidance != 1.0:
+    if (
+        args.solver
+        or args.grid != "uniform"
+        or args.label
+        or args.condition
+        or args.trajectory
+        or args.schedule
+        or args.guidance != 1.0
+        or args.noise
+    ):
         raise FlowmatchError(f"a {flow.kind} run samples with the jump sampler: give --nfe, --temperature, --corrector and --seed only")
     nfe = args.nfe if args.nfe is not None else 64
     x, tokens = flow.generate(args.n, nfe=nfe, temperature=args.temperature, corrector=args.corrector, seed=args.seed, progress=True)
@@ -354,7 +373,9 @@ def _sample_manifold(args, flow, out: Path) -> int:
 
     if out.suffix not in (".npy", ".csv"):
         raise FlowmatchError(f"a manifold run writes .npy or .csv, not '{out.suffix}'")
-    continuous_only = args.grid != "uniform" or args.label or args.condition or args.trajectory or args.schedule or args.guidance != 1.0
+    continuous_only = (
+        args.grid != "uniform" or args.label or args.condition or args.trajectory or args.schedule or args.guidance != 1.0 or args.noise
+    )
     if continuous_only or args.precision != "fp32" or args.temperature != 1.0 or args.corrector:
         raise FlowmatchError("a manifold run samples with --solver (euler, midpoint, heun, rk4), --nfe and --seed only")
     if args.n < 1:
@@ -433,7 +454,10 @@ def _add_eval(sub) -> None:
     p.add_argument("-n", type=int, default=None, help="samples for the quality metrics (default: 5000; quick: 1000)")
     p.add_argument("--n-likelihood", type=int, default=None, help="held-out points to score (default: 2000; quick: 500)")
     p.add_argument(
-        "--solver", default=None, choices=SOLVERS, help="sampler for the quality metrics (default: rk4; a distilled student: euler)"
+        "--solver",
+        default=None,
+        choices=SAMPLERS,
+        help="sampler for the quality metrics (default: rk4; a distilled student: euler; a MeanFlow run: meanflow, NFE 1)",
     )
     p.add_argument("--nfe", type=int, default=None, help="sampler NFE (default: 100; a distilled student: its own)")
     p.add_argument("--likelihood-solver", default=None, choices=SOLVERS, help="solver for the NLL (default: dopri5; quick: rk4)")

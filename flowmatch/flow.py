@@ -23,6 +23,7 @@ from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
 from flowmatch.paths.affine import AffinePath
+from flowmatch.solvers.grids import time_grid
 from flowmatch.solvers.integration import integrate
 
 #: Precisions the sampler's network can run in (the state and the solver stay float32).
@@ -207,12 +208,12 @@ class Flow:
         if not condition:
             return model
         if guidance == 1.0:
-            return lambda x, t: model(x, t, **condition)
+            return lambda x, t, **times: model(x, t, **times, **condition)
         null = self.null_condition(condition)
         both = {k: torch.cat([v, null[k]]) for k, v in condition.items()}
 
-        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            v_cond, v_uncond = model(torch.cat([x, x]), t, **both).chunk(2)
+        def guided(x: torch.Tensor, t: torch.Tensor, **times) -> torch.Tensor:  # times: a two-time model's r
+            v_cond, v_uncond = model(torch.cat([x, x]), t, **times, **both).chunk(2)
             return v_uncond + guidance * (v_cond - v_uncond)
 
         return guided
@@ -220,10 +221,13 @@ class Flow:
     def resolve_sampler(self, solver: str | None = None, nfe: int | None = None) -> tuple[str, int]:
         """The (solver, NFE) to sample with: what is given, the rest from the flow's own default.
 
-        The default is rk4 at NFE 100, and for a distilled student (config ``objective`` distill) the
-        Euler NFE it was trained for; an NFE left out with another solver is 100.
+        The default is rk4 at NFE 100; for a distilled student (config ``objective`` distill) the
+        Euler NFE it was trained for; for a MeanFlow model (``objective`` meanflow) one jump of its
+        average velocity (``solver="meanflow"``, :func:`~flowmatch.solvers.mean_flow_sample`). An NFE
+        left out with another solver is 100.
         """
-        default = ("euler", int(self.config.get("distill_nfe", 1))) if self.config.get("objective") == "distill" else ("rk4", 100)
+        objective = self.config.get("objective")
+        default = {"distill": ("euler", int(self.config.get("distill_nfe", 1))), "meanflow": ("meanflow", 1)}.get(objective, ("rk4", 100))
         solver = default[0] if solver is None else solver
         if nfe is None:
             nfe = default[1] if solver == default[0] else 100
@@ -260,7 +264,10 @@ class Flow:
         n are drawn from the source with ``seed``.
 
         ``solver`` and ``nfe`` default to :meth:`resolve_sampler`'s choice (rk4 at NFE 100; a distilled
-        student's own Euler NFE).
+        student's own Euler NFE; a MeanFlow model's one jump). ``solver="meanflow"`` samples a two-time
+        model u(x, r, t) (objective meanflow) in ``nfe`` jumps x_{k+1} = x_k + (t_{k+1} - t_k)
+        u(x_k, t_k, t_{k+1}) on ``grid`` (:func:`~flowmatch.solvers.mean_flow_sample`); every ODE
+        solver and the likelihood use such a model's instantaneous velocity u(x, t, t).
 
         ``with_log_prob=True`` also integrates d/dt log p = -div v along each path (see
         ``flowmatch.likelihood``) and fills ``Samples.log_prob`` with each sample's log-density in data
@@ -326,6 +333,8 @@ class Flow:
                     velocity, x0, solver=solver, nfe=nfe, grid=grid, atol=atol, rtol=rtol, divergence=divergence,
                     generator=generator, return_trajectory=return_trajectory, progress=progress, grad=grad,
                 )  # fmt: skip
+            elif solver == "meanflow":
+                solution = self._mean_flow(velocity, x0, nfe, grid, schedule, precision, return_trajectory)
             elif noise:
                 from flowmatch.solvers.sde import sde_sample
 
@@ -357,6 +366,18 @@ class Flow:
                 trajectory=trajectory,
                 log_prob=solution.log_prob + self.standardizer.log_abs_det() if with_log_prob else None,
             )
+
+    def _mean_flow(self, velocity, x0, nfe, grid, schedule, precision, return_trajectory):
+        """``nfe`` jumps of the average velocity on ``grid``; ``velocity`` calls the model with r by keyword."""
+        from flowmatch.solvers.meanflow import mean_flow_sample
+
+        times = self.config.get("objective") == "meanflow" or getattr(self.model, "config", {}).get("times") == 2
+        if not times:
+            raise FlowmatchError("solver meanflow needs a two-time model u(x, r, t) (objective meanflow); this flow has v(x, t)")
+        if schedule is not None:
+            raise FlowmatchError("solver meanflow jumps with the average velocity of the trained schedule: --schedule does not apply")
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return mean_flow_sample(velocity, x0, times=time_grid(grid, nfe, 0.0, 1.0), return_trajectory=return_trajectory)
 
     def _check_sde(self, noise, solver, grid, schedule, with_log_prob) -> None:
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
@@ -502,7 +523,8 @@ def _in_row_chunks(model: Callable, rows: int | None) -> Callable:
         out = None
         for start in range(0, n, rows):
             part = slice(start, start + rows)
-            v = model(x[part], t[part] if per_row_t else t, **{k: e[part] for k, e in extra.items()})
+            rowwise = {k: e[part] if isinstance(e, torch.Tensor) and e.dim() > 0 and e.shape[0] == n else e for k, e in extra.items()}
+            v = model(x[part], t[part] if per_row_t else t, **rowwise)
             if out is None:
                 out = x.new_empty((n, *v.shape[1:]))
             out[part] = v

@@ -292,6 +292,7 @@ def meanflow_loss(
     condition: dict[str, torch.Tensor] | None = None,
     noise: torch.Tensor | None = None,
     velocity: torch.Tensor | None = None,
+    posterior: Posterior | None = None,
     guidance: float = 1.0,
     guidance_mix: float = 0.0,
     null_class: int | None = None,
@@ -305,7 +306,10 @@ def meanflow_loss(
     ``model(x, t, r=r, **condition)`` is u(x, r, t), x at time r <= t (the built-in ``MLP`` and
     ``UNet`` with ``times=2``, or any callable taking r by keyword); t, r of shape (n,), e.g. from
     :func:`meanflow_times`. The point is x_r on ``path`` (default linear) and v its conditional
-    velocity, unless ``velocity`` (n, ...) is given in its place (a marginal or posterior velocity).
+    velocity, unless ``velocity`` (n, ...) is given in its place (a marginal velocity), or ``posterior``
+    asks for the posterior velocity at x_r (as in :func:`flow_matching_loss`: the batch's estimate of
+    the marginal velocity, for which the identity holds exactly, with far less variance than a pair's
+    own at early times).
 
     - ``labels``/``condition``/``noise``: as :func:`flow_matching_loss`.
     - ``guidance`` omega != 1 or ``guidance_mix`` kappa != 0: the guided target field v~ of the module
@@ -347,7 +351,11 @@ def meanflow_loss(
         raise FlowmatchError("meanflow_loss needs intervals with r <= t (x at time r, carried to t)")
     path = make_path("linear") if path is None else path
     sample = path.sample(x0, x1, r, noise)
+    if velocity is not None and posterior is not None:
+        raise FlowmatchError("give meanflow_loss a velocity or a posterior, not both")
     v = sample.velocity if velocity is None else velocity
+    if posterior is not None:
+        v = path.posterior_velocity(sample, x1, posterior.reference, posterior.own, posterior.allowed, posterior.source)
     if v.shape != sample.x_t.shape:
         raise FlowmatchError(f"velocity must be shaped like the points {tuple(sample.x_t.shape)}, got {tuple(v.shape)}")
     condition = {**({} if labels is None else {"y": labels}), **(condition or {})}

@@ -379,3 +379,75 @@ def test_a_short_meanflow_training_samples_two_gaussians_in_one_step():
     assert 0.45 < (x[:, 0] > 0).float().mean().item() < 0.55
     assert ((x[:, 0].abs() - 2).abs() < 1.0).float().mean() > 0.85  # near a mode, not between them
     assert 0.05 < var[1].item() < 0.4
+
+
+# -- the training loop, run folders and the CLI ------------------------------------------------------
+TINY = {"data": "two-gaussians", "steps": 30, "width": 32, "depth": 2, "batch_size": 64, "batch_warmup": 0, "device": "cpu"}
+
+
+def test_objective_meanflow_trains_a_two_time_model_that_samples_in_one_jump_by_default(tmp_path, capsys):
+    from flowmatch.cli import main
+    from flowmatch.runs import load
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.fitting import fit
+
+    result, metrics = fit(TrainConfig(objective="meanflow", **TINY), out=tmp_path / "run", progress=False, evaluate=False)
+    assert metrics["sampler"] == {"solver": "meanflow", "nfe": 1}
+    flow = load(tmp_path / "run")
+    assert flow.model.config["times"] == 2 and flow.resolve_sampler() == ("meanflow", 1)
+    one, two = flow.generate(500, seed=1), flow.generate(500, seed=1, nfe=2)
+    assert (one.nfe, two.nfe) == (1, 2)
+    # one jump is x0 + u(x0, 0, 1), by hand in model coordinates
+    x0 = flow.draw_source(500, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        by_hand = flow.standardizer.inverse(x0 + flow.model(x0, torch.tensor(1.0), r=torch.tensor(0.0)))
+    assert torch.allclose(one.x, by_hand, atol=1e-5)
+    assert torch.isfinite(flow.generate(100, solver="rk4", nfe=8, seed=0).x).all()  # u(x, t, t) = v(x, t) for the ODE solvers
+    assert main(["sample", "--run", str(tmp_path / "run"), "-n", "50", "--out", str(tmp_path / "x.npy")]) == 0
+    assert "solver meanflow, NFE 1" in capsys.readouterr().out
+
+
+def test_the_loop_regresses_onto_the_posterior_velocity_at_the_intervals_start():
+    """meanflow_loss(posterior=) is the loss with the posterior velocity of the point x_r (not x_t) as v."""
+    from flowmatch.losses import Posterior
+
+    torch.manual_seed(0)
+    model, path = MLP(2, width=16, depth=2, times=2), make_path("linear")
+    x0, x1 = torch.randn(64, 2), torch.randn(64, 2) + 3.0
+    t, r = _intervals(64, 5, torch.float32)
+    over = Posterior(x1[:32], torch.where(torch.arange(64) < 32, torch.arange(64), -1))
+    v = path.posterior_velocity(path.sample(x0, x1, r), x1, over.reference, over.own)
+    assert torch.equal(meanflow_loss(model, x0, x1, t, r, posterior=over), meanflow_loss(model, x0, x1, t, r, velocity=v))
+    assert not torch.allclose(v, path.sample(x0, x1, r).velocity)  # the posterior is not the pair's own velocity
+    with pytest.raises(FlowmatchError, match="not both"):
+        meanflow_loss(model, x0, x1, t, r, posterior=over, velocity=v)
+
+
+def test_objective_meanflow_refuses_what_cannot_take_two_times():
+    from flowmatch.flow import Flow
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.loop import train
+
+    with pytest.raises(FlowmatchError, match="seed-mlp model takes one time"):
+        train(TrainConfig(objective="meanflow", model="seed-mlp", **TINY), progress=False)
+    with pytest.raises(FlowmatchError, match="times=2"):
+        train(TrainConfig(objective="meanflow", **TINY), model=MLP(2, width=16), progress=False)
+
+    class OneTime(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(3, 2)
+
+        def forward(self, x, t):
+            return self.net(torch.cat([x, torch.as_tensor(t).expand(len(x), 1)], 1))
+
+    with pytest.raises(FlowmatchError, match="takes no argument r"):
+        train(TrainConfig(objective="meanflow", **TINY), model=OneTime(), progress=False)
+    with pytest.raises(FlowmatchError, match="need objective meanflow and conditional"):
+        TrainConfig.from_dict({"objective": "meanflow", "meanflow_guidance": 2.0})
+    from flowmatch.data.standardize import Standardizer
+
+    identity = Standardizer(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    one_time = Flow(model=MLP(2, width=16).eval(), path=make_path("linear"), standardizer=identity, config={"source": "gaussian"})
+    with pytest.raises(FlowmatchError, match="two-time model"):
+        one_time.generate(10, solver="meanflow")

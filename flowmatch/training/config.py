@@ -88,7 +88,12 @@ class TrainConfig:
     condition_columns: str = _option(
         "", "CSV columns (names or 1-based numbers, comma separated) holding float covariates the model is conditioned on (its c)"
     )
-    objective: str = _option("flow-matching", "training loss", choices=("flow-matching", "distill"))
+    objective: str = _option(
+        "flow-matching",
+        "training loss: flow matching, distillation onto teacher pairs, or MeanFlow (a two-time model of the average "
+        "velocity u(x, r, t) that samples in one step)",
+        choices=("flow-matching", "distill", "meanflow"),
+    )
     target: str = _option(
         "auto",
         "regression target: each pair's own velocity (conditional), or its posterior mean over the batch's data "
@@ -97,6 +102,16 @@ class TrainConfig:
         choices=TARGETS,
     )
     distill_nfe: int = _option(1, "student's velocity evaluations (objective distill)", low=1)
+    meanflow_equal_share: float = _option(
+        0.75, "objective meanflow: share of rows trained with r = t (plain flow matching; the rest on intervals r < t)", low=0.0, high=1.0
+    )
+    meanflow_power: float = _option(
+        1.0, "objective meanflow: power p of the adaptive loss weight 1 / (error + 1e-3)^p (0 = the plain mean square)", low=0.0
+    )
+    meanflow_guidance: float = _option(
+        1.0, "objective meanflow, conditional: guidance weight omega folded into the target (1 = none); samples guided in one call"
+    )
+    meanflow_guidance_mix: float = _option(0.0, "objective meanflow: the paper's mixing scale kappa of the guided target (0 = none)")
     # discrete flow matching (kind tokens and table)
     scheduler: str = _option("linear", "kappa_t of the discrete mixture path (tokens, table)", choices=("linear", "polynomial", "cosine"))
     scheduler_exponent: float = _option(2.0, "n of the polynomial scheduler kappa_t = t^n", low=1e-3)
@@ -188,6 +203,13 @@ class TrainConfig:
     mmap: str = _option("auto", "memory-map a .npy file (auto: files over 1 GiB)", choices=("auto", "yes", "no"))
     seed: int = _option(0, "random seed", low=0)
     device: str = _option("auto", "cpu, cuda, cuda:N or auto")
+    threads: int = _option(
+        0,
+        "intra-op CPU threads of torch while training and measuring (0 = choose: one for small models, up to the cores this "
+        "process may use for large ones; left to torch when OMP_NUM_THREADS is set)",
+        low=0,
+        high=1024,
+    )
     checkpoint_every: int = _option(1000, "write a training checkpoint every N steps (and at the end)", low=1)
     keep_checkpoints: int = _option(2, "training checkpoints to keep", low=1)
     log_every: int = _option(50, "append to metrics.csv (and TensorBoard) every N steps", low=1)
@@ -225,6 +247,10 @@ class TrainConfig:
             mult = []
         if not mult or min(mult) < 1:
             raise FlowmatchError(f"{source}: channel_mult must be positive integers separated by commas, got '{self.channel_mult}'")
+        if (self.meanflow_guidance != 1.0 or self.meanflow_guidance_mix != 0.0) and not (
+            self.objective == "meanflow" and (self.conditional or self.condition_columns)
+        ):
+            raise FlowmatchError(f"{source}: meanflow_guidance and meanflow_guidance_mix need objective meanflow and conditional")
         if self.objective == "distill" and not self.pairs:
             raise FlowmatchError(f"{source}: objective distill needs teacher pairs (use 'flowmatch distill')")
         obstacle = _posterior_obstacle(self) if self.target == "posterior" else ""
@@ -374,8 +400,8 @@ def _posterior_obstacle(config: TrainConfig) -> str:
     """Why the posterior target does not apply to ``config`` ("" if it does): it needs x0 drawn from a
     Gaussian or a built-in Gaussian mixture (or, on a manifold, from its uniform law), independently of x1,
     so that the path through a data point has a known density."""
-    if config.objective != "flow-matching":
-        return f"objective flow-matching, not {config.objective}"
+    if config.objective not in ("flow-matching", "meanflow"):
+        return f"objective flow-matching or meanflow, not {config.objective}"
     if config.pairs:
         return "drawn pairs, not a pairs file"
     if config.source != "gaussian" and config.source not in GAUSSIAN_MIXTURES and config.source != "uniform":

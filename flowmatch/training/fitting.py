@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ from flowmatch.storage import write_json
 from flowmatch.training.config import TrainConfig, _posterior_obstacle, kind_defaults, resolve_kind
 from flowmatch.training.distributed import _distributed_env
 from flowmatch.training.loop import TrainResult, train
+from flowmatch.training.threads import thread_scope
 
 
 # -- a whole run ---------------------------------------------------------------------------------
+@thread_scope
 def fit(
     config: TrainConfig | None = None,
     out: str | os.PathLike | None = None,
@@ -44,8 +47,9 @@ def fit(
     (``flowmatch.evaluation.evaluate(quick=True)``) writes ``report.json`` into the run folder.
 
     Metrics: the mean loss over the last 100 steps; exact W2 between ``n_eval`` rk4 (NFE 100)
-    samples (a distilled student: Euler at its ``distill_nfe``) and ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws
-    of the same size. Held-out sets smaller than 2 * n_eval are split in two halves.
+    samples (a distilled student: Euler at its ``distill_nfe``; a MeanFlow model: one jump) and
+    ``n_eval`` held-out points; and the floor, W2 between two disjoint held-out draws of the same size.
+    Held-out sets smaller than 2 * n_eval are split in two halves.
 
     Token sequences and mixed-type tables (``kind`` tokens or table, or ``auto`` on a .txt file, the
     built-in corpus, or a CSV with text columns or empty cells) train by discrete flow matching:
@@ -138,13 +142,13 @@ def _measure(result: TrainResult, test: torch.Tensor, n_eval: int) -> tuple[torc
     config, flow = result.config, result.flow
     m = min(n_eval, len(test) // 2)
     held_a, held_b = test[:m], test[m : 2 * m]
-    solver, nfe = ("euler", config.distill_nfe) if config.objective == "distill" else ("rk4", 100)
+    solver, nfe = flow.resolve_sampler()  # rk4 at NFE 100; a student's own Euler NFE; MeanFlow's one jump
     samples = flow.sample(m, solver=solver, nfe=nfe, seed=config.seed + 1)
     w2, floor = w2_exact(samples, held_a), w2_exact(held_b, held_a)
     metrics = {
-        "final_loss": result.final_loss, "w2": w2, "w2_floor": floor, "w2_ratio": w2 / floor, "n_eval": m,
+        "final_loss": result.final_loss, "w2": w2, "w2_floor": floor, "w2_ratio": w2 / floor if floor > 0 else math.nan, "n_eval": m,
         "sampler": {"solver": solver, "nfe": nfe}, "train_seconds": result.seconds, "steps": config.steps,
-        "steps_run": result.step, "precision": result.precision, "target": result.target,
+        "steps_run": result.step, "precision": result.precision, "target": result.target, "threads": result.threads,
     }  # fmt: skip
     if result.validation is not None:
         metrics["validation"] = result.validation
@@ -171,7 +175,7 @@ def _unmeasured(result: TrainResult, out) -> dict[str, Any]:
     """The metrics of a run with no held-out data: the training figures, the weights saved."""
     metrics = {
         "final_loss": result.final_loss, "train_seconds": result.seconds, "steps": result.config.steps,
-        "steps_run": result.step, "precision": result.precision, "target": result.target,
+        "steps_run": result.step, "precision": result.precision, "target": result.target, "threads": result.threads,
         "w2": None, "note": "no held-out data: pass reference= to measure the samples",
     }  # fmt: skip
     if out is not None:
@@ -186,7 +190,8 @@ ADDED_KEYS = {"batch_warmup": 0, "time_strata": 0, "target": "conditional", "val
 
 
 def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
-    """The saved config of a run to resume; ``config`` may differ from it only by more steps."""
+    """The saved config of a run to resume; ``config`` may differ from it only by more steps and its
+    ``threads`` (a machine's setting: a different count may change float rounding, not what is trained)."""
     from flowmatch.storage import read_json
 
     if not (run / "config.json").is_file():
@@ -201,11 +206,11 @@ def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
     saved = TrainConfig.from_dict(values, source=f"{run / 'config.json'}")
     if config is None:
         return saved
-    changed = [k for k, v in config.to_dict().items() if k != "steps" and saved.to_dict()[k] != v]
+    changed = [k for k, v in config.to_dict().items() if k not in ("steps", "threads") and saved.to_dict()[k] != v]
     if changed:
-        raise FlowmatchError(f"cannot change {', '.join(changed)} when resuming; only steps may be raised")
+        raise FlowmatchError(f"cannot change {', '.join(changed)} when resuming; only steps may be raised (and threads set)")
     if config.steps < saved.steps:
         raise FlowmatchError(f"cannot resume with fewer steps ({config.steps}) than the run had ({saved.steps})")
-    if config.steps != saved.steps:
+    if config.steps != saved.steps or config.threads != saved.threads:
         write_json(run / "config.json", config.to_dict())
     return config

@@ -73,6 +73,7 @@ from flowmatch.training.objective import Objective
 from flowmatch.training.pairs import PairSampler
 from flowmatch.training.schedules import learning_rate
 from flowmatch.training.state import TrainingState, stream_state
+from flowmatch.training.threads import positions_of, thread_scope, use_threads
 from flowmatch.training.validation import Validation
 
 
@@ -91,6 +92,7 @@ class TrainResult:
     target: str = "conditional"  # the regression target it trained on ("auto" resolved on this data)
     validation: dict[str, Any] | None = None  # best step and loss, selection, early stop (finite data)
     data_exhausted: bool = False  # a one-shot iterator of batches ran out before the last step
+    threads: dict[str, Any] | None = None  # torch's intra-op thread count and what chose it (training.threads)
 
     @property
     def final_loss(self) -> float:
@@ -98,6 +100,7 @@ class TrainResult:
         return sum(tail) / len(tail) if tail else float("nan")
 
 
+@thread_scope
 def train(
     config: TrainConfig | None = None,
     *,
@@ -168,7 +171,10 @@ def train(
         ).model.train()
     else:
         model = objects.model if objects.model is not None else _initial_model(config, inputs)
+    if config.objective == "meanflow":
+        _require_two_times(model)
     model = model.to(device)
+    threads = use_threads(config.threads, model, config.batch_size, positions_of(inputs.shape))
     meta = None  # a path or source that a run folder cannot record is refused here, before the folder
     if run is not None:
         meta = flow_meta(
@@ -200,6 +206,7 @@ def train(
         config, pairs, path, shaped(net), device=device, world=world, rank=rank, streamed=stream is not None,
         posterior=target == "posterior", source_mixture=source_mixture, null_class=inputs.conditions.get("y", {}).get("classes", 0),
         autocast=torch.bfloat16 if precision == "bf16" else None,  # the model's calls under autocast
+        target_net=shaped(model) if config.objective == "meanflow" else None,  # MeanFlow's jvp: not through DDP
     )  # fmt: skip
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
@@ -272,6 +279,7 @@ def train(
         _flow_for(model, ema, path, inputs, config, source=source, weights=chosen), config, losses,
         elapsed + time.perf_counter() - started, step=done, interrupted=stop.requested, precision=precision, target=target,
         validation=None if validation is None else validation.summary(select, stopped_early), data_exhausted=exhausted,
+        threads=threads.to_dict(),
     )  # fmt: skip
 
 
@@ -333,6 +341,7 @@ def _initial_model(config: TrainConfig, inputs: TrainingData) -> torch.nn.Module
         return teacher.model.train()
     classes = inputs.conditions.get("y", {}).get("classes", 0)
     covariates = inputs.conditions.get("c", {}).get("dim", 0)
+    times = {"times": 2} if config.objective == "meanflow" else {}  # MeanFlow's u(x, r, t)
     if config.model == "unet":
         if dataset is None or dataset.image_shape is None:
             raise FlowmatchError(f"model=unet needs image data; '{config.data}' is not a set of images")
@@ -348,16 +357,34 @@ def _initial_model(config: TrainConfig, inputs: TrainingData) -> torch.nn.Module
             else [],
             dropout=config.dropout,
             num_classes=classes,
+            **times,
         )
     if config.model == "seed-mlp":
         if classes or covariates:
             raise FlowmatchError("the seed-mlp model takes no conditions; use model=mlp for conditional training")
+        if times:
+            raise FlowmatchError("the seed-mlp model takes one time; objective meanflow needs model=mlp or unet")
         return build_model("seed-mlp", dim, width=config.width)
-    options = {"condition_dim": covariates} if covariates else {}
+    options = {"condition_dim": covariates, **times} if covariates else times
     return build_model(
         "mlp", dim, width=config.width, depth=config.depth, activation=config.activation, num_classes=classes, dropout=config.dropout,
         **options,
     )  # fmt: skip
+
+
+def _require_two_times(model) -> None:
+    """MeanFlow calls the model as ``model(x, t, r=r)``: refuse one that cannot take r before training."""
+    import inspect
+
+    config = getattr(model, "config", None)  # flowmatch's models record times=2 (a one-time model omits it)
+    if type(model).__module__.startswith("flowmatch.") and isinstance(config, dict) and config.get("times", 1) != 2:
+        raise FlowmatchError(f"objective meanflow needs a two-time model u(x, r, t): build the {type(model).__name__} with times=2")
+    try:
+        parameters = inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model).parameters
+    except (TypeError, ValueError):  # no signature to read: the first call says
+        return
+    if "r" not in parameters and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        raise FlowmatchError(f"objective meanflow calls the model as model(x, t, r=r); {type(model).__name__}.forward takes no argument r")
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -1,5 +1,5 @@
 """One training step's loss: draw the batch and its times, take this process's shard, and evaluate the
-flow-matching loss (conditional or posterior target) or the distillation loss."""
+flow-matching loss (conditional or posterior target), the distillation loss or the MeanFlow loss."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss
+from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss, meanflow_loss, meanflow_times
 from flowmatch.training.config import POSTERIOR_PAIRS, POSTERIOR_REFERENCE, TrainConfig
 from flowmatch.training.pairs import PairSampler
 from flowmatch.training.schedules import batch_size_at, sample_times
@@ -21,13 +21,18 @@ class Objective:
     pairs, times and noise and takes its own shard; a stream's batch is this process's own. The
     posterior target averages over the first ``reference_size`` points of the global batch, the same on
     every process, restricted to a pair's own class where there are labels.
+
+    MeanFlow draws its intervals (t, r) with :func:`~flowmatch.losses.meanflow_times` from the
+    config's time distribution, and computes its target with ``target_net``: the model without its
+    DistributedDataParallel wrapper (``torch.func.jvp`` cannot run through DDP), on flat rows as ``net``.
     """
 
     def __init__(
         self, config: TrainConfig, pairs: PairSampler, path, net, *, device: torch.device, world: int, rank: int,
         streamed: bool, posterior: bool, source_mixture: Any, null_class: int, autocast: torch.dtype | None,
+        target_net=None,
     ):  # fmt: skip
-        self.config, self.pairs, self.path, self.net = config, pairs, path, net
+        self.config, self.pairs, self.path, self.net, self.target_net = config, pairs, path, net, target_net
         self.device, self.world, self.rank, self.streamed = device, world, rank, streamed
         self.posterior, self.source_mixture, self.null_class, self.autocast = posterior, source_mixture, null_class, autocast
         self.reference_size = min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights)))
@@ -37,27 +42,41 @@ class Objective:
         config, device = self.config, self.device
         size = batch_size_at(config, step)
         x0, x1, condition, classes = self.pairs(size if self.streamed else size * self.world, generator)
-        t = sample_times(config, len(x1), generator)
+        if config.objective == "meanflow":
+            t, r = meanflow_times(
+                len(x1), generator, equal_share=config.meanflow_equal_share, distribution=config.time_sampling,
+                loc=config.time_loc, scale=config.time_scale,
+            )  # fmt: skip
+        else:
+            t, r = sample_times(config, len(x1), generator), None
         noise = torch.randn(x1.shape, generator=generator) if self.path.bridge_sigma > 0 else None
         shard = slice(0, len(x1)) if self.streamed else slice(self.rank * size, (self.rank + 1) * size)
         reference = x1[: self.reference_size].to(device) if self.posterior else None  # the same on every process
         x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
         condition = {k: v[shard].to(device) for k, v in condition.items()}
+        over = None
+        if reference is not None:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
+            own = torch.arange(shard.start, shard.stop, device=device)
+            own = torch.where(own < len(reference), own, -1)
+            allowed = same_class(condition.get("y"), None if classes is None else classes[: len(reference)], self.null_class)
+            over = Posterior(reference, own, allowed, self.source_mixture)
         if config.objective == "distill":
             loss = distillation_loss(self.net, x0, x1, config.distill_nfe, condition=condition, autocast=self.autocast)
+        elif config.objective == "meanflow":
+            assert r is not None
+            loss = meanflow_loss(
+                self.net, x0, x1, t, r[shard].to(device), path=self.path, condition=condition, posterior=over,
+                noise=None if noise is None else noise[shard].to(device), guidance=config.meanflow_guidance,
+                guidance_mix=config.meanflow_guidance_mix, null_class=self.null_class if "y" in condition else None,
+                power=config.meanflow_power, target_model=self.target_net, autocast=self.autocast,
+            )  # fmt: skip
         else:
-            over = None
-            if reference is not None:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
-                own = torch.arange(shard.start, shard.stop, device=device)
-                own = torch.where(own < len(reference), own, -1)
-                allowed = same_class(condition.get("y"), None if classes is None else classes[: len(reference)], self.null_class)
-                over = Posterior(reference, own, allowed, self.source_mixture)
             loss = flow_matching_loss(
                 self.net, self.path, x0, x1, t, condition=condition, noise=None if noise is None else noise[shard].to(device),
                 weight=config.loss_weight, posterior=over, autocast=self.autocast,
             )  # fmt: skip
         if not torch.isfinite(loss):
-            raise FlowmatchError(non_finite_message(loss, step, condition))
+            raise NonFiniteLoss(non_finite_message(loss, step, condition), step)
         return loss
 
 
@@ -80,4 +99,13 @@ def non_finite_message(loss: torch.Tensor, step: int, condition: dict[str, torch
             f"condition dropout sets dropped rows of {', '.join(dropped)} to NaN: the model must map them to a learned null "
             "(as flowmatch's MLP does), or train with cond_dropout=0"
         )
-    return f"training stopped: the loss is {loss.item()} at step {step}; the last good checkpoint is kept; {hint}"
+    return f"training stopped: the loss is {loss.item()} at step {step}; {hint}"
+
+
+class NonFiniteLoss(FlowmatchError):
+    """A NaN or infinite loss at ``step``, that is of the weights after ``step`` updates: the training loop
+    keeps the last checkpoint before them and names it."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
