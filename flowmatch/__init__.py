@@ -31,8 +31,12 @@ _EXPORTS = {
     "integrate": "solvers",
     "load": "runs",
     "make_path": "paths",
+    "mean_flow_sample": "solvers",
+    "meanflow_loss": "losses",
+    "meanflow_times": "losses",
     "quality": "evaluation",
     "sample_times": "losses",
+    "sde_sample": "solvers",
     "train": "training",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
