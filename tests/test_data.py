@@ -274,7 +274,39 @@ def test_standardizer_zero_variance_column():
     x = torch.tensor([[1.0, 0.1], [2.0, 0.1], [3.0, 0.1]], dtype=torch.float64)
     s = Standardizer.fit(x)
     assert s.std.tolist() == pytest.approx([math.sqrt(2 / 3), 1.0])  # float64 (measured exact)
-    assert s.forward(x)[:, 1].abs().max().item() < 1e-12  # float64 mean of three 0.1s: ~1e-17 (measured 1.4e-17)
+    assert s.fixed.tolist() == [False, True] and s.fixed_columns == [1]
+    assert s.mean[1].item() == 0.1  # the column's own value, not a float64 mean of 0.1s (0.1 + 1.4e-17)
+    assert s.forward(x)[:, 1].abs().max().item() == 0.0
+
+
+def test_standardizer_fixed_column_comes_back_exactly():
+    """Whatever the model puts in a constant column, samples hold the constant, in float32 and float64."""
+    x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[:, 1] = 3.0
+    s = Standardizer.fit(x)
+    z = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
+    back = s.inverse(z)
+    assert back.dtype == torch.float32 and back[:, 1].tolist() == [3.0] * 50
+    assert s.inverse(z.double())[:, 1].tolist() == [3.0] * 50
+    torch.testing.assert_close(back[:, [0, 2]], (z[:, [0, 2]].double() * s.std[[0, 2]] + s.mean[[0, 2]]).float())
+    assert s.log_abs_det() == pytest.approx(-math.log(s.std[0].item()) - math.log(s.std[2].item()))  # the fixed column adds 0
+    d = json.loads(json.dumps(s.to_dict()))
+    assert d["fixed"] == [1]
+    s2 = Standardizer.from_dict(d)
+    assert s2.fixed_columns == [1] and s2.inverse(z)[:, 1].tolist() == [3.0] * 50
+    assert "fixed" not in Standardizer.fit(x[:, [0, 2]]).to_dict()  # checkpoints without constant columns are unchanged
+    assert Standardizer.from_dict({"mean": [0.0], "std": [1.0]}).fixed_columns == []  # checkpoints saved before it
+
+
+def test_data_file_with_constant_column_holds_it_fixed(tmp_path):
+    x = np.random.default_rng(0).normal(size=(100, 2))
+    x[:, 1] = 3.0
+    np.save(tmp_path / "c.npy", x)
+    ds = load_dataset(str(tmp_path / "c.npy"))
+    assert ds.standardizer.fixed_columns == [1] and ds.train[:, 1].abs().max().item() == 0.0
+    np.save(tmp_path / "same.npy", np.tile([[0.5, 3.0]], (10, 1)))
+    with pytest.raises(FlowmatchError, match=r"all 10 rows are the same point \[0.5, 3.0\]"):
+        load_dataset(str(tmp_path / "same.npy"))
 
 
 def test_standardizer_log_abs_det():
@@ -320,6 +352,9 @@ def test_standardizer_dict_round_trip():
         ({"mean": [True], "std": [1.0]}, "list of numbers"),
         ({"mean": [], "std": []}, "length >= 1"),
         ([1.0], "expected a mapping"),
+        ({"mean": [0.0], "std": [1.0], "fixed": [1]}, "column indices in"),
+        ({"mean": [0.0], "std": [1.0], "fixed": "0"}, "column indices in"),
+        ({"mean": [0.0], "std": [2.0], "fixed": [0]}, "fixed .constant. column must have std 1"),
     ],
 )
 def test_standardizer_from_dict_errors(d, message):

@@ -291,6 +291,8 @@ def load_dataset(
     Files and the bundled tables (``wine``, ``breast-cancer``): the rows are shuffled with ``seed``; round(test_fraction * N) of them, but at least 2 and at most
     ``n_test`` (and leaving at least 2 for training), become ``test`` (data coordinates) and the rest
     ``train`` (model coordinates). ``standardize`` defaults to True and fits on the train rows only.
+    A column that is constant on the train rows is held fixed at its value (:class:`Standardizer`'s
+    ``fixed``: samples give it back exactly); a file whose rows are all one point is refused.
     Labels come from an .npz array ``labels`` or a CSV ``label_column`` (see :func:`load_labels`), and
     float covariates (the model's condition ``c``) from CSV ``condition_columns`` (see :func:`load_table`).
 
@@ -395,6 +397,8 @@ def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, stand
     """Shuffle the rows with ``seed``, hold out the test rows, fit the standardiser on the train rows."""
     points = torch.from_numpy(array)
     n = len(points)
+    if n and (array == array[:1]).all():
+        raise FlowmatchError(f"{name}: all {n} rows are the same point {array[0].tolist()}: there is no distribution to learn")
     n_held = min(max(2, round(test_fraction * n)), n_test, n - 2)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     test, train = points[order[:n_held]], points[order[n_held:]]

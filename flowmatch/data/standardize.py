@@ -22,6 +22,11 @@ class Standardizer:
     ``mean`` and ``std`` are float64 tensors of shape (D,); ``std > 0``. Its Jacobian is diag(1 / std), so
     log p_data(x) = log p_model(z) + log |dz/dx| with log |dz/dx| = -sum(log std).
 
+    ``fixed`` (bool, shape (D,)) marks the columns that were constant where the map was fitted: there
+    ``std`` is 1 and ``mean`` is the constant, the model trains on the column as 0, and :meth:`inverse`
+    gives back the constant exactly (whatever the model generated in it). Such a column has no density;
+    log-densities count it as the model's density at 0 (its std of 1 adds nothing to log |dz/dx|).
+
     >>> s = Standardizer.fit(x)          # x: (N, D) points in data coordinates
     >>> z = s.forward(x)                 # mean 0, std 1 per column
     >>> x_back = s.inverse(z)
@@ -29,10 +34,13 @@ class Standardizer:
 
     mean: torch.Tensor
     std: torch.Tensor
+    fixed: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.mean = torch.as_tensor(self.mean, dtype=torch.float64).detach().cpu()
         self.std = torch.as_tensor(self.std, dtype=torch.float64).detach().cpu()
+        fixed = torch.zeros(self.mean.shape, dtype=torch.bool) if self.fixed is None else self.fixed
+        self.fixed = torch.as_tensor(fixed, dtype=torch.bool).detach().cpu()
         if self.mean.ndim != 1 or self.mean.shape != self.std.shape or len(self.mean) == 0:
             raise FlowmatchError(
                 f"standardizer: mean and std must be 1-D of the same length >= 1, got shapes "
@@ -42,6 +50,10 @@ class Standardizer:
             raise FlowmatchError("standardizer: mean and std must be finite")
         if not (self.std > 0).all():
             raise FlowmatchError("standardizer: std must be positive")
+        if self.fixed.shape != self.mean.shape:
+            raise FlowmatchError(f"standardizer: fixed must have one flag per column ({self.dim}), got shape {tuple(self.fixed.shape)}")
+        if (self.std[self.fixed] != 1).any():
+            raise FlowmatchError("standardizer: a fixed (constant) column must have std 1")
 
     @property
     def dim(self) -> int:
@@ -49,9 +61,11 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x) -> Standardizer:
-        """Per-column mean and (population) std of ``x`` (N, D); columns of zero variance get std 1.
+        """Per-column mean and (population) std of ``x`` (N, D); columns of zero variance are ``fixed``
+        at their value, with std 1.
 
-        A column counts as constant when std <= 1e-10 |mean| (rounding noise of a constant column).
+        A column counts as constant when std <= 1e-10 |mean| (rounding noise of a constant column); its
+        ``mean`` is then its first value, so that :meth:`inverse` gives back the file's own number.
         """
         x = torch.as_tensor(x, dtype=torch.float64)
         if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
@@ -60,8 +74,8 @@ class Standardizer:
             raise FlowmatchError("standardizer: the points contain NaN or infinite values")
         mean = x.mean(dim=0)
         std = x.std(dim=0, correction=0)
-        std = torch.where(std <= 1e-10 * mean.abs(), torch.ones_like(std), std)
-        return cls(mean, std)
+        fixed = std <= 1e-10 * mean.abs()
+        return cls(torch.where(fixed, x[0], mean), torch.where(fixed, torch.ones_like(std), std), fixed)
 
     @classmethod
     def identity(cls, dim: int) -> Standardizer:
@@ -81,22 +95,37 @@ class Standardizer:
         return (x - self.mean.to(x)) / self.std.to(x)
 
     def inverse(self, z) -> torch.Tensor:
-        """Model -> data coordinates: x = z * std + mean, in z's dtype and device."""
+        """Model -> data coordinates: x = z * std + mean, in z's dtype and device; a ``fixed`` column is its
+        constant, exactly (to z's precision)."""
         z = _as_float_tensor(z)
         self._check_dim(z)
-        return z * self.std.to(z) + self.mean.to(z)
+        x = z * self.std.to(z) + self.mean.to(z)
+        assert self.fixed is not None
+        if self.fixed.any():
+            x[..., self.fixed.to(z.device)] = self.mean[self.fixed].to(z)
+        return x
+
+    @property
+    def fixed_columns(self) -> list[int]:
+        """The 0-based indices of the ``fixed`` (constant) columns."""
+        assert self.fixed is not None
+        return [int(j) for j in torch.nonzero(self.fixed).flatten()]
 
     def log_abs_det(self) -> float:
         """log |det dz/dx| = -sum(log std): add it to a model-space log density to get the data-space one."""
         return float(-torch.log(self.std).sum())
 
     def to_dict(self) -> dict:
-        """``{"mean": [...], "std": [...]}`` with plain floats (JSON-serialisable)."""
-        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        """``{"mean": [...], "std": [...]}`` with plain floats (JSON-serialisable), and ``"fixed"``: the
+        0-based indices of the constant columns, where there are any."""
+        out = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.fixed_columns:
+            out["fixed"] = self.fixed_columns
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> Standardizer:
-        """Inverse of :meth:`to_dict`; validates types, lengths and values."""
+        """Inverse of :meth:`to_dict`; validates types, lengths and values (``fixed`` is optional: none)."""
         if not isinstance(d, Mapping):
             raise FlowmatchError(f"standardizer: expected a mapping with 'mean' and 'std', got {type(d).__name__}")
         values = {}
@@ -109,4 +138,12 @@ class Standardizer:
             values[key] = torch.tensor([float(a) for a in v], dtype=torch.float64)
         if len(values["mean"]) != len(values["std"]):
             raise FlowmatchError(f"standardizer: 'mean' has {len(values['mean'])} values but 'std' has {len(values['std'])}")
-        return cls(values["mean"], values["std"])
+        indices = d.get("fixed", [])
+        dim = len(values["mean"])
+        if not isinstance(indices, (list, tuple)) or not all(
+            isinstance(j, int) and not isinstance(j, bool) and 0 <= j < dim for j in indices
+        ):
+            raise FlowmatchError(f"standardizer: 'fixed' must be a list of column indices in [0, {dim}), got {indices!r}")
+        fixed = torch.zeros(dim, dtype=torch.bool)
+        fixed[list(indices)] = True
+        return cls(values["mean"], values["std"], fixed)
