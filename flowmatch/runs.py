@@ -31,7 +31,7 @@ from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError, FlowmatchWarning
 from flowmatch.flow import Flow, _conditions_of
 from flowmatch.storage import read_json, save_tensors, write_json
-from flowmatch.training.checkpoints import latest_state, list_states, load_weights, unprefixed
+from flowmatch.training.checkpoints import latest_state, list_states, load_weights, step_of, unprefixed
 
 #: The version of checkpoint.json (and of a training checkpoint's ``flow`` entry) this flowmatch writes and
 #: reads. Every checkpoint.json flowmatch has written names its version, so one without a version is refused.
@@ -137,7 +137,7 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
     finished = (folder / CHECKPOINT).is_file() and (folder / CHECKPOINT_META).is_file()
     states = list_states(folder)
     final_step = _final_step(folder) if finished and states else None
-    if final_step is not None and _step_of(states[-1]) <= final_step:
+    if final_step is not None and step_of(states[-1]) <= final_step:
         final_step = None  # the final weights are the newest state
     if (finished and final_step is None) or not states:
         for name in (CHECKPOINT, CHECKPOINT_META):
@@ -173,17 +173,12 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
             else f"it has no {CHECKPOINT} (training did not finish)"
         )
         warnings.warn(
-            f"'{folder}': loaded training checkpoint step {_step_of(Path(where))} (EMA weights where kept): {why}",
+            f"'{folder}': loaded training checkpoint step {step_of(Path(where))} (EMA weights where kept): {why}",
             FlowmatchWarning,
             stacklevel=2,
         )
         return flow
     return build_flow(meta, state, config, where, model=model, source=source, folder=folder).to(device)
-
-
-def _step_of(state_folder: Path) -> int:
-    """The step of a training checkpoint folder ``step-00001234``."""
-    return int(state_folder.name.removeprefix("step-"))
 
 
 def _final_step(folder: Path) -> int | None:

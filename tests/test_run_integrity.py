@@ -160,3 +160,74 @@ def test_non_finite_samples_are_an_error_not_a_file(run, tmp_path, capsys):
         flow.sample(3, nfe=4)
     with pytest.raises(FlowmatchError, match="dopri5: the step size underflowed after .* velocity evaluations"):
         flow.generate(3, solver="dopri5")
+
+
+# -- the last good checkpoint after a non-finite loss ------------------------------------------------
+def test_a_diverged_run_keeps_step_0_not_the_exploded_weights(tmp_path, capsys):
+    """--lr 1e6 writes weights of about 1e6 at step 1, whose loss is infinite: that checkpoint goes."""
+    from flowmatch.training.checkpoints import list_states
+
+    run = tmp_path / "run"
+    args = ["--steps", "50", "--width", "16", "--lr", "1e6", "--checkpoint-every", "1", "--precision", "fp32", "--quiet", "--no-eval"]
+    code = main(["train", "--out", str(run), *args])
+    one_error_line(
+        capsys,
+        code,
+        "training stopped: the loss is inf at step 1; try a smaller lr or --grad-clip 1.0; the run keeps its last good checkpoint, "
+        f"step 0 ({run / 'checkpoints' / 'step-00000000'}): finite weights whose loss was finite",
+    )
+    assert [p.name for p in list_states(run)] == ["step-00000000"]
+    with pytest.warns(FlowmatchWarning, match="loaded training checkpoint step 0"):
+        assert torch.isfinite(flowmatch.load(run).sample(100, nfe=4, seed=0)).all()
+
+
+class _Exploding(torch.nn.Module):
+    """v(x, t) = A [x, t] + b whose training calls give an infinite velocity from step ``explode`` on, and
+    whose unused buffer becomes infinite at step ``spoil`` (so the checkpoint after that step holds it)."""
+
+    def __init__(self, explode: int, spoil: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.register_buffer("unused", torch.zeros(1))
+        self.explode, self.spoil, self.calls = explode, spoil, 0
+
+    def forward(self, x, t):
+        out = self.linear(torch.cat([x, torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(len(x), 1)], 1))
+        if not self.training:
+            return out
+        step, self.calls = self.calls, self.calls + 1
+        if step == self.spoil:
+            self.unused.fill_(float("inf"))
+        return out * float("inf") if step >= self.explode else out
+
+
+def test_the_last_good_checkpoint_has_finite_weights_and_a_finite_loss(tmp_path):
+    from flowmatch.training.checkpoints import list_states
+    from flowmatch.training.loop import train
+
+    run = tmp_path / "run"
+    with pytest.raises(FlowmatchError) as error:
+        train(
+            data="two-gaussians", model=_Exploding(explode=6, spoil=4), run_dir=run, steps=50, checkpoint_every=1,
+            keep_checkpoints=3, progress=False, precision="fp32", time_strata=0,
+        )  # fmt: skip
+    # step-6 (loss inf) and step-5 (written after step 4 spoiled the buffer) are deleted; step-4 is kept
+    assert str(error.value) == (
+        "training stopped: the loss is inf at step 6; try a smaller lr or grad_clip=1.0; the run keeps its last good checkpoint, "
+        f"step 4 ({run / 'checkpoints' / 'step-00000004'}): finite weights whose loss was finite"
+    )
+    assert [p.name for p in list_states(run)] == ["step-00000004"]  # keep 3: steps 4, 5 and 6 were on disk
+
+
+def test_keep_1_still_holds_the_checkpoint_before_the_newest(tmp_path):
+    """With --keep-checkpoints 1 the newest checkpoint's loss is not known yet: the one before it stays."""
+    from flowmatch.training.checkpoints import list_states
+    from flowmatch.training.loop import train
+
+    run = tmp_path / "run"
+    with pytest.raises(FlowmatchError, match="the loss is inf at step 6; .* last good checkpoint, step 5 "):
+        train(
+            data="two-gaussians", model=_Exploding(explode=6, spoil=-1), run_dir=run, steps=50, checkpoint_every=1,
+            keep_checkpoints=1, progress=False, precision="fp32", time_strata=0,
+        )  # fmt: skip
+    assert [p.name for p in list_states(run)] == ["step-00000005"]

@@ -36,15 +36,44 @@ FOLDER = "checkpoints"
 
 
 def save_state(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically and delete all but the newest ``keep``."""
+    """Write checkpoint ``step`` atomically and delete all but the newest ``keep``, except the newest one
+    before ``step``: the loss of step ``step``'s weights is only known at the next training step, so until
+    then that one is the last checkpoint known to be good (:func:`drop_states_from`)."""
     root = Path(run_dir) / FOLDER
     final = root / f"step-{step:08d}"
     with atomic_folder(final) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / STATE_TENSORS))
         (staging / STATE_META).write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True))
-    for old in list_states(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    states = list_states(run_dir)
+    before = [p for p in states if step_of(p) < step][-1:]
+    for old in states[:-keep]:
+        if old not in before:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def step_of(folder: Path) -> int:
+    """The step of a checkpoint folder ``step-00001234``."""
+    return int(folder.name.removeprefix("step-"))
+
+
+def drop_states_from(run_dir: str | os.PathLike, step: int, start: int = 0) -> Path | None:
+    """After a non-finite loss at ``step`` (of the weights after ``step`` updates): delete the checkpoints
+    from ``step`` on, and those after ``start`` (where training started) that hold a NaN or an infinity;
+    returns the newest one left, the last good checkpoint (None if there is none). The checkpoint at
+    ``start`` is kept whatever its loss: it is what the run was before this training began."""
+    for folder in reversed(list_states(run_dir)):
+        if step_of(folder) <= start:
+            return folder
+        if step_of(folder) < step:
+            try:
+                tensors, _ = load_state(folder)
+            except FlowmatchError:
+                continue  # unreadable: loading skips it as well
+            if all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+                return folder
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def list_states(run_dir: str | os.PathLike) -> list[Path]:

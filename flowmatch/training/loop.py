@@ -63,13 +63,13 @@ import torch.distributed as dist
 from flowmatch.errors import FlowmatchError
 from flowmatch.models.registry import build_model
 from flowmatch.storage import atomic_folder, write_json
-from flowmatch.training.checkpoints import latest_state, unprefixed
+from flowmatch.training.checkpoints import drop_states_from, latest_state, step_of, unprefixed
 from flowmatch.training.config import TrainConfig, resolve_kind, resolve_select, resolve_target
 from flowmatch.training.devices import resolve_device, resolve_precision
 from flowmatch.training.distributed import _distributed_env, _record_rank_agreement
 from flowmatch.training.ema import EMA
 from flowmatch.training.inputs import TrainingData, resolve_path, resolve_source, split_objects, training_data
-from flowmatch.training.objective import Objective
+from flowmatch.training.objective import NonFiniteLoss, Objective
 from flowmatch.training.pairs import PairSampler
 from flowmatch.training.schedules import learning_rate
 from flowmatch.training.state import TrainingState, stream_state
@@ -231,6 +231,8 @@ def train(
             except StopIteration:  # a one-shot iterator ran out
                 exhausted = True
                 break
+            except NonFiniteLoss as exc:
+                raise FlowmatchError(f"{exc}; {_last_good(run if main_process else None, exc.step, start_step)}") from None
             lr = learning_rate(config, step)
             _descend(optimizer, model, loss, lr, config.grad_clip)
             ema.update(model)
@@ -281,6 +283,19 @@ def train(
         validation=None if validation is None else validation.summary(select, stopped_early), data_exhausted=exhausted,
         threads=threads.to_dict(),
     )  # fmt: skip
+
+
+def _last_good(run: Path | None, step: int, start: int) -> str:
+    """After a non-finite loss at ``step``: the checkpoints that cannot be trusted are deleted
+    (:func:`~flowmatch.training.checkpoints.drop_states_from`) and the words name the one kept."""
+    if run is None:
+        return "no run folder, so no checkpoint"
+    kept = drop_states_from(run, step, start)
+    if kept is None:
+        return f"no checkpoint is left in '{run}'"
+    if step_of(kept) >= step:
+        return f"the run keeps the checkpoint it started from, step {step_of(kept)} ({kept})"
+    return f"the run keeps its last good checkpoint, step {step_of(kept)} ({kept}): finite weights whose loss was finite"
 
 
 def _descend(optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
