@@ -247,6 +247,19 @@ def build_flow(
     )  # fmt: skip
 
 
+#: A finished run's files that describe its last step, removed when training continues (:func:`reopen_run`).
+FINAL_FILES = (CHECKPOINT, CHECKPOINT_META, "metrics.json", "report.json")
+
+
+def reopen_run(folder: str | os.PathLike) -> None:
+    """Make a finished run that training continues (``--resume --steps N``) unfinished again: its final
+    weights, metrics.json and report.json describe the old last step, so they are removed, the weights
+    first (at no moment is the run finished with another step's figures). Until the new end is written,
+    :func:`load` uses the newest training checkpoint and says which."""
+    for name in FINAL_FILES:
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
 def check_writable_run(target: Path, force: bool) -> None:
     if target.exists() and not target.is_dir():
         raise FlowmatchError(f"output '{target}' exists and is not a folder")

@@ -231,3 +231,56 @@ def test_keep_1_still_holds_the_checkpoint_before_the_newest(tmp_path):
             keep_checkpoints=1, progress=False, precision="fp32", time_strata=0,
         )  # fmt: skip
     assert [p.name for p in list_states(run)] == ["step-00000005"]
+
+
+# -- a finished run trained further ----------------------------------------------------------------------
+def _interrupt_at(monkeypatch, at: int) -> None:
+    """SIGINT during training step ``at``: the loop finishes that step, checkpoints step at + 1 and stops."""
+    import os
+    import signal
+
+    from flowmatch.training import loop
+
+    original = loop.learning_rate
+
+    def rate(config, step):
+        if step == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(config, step)
+
+    monkeypatch.setattr(loop, "learning_rate", rate)
+
+
+def test_a_finished_run_resumed_for_more_steps_and_stopped_loads_its_newest_state(run, tmp_path, monkeypatch, capsys):
+    from flowmatch.training.checkpoints import list_states, load_state, unprefixed
+    from flowmatch.training.fitting import resume_config
+
+    extended = tmp_path / "extended"
+    shutil.copytree(run, extended)
+    _interrupt_at(monkeypatch, 39)
+    more = TrainConfig.from_dict({**resume_config(extended, None).to_dict(), "steps": 100})  # as --resume --steps 100
+    result, _ = fit(more, out=extended, resume=True, progress=False, evaluate=False)
+    assert result.interrupted and result.step == 40
+    assert list_states(extended)[-1].name == "step-00000040"
+    # the old end's weights and figures are gone: nothing names step 20 as the run's result
+    for name in ("checkpoint.safetensors", "checkpoint.json", "metrics.json", "report.json"):
+        assert not (extended / name).exists(), name
+    assert json.loads((extended / "config.json").read_text())["steps"] == 100
+    with pytest.warns(FlowmatchWarning, match=r"loaded training checkpoint step 40 .*no checkpoint.safetensors"):
+        flow = flowmatch.load(extended)
+    ema = unprefixed("ema", load_state(list_states(extended)[-1])[0])
+    assert all(torch.equal(flow.model.state_dict()[k], v) for k, v in ema.items())
+
+    # a folder extended before this rule (its old final files kept) loads the newer state too, and says why
+    for name in ("checkpoint.safetensors", "checkpoint.json", "metrics.json"):
+        shutil.copy(run / name, extended / name)
+    with pytest.warns(FlowmatchWarning, match=r"step 40 .*: its checkpoint.safetensors is from step 20 and training went on"):
+        flow = flowmatch.load(extended)
+    assert all(torch.equal(flow.model.state_dict()[k], v) for k, v in ema.items())
+
+    monkeypatch.undo()
+    fit(None, out=extended, resume=True, progress=False, evaluate=False, n_eval=200)  # finishing writes the new end
+    assert json.loads((extended / "metrics.json").read_text())["steps_run"] == 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flowmatch.load(extended)

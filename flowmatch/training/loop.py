@@ -133,7 +133,7 @@ def train(
     ``seconds`` column) stops while it runs.
     """
     from flowmatch.flow import Flow, on_flat_rows
-    from flowmatch.runs import build_flow, flow_meta
+    from flowmatch.runs import build_flow, flow_meta, reopen_run
 
     config, objects = split_objects(config, overrides, resume=resume, model=model, data=data, path=path, source=source)
     if objects.data is None and config.kind != "continuous":
@@ -223,6 +223,8 @@ def train(
     done, exhausted = start_step, False
     # a resumed run that had stopped early is finished (its best weights are already behind it)
     stopped_early = validation is not None and 0 < config.early_stop <= start_step - validation.best_step
+    if run is not None and main_process and resume and not stopped_early and start_step < config.steps:
+        reopen_run(run)  # a finished run trained further: its final weights and figures describe the old end
     shown: dict[str, str] = {}  # the progress bar's figures
     with stop:
         for step in range(start_step, start_step if stopped_early else config.steps):
