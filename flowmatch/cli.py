@@ -27,6 +27,7 @@ from flowmatch.solvers.tableaus import SOLVERS
 from flowmatch.storage import atomic_file
 from flowmatch.training.config import PRESETS, TrainConfig, kind_defaults, resolve_kind
 from flowmatch.training.fitting import fit, resume_config
+from flowmatch.training.threads import thread_scope
 
 SAMPLERS = (*SOLVERS, "meanflow")  # the ODE solvers, and a MeanFlow model's average-velocity jumps
 
@@ -266,6 +267,28 @@ def _add_solver_flags(p) -> None:
     p.add_argument("--atol", type=float, default=1e-5, help="dopri5 absolute tolerance (default: 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-5, help="dopri5 relative tolerance (default: 1e-5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    _add_threads_flag(p)
+
+
+def _add_threads_flag(p) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op CPU threads of torch (0 = choose: one for small models, up to the cores this process may use for "
+        "large ones; left to torch when OMP_NUM_THREADS is set) (default: 0)",
+    )
+
+
+def _use_threads(args, flow) -> None:
+    """``--threads`` for a command's network calls (:mod:`flowmatch.training.threads`), the work being one call
+    on -n rows, at most the CPU_BATCH_SIZE rows that sampling calls the network on."""
+    from flowmatch.flow import CPU_BATCH_SIZE
+    from flowmatch.training.threads import positions_of, use_threads
+
+    rows = min(args.n if args.n else CPU_BATCH_SIZE, CPU_BATCH_SIZE)
+    positions = flow.length if getattr(flow, "kind", None) == "tokens" else positions_of(getattr(flow, "shape", None))
+    use_threads(args.threads, flow.model, rows, positions)
 
 
 def _cmd_sample(args) -> int:
@@ -282,6 +305,7 @@ def _cmd_sample(args) -> int:
     if not out.parent.is_dir():
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
     flow = load(args.run, device=str(resolve_device(args.device)))
+    _use_threads(args, flow)
     if isinstance(flow, RiemannianFlow):
         return _sample_manifold(args, flow, out)
     if hasattr(flow, "kind"):
@@ -483,6 +507,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--target", default=None, help="table runs: the column the ML-efficiency model predicts (default: the last categorical)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out draws, noise and probes (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    _add_threads_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -492,6 +517,7 @@ def _cmd_eval(args) -> int:
     from flowmatch.training.devices import resolve_device
 
     flow = load(args.run, device=str(resolve_device(args.device)))
+    _use_threads(args, flow)
     if isinstance(flow, RiemannianFlow):
         return _eval_manifold(args, flow)
     if hasattr(flow, "kind"):
@@ -578,6 +604,7 @@ def _add_plot(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out draws and noise (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    _add_threads_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -591,6 +618,7 @@ def _cmd_plot(args) -> int:
     if out.suffix.lower() != wanted:
         raise FlowmatchError(f"output '{out}' must end in {wanted} for --what {args.what}")
     flow = load(args.run, device=str(resolve_device(args.device)))  # a bad run folder is the first error
+    _use_threads(args, flow)
     if not out.parent.is_dir():
         raise FlowmatchError(f"output folder '{out.parent}' does not exist")
     if isinstance(flow, RiemannianFlow):
@@ -663,13 +691,14 @@ def _add_reflow(sub, name: str = "reflow") -> None:
         ("--warmup", int, "warm-up steps"),
         ("--lr-schedule", str, "learning-rate schedule (constant, cosine)"),
         ("--device", str, "device (cpu, cuda, cuda:N, auto)"),
+        ("--threads", int, "intra-op CPU threads of torch (0 = choose)"),
     ):
         p.add_argument(flag, type=kind, default=None, help=f"{what} (default: the teacher run's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _rectify_options(args) -> dict[str, Any]:
-    names = ("lr", "batch_size", "ema", "warmup", "lr_schedule", "device")
+    names = ("lr", "batch_size", "ema", "warmup", "lr_schedule", "device", "threads")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -768,6 +797,7 @@ def _notes(command: str) -> Iterator[None]:
         yield
 
 
+@thread_scope  # torch's thread count is restored when a command returns (main called in-process)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

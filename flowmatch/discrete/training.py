@@ -35,6 +35,7 @@ from flowmatch.training.config import TrainConfig
 from flowmatch.training.ema import EMA
 from flowmatch.training.loop import _descend, _optimizer, _progress_bar, _StopSignal
 from flowmatch.training.schedules import learning_rate
+from flowmatch.training.threads import thread_scope, use_threads
 
 #: Held-out windows (tokens) or rows (tables) the validation loss is computed on.
 VAL_ITEMS = 256
@@ -56,6 +57,7 @@ class DiscreteResult:
     step: int = 0
     interrupted: bool = False
     validation: dict[str, Any] | None = None
+    threads: dict[str, Any] | None = None  # torch's intra-op thread count and what chose it (training.threads)
 
     @property
     def final_loss(self) -> float:
@@ -125,6 +127,7 @@ def resolve_kind(config: TrainConfig) -> str:
     return "continuous"
 
 
+@thread_scope
 def train_discrete(config: TrainConfig, *, data: Any = None, model: torch.nn.Module | None = None, progress: bool = True) -> DiscreteResult:
     """Train a discrete (kind tokens) or mixed (kind table) flow on ``config.data`` (or ``data``: a
     TokenData or TableData); ``model`` replaces the built-in network (same call signature)."""
@@ -136,6 +139,7 @@ def train_discrete(config: TrainConfig, *, data: Any = None, model: torch.nn.Mod
     path, length, dim = _path_and_shape(config, kind, data)
     sizes = [] if kind == "tokens" else [int(v) for v in data.codec.vocab_sizes]
     model = model if model is not None else _model(config, kind, path, length, dim, sizes)
+    threads = use_threads(config.threads, model, config.batch_size, length if kind == "tokens" else 1)
     flow = DiscreteFlow(model, path, length=length, dim=dim, codec=data.vocab if kind == "tokens" else data.codec, config=config.to_dict())
     ema = EMA(model, config.ema, config.ema_warmup)
     optimizer = _optimizer(config, model)
@@ -183,7 +187,7 @@ def train_discrete(config: TrainConfig, *, data: Any = None, model: torch.nn.Mod
     validation = (
         None if val is None else {"best_step": best["step"], "best_loss": best["loss"], "selected": "val-loss" if use_best else "last"}
     )
-    result = DiscreteResult(flow, config, data, losses, seconds, done, stop.requested, validation)
+    result = DiscreteResult(flow, config, data, losses, seconds, done, stop.requested, validation, threads.to_dict())
     result.log = log  # type: ignore[attr-defined]
     return result
 
@@ -308,6 +312,7 @@ def data_from_config(config: dict[str, Any]):
     )
 
 
+@thread_scope
 def fit_discrete(
     config: TrainConfig,
     out: str | os.PathLike | None = None,
@@ -332,7 +337,7 @@ def fit_discrete(
     result = train_discrete(config, data=data, model=model, progress=progress)
     metrics: dict[str, Any] = {
         "kind": kind, "final_loss": result.final_loss, "train_seconds": result.seconds, "steps": config.steps,
-        "steps_run": result.step, "interrupted": result.interrupted,
+        "steps_run": result.step, "interrupted": result.interrupted, "threads": result.threads,
     }  # fmt: skip
     if result.validation is not None:
         metrics["validation"] = result.validation

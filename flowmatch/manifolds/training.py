@@ -62,6 +62,7 @@ from flowmatch.training.config import TrainConfig, resolve_kind, resolve_target
 from flowmatch.training.ema import EMA
 from flowmatch.training.loop import _descend, _optimizer, _progress_bar, _StopSignal
 from flowmatch.training.schedules import batch_size_at, learning_rate, sample_times
+from flowmatch.training.threads import thread_scope, use_threads
 
 #: Share of a file's points held out as its test split (at most TEST_MAX), as for every data file.
 TEST_FRACTION = 0.2
@@ -232,6 +233,7 @@ class ManifoldResult:
     validation: dict[str, Any] | None = None
     log: list[tuple[int, float, float, float]] = field(default_factory=list)
     target: str = "conditional"
+    threads: dict[str, Any] | None = None  # torch's intra-op thread count and what chose it (training.threads)
 
     @property
     def final_loss(self) -> float:
@@ -239,6 +241,7 @@ class ManifoldResult:
         return sum(tail) / len(tail) if tail else float("nan")
 
 
+@thread_scope
 def train_manifold(
     config: TrainConfig, *, data: ManifoldRunData | None = None, model: torch.nn.Module | None = None, progress: bool = True
 ) -> ManifoldResult:
@@ -255,6 +258,7 @@ def train_manifold(
     flow = make_flow(config, data, model).to(device)
     net = flow.model
     assert isinstance(net, torch.nn.Module)
+    threads = use_threads(config.threads, net, config.batch_size)
     ema = EMA(net, config.ema, config.ema_warmup)
     optimizer = _optimizer(config, net)
     generator = torch.Generator().manual_seed(config.seed)
@@ -313,7 +317,7 @@ def train_manifold(
             "best_step": best["step"], "best_loss": best["loss"], "selected": "val-loss" if use_best else "last",
             "stopped_early": done < config.steps and not stop.requested,
         }  # fmt: skip
-    return ManifoldResult(flow, config, data, losses, seconds, done, stop.requested, validation, log, target)
+    return ManifoldResult(flow, config, data, losses, seconds, done, stop.requested, validation, log, target, threads.to_dict())
 
 
 def _loss(model, flow: RiemannianFlow, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, posterior: bool) -> torch.Tensor:
@@ -404,6 +408,7 @@ def build_manifold_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], co
     return flow
 
 
+@thread_scope
 def fit_manifold(
     config: TrainConfig,
     out: str | os.PathLike | None = None,
@@ -432,7 +437,7 @@ def fit_manifold(
         "kind": "manifold", "data": config.data, "manifold": result.flow.manifold.to_config(),
         "data_manifold": result.flow.data_manifold.to_config(), "final_loss": result.final_loss,
         "train_seconds": result.seconds, "steps": config.steps, "steps_run": result.step, "interrupted": result.interrupted,
-        "target": result.target,
+        "target": result.target, "threads": result.threads,
     }  # fmt: skip
     if result.validation is not None:
         metrics["validation"] = result.validation

@@ -56,6 +56,7 @@ import torch
 from flowmatch.errors import FlowmatchError
 from flowmatch.solvers.integration import integrate
 from flowmatch.storage import atomic_file, write_json
+from flowmatch.training.threads import positions_of, thread_scope, use_threads
 
 #: Offset between a run's training seed and the seed of its pair draws, so that the x0 of the
 #: pairs differ from the noise that ``fit`` evaluates with (seed + 1).
@@ -183,9 +184,11 @@ def distill(
     )  # fmt: skip
 
 
+@thread_scope
 def _retrain(
     run_dir, out, *, n_pairs, steps, teacher_solver, teacher_nfe, pair_seed, force, progress, evaluate, objective, student_nfe, options
 ):
+    from flowmatch.flow import CPU_BATCH_SIZE
     from flowmatch.runs import check_writable_run, load
     from flowmatch.storage import read_json
     from flowmatch.training.config import TrainConfig
@@ -226,6 +229,7 @@ def _retrain(
     if pair_seed is None:
         pair_seed = old.seed + PAIR_SEED_OFFSET
 
+    use_threads(config.threads, teacher.model, min(n_pairs, CPU_BATCH_SIZE), positions_of(teacher.shape))  # the pairs' solves
     started = time.perf_counter()
     x0, x1 = make_pairs(teacher, n_pairs, solver=teacher_solver, nfe=teacher_nfe, seed=pair_seed)
     pair_seconds = time.perf_counter() - started
