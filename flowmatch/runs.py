@@ -30,6 +30,7 @@ from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError, FlowmatchWarning
 from flowmatch.flow import Flow, _conditions_of
+from flowmatch.leftovers import tidy_run
 from flowmatch.storage import read_json, save_tensors, write_json
 from flowmatch.training.checkpoints import latest_state, list_states, load_weights, step_of, unprefixed
 
@@ -129,6 +130,7 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
     ``source=`` gives back a source object that the run could not save.
     """
     folder = Path(run_dir)
+    tidy_run(folder)  # an interrupted replacement recovered, stale temporary files removed (flowmatch.leftovers)
     if not folder.is_dir():
         raise FlowmatchError(f"run folder '{folder}' does not exist")
     if not (folder / CONFIG).is_file():

@@ -4,6 +4,8 @@ Every file flowmatch writes (weights, JSON, pictures, sample arrays) goes throug
 a temporary file in the same folder, flushed to disk, then renamed over the target, so a crash or
 an error midway leaves the old file (or none), never half of one. Folders (a training checkpoint,
 a run folder) go through :func:`atomic_folder`: staged next to the target and renamed into place.
+Temporary names carry their owner's PID and host, so that what a killed process leaves is provably stale
+(:mod:`flowmatch.leftovers`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.leftovers import owner
 
 
 def _umask() -> int:
@@ -47,7 +50,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same suffix); when the body succeeds, flush it, give it
     the permissions a new file gets, and rename it over ``path``. On error ``path`` is untouched."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{owner()}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -67,7 +70,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     place). On error the staging folder is removed and ``target`` is untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{owner()}.", dir=target.parent))
     try:
         yield staging
         for item in staging.rglob("*"):
@@ -76,7 +79,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         _fsync(staging)
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.old-{owner()}")
             os.replace(target, old)
         os.replace(staging, target)
         _fsync(target.parent)

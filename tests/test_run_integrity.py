@@ -2,6 +2,7 @@
 version, a note naming the training checkpoint it falls back to, and samples that are finite or an error."""
 
 import json
+import os
 import shutil
 import warnings
 
@@ -284,3 +285,156 @@ def test_a_finished_run_resumed_for_more_steps_and_stopped_loads_its_newest_stat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         flowmatch.load(extended)
+
+
+# -- leftovers of killed processes, and the run folder's lock ------------------------------------------
+TINY = ["--steps", "20", "--width", "16", "--batch-size", "32", "--quiet", "--no-eval"]
+
+
+@pytest.fixture(scope="module")
+def dead_pid():
+    """The PID of a process that has exited (and been reaped): nothing runs under it."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _owned(pid) -> str:
+    from flowmatch.leftovers import HOST
+
+    return f"{pid}-{HOST}"
+
+
+def test_the_next_train_into_a_parent_cleans_what_is_provably_stale_there(tmp_path, capsys, dead_pid):
+    from flowmatch.leftovers import HOST
+
+    dead, alive = _owned(dead_pid), _owned(os.getpid())
+    stale = [f".a.partial-{dead}.x1y2", f".b.tmp-{dead}.q9.json", f".gone.pairs-{dead}.npz", ".c.lock"]
+    kept = [
+        f".d.partial-{alive}.x1y2",  # its owner is running (this process)
+        f".e.partial-{dead_pid}-{'0' * 8 if HOST != '0' * 8 else '1' * 8}.x1y2",  # another host's: cannot be checked
+        ".f.partial-x1y2",  # named before owners were recorded
+        f".kept.pairs-{dead}.npz",  # the run 'kept' names them: it resumes with them
+    ]
+    for name in stale + kept:
+        if "partial" in name:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "config.json").write_text("{}")
+        else:
+            (tmp_path / name).write_text("x")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "config.json").write_text("{}")
+    assert main(["train", "--out", str(tmp_path / "new"), *TINY]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "kept", "new"])
+
+
+def test_stale_temporary_files_in_a_run_are_cleaned_when_it_is_opened(run, tmp_path, capsys, dead_pid):
+    opened = tmp_path / "run"
+    shutil.copytree(run, opened)
+    dead, alive = _owned(dead_pid), _owned(os.getpid())
+    stale = [
+        opened / f".checkpoint.safetensors.tmp-{dead}.ab12.safetensors",
+        opened / f".samples.png.tmp-{dead}.cd34.png",
+        opened / "checkpoints" / f".step-00000030.partial-{dead}.ef56",
+        tmp_path / f".run.partial-{dead}.gh78",  # its own staging folder beside it
+    ]
+    live = opened / f".metrics.json.tmp-{alive}.ij90.json"
+    for path in [*stale, live]:
+        path.mkdir() if "partial" in path.name else path.write_text("x")
+    assert _sample(opened, tmp_path / "s.npy", capsys) == 0
+    assert [p for p in stale if p.exists()] == [] and live.exists()
+
+
+def test_a_sigkilled_run_leaves_nothing_that_loading_and_the_next_train_do_not_clean(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flowmatch", "train", "--out", str(run), "--steps", "100000", "--width", "16", "--batch-size", "32"]
+    proc = subprocess.Popen([*cmd, "--checkpoint-every", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "checkpoints" / "step-00000005").exists():  # writing a checkpoint a step
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    with pytest.warns(FlowmatchWarning):
+        flowmatch.load(run)
+    hidden = [p.name for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".")]
+    assert hidden == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".run.lock"]  # no process holds it
+    assert main(["train", "--out", str(tmp_path / "next"), *TINY]) == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_run_folder_in_use_is_locked(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; from flowmatch.leftovers import run_lock\nwith run_lock({str(run)!r}):\n print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for args in (["train", "--out", str(run), *TINY], ["train", "--out", str(run), "--force", *TINY]):
+            capsys.readouterr()
+            code = main(args)
+            one_error_line(capsys, code, f"run folder '{run}' is in use by another flowmatch process (pid {holder.pid})")
+            assert not run.exists()
+        holder.send_signal(signal.SIGKILL)  # the operating system releases its lock
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    assert (tmp_path / ".run.lock").exists()
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    assert not (tmp_path / ".run.lock").exists()  # released and removed
+
+
+def test_the_same_process_may_hold_a_run_lock_twice(tmp_path):
+    from flowmatch.leftovers import run_lock
+
+    with run_lock(tmp_path / "run"):
+        with run_lock(str(tmp_path / "run")):
+            assert (tmp_path / ".run.lock").read_text().split()[0] == str(os.getpid())
+        assert (tmp_path / ".run.lock").exists()
+    assert not (tmp_path / ".run.lock").exists()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["staged", "old moved aside", "new in place", "old half removed"],
+)
+def test_a_force_replacement_is_recoverable_at_every_moment(run, tmp_path, capsys, dead_pid, moment):
+    """A kill at each moment of atomic_folder replacing a run (staging built; the old run renamed to
+    .X.old-PID-HOST; the new one renamed into place; the old one being removed) leaves a folder that the
+    next command restores or cleans: X is the old run until the new one is in place, the new one after."""
+    dead = _owned(dead_pid)
+    target, old, staged = tmp_path / "X", tmp_path / f".X.old-{dead}", tmp_path / f".X.partial-{dead}.ab12"
+    shutil.copytree(run, staged)
+    (staged / "which").write_text("new")
+    shutil.copytree(run, target if moment == "staged" else old)
+    (target if moment == "staged" else old).joinpath("which").write_text("old")
+    if moment in ("new in place", "old half removed"):
+        os.replace(staged, target)
+    if moment == "old half removed":
+        shutil.rmtree(old / "checkpoints")
+        (old / "checkpoint.safetensors").unlink()
+    assert _sample(target, tmp_path / "s.npy", capsys) == 0
+    assert (target / "which").read_text() == ("new" if moment in ("new in place", "old half removed") else "old")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "s.npy"]

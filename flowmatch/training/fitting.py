@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.leftovers import locks_run, tidy_parent, tidy_run
 from flowmatch.storage import write_json
 from flowmatch.training.config import TrainConfig, _posterior_obstacle, kind_defaults, resolve_kind
 from flowmatch.training.distributed import _distributed_env
@@ -19,6 +20,7 @@ from flowmatch.training.threads import thread_scope
 
 # -- a whole run ---------------------------------------------------------------------------------
 @thread_scope
+@locks_run("out")
 def fit(
     config: TrainConfig | None = None,
     out: str | os.PathLike | None = None,
@@ -63,6 +65,10 @@ def fit(
     from flowmatch.runs import check_writable_run
     from flowmatch.training.inputs import split_objects
 
+    if out is not None and resume:  # what killed processes left (flowmatch.leftovers), the run folder locked
+        tidy_run(out)
+    elif out is not None:
+        tidy_parent(out)
     given = {"model": model, "data": data, "path": path, "source": source}
     if (
         not resume

@@ -61,6 +61,7 @@ import torch
 import torch.distributed as dist
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.leftovers import locks_run
 from flowmatch.models.registry import build_model
 from flowmatch.storage import atomic_folder, write_json
 from flowmatch.training.checkpoints import drop_states_from, latest_state, step_of, unprefixed
@@ -101,6 +102,7 @@ class TrainResult:
 
 
 @thread_scope
+@locks_run("run_dir")
 def train(
     config: TrainConfig | None = None,
     *,

@@ -25,8 +25,10 @@ old run's ``config.json`` with ``pairs`` set to the pairs file, ``init_from`` to
 re-pairing, no path noise), and the training options given. The pairs, in model coordinates, are
 kept in the run folder as ``pairs.npz`` (arrays ``x0`` and ``x1``) and ``config.json`` refers to
 that file, so ``flowmatch train --resume NEW_DIR`` finds them. While the first training runs, the
-file sits next to the run folder as ``.NEW_DIR.pairs-PID.npz`` (the run folder itself appears
-atomically, with its config, only when training starts); it is moved in when training ends or stops.
+file sits next to the run folder as ``.NEW_DIR.pairs-PID-HOST.npz`` (the run folder itself appears
+atomically, with its config, only when training starts); it is moved in when training ends or stops
+(left there by a killed process, it is removed by the next training into that folder if no run names it:
+:mod:`flowmatch.leftovers`).
 Resuming also needs the old run folder (``init_from``) to still exist.
 
 **Straightness** of a flow (:func:`straightness`):
@@ -54,6 +56,7 @@ import numpy as np
 import torch
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.leftovers import locks_run, owner
 from flowmatch.solvers.integration import integrate
 from flowmatch.storage import atomic_file, write_json
 from flowmatch.training.threads import positions_of, thread_scope, use_threads
@@ -185,6 +188,7 @@ def distill(
 
 
 @thread_scope
+@locks_run("out")
 def _retrain(
     run_dir, out, *, n_pairs, steps, teacher_solver, teacher_nfe, pair_seed, force, progress, evaluate, objective, student_nfe, options
 ):
@@ -209,7 +213,7 @@ def _retrain(
         raise FlowmatchError(
             f"'{run_dir}' is a class-conditional run; reflow and distillation of those are not supported (the pairs carry no labels)"
         )
-    pending = out.parent.resolve() / f".{out.name}.pairs-{os.getpid()}.npz"
+    pending = out.parent.resolve() / f".{out.name}.pairs-{owner()}.npz"
     values = {
         **old.to_dict(),
         "coupling": "independent",
