@@ -1,17 +1,23 @@
 """Few-step generation: W2 / floor at 1, 2, 4 and 8 velocity evaluations for every way flowmatch has
 of straightening a flow, on two tasks, three seeds (median).
 
-Tasks: ``two-gaussians`` from N(0, I), and ``8gaussians -> moons`` (``--source 8gaussians --data
-moons``). For each task and seed (0, 1, 2) it trains, with the default model (MLP width 256, depth 3,
-batch 256, Adam at the default lr 4e-3 with cosine decay, EMA 0.999, the default target: the
-posterior one where it applies, i.e. independent pairs from N(0, I)):
+Tasks: ``two-gaussians`` and ``checkerboard`` from N(0, I), and ``8gaussians -> moons`` (``--source
+8gaussians --data moons``). For each task and seed (0, 1, 2) it trains, with the default model (MLP
+width 256, depth 3, batch 256, Adam at the default lr 4e-3 with cosine decay, EMA 0.999, the default
+target: the posterior one where it applies, i.e. independent pairs from a Gaussian or Gaussian mixture):
 
-- ``independent``, ``ot``, ``sinkhorn`` (``--coupling``; sinkhorn with ``--ot-reg 0.05``), each
-  ``BASE_STEPS`` steps (shorter than the default 6,000 to keep the benchmark near half an hour);
+- ``independent`` and ``ot`` (``--coupling``; ``--couplings`` adds ``sinkhorn`` with ``--ot-reg 0.05``),
+  each ``BASE_STEPS`` steps (shorter than the default 6,000 to keep the benchmark near half an hour);
 - ``reflow-1``: reflow of the independent model (``flowmatch reflow``): ``PAIRS`` pairs made with
   rk4 at NFE 100, ``RECTIFY_STEPS`` steps at lr ``RECTIFY_LR``, warm-started;
 - ``distill-1``, ``distill-2``: students with 1 and 2 Euler steps (``flowmatch distill``) of the best
-  of those four models, the one with the lowest W2 at rk4 NFE 100 (pairs as for reflow).
+  of those models, the one with the lowest W2 at rk4 NFE 100 (pairs as for reflow);
+- ``meanflow``: ``--objective meanflow`` from scratch (the two-time MLP of the same size,
+  ``MEANFLOW_STEPS`` steps), scored with its own jumps at NFE 1 and 2 (and rk4 on u(x, t, t)).
+
+Beside each model's own training time the table gives its whole pipeline's ("total": a student's
+teacher's pipeline and its pairs included; a reflow's first model included): what one-step
+generation costs from scratch.
 
 Every model is scored by exact W2 (``flowmatch.evaluation.metrics.w2_exact``) between 2,000 samples and 2,000
 held-out points, averaged over ``NOISE_DRAWS`` draws (noise seed 1000 * seed + k, the same for every
@@ -58,8 +64,14 @@ from flowmatch.training.rectify import distill, reflow, straightness  # noqa: E4
 RESULTS = Path(__file__).parent / "results"
 TASKS = {
     "two-gaussians": {"data": "two-gaussians"},
+    "checkerboard": {"data": "checkerboard"},
     "8gaussians -> moons": {"data": "moons", "source": "8gaussians"},
 }
+COUPLINGS = ("independent", "ot")  # --couplings adds sinkhorn
+#: MeanFlow: the two-time MLP trained from scratch with the plain mean square (p = 0: the adaptive weight
+#: p = 1 biased the 2-D one-step samples, 1.42 against 1.12 x the floor on two-gaussians at 3,000 steps)
+MEANFLOW = {"objective": "meanflow", "meanflow_power": 0.0}
+MEANFLOW_STEPS = 2500
 SEEDS = (0, 1, 2)
 BASE_STEPS = 2500
 #: batch 256 throughout (no batch warm-up): the exact ``ot`` coupling costs ~5x as much at 512
@@ -137,7 +149,7 @@ def score(flow, held: HeldOut, seed: int, solvers: dict[str, tuple[int, ...]]) -
     return means, draws
 
 
-def run_task(task: str, seed: int, root: str) -> dict:
+def run_task(task: str, seed: int, root: str, couplings: tuple[str, ...] = COUPLINGS) -> dict:
     torch.set_num_threads(1)
     options = TASKS[task]
     folder = Path(root) / f"{task.replace(' -> ', '-to-')}-{seed}"
@@ -160,7 +172,7 @@ def run_task(task: str, seed: int, root: str) -> dict:
         print(f"  {task} seed {seed} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
 
     with_rk4 = {**SOLVERS, "rk4": (*SOLVERS["rk4"], 100)}
-    for coupling in ("independent", "ot", "sinkhorn"):
+    for coupling in couplings:
         config = TrainConfig(steps=BASE_STEPS, coupling=coupling, ot_reg=SINKHORN_REG, seed=seed, device="cpu", **FIXED_BATCH, **options)
         result, metrics = fit(config, out=folder / coupling, progress=False, evaluate=False)
         record(coupling, result, metrics, with_rk4)
@@ -174,6 +186,15 @@ def run_task(task: str, seed: int, root: str) -> dict:
         result, metrics = distill(folder / teacher, folder / f"distill-{nfe}", nfe=nfe, **rectify)
         record(f"distill-{nfe}", result, metrics, {"euler": (nfe,)}, metrics["pair_seconds"])
         models[f"distill-{nfe}"]["teacher"] = teacher
+
+    config = TrainConfig(steps=MEANFLOW_STEPS, seed=seed, device="cpu", **FIXED_BATCH, **MEANFLOW, **options)
+    result, metrics = fit(config, out=folder / "meanflow", progress=False, evaluate=False)
+    record("meanflow", result, metrics, {"meanflow": (1, 2), "rk4": (100,)})
+
+    # the whole pipeline's training time: a model's own optimisation and pairs, plus its teacher's whole pipeline
+    for name, m in models.items():
+        teacher = m.get("teacher") or ("independent" if name == "reflow-1" else None)
+        m["total_seconds"] = m["train_seconds"] + m["pair_seconds"] + (models[teacher]["total_seconds"] if teacher else 0.0)
     return {"task": task, "seed": seed, "floor": floor, "floor_pairs": floor_pairs, "models": models}
 
 
@@ -191,7 +212,7 @@ def summarise(runs: list[dict]) -> dict:
             scores = {k: statistics.median(e["scores"][k] for e in entries) for k in entries[0]["scores"]}
             best = {}
             for nfe in NFES:
-                candidates = {k: v for k, v in scores.items() if k.endswith(f"-{nfe}") and not k.startswith("euler")}
+                candidates = {k: v for k, v in scores.items() if k.endswith(f"-{nfe}") and not k.startswith(("euler", "meanflow"))}
                 if candidates:
                     key = min(candidates, key=candidates.get)
                     best[str(nfe)] = {"solver": key.split("-")[0], "ratio": candidates[key]}
@@ -201,6 +222,7 @@ def summarise(runs: list[dict]) -> dict:
                 "rk4-100": None if entries[0]["rk4-100"] is None else statistics.median(e["rk4-100"] for e in entries),
                 "train_seconds": statistics.median(e["train_seconds"] for e in entries),
                 "pair_seconds": statistics.median(e["pair_seconds"] for e in entries),
+                "total_seconds": statistics.median(e["total_seconds"] for e in entries),
                 "straightness": None if entries[0]["straightness"] is None else statistics.median(e["straightness"] for e in entries),
                 "teachers": [e.get("teacher") for e in entries if e.get("teacher")],
             }
@@ -210,27 +232,48 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def markdown(summary: dict, cost: dict, loop: dict, seeds, seconds: float) -> str:
+def markdown(summary: dict, cost: dict, loop: dict, seeds, seconds: float, couplings: tuple[str, ...] = COUPLINGS) -> str:
     lines = [
         f"Few-step generation: W2 / floor (median of seeds {', '.join(map(str, seeds))}); each cell is the mean over "
         f"{NOISE_DRAWS} noise draws of W2 between 2,000 samples and a held-out set of 2,000 (a different one per draw), over "
         f"the floor, the mean W2 between {NOISE_DRAWS} pairs of disjoint held-out sets: what a perfect sampler scores on average. {platform.machine()}, 1 thread, torch {torch.__version__}; "
         f"total {seconds / 60:.0f} min.",
         "",
-        f"Training: default MLP (256 x 3), batch 256, {BASE_STEPS} steps for independent / ot / sinkhorn (reg {SINKHORN_REG}); "
-        f"reflow and distillation: {PAIRS:,} rk4 NFE {TEACHER_NFE} pairs, {RECTIFY_STEPS} steps, lr {RECTIFY_LR:g}, warm-started. "
-        "Cells 'E' are Euler; 'best' is the best of midpoint / heun / rk4 at that NFE (solver named). Students are scored "
-        "at their own NFE (Euler) only. Time: optimisation seconds (+ pair generation).",
+        f"Training: default MLP (256 x 3), batch 256, {BASE_STEPS} steps for the couplings ({', '.join(couplings)}"
+        f"{f'; sinkhorn reg {SINKHORN_REG}' if 'sinkhorn' in couplings else ''}); "
+        f"reflow and distillation: {PAIRS:,} rk4 NFE {TEACHER_NFE} pairs, {RECTIFY_STEPS} steps, lr {RECTIFY_LR:g}, warm-started; "
+        f"MeanFlow: the two-time MLP (256 x 3) from scratch, {MEANFLOW_STEPS} steps, adaptive-weight power "
+        f"{MEANFLOW['meanflow_power']:g}, 75% of rows r = t, the posterior velocity in the identity. "
+        "Cells 'E' are Euler (MeanFlow: its average-velocity jumps); 'best' is the best of midpoint / heun / rk4 at that NFE "
+        "(solver named). Students are scored at their own NFE (Euler) only. Time: optimisation seconds (+ pair generation); "
+        "total: the whole pipeline (a student's teacher's, and a reflow's first model's, included).",
         "",
+        "### One and two steps: MeanFlow from scratch against the distilled pipeline and OT",
+        "",
+        "| task | floor | MeanFlow 1 | MeanFlow 2 | distill-1 | distill-2 | ot E 1 | ot best 2 | MeanFlow total s | distill-1 total s | distill-2 total s |",
+        "|---|" + "---|" * 10,
     ]
+    for task, entry in summary.items():
+        m = entry["models"]
+        mf, d1, d2, ot = m["meanflow"], m["distill-1"], m["distill-2"], m["ot"]
+        best2 = ot["best"].get("2")
+        lines.append(
+            f"| {task} | {entry['floor']:.3f} | {mf['scores']['meanflow-1']:.2f} | {mf['scores']['meanflow-2']:.2f} | "
+            f"{d1['scores']['euler-1']:.2f} | {d2['scores']['euler-2']:.2f} | {ot['scores']['euler-1']:.2f} | "
+            f"{best2['ratio']:.2f} ({best2['solver']}) | {mf['total_seconds']:.0f} | {d1['total_seconds']:.0f} | {d2['total_seconds']:.0f} |"
+        )
+    lines.append("")
     for task, entry in summary.items():
         pairs = entry["floor_pairs"]
         lines += [f"### {task} (floor {entry['floor']:.3f}; single pairs {min(pairs):.3f} to {max(pairs):.3f})", ""]
-        lines += ["| model | E 1 | E 2 | best 2 | E 4 | best 4 | E 8 | best 8 | rk4 100 | straightness | train s |", "|---|" + "---|" * 10]
+        lines += [
+            "| model | E 1 | E 2 | best 2 | E 4 | best 4 | E 8 | best 8 | rk4 100 | straightness | train s | total s |",
+            "|---|" + "---|" * 11,
+        ]
         for name, m in entry["models"].items():
             cells = []
             for nfe in NFES:
-                e = m["scores"].get(f"euler-{nfe}")
+                e = m["scores"].get(f"euler-{nfe}", m["scores"].get(f"meanflow-{nfe}"))
                 cells.append(f"{e:.2f}" if e is not None else "—")
                 if nfe > 1:
                     b = m["best"].get(str(nfe))
@@ -239,7 +282,7 @@ def markdown(summary: dict, cost: dict, loop: dict, seeds, seconds: float) -> st
             label = name + (f" (of {', '.join(sorted(set(m['teachers'])))})" if m["teachers"] else "")
             rk4 = f"{m['rk4-100']:.2f}" if not name.startswith("distill") else "—"
             straight = "—" if m["straightness"] is None else f"{m['straightness']:.4f}"
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {rk4} | {straight} | {seconds_cell} |")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {rk4} | {straight} | {seconds_cell} | {m['total_seconds']:.0f} |")
         lines.append("")
     lines += [
         f"Why a mean over {NOISE_DRAWS} draws: one W2 of 2,000 points swings with how many points land in each mode. "
@@ -270,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--jobs", type=int, default=2, help="processes (each task and seed is one job; default 2)")
+    parser.add_argument("--couplings", nargs="+", choices=("independent", "ot", "sinkhorn"), default=list(COUPLINGS))
     parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
@@ -285,15 +329,15 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [(task, seed) for seed in args.seeds for task in args.tasks]
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
-                runs = list(pool.map(run_task, *zip(*jobs), [root] * len(jobs)))
+                runs = list(pool.map(run_task, *zip(*jobs), [root] * len(jobs), [tuple(args.couplings)] * len(jobs)))
         else:
-            runs = [run_task(task, seed, root) for task, seed in jobs]
+            runs = [run_task(task, seed, root, tuple(args.couplings)) for task, seed in jobs]
     seconds = time.perf_counter() - started
     if not args.no_write:  # the raw runs first: a summary that fails must not lose half an hour of training
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "fewstep-runs.json").write_text(json.dumps(runs, indent=2) + "\n")
     summary = summarise(runs)
-    table = markdown(summary, cost, loop, args.seeds, seconds)
+    table = markdown(summary, cost, loop, args.seeds, seconds, tuple(args.couplings))
     print(table)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)

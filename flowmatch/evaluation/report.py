@@ -416,8 +416,9 @@ def evaluate(
     Defaults (full / ``quick``): ``n`` samples 5,000 / 1,000; ``n_likelihood`` points 2,000 / 500,
     scored with ``likelihood_solver`` dopri5 (``atol``, ``rtol``) / rk4 at ``likelihood_nfe`` 40;
     ``sweep`` and ``pictures`` on / off. Samples for the metrics come from ``solver`` at ``nfe``
-    (default: the flow's own sampler, :meth:`flowmatch.flow.Flow.resolve_sampler`).
-    Returns the report (see the module docstring).
+    (default: the flow's own sampler, :meth:`flowmatch.flow.Flow.resolve_sampler`; the image metrics
+    default to midpoint at NFE 40, unless a solver is given or the flow is a student or a MeanFlow
+    model, which sample with their own). Returns the report (see the module docstring).
 
     A discrete or mixed flow (:class:`~flowmatch.discrete.flow.DiscreteFlow`) gets the report of
     :func:`flowmatch.evaluation.discrete.evaluate_discrete` on its run's data (``quick``, ``n``, ``nfe``
@@ -503,7 +504,9 @@ def evaluate(
 
     if reference is None and not quick and getattr(flow.dataset, "image_shape", None) is not None and flow.dataset.num_classes:
         t = time.perf_counter()
-        report["images"] = image_report(flow, folder, seed=seed, pictures=pictures)
+        own_sampler = solver is not None or flow.config.get("objective") in ("distill", "meanflow")
+        image_solver, image_nfe = flow.resolve_sampler(solver, nfe) if own_sampler else ("midpoint", 40)
+        report["images"] = image_report(flow, folder, solver=image_solver, nfe=image_nfe, seed=seed, pictures=pictures)
         report["images"]["seconds"] = time.perf_counter() - t
 
     report["pictures"] = []
