@@ -135,7 +135,7 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
         raise FlowmatchError(f"run folder '{folder}' does not exist")
     if not (folder / CONFIG).is_file():
         raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CONFIG} is missing")
-    config = read_json(folder / CONFIG)
+    config = config_from_file(read_json(folder / CONFIG), folder)
     finished = (folder / CHECKPOINT).is_file() and (folder / CHECKPOINT_META).is_file()
     states = list_states(folder)
     final_step = _final_step(folder) if finished and states else None
@@ -260,6 +260,36 @@ def reopen_run(folder: str | os.PathLike) -> None:
     :func:`load` uses the newest training checkpoint and says which."""
     for name in FINAL_FILES:
         (Path(folder) / name).unlink(missing_ok=True)
+
+
+#: config.json keys that name a file or folder: stored relative to the run folder (:func:`config_for_file`),
+#: so that a run folder moved with what it names (its own pairs.npz; a teacher run beside it) still resumes.
+PATH_KEYS = ("pairs", "init_from")
+
+
+def config_for_file(values: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
+    """A config (as a dict) as config.json in ``folder`` stores it: :data:`PATH_KEYS` relative to ``folder``
+    (a path given relative to the working directory is taken from there first)."""
+    out = dict(values)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str) and out[key]:
+            try:
+                out[key] = os.path.relpath(os.path.abspath(out[key]), os.path.abspath(folder))
+            except ValueError:  # another drive (Windows): no relative path
+                out[key] = os.path.abspath(out[key])
+    return out
+
+
+def config_from_file(values: Any, folder: str | os.PathLike) -> Any:
+    """config.json's values from ``folder`` with :data:`PATH_KEYS` as absolute paths, resolved against
+    ``folder`` (absolute ones, which runs saved before paths were relative hold, as they are)."""
+    if not isinstance(values, dict):
+        return values
+    out = dict(values)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str) and out[key] and not os.path.isabs(out[key]):
+            out[key] = os.path.normpath(os.path.join(os.path.abspath(folder), out[key]))
+    return out
 
 
 def check_writable_run(target: Path, force: bool) -> None:

@@ -438,3 +438,41 @@ def test_a_force_replacement_is_recoverable_at_every_moment(run, tmp_path, capsy
     assert _sample(target, tmp_path / "s.npy", capsys) == 0
     assert (target / "which").read_text() == ("new" if moment in ("new in place", "old half removed") else "old")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "s.npy"]
+
+
+# -- paths in config.json -----------------------------------------------------------------------------------
+def test_a_moved_reflow_run_resumes(run, tmp_path, monkeypatch, capsys):
+    """config.json names the pairs and the teacher relative to the run folder: moved (with its teacher
+    beside it), a stopped reflow run resumes; a teacher left behind is not needed to resume."""
+    from flowmatch.training.rectify import reflow
+
+    teacher = tmp_path / "a" / "teacher"
+    shutil.copytree(run, teacher)
+    _interrupt_at(monkeypatch, 19)
+    result, _ = reflow(teacher, tmp_path / "a" / "reflow", n_pairs=256, teacher_nfe=8, steps=40, progress=False, evaluate=False)
+    assert result.interrupted and result.step == 20
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "a" / "reflow" / "config.json").read_text())
+    assert (saved["pairs"], saved["init_from"]) == ("pairs.npz", "../teacher")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["reflow", "teacher"]  # the pairs moved in, no lock left
+
+    os.rename(tmp_path / "a", tmp_path / "b")
+    os.rename(tmp_path / "b" / "reflow", tmp_path / "b" / "moved")
+    moved = tmp_path / "b" / "moved"
+    with pytest.warns(FlowmatchWarning):
+        flow = flowmatch.load(moved)
+    assert (flow.config["pairs"], flow.config["init_from"]) == (str(moved / "pairs.npz"), str(tmp_path / "b" / "teacher"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(moved), "--quiet", "--no-eval"]) == 0, capsys.readouterr().err
+    assert json.loads((moved / "metrics.json").read_text())["steps_run"] == 40
+    assert json.loads((moved / "config.json").read_text())["pairs"] == "pairs.npz"
+
+
+def test_absolute_paths_of_older_runs_still_read(tmp_path):
+    from flowmatch.runs import config_for_file, config_from_file
+
+    pairs = str(tmp_path / "elsewhere" / "pairs.npz")
+    assert config_from_file({"pairs": pairs, "init_from": ""}, tmp_path / "run") == {"pairs": pairs, "init_from": ""}
+    stored = config_for_file({"pairs": pairs, "init_from": str(tmp_path / "teacher"), "data": "moons"}, tmp_path / "run")
+    assert stored == {"pairs": "../elsewhere/pairs.npz", "init_from": "../teacher", "data": "moons"}
+    assert config_from_file(stored, tmp_path / "run") == {"pairs": pairs, "init_from": str(tmp_path / "teacher"), "data": "moons"}

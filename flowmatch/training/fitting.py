@@ -198,11 +198,12 @@ ADDED_KEYS = {"batch_warmup": 0, "time_strata": 0, "target": "conditional", "val
 def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
     """The saved config of a run to resume; ``config`` may differ from it only by more steps and its
     ``threads`` (a machine's setting: a different count may change float rounding, not what is trained)."""
+    from flowmatch.runs import config_for_file, config_from_file
     from flowmatch.storage import read_json
 
     if not (run / "config.json").is_file():
         raise FlowmatchError(f"cannot resume: '{run}' is not a flowmatch run folder (config.json is missing)")
-    values = read_json(run / "config.json")
+    values = config_from_file(read_json(run / "config.json"), run)  # paths relative to the run folder resolved
     if isinstance(values, dict):
         old = "val_fraction" not in values  # saved before the finite-data rules (target auto by data size)
         values = {**ADDED_KEYS, **values}
@@ -218,5 +219,5 @@ def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
     if config.steps < saved.steps:
         raise FlowmatchError(f"cannot resume with fewer steps ({config.steps}) than the run had ({saved.steps})")
     if config.steps != saved.steps or config.threads != saved.threads:
-        write_json(run / "config.json", config.to_dict())
+        write_json(run / "config.json", config_for_file(config.to_dict(), run))
     return config

@@ -512,8 +512,10 @@ def _start_run_folder(run: Path, config: TrainConfig, checkpoint, source=None) -
     From the moment the folder exists it holds a loadable, resumable checkpoint. An old run in its
     place (which :func:`fit` allowed with ``force``) is removed only then.
     """
+    from flowmatch.runs import config_for_file
+
     with atomic_folder(run) as staging:
-        write_json(staging / "config.json", config.to_dict())
+        write_json(staging / "config.json", config_for_file(config.to_dict(), run))  # paths relative to the run
         if config.source == "python":  # rows of a source given in Python are kept with the run
             from flowmatch.data.sources import save_source_rows
 

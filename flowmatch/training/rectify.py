@@ -21,7 +21,7 @@ version of) the data, so they can be trained on again:
 
 Both build a normal run folder through :func:`flowmatch.training.fit`: the new run's config is the
 old run's ``config.json`` with ``pairs`` set to the pairs file, ``init_from`` to the old run
-(absolute paths), ``coupling = "independent"`` and ``bridge_sigma = 0`` (the pairs are fixed; no
+(stored relative to the new run folder, so that it can be moved), ``coupling = "independent"`` and ``bridge_sigma = 0`` (the pairs are fixed; no
 re-pairing, no path noise), and the training options given. The pairs, in model coordinates, are
 kept in the run folder as ``pairs.npz`` (arrays ``x0`` and ``x1``) and ``config.json`` refers to
 that file, so ``flowmatch train --resume NEW_DIR`` finds them. While the first training runs, the
@@ -267,22 +267,23 @@ def _adopt_pairs(out: Path, pending: Path) -> None:
     Link (or copy) first, then rewrite the config, then remove the old name: at every moment the
     config names a file that exists. If the run folder never appeared, the file is just removed.
     """
+    from flowmatch.runs import config_for_file, config_from_file
     from flowmatch.storage import read_json
 
     config_path = out / "config.json"
     try:
         if not pending.exists():
             return
-        if not config_path.is_file() or read_json(config_path).get("pairs") != str(pending):
+        if not config_path.is_file() or config_from_file(read_json(config_path), out).get("pairs") != os.path.normpath(pending):
             return
-        final = (out / "pairs.npz").resolve()
+        final = out / "pairs.npz"
         try:
             final.unlink(missing_ok=True)
             os.link(pending, final)
         except OSError:
             with atomic_file(final) as tmp:
                 shutil.copyfile(pending, tmp)
-        write_json(config_path, {**read_json(config_path), "pairs": str(final)})
+        write_json(config_path, config_for_file({**config_from_file(read_json(config_path), out), "pairs": str(final)}, out))
     finally:
         pending.unlink(missing_ok=True)
 
