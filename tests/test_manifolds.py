@@ -287,6 +287,97 @@ def test_wrapped_normal_is_a_standard_normal_in_the_tangent_space(m):
         assert (x[:, 0] >= 0).all()  # canonical
 
 
+def _radial_integral(m: Manifold, mean: torch.Tensor, scale: float, upto: float = math.pi, nodes: int = 400) -> float:
+    """The wrapped normal's mass within distance ``upto`` of ``mean``, by Gauss-Legendre in the distance theta
+    (the S^d arc, whose volume element is vol(S^(d-1)) sin^(d-1)(theta) dtheta; on SO(3) the S^3 arc to the
+    nearer of +-q, which is at most pi / 2: upto = pi / 2 holds every rotation once)."""
+    import numpy as np
+
+    x_, w_ = np.polynomial.legendre.leggauss(nodes)
+    theta = torch.tensor((x_ + 1) * upto / 2, dtype=F64)
+    weight = torch.tensor(w_ * upto / 2, dtype=F64)
+    d = 3 if isinstance(m, SO3) else m.dim
+    basis = m.tangent_basis(mean[None])[0, 0]  # a unit tangent at the mean: the points run along its geodesic
+    x = torch.cos(theta)[:, None] * mean + torch.sin(theta)[:, None] * basis
+    shell = 2 * math.pi ** (d / 2) / math.gamma(d / 2) * torch.sin(theta) ** (d - 1)
+    return float((m.wrapped_normal_log_prob(x, mean, scale).exp() * shell * weight).sum())
+
+
+def test_wrapped_normal_density_integrates_to_one_on_s2_and_t2():
+    """A grid over the whole manifold, not aligned with the mean: equal-area cells (longitude x sin
+    latitude) on S^2, a square grid on T^2 with the mean beside the seam."""
+    n = 600
+    lon = (torch.arange(n, dtype=F64) + 0.5) / n * 2 * math.pi - math.pi
+    z = (torch.arange(n, dtype=F64) + 0.5) / n * 2 - 1
+    lon, z = (g.reshape(-1) for g in torch.meshgrid(lon, z, indexing="ij"))
+    r = (1 - z**2).sqrt()
+    x = torch.stack((r * lon.cos(), r * lon.sin(), z), dim=1)
+    mean = torch.tensor([0.3, -0.5, 0.8], dtype=F64)
+    mean = mean / mean.norm()
+    # at scale 1 the antipode's integrable singularity (mass e^(-pi^2 / 2) near it) costs the midpoint rule 2e-4
+    for scale, tolerance in ((0.5, 1e-6), (1.0, 1e-3)):
+        mass = float(Sphere(2).wrapped_normal_log_prob(x, mean, scale).exp().mean() * 4 * math.pi)
+        assert abs(mass - 1) < tolerance, (scale, mass)
+    angles = (torch.arange(400, dtype=F64) + 0.5) / 400 * 2 * math.pi - math.pi
+    grid = torch.stack([g.reshape(-1) for g in torch.meshgrid(angles, angles, indexing="ij")], dim=1)
+    for scale in (0.3, 1.0, 3.0):  # 3.0: the density sums 4 images a side, nearly uniform
+        p = FlatTorus(2).wrapped_normal_log_prob(grid, torch.tensor([3.0, -1.0], dtype=F64), scale).exp()
+        assert abs(float(p.mean()) * 4 * math.pi**2 - 1) < 1e-9, scale
+
+
+@pytest.mark.parametrize("m", [Sphere(1), Sphere(2), Sphere(3), SO3()], ids=ids)
+@pytest.mark.parametrize("scale", [0.3, 1.0, 2.5])
+def test_wrapped_normal_density_integrates_to_one_radially(m, scale):
+    """Several sheets of the exponential map at scale 2.5 (|v| beyond pi and 2 pi), with their Jacobian."""
+    mean = points(m, 1, 60)[0]
+    assert abs(_radial_integral(m, mean, scale, math.pi / 2 if isinstance(m, SO3) else math.pi) - 1) < 1e-9
+
+
+def test_wrapped_normal_on_the_circle_is_the_same_on_s1_and_t1():
+    a = torch.linspace(-math.pi, math.pi - 1e-3, 101, dtype=F64)
+    circle = Sphere(1).wrapped_normal_log_prob(torch.stack((a.cos(), a.sin()), 1), torch.tensor([0.0, 1.0], dtype=F64), 1.7)
+    torus = FlatTorus(1).wrapped_normal_log_prob(a[:, None], torch.tensor([math.pi / 2], dtype=F64), 1.7)
+    torch.testing.assert_close(circle, torus, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("m", [Sphere(2), SO3(), FlatTorus(2)], ids=ids)
+def test_wrapped_normal_samples_follow_the_density(m):
+    """P(d(mean, x) <= rho) of 40,000 draws against the density's mass in that ball, within 4 binomial
+    standard errors (the torus: |angle 1 - mean 1| <= rho, whose mass is a 1-D grid sum)."""
+    mean, scale = points(m, 1, 61)[0], 0.8
+    x = m.random_wrapped_normal(40_000, mean, scale, generator=gen(62))
+    assert (m.check(x) - x).abs().max() < 1e-12  # on the manifold, canonical
+    for rho in (0.4, 1.0, 2.0):
+        if isinstance(m, FlatTorus):
+            drawn = float((FlatTorus(1).log(mean[None, :1], x[:, :1]).abs() <= rho).double().mean())
+            a = (torch.arange(20_000, dtype=F64) + 0.5) / 20_000 * 2 * rho - rho
+            mass = float(FlatTorus(1).wrapped_normal_log_prob(mean[0] + a[:, None], mean[:1], scale).exp().mean() * 2 * rho)
+        else:
+            arc = m.dist(mean.expand_as(x), x) / (2 if isinstance(m, SO3) else 1)  # SO(3): the S^3 arc to the nearer sign
+            drawn = float((arc <= rho / 2 if isinstance(m, SO3) else arc <= rho).double().mean())
+            mass = _radial_integral(m, mean, scale, rho / 2 if isinstance(m, SO3) else rho)
+        assert abs(drawn - mass) < 4 * math.sqrt(mass * (1 - mass) / len(x)), (rho, drawn, mass)
+
+
+def test_wrapped_normal_density_refuses_bad_input():
+    s, mean = Sphere(2), torch.tensor([0.0, 0.0, 1.0])
+    for scale in (0, -1.0, float("nan"), "a"):
+        with pytest.raises(FlowmatchError, match="scale must be a positive number"):
+            s.wrapped_normal_log_prob(mean[None], mean, scale)
+    with pytest.raises(FlowmatchError, match="points row 0 has norm 2, not 1"):
+        s.wrapped_normal_log_prob(2 * mean[None], mean, 1.0)
+    with pytest.raises(FlowmatchError, match=r"mean must be one point or one per sample \(1\), got 2 rows"):
+        s.wrapped_normal_log_prob(mean[None], torch.stack((mean, mean)), 1.0)
+    with pytest.raises(FlowmatchError, match="scale 1000.0 is too large"):
+        FlatTorus(2).wrapped_normal_log_prob(torch.zeros(1, 2), torch.zeros(2), 1000.0)
+    lp = s.wrapped_normal_log_prob(torch.stack((mean, -mean)).double(), mean, 1.0)
+    assert lp[0] == math.inf and lp[1] > 30  # the shells |v| = 2 pi and pi collapse onto the mean and the antipode
+    torch.testing.assert_close(  # R^d: the normal itself
+        Euclidean(2).wrapped_normal_log_prob(torch.tensor([[1.0, 2.0]], dtype=F64), torch.zeros(2, dtype=F64), 2.0),
+        torch.tensor([-5 / 8 - math.log(8 * math.pi)], dtype=F64),
+    )
+
+
 def test_features_are_smooth_and_sign_invariant():
     angles = points(FlatTorus(2), 10, 28)
     assert torch.allclose(FlatTorus(2).features(angles), torch.cat((angles.cos(), angles.sin()), 1))

@@ -31,6 +31,7 @@ _EXPORTS = {
     "Sphere": "manifolds",
     "TangentMLP": "flow",
     "TangentModel": "flow",
+    "WrappedNormal": "data",
     "fit_manifold": "training",
     "integrate_manifold": "solvers",
     "load_manifold_data": "data",
@@ -47,5 +48,6 @@ _EXPORTS = {
     "sinc": "manifolds",
     "tangent_mlp": "flow",
     "train_manifold": "training",
+    "wrapped_gaussian_scale": "flow",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -18,6 +18,9 @@ Built-in sets (:data:`MANIFOLD_SETS`, name -> builder):
 - ``SO3-multimodal``: an antipodally symmetric mixture of 5 von Mises-Fisher laws on S^3 in quaternions,
   concentrated around 5 rotations (:class:`AntipodalVMFMixture`).
 
+Besides these, :class:`WrappedNormal` is the law exp_mean(N(0, scale^2 I) in T_mean M) with its exact density,
+the wrapped Gaussian source of a flow (``source="wrapped-gaussian:SCALE"``).
+
 Each set's differential entropy H(p) = -E_p[log p] is estimated by Monte Carlo, :meth:`ManifoldData.entropy`
 (measured values in :data:`ENTROPY`). :func:`load_manifold_data` gives a built-in set by name or the points
 of a user file (:class:`PointSet`): latitude/longitude (-> S^2), angles (-> torus) or quaternions (-> SO(3)),
@@ -361,6 +364,31 @@ class WrappedGaussianMixture(ManifoldData):
         z = (delta[..., None] + shifts) / stds[None, :, :, None]  # (n, K, d, 2J + 1)
         log_wn = torch.logsumexp(-0.5 * z**2, dim=-1) - torch.log(stds) - 0.5 * math.log(2 * math.pi)
         return torch.logsumexp(self.weights.log().to(x.device) + log_wn.sum(-1), dim=1)
+
+
+class WrappedNormal(ManifoldData):
+    """exp_mean(z), z ~ N(0, scale^2 I) in the tangent space at ``mean``: the wrapped Gaussian of the
+    torus, its push-forward by the exponential map on spheres and SO(3) (scale in S^3 units there: a spread
+    of s radians of rotation angle is scale s / 2), the normal N(mean, scale^2 I) on R^d.
+
+    Sampling is :meth:`Manifold.random_wrapped_normal`; the density, w.r.t. the manifold's volume as for
+    every set here, is :meth:`Manifold.wrapped_normal_log_prob`: exact on spheres and SO(3) (every
+    preimage of the exponential map with its Jacobian, (sin r / r)^(d - 1) on S^d), the lattice sum on the
+    torus, each truncated with terms below 1e-16 left out.
+    """
+
+    has_log_prob = True
+
+    def __init__(self, name: str, manifold: Manifold, mean, scale: float):
+        super().__init__(name, manifold)
+        self.mean, self.scale = manifold._wrapped_normal_args(1, torch.as_tensor(mean, dtype=torch.float64), scale)
+        self.mean = self.mean[0]
+
+    def _sample(self, n: int, g: torch.Generator) -> torch.Tensor:
+        return self.manifold.random_wrapped_normal(n, self.mean, self.scale, generator=g)
+
+    def log_prob(self, x) -> torch.Tensor:
+        return self.manifold.wrapped_normal_log_prob(self._points(x), self.mean, self.scale)
 
 
 def _unit(lon_deg: float, lat_deg: float) -> list[float]:

@@ -142,16 +142,67 @@ def riemannian_loss(model: Callable, path: GeodesicPath, x0: torch.Tensor, x1: t
 
 
 #: The sources a :class:`RiemannianFlow` draws from by name: the manifold's uniform law, or N(0, I) in R^D;
-#: besides these, a built-in set on the same manifold (:data:`flowmatch.manifolds.data.MANIFOLD_SETS`).
+#: besides these, a wrapped Gaussian (:data:`WRAPPED_GAUSSIAN`) and a built-in set on the same manifold
+#: (:data:`flowmatch.manifolds.data.MANIFOLD_SETS`).
 FLOW_SOURCES = ("uniform", "gaussian")
 
 
-def source_law(name: str, manifold: Manifold):
-    """The built-in set ``name`` as the source of a flow on ``manifold`` (same manifold and dimension)."""
-    from flowmatch.manifolds.data import MANIFOLD_SETS, manifold_set
+#: The wrapped Gaussian source, spelled ``wrapped-gaussian`` (scale :data:`WRAPPED_GAUSSIAN_SCALE`) or
+#: ``wrapped-gaussian:SCALE`` (as ``--grid shift:K``): exp_o(N(0, SCALE^2 I) in T_o M) around the manifold's
+#: origin o (:func:`manifold_origin`), :class:`flowmatch.manifolds.data.WrappedNormal`.
+WRAPPED_GAUSSIAN = "wrapped-gaussian"
 
+
+WRAPPED_GAUSSIAN_SCALE = 1.0
+
+
+#: The largest scale the wrapped Gaussian source takes (on the torus a scale of 10 is within 1e-80 of uniform).
+WRAPPED_GAUSSIAN_MAX_SCALE = 10.0
+
+
+def wrapped_gaussian_scale(name: str) -> float | None:
+    """The scale of a source spelled ``wrapped-gaussian[:SCALE]``, None for any other name; a scale that is
+    not a number in (0, 10] is one :class:`FlowmatchError`."""
+    if not isinstance(name, str) or name.split(":", 1)[0] != WRAPPED_GAUSSIAN:
+        return None
+    if name == WRAPPED_GAUSSIAN:
+        return WRAPPED_GAUSSIAN_SCALE
+    text = name.split(":", 1)[1]
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not 0 < scale <= WRAPPED_GAUSSIAN_MAX_SCALE:
+        raise FlowmatchError(
+            f"source {name!r}: the scale after '{WRAPPED_GAUSSIAN}:' must be a number in (0, {WRAPPED_GAUSSIAN_MAX_SCALE:g}], got {text!r}"
+        )
+    return scale
+
+
+def manifold_origin(manifold: Manifold) -> torch.Tensor:
+    """The point a wrapped Gaussian source is centred on (float64): the north pole (0, ..., 0, 1) of a
+    sphere (latitude 90 degrees on S^2), the angles 0 on a torus, the identity (1, 0, 0, 0) on SO(3), 0 in R^d."""
+    origin = torch.zeros(manifold.ambient_dim, dtype=torch.float64)
+    if manifold.name == "sphere":
+        origin[-1] = 1.0
+    elif manifold.name == "so3":
+        origin[0] = 1.0
+    return origin
+
+
+def source_law(name: str, manifold: Manifold):
+    """The law of the source ``name`` on ``manifold``: a wrapped Gaussian (:func:`wrapped_gaussian_scale`),
+    or a built-in set on the same manifold and dimension."""
+    from flowmatch.manifolds.data import MANIFOLD_SETS, WrappedNormal, manifold_set
+
+    scale = wrapped_gaussian_scale(name)
+    if scale is not None:
+        return WrappedNormal(name, manifold, manifold_origin(manifold), scale)
     if name not in MANIFOLD_SETS:
-        raise FlowmatchError(f"source {name!r}: choose one of {', '.join(FLOW_SOURCES)} or a built-in set: {', '.join(MANIFOLD_SETS)}")
+        raise FlowmatchError(
+            f"source {name!r}: choose one of {', '.join(FLOW_SOURCES)}, {WRAPPED_GAUSSIAN}[:SCALE] or a built-in set: "
+            f"{', '.join(MANIFOLD_SETS)}"
+        )
     law = manifold_set(name)
     if law.manifold.to_config() != manifold.to_config():
         raise FlowmatchError(f"source {name!r} lies on {law.manifold.label}, not on {manifold.label}, where this flow's data lie")
@@ -163,8 +214,9 @@ class RiemannianFlow:
     :meth:`generate`, score with :meth:`log_prob`.
 
     ``source`` names the distribution at t = 0: ``"uniform"`` (the manifold's uniform law, density
-    1 / volume), a built-in set on the same manifold (e.g. ``"S2-vmf"`` for a flow from one law on the
-    sphere to another, with that set's density) or ``"gaussian"`` (N(0, I), on R^D only: the Euclidean comparison, whose
+    1 / volume), ``"wrapped-gaussian"`` or ``"wrapped-gaussian:SCALE"`` (exp_o(N(0, SCALE^2 I)) around the
+    manifold's origin, with its exact density: :func:`source_law`), a built-in set on the same manifold
+    (e.g. ``"S2-vmf"`` for a flow from one law on the sphere to another, with that set's density) or ``"gaussian"`` (N(0, I), on R^D only: the Euclidean comparison, whose
     ``data_manifold`` is the manifold its training points lie on). ``config`` is the run's config
     (a dict) when the flow comes from a run folder. The model's first parameter fixes the device and
     dtype of generated points (CPU float32 without parameters).
@@ -243,8 +295,8 @@ class RiemannianFlow:
         return target.canonical(target.projx(x)), off
 
     def source_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log-density of the flow's source at x (n,): -log volume (uniform), or
-        -|x|^2 / 2 - (D / 2) log(2 pi) (gaussian)."""
+        """log-density of the flow's source at x (n,): -log volume (uniform), -|x|^2 / 2 - (D / 2) log(2 pi)
+        (gaussian), or the law's own (a wrapped Gaussian, a built-in set)."""
         if self.source == "gaussian":
             return -0.5 * x.pow(2).sum(dim=1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
         if self._law is not None:

@@ -13,7 +13,8 @@ vectors (the induced metric of the embedding, or the flat metric of the torus's 
   point of M; ``canonical(x)``: one fixed representative (only SO(3) has more than one per point);
 - ``dist``/``cdist``: geodesic distances, per row or for all pairs;
 - ``random_uniform``/``uniform_log_prob``: the normalised Riemannian volume (compact manifolds), and
-  ``random_wrapped_normal``: exp_mean(scale * N(0, I) in T_mean M);
+  ``random_wrapped_normal``/``wrapped_normal_log_prob``: exp_mean(scale * N(0, I) in T_mean M) and its
+  exact density (a sum over the preimages of the exponential map, truncated with a stated bound);
 - ``features(x)``: a smooth, unambiguous encoding of the point for a network; ``to_tangent(x, out)``:
   how a network's output of width ``output_dim`` becomes a tangent vector at x;
 - ``dlog(x, y, w)``, ``geodesic(x, y, s)`` and ``tangent_basis(x)`` for the solvers, paths and divergences;
@@ -203,6 +204,64 @@ def _sphere_geodesic(x: torch.Tensor, log_xy: torch.Tensor, s: torch.Tensor) -> 
     return point, velocity
 
 
+#: Truncation of the wrapped-normal sums (:meth:`Manifold.wrapped_normal_log_prob`): the terms left out
+#: weigh at most this much (relative on the torus; as probability mass on spheres and SO(3)).
+WRAPPED_TOLERANCE = 1e-16
+
+
+#: The most terms (lattice images per angle, or sheets) a wrapped-normal density sums before it refuses the scale.
+WRAPPED_MAX_TERMS = 1001
+
+
+def _sphere_sheets(d: int, scale: float) -> int:
+    """K, the sheets |v| in [s pi, (s + 1) pi), s < K, that the S^d wrapped normal sums: the smallest K with
+    P(|v| >= K pi) <= WRAPPED_TOLERANCE for v ~ N(0, scale^2 I_d), i.e. Q(d / 2, (K pi / scale)^2 / 2) (the
+    regularised upper incomplete gamma function: the chi distribution's tail)."""
+    from scipy.special import gammaincc
+
+    for k in range(1, WRAPPED_MAX_TERMS + 1):
+        if gammaincc(d / 2, (k * math.pi / scale) ** 2 / 2) <= WRAPPED_TOLERANCE:
+            return k
+    raise FlowmatchError(f"scale {scale} is too large for the wrapped normal's density on the sphere (over {WRAPPED_MAX_TERMS} sheets)")
+
+
+def _torus_images(scale: float) -> int:
+    """J, the images |j| <= J per angle that the torus's wrapped normal sums (:meth:`FlatTorus.wrapped_normal_log_prob`)."""
+    a = math.pi**2 / (2 * scale**2)
+    for j in range(1, WRAPPED_MAX_TERMS):
+        if 2 * math.exp(-4 * a * j * (j + 1)) / -math.expm1(-8 * a * (j + 1)) <= WRAPPED_TOLERANCE:
+            return j
+    raise FlowmatchError(f"scale {scale} is too large for the wrapped normal's density on the torus (over {WRAPPED_MAX_TERMS} images)")
+
+
+def _sphere_wrapped_log_density(theta: torch.Tensor, d: int, scale: float) -> torch.Tensor:
+    """log p at geodesic distance theta (float64, in [0, pi]) from the mean of exp_mean(N(0, scale^2 I_d)) on S^d.
+
+    exp_mean maps each shell s pi <= |v| < (s + 1) pi of T_mean onto S^d (less one point), the odd shells
+    in the reversed direction, so a point at distance theta has one preimage per shell, at radius
+    r_s = s pi + theta (s even) or (s + 1) pi - theta (s odd); the volume Jacobian of exp there is
+    |sin r / r|^(d-1) = (sin theta / r_s)^(d-1). Hence
+
+        p = sum_s (2 pi scale^2)^(-d/2) exp(-r_s^2 / (2 scale^2)) (r_s / sin theta)^(d-1),
+
+    summed over the sheets of :func:`_sphere_sheets` (those left out carry probability mass at most
+    WRAPPED_TOLERANCE). The first term is (theta / sin theta)^(d-1) N(theta), smooth at theta = 0; the
+    others, and every term at theta = pi, grow like 1 / sin(theta)^(d-1) (the shells |v| = 2 pi k collapse
+    onto the mean and |v| = (2k + 1) pi onto its antipode): an integrable singularity, +inf at the mean for
+    K > 1 and, in exact arithmetic, at the antipode (where sin(pi) rounds to 1e-16, it is merely large)
+    For d = 1 it is the wrapped normal of the circle.
+    """
+    k = torch.arange(_sphere_sheets(d, scale), dtype=torch.float64, device=theta.device)
+    t = theta[:, None]
+    r = torch.where(k % 2 == 0, k * math.pi + t, (k + 1) * math.pi - t)  # (n, K)
+    terms = -(r**2) / (2 * scale**2)
+    if d > 1:
+        first = torch.log(_theta_over_sin(theta.clamp(max=math.pi)))[:, None]
+        rest = torch.log(r) - torch.log(torch.sin(t))
+        terms = terms + (d - 1) * torch.where(k == 0, first, rest)
+    return torch.logsumexp(terms, dim=1) - 0.5 * d * math.log(2 * math.pi * scale**2)
+
+
 def _wrap(a: torch.Tensor) -> torch.Tensor:
     """Angles into [-pi, pi): a - 2 pi floor((a + pi) / (2 pi)), guarding the rounding to exactly pi."""
     out = torch.remainder(a + math.pi, 2 * math.pi) - math.pi
@@ -382,21 +441,40 @@ class Manifold:
         with ``generator`` in mean's dtype.
         """
         n = _check_count(n)
+        mean, scale = self._wrapped_normal_args(n, mean, scale, positive=False)
+        noise = torch.randn(n, self.ambient_dim, generator=generator, dtype=mean.dtype).to(mean.device)
+        base = mean.expand(n, -1)
+        return self.canonical(self.exp(base, scale * self.proj(base, noise)))
+
+    def wrapped_normal_log_prob(self, x: torch.Tensor, mean: Any, scale: float) -> torch.Tensor:
+        """log-density (n,) at the rows of x of the law of :meth:`random_wrapped_normal` (``scale`` > 0),
+        w.r.t. the Riemannian volume (the measure of :meth:`uniform_log_prob`), computed in float64 and
+        returned in x's dtype. The push-forward of N(0, scale^2 I) in T_mean by exp_mean sums, over every
+        preimage v of x, N(v; 0, scale^2 I) / |det d exp_mean(v)|; each manifold's docstring says how."""
+        raise FlowmatchError(f"{self.label} has no wrapped-normal density here")
+
+    def _wrapped_normal_args(self, n: int, mean: Any, scale: Any, positive: bool = True) -> tuple[torch.Tensor, float]:
+        """(mean as (1 or n, ambient_dim) canonical points, scale as a float), checked: one error each."""
         mean = torch.as_tensor(mean)
         if mean.dim() == 1:
             mean = mean[None]
         mean = self.check(mean, "mean")
         if mean.shape[0] not in (1, n):
             raise FlowmatchError(f"mean must be one point or one per sample ({n}), got {mean.shape[0]} rows")
+        what = "a positive number" if positive else "a non-negative number"
         try:
             scale = float(scale)
         except (TypeError, ValueError):
-            raise FlowmatchError(f"scale must be a non-negative number, got {scale!r}") from None
-        if not (math.isfinite(scale) and scale >= 0):
-            raise FlowmatchError(f"scale must be a non-negative number, got {scale}")
-        noise = torch.randn(n, self.ambient_dim, generator=generator, dtype=mean.dtype).to(mean.device)
-        base = mean.expand(n, -1)
-        return self.canonical(self.exp(base, scale * self.proj(base, noise)))
+            raise FlowmatchError(f"scale must be {what}, got {scale!r}") from None
+        if not (math.isfinite(scale) and (scale > 0 if positive else scale >= 0)):
+            raise FlowmatchError(f"scale must be {what}, got {scale}")
+        return mean, scale
+
+    def _wrapped_normal_points(self, x: Any, mean: Any, scale: Any) -> tuple[torch.Tensor, torch.Tensor, float, torch.dtype]:
+        """(x, mean expanded to x's rows, scale) in float64 for a log-density, x checked as points; and x's dtype."""
+        x = self.check(x, "points")
+        mean, scale = self._wrapped_normal_args(x.shape[0], mean, scale)
+        return x.to(torch.float64), mean.to(device=x.device, dtype=torch.float64).expand(x.shape[0], -1), scale, x.dtype
 
     # networks -------------------------------------------------------------------------------------------
 
@@ -503,6 +581,12 @@ class Euclidean(Manifold):
     def volume(self) -> float:
         raise FlowmatchError(f"{self.label} has infinite volume and no uniform distribution; give the flow a source distribution")
 
+    def wrapped_normal_log_prob(self, x, mean, scale):
+        """The normal N(mean, scale^2 I): -|x - mean|^2 / (2 scale^2) - (d / 2) log(2 pi scale^2) (nothing wraps)."""
+        x, mean, scale, dtype = self._wrapped_normal_points(x, mean, scale)
+        out = -(x - mean).pow(2).sum(dim=1) / (2 * scale**2) - 0.5 * self.dim * math.log(2 * math.pi * scale**2)
+        return out.to(dtype)
+
     def random_uniform(self, n, generator=None, dtype=torch.float32, device=None):
         raise FlowmatchError(f"{self.label} has no uniform distribution; give the flow a source distribution")
 
@@ -564,6 +648,16 @@ class Sphere(Manifold):
         """Normalised standard normal vectors (rotation invariant, hence uniform)."""
         g = torch.randn(_check_count(n), self.ambient_dim, generator=generator, dtype=dtype)
         return self.projx(g).to(device) if device is not None else self.projx(g)
+
+    def wrapped_normal_log_prob(self, x, mean, scale):
+        """Exact: with theta = d(mean, x), the sum over the preimages of exp_mean,
+        p = sum_s (2 pi scale^2)^(-d/2) exp(-r_s^2 / (2 scale^2)) (r_s / sin theta)^(d-1),
+        r_s = s pi + theta (s even) or (s + 1) pi - theta (s odd) (:func:`_sphere_wrapped_log_density`:
+        the Jacobian factor is (sin r / r)^(d-1) = (sin theta / r_s)^(d-1); the sheets left out carry
+        probability mass below 1e-16). Unbounded, but integrable, at the antipode of the mean (d >= 2), where
+        the whole shell |v| = pi lands, and at the mean itself from the shells |v| = 2 pi k."""
+        x, mean, scale, dtype = self._wrapped_normal_points(x, mean, scale)
+        return _sphere_wrapped_log_density(_sphere_arc(mean, x), self.dim, scale).to(dtype)
 
     def _check_on_manifold(self, x, what):
         norms = torch.linalg.vector_norm(x, dim=1)
@@ -632,6 +726,23 @@ class FlatTorus(Manifold):
         u = torch.rand(_check_count(n), self.dim, generator=generator, dtype=dtype)
         x = _wrap(2 * math.pi * u - math.pi)
         return x.to(device) if device is not None else x
+
+    def wrapped_normal_log_prob(self, x, mean, scale):
+        """The wrapped normal, coordinate by coordinate: with delta = wrap(x - mean) in [-pi, pi),
+
+            p = prod_i sum_{|j| <= J} N(delta_i + 2 pi j; 0, scale^2),
+
+        J the smallest with 2 exp(-4 a J (J + 1)) / (1 - exp(-8 a (J + 1))) <= 1e-16, a = pi^2 / (2 scale^2).
+        That is a bound on the images left out relative to the largest kept term (|delta| <= pi): the image
+        j has |delta + 2 pi j| >= (2 |j| - 1) pi, so it weighs at most exp(-a ((2 |j| - 1)^2 - 1)) of it, and
+        these fall geometrically. Each coordinate's sum, and so log p up to d times, is within 1e-16 relative.
+        (J = 1 for scale up to 1.1; J = 4 at scale 3.)"""
+        x, mean, scale, dtype = self._wrapped_normal_points(x, mean, scale)
+        images = _torus_images(scale)
+        shifts = 2 * math.pi * torch.arange(-images, images + 1, dtype=torch.float64, device=x.device)
+        z = (_wrap(x - mean)[..., None] + shifts) / scale  # (n, d, 2J + 1)
+        per_angle = torch.logsumexp(-0.5 * z**2, dim=-1) - math.log(scale) - 0.5 * math.log(2 * math.pi)
+        return per_angle.sum(dim=1).to(dtype)
 
     def features(self, x):
         return torch.cat((torch.cos(x), torch.sin(x)), dim=-1)
@@ -738,6 +849,15 @@ class SO3(Manifold):
         g = torch.randn(_check_count(n), 4, generator=generator, dtype=dtype)
         q = self.canonical(g)
         return q.to(device) if device is not None else q
+
+    def wrapped_normal_log_prob(self, x, mean, scale):
+        """Exact: the rotation {q, -q} collects the S^3 density (:meth:`Sphere.wrapped_normal_log_prob`, d = 3)
+        of both quaternions, p(q) = p_S3(theta) + p_S3(pi - theta), theta the S^3 arc from the mean to q,
+        w.r.t. the volume of S^3/+-1 (pi^2 in all), as :meth:`uniform_log_prob` (scale in S^3 units)."""
+        x, mean, scale, dtype = self._wrapped_normal_points(x, mean, scale)
+        theta = _sphere_arc(mean, x)
+        both = torch.stack((_sphere_wrapped_log_density(theta, 3, scale), _sphere_wrapped_log_density(math.pi - theta, 3, scale)))
+        return torch.logsumexp(both, dim=0).to(dtype)
 
     def features(self, x):
         return quaternion_to_matrix(x).reshape(x.shape[0], 9)

@@ -54,7 +54,7 @@ import torch
 from flowmatch.discrete.schedulers import Scheduler, make_scheduler
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.data import MANIFOLD_SETS, ManifoldData, PointSet, load_manifold_data, manifold_set
-from flowmatch.manifolds.flow import RiemannianFlow, TangentMLP, riemannian_loss
+from flowmatch.manifolds.flow import RiemannianFlow, TangentMLP, riemannian_loss, wrapped_gaussian_scale
 from flowmatch.manifolds.manifolds import Euclidean, Manifold, manifold_from_config
 from flowmatch.manifolds.paths import GeodesicPath
 from flowmatch.training.checkpoints import load_weights
@@ -184,10 +184,10 @@ def check_options(config: TrainConfig) -> None:
             raise FlowmatchError(f"{key}={getattr(config, key)!r} does not apply to kind manifold (Riemannian flow matching)")
     if config.precision == "bf16":
         raise FlowmatchError("kind manifold trains in float32: precision='bf16' does not apply")
-    if config.source not in ("uniform", "gaussian", *MANIFOLD_SETS):
+    if config.source not in ("uniform", "gaussian", *MANIFOLD_SETS) and wrapped_gaussian_scale(config.source) is None:
         raise FlowmatchError(
-            f"kind manifold starts from source='uniform', a built-in set on the same manifold ({', '.join(MANIFOLD_SETS)}) "
-            f"or 'gaussian' with manifold='euclidean', not '{config.source}'"
+            f"kind manifold starts from source='uniform', 'wrapped-gaussian' (or 'wrapped-gaussian:SCALE'), a built-in set on "
+            f"the same manifold ({', '.join(MANIFOLD_SETS)}) or 'gaussian' with manifold='euclidean', not '{config.source}'"
         )
     if config.model not in ("mlp", "tangent-mlp", "python"):  # mlp: the continuous default, so the kind's own
         raise FlowmatchError(f"kind manifold trains the tangent-mlp, not model {config.model}; pass your own model in Python")

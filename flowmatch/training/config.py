@@ -73,8 +73,9 @@ class TrainConfig:
     source: str = _option(
         "gaussian",
         "distribution at t = 0: gaussian (N(0, I)) or a data set name or file; kind manifold: uniform (the manifold's "
-        "uniform law, its default), a built-in set on the same manifold (e.g. S2-vmf) or gaussian (N(0, I), --manifold "
-        "euclidean only)",
+        "uniform law, its default), wrapped-gaussian[:SCALE] (exp of N(0, SCALE^2 I) in the tangent space at the north pole, "
+        "the zero angles or the identity rotation; SCALE default 1), a built-in set on the same manifold (e.g. S2-vmf) or "
+        "gaussian (N(0, I), --manifold euclidean only)",
     )
     path: str = _option("linear", "probability path", choices=(*PATHS, "python"))
     sigma_min: float = _option(0.0, "noise floor of the gaussian path at t = 1", low=0.0, high=0.999)
