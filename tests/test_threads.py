@@ -58,8 +58,8 @@ def test_small_models_get_one_thread_and_large_work_the_cores():
     work = call_work(mlp, 256)
     assert work == 58_498 * 256  # parameters x rows
     assert choose_threads(0, work, environ=NO_VARS, cores=64, current=64, torch_default=64).count == 1
-    demo = call_work(build_model("mlp", 2, width=256, depth=3, activation="silu"), 512)  # the demo's model and batch
-    assert auto_threads(demo, 64) == 1
+    demo = build_model("mlp", 2, width=256, depth=3, activation="silu")  # the demo's model: training and sampling chunks
+    assert auto_threads(call_work(demo, 512), 64) == 1 and auto_threads(call_work(demo, 2048), 64) == 1
     assert auto_threads(3.5 * WORK_PER_THREAD, 64) == 3 and auto_threads(3.5 * WORK_PER_THREAD, 2) == 2
     assert auto_threads(100 * WORK_PER_THREAD, 1) == 1 and auto_threads(0.0, 4) == 1
     assert call_work(lambda x, t: x, 100) == 0.0  # not a module: no estimate, one thread
@@ -72,6 +72,7 @@ def test_positions_of_images_and_rows():
                        attention_resolutions=[], dropout=0.0, num_classes=0)  # fmt: skip
     params = sum(p.numel() for p in unet.parameters())
     assert call_work(unet, 128, 64) == params * 128 * 64
+    assert auto_threads(call_work(unet, 128, 64), 2) == 2  # the digits U-Net at batch 128 uses both cores
 
 
 def test_usable_cores_come_from_the_affinity_the_quota_and_torchrun(monkeypatch):

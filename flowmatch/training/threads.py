@@ -44,9 +44,10 @@ import torch
 
 from flowmatch.errors import FlowmatchError
 
-#: Multiply-adds of one network call (the estimate of :func:`call_work`) that each thread needs before
-#: it pays: the automatic count is work // WORK_PER_THREAD, between 1 and the usable cores. Between the
-#: measured 110 million (no gain from a second thread) and 420 million (1.1-1.6x); see :func:`auto_threads`.
+#: Multiply-adds of one network call (the estimate of :func:`call_work`) per thread: the automatic count is
+#: work // WORK_PER_THREAD, between 1 and the usable cores, so a second thread comes at 500 million. The
+#: idle crossover lies between the measured 110 million (no gain) and 420 million (1.1-1.9x); the switch
+#: is set above it because beside other work a second thread costs far more (see :func:`auto_threads`).
 WORK_PER_THREAD = 250_000_000
 
 
@@ -148,10 +149,12 @@ def auto_threads(work: float, cores: int) -> int:
 
     On an idle machine a second thread pays from a few hundred million multiply-adds a call (up to 1.9x),
     and costs up to 1.15x below that; beside other work every call tested was 3 to 40 times slower on two
-    threads. The rule takes the idle crossover (so the 2-D models, the demo's training included, run on
-    one thread, and images, tokens, wide MLPs and sampling in 2,048-row chunks use the cores); on a machine
-    shared with other work, ``threads=1`` (``--threads 1``) is faster for every model. Beyond 2 cores the
-    proportional count is an extrapolation, not a measurement.
+    threads. The rule puts the second thread at 500 million, above the idle crossover (between 110 and
+    420 million), trading the idle gain of calls just above it (up to 1.9x) against their loss beside
+    other work: the demo's model trains (110 million) and samples in 2,048-row chunks (440 million) on one
+    thread, MLPs from width 560 at batch 512, the 8x8 U-Net (1.3 billion) and the token transformer
+    (2.5 billion) on two. On a machine shared with other work ``threads=1`` (``--threads 1``) is faster
+    for every model measured. Beyond 2 cores the proportional count is an extrapolation, not a measurement.
     """
     return max(1, min(cores, int(work // WORK_PER_THREAD)))
 
