@@ -438,12 +438,20 @@ def _condition_file(path: str) -> np.ndarray:
             rows = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise FlowmatchError(f"condition file '{path}': cannot read it ({exc})") from None
+        if not isinstance(rows, np.ndarray):  # a zip archive (an .npz, a torch.save file) under a .npy name
+            rows.close()
+            raise FlowmatchError(f"condition file '{path}': not a .npy array (the file is a zip archive)")
     elif path.endswith(".csv"):
         header, lines = _csv_rows(path)
         rows = _csv_numbers(path, header, lines)
     else:
         raise FlowmatchError(f"condition file '{path}' must end in .npy or .csv")
-    rows = np.asarray(rows, dtype=np.float64)
+    try:
+        rows = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FlowmatchError(
+            f"condition file '{path}': expected rows of numbers, got {getattr(rows, 'dtype', type(rows).__name__)}"
+        ) from None
     rows = rows.reshape(len(rows), -1) if rows.ndim else rows.reshape(1, 1)
     if not len(rows) or not np.isfinite(rows).all():
         raise FlowmatchError(f"condition file '{path}': expected finite rows of numbers, got shape {rows.shape}")

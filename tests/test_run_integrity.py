@@ -476,3 +476,149 @@ def test_absolute_paths_of_older_runs_still_read(tmp_path):
     stored = config_for_file({"pairs": pairs, "init_from": str(tmp_path / "teacher"), "data": "moons"}, tmp_path / "run")
     assert stored == {"pairs": "../elsewhere/pairs.npz", "init_from": "../teacher", "data": "moons"}
     assert config_from_file(stored, tmp_path / "run") == {"pairs": pairs, "init_from": str(tmp_path / "teacher"), "data": "moons"}
+
+
+# -- checkpoint safety: nothing is ever unpickled ------------------------------------------------------------
+class _Payload:
+    """Unpickling this object creates the file ``marker``: what a malicious checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _write_payload(kind: str, path, marker) -> None:
+    """A file at ``path`` whose unpickling runs the payload: raw pickle bytes, a torch.save archive (pickle in
+    a zip), a .npy of objects, an .npz whose every array (data, x, x0, x1, images, labels) holds objects."""
+    import pickle
+
+    import numpy as np
+
+    objects = np.array([_Payload(marker)] * 4, dtype=object)
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    elif kind == "torch.save":
+        torch.save({"weights": _Payload(marker)}, path)
+    elif kind == "npy of objects":
+        with open(path, "wb") as fh:
+            np.save(fh, objects, allow_pickle=True)
+    else:
+        with open(path, "wb") as fh:
+            np.savez(fh, **{k: objects for k in ("data", "x", "x0", "x1", "images", "labels")})
+
+
+PAYLOADS = ["pickle", "torch.save", "npy of objects", "npz of objects"]
+
+
+def test_the_payload_really_runs_when_unpickled(tmp_path):
+    """The check below can fail: loading these files with pickle allowed creates the marker."""
+    import pickle
+
+    import numpy as np
+
+    for kind in PAYLOADS:
+        marker = tmp_path / f"marker-{kind}"
+        _write_payload(kind, tmp_path / "evil", marker)
+        if kind == "pickle":
+            pickle.loads((tmp_path / "evil").read_bytes())
+        elif kind == "torch.save":
+            torch.load(tmp_path / "evil", weights_only=False)
+        elif kind == "npy of objects":
+            np.load(tmp_path / "evil", allow_pickle=True)
+        else:
+            with np.load(tmp_path / "evil", allow_pickle=True) as archive:
+                archive["x"]
+        assert marker.exists(), kind
+
+
+@pytest.fixture(scope="module")
+def python_source_run(tmp_path_factory):
+    """A run whose source was rows given in Python: its folder keeps them in source.safetensors."""
+    out = tmp_path_factory.mktemp("source") / "run"
+    rows = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
+    fit(TrainConfig(steps=5, width=16, batch_size=32), out=str(out), source=rows, progress=False, evaluate=False, n_eval=100)
+    return out
+
+
+def _replace_every(folder, name, kind, marker) -> None:
+    found = list(folder.rglob(name))
+    assert found, name
+    for path in found:
+        _write_payload(kind, path, marker)
+
+
+@pytest.mark.parametrize("kind", PAYLOADS)
+def test_a_payload_in_place_of_any_file_flowmatch_reads_is_refused_and_never_run(run, python_source_run, tmp_path, capsys, kind):
+    from flowmatch.data.dataset import load_dataset
+    from flowmatch.evaluation.images import ImageClassifier, load_classifier, save_classifier
+    from flowmatch.training.pairs import load_pairs
+
+    marker = tmp_path / "marker"
+    finished = _finished_copy(run, tmp_path / "finished")
+    _replace_every(finished, "checkpoint.safetensors", kind, marker)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "checkpoint.safetensors").unlink()
+    _replace_every(unfinished, "state.safetensors", kind, marker)  # every training checkpoint
+    source = tmp_path / "source"
+    shutil.copytree(python_source_run, source)
+    _replace_every(source, "source.safetensors", kind, marker)
+    classifier = tmp_path / "classifier"
+    save_classifier(ImageClassifier((1, 8, 8), 10, width=4, feature_dim=4), classifier)
+    _replace_every(classifier, "classifier.safetensors", kind, marker)
+    files = {}
+    for suffix in (".npy", ".npz", ".pt", ".safetensors"):
+        files[suffix] = tmp_path / f"evil{suffix}"
+        _write_payload(kind, files[suffix], marker)
+    out = tmp_path / "out"
+
+    commands = [
+        *(["train", "--data", str(files[s]), "--out", str(out), *TINY] for s in (".npy", ".npz", ".pt")),
+        ["train", "--data", str(files[".npy"]), "--kind", "tokens", "--out", str(out), *TINY],
+        ["train", "--data", "two-gaussians", "--pairs", str(files[".npz"]), "--out", str(out), *TINY],
+        ["sample", "--run", str(finished), "-n", "4", "--out", str(tmp_path / "s.npy")],
+        ["sample", "--run", str(unfinished), "-n", "4", "--out", str(tmp_path / "s.npy")],
+        ["sample", "--run", str(source), "-n", "4", "--out", str(tmp_path / "s.npy")],
+        ["sample", "--run", str(run), "-n", "4", "--condition", str(files[".npy"]), "--out", str(tmp_path / "s.npy")],
+        ["eval", "--run", str(finished), "--quick", "--quiet"],
+        ["train", "--resume", str(unfinished), "--quiet", "--no-eval"],
+    ]
+    for command in commands:
+        capsys.readouterr()
+        code = main(command)
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (command, err)
+        assert not marker.exists(), command
+    assert not out.exists() and not (tmp_path / "s.npy").exists()
+
+    calls = [
+        lambda: flowmatch.load(finished),
+        lambda: flowmatch.load(unfinished),
+        lambda: flowmatch.load(source),
+        lambda: load_pairs(str(files[".npz"]), 2),
+        lambda: load_dataset(str(files[".npy"])),
+        lambda: load_dataset(str(files[".npz"])),
+        lambda: load_classifier(classifier),
+        lambda: fit(TrainConfig(steps=5, data=str(files[".npz"])), progress=False),
+    ]
+    for number, call in enumerate(calls):
+        with pytest.raises(FlowmatchError):
+            call()
+        assert not marker.exists(), number
+
+
+def test_the_package_has_no_way_to_unpickle():
+    """No pickle, no torch.load, and every np.load with allow_pickle=False (safetensors and JSON for the rest)."""
+    import re
+    from pathlib import Path
+
+    sources = {p: p.read_text() for p in Path(flowmatch.__file__).parent.rglob("*.py")}
+    assert len(sources) > 50
+    for path, text in sources.items():
+        assert not re.search(r"^\s*(import|from)\s+(pickle|cPickle|dill|joblib|shelve|marshal)\b", text, re.M), path
+        assert "torch.load(" not in text and "read_pickle" not in text, path
+        for call in re.finditer(r"np\.load\(([^)]*)\)", text):
+            assert "allow_pickle=False" in call.group(1), (path, call.group(0))
+    assert sum(len(re.findall(r"np\.load\(", text)) for text in sources.values()) >= 6  # the calls checked above

@@ -84,6 +84,7 @@ def save_source_rows(source, folder: Path) -> None:
 
 
 def source_from_config(spec: dict[str, Any], folder: Path):
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from flowmatch.imports import resolve
@@ -91,7 +92,7 @@ def source_from_config(spec: dict[str, Any], folder: Path):
     if spec.get("kind") == "rows":
         try:
             return RowSource(load_file(str(folder / spec["file"]))["rows"])
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, SafetensorError) as exc:  # safetensors: nothing is unpickled
             raise FlowmatchError(f"{folder / spec.get('file', SOURCE_ROWS)}: cannot read the source rows ({exc})") from None
     if spec.get("kind") == "sampler":
         return SamplerSource(resolve(spec["sampler"], "source sampler"), int(spec["dim"]))

@@ -120,6 +120,9 @@ def _read_ids(path: str) -> np.ndarray:
         ids = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise FlowmatchError(f"{path}: cannot read a token array ({exc})") from None
+    if not isinstance(ids, np.ndarray):  # a zip archive (an .npz, a torch.save file) under a .npy name
+        ids.close()
+        raise FlowmatchError(f"{path}: not a .npy array of token ids (the file is a zip archive)")
     if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2):
         raise FlowmatchError(f"{path}: token ids must be a 1-D or 2-D integer array, got {ids.dtype} of shape {ids.shape}")
     if ids.size and ids.min() < 0:
