@@ -99,3 +99,18 @@ def test_a_map_style_dataset_is_sharded_across_processes(tmp_path):
     assert len(seen[0]) == len(seen[1]) == 4 * 32 and not set(seen[0]) & set(seen[1])
     agreement = json.load(open(out / "distributed.json"))
     assert agreement["world_size"] == 2 and agreement["max_weight_difference_across_ranks"] < 1e-6
+
+
+def test_meanflow_trains_under_ddp_with_its_jvp_on_the_wrapped_module(tmp_path):
+    """torch.func.jvp cannot run through DDP's forward: the MeanFlow target goes to the module inside, the
+    prediction through DDP (one forward per backward); both processes end with the same weights."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun
+    out = tmp_path / "mf"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [torchrun, "--nproc_per_node", "2", "--standalone", "-m", "flowmatch", "train", "--out", str(out), "--objective",
+               "meanflow", "--batch-size", "32", "--steps", "20", *COMMON[2:]]  # COMMON less its 100 steps  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, _failure(done)
+    assert json.loads((out / "distributed.json").read_text()) == {"world_size": 2, "max_weight_difference_across_ranks": 0.0}
+    assert json.loads((out / "config.json").read_text())["objective"] == "meanflow"
