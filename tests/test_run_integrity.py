@@ -254,13 +254,11 @@ def _interrupt_at(monkeypatch, at: int) -> None:
 
 def test_a_finished_run_resumed_for_more_steps_and_stopped_loads_its_newest_state(run, tmp_path, monkeypatch, capsys):
     from flowmatch.training.checkpoints import list_states, load_state, unprefixed
-    from flowmatch.training.fitting import resume_config
 
     extended = tmp_path / "extended"
     shutil.copytree(run, extended)
     _interrupt_at(monkeypatch, 39)
-    more = TrainConfig.from_dict({**resume_config(extended, None).to_dict(), "steps": 100})  # as --resume --steps 100
-    result, _ = fit(more, out=extended, resume=True, progress=False, evaluate=False)
+    result, _ = fit(out=extended, resume=True, steps=100, progress=False, evaluate=False)  # as --resume --steps 100
     assert result.interrupted and result.step == 40
     assert list_states(extended)[-1].name == "step-00000040"
     # the old end's weights and figures are gone: nothing names step 20 as the run's result

@@ -95,7 +95,8 @@ def fit(
             raise FlowmatchError("resume needs the run folder")
         if config is not None or overrides:  # the saved model may stay out: the checkpoint rebuilds it
             rebuilt = {"model": "python"} if model is None and _saved_value(Path(out), "model") == "python" else {}
-            config = split_objects(config, {**rebuilt, **overrides}, resume=True, **given)[0]
+            base = config if config is not None else resume_config(Path(out), None)  # fit(out, resume=True, steps=N)
+            config = split_objects(base, {**rebuilt, **overrides}, resume=True, **given)[0]
         config = resume_config(Path(out), config)
         if config.kind in ("tokens", "table", "manifold"):
             raise FlowmatchError(f"'{out}' is a {config.kind} run, which cannot be resumed yet: train it again with more steps")
