@@ -69,7 +69,10 @@ def score(runs: dict[str, Path], classifier_cache: Path) -> dict:
     for name, folder in runs.items():
         flow = load(folder)
         metrics = json.loads((folder / "metrics.json").read_text())
-        out[name] = {"train_seconds": metrics["train_seconds"], "steps": metrics["steps"], "samplers": {}}
+        config = json.loads((folder / "config.json").read_text())
+        out[name] = {
+            "train_seconds": metrics["train_seconds"], "steps": metrics["steps"], "omega": config.get("meanflow_guidance", 1.0), "samplers": {}
+        }  # fmt: skip
         for solver, nfe in SAMPLERS[name]:
             per_seed = [
                 image_report(flow, classifier_cache, solver=solver, nfe=nfe, seed=seed, guidance=GUIDANCE, pictures=False) for seed in SEEDS
@@ -93,7 +96,7 @@ def markdown(scores: dict, seconds: float) -> str:
         f"real test split), one sample per test image (360), median of noise seeds {', '.join(map(str, SEEDS))}. "
         f"{platform.machine()}, torch {torch.__version__}; total {seconds / 60:.0f} min.",
         "",
-        f"MeanFlow: U-Net, --objective meanflow, guidance omega {MEANFLOW_GUIDANCE:g} folded into the target, "
+        f"MeanFlow: U-Net, --objective meanflow, guidance omega {scores['meanflow']['omega']:g} folded into the target, "
         f"{scores['meanflow']['steps']} steps, {scores['meanflow']['train_seconds']:.0f} s of training; flow matching: the "
         f"README's U-Net, {scores['flow-matching']['steps']} steps, {scores['flow-matching']['train_seconds']:.0f} s. "
         "w: the classifier-free guidance weight at sampling (MeanFlow: on top of its folded omega; w = 1 is one call per step).",
