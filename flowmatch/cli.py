@@ -300,10 +300,7 @@ def _cmd_sample(args) -> int:
         raise FlowmatchError(f"output '{out}' must end in .npy, .csv or .txt (a tokens run)")
     if args.trajectory and out.suffix != ".npy":
         raise FlowmatchError("--trajectory needs a .npy output")
-    if out.exists() and not args.force:
-        raise FlowmatchError(f"output '{out}' already exists; pass --force to replace it")
-    if not out.parent.is_dir():
-        raise FlowmatchError(f"output folder '{out.parent}' does not exist")
+    _check_output_file(out, args.force)
     flow = load(args.run, device=str(resolve_device(args.device)))
     _use_threads(args, flow)
     if isinstance(flow, RiemannianFlow):
@@ -316,33 +313,85 @@ def _cmd_sample(args) -> int:
         raise FlowmatchError("--temperature and --corrector apply to tokens and table runs")
     labels = args.label or [None]
     rows = list(_condition_file(args.condition)) if args.condition else [None]
-    parts = []
-    for label, row in ((label, row) for label in labels for row in rows):
-        result = flow.generate(
-            args.n,
-            solver=args.solver,
-            nfe=args.nfe,
-            grid=args.grid,
-            schedule=args.schedule,
-            atol=args.atol,
-            rtol=args.rtol,
-            seed=args.seed,
-            return_trajectory=args.trajectory,
-            label=label,
-            condition=row,
-            guidance=args.guidance,
-            precision=args.precision,
-            noise=args.noise,
-        )
-        drawn = result.trajectory if args.trajectory else result.x
-        assert drawn is not None
-        parts.append(drawn.numpy())
-    array = np.concatenate(parts, axis=1 if args.trajectory else 0)
-    write_array(out, array)
+    options = dict(
+        solver=args.solver, nfe=args.nfe, grid=args.grid, schedule=args.schedule, atol=args.atol, rtol=args.rtol,
+        guidance=args.guidance, precision=args.precision, noise=args.noise,
+    )  # fmt: skip
+    combos = [(label, row) for label in labels for row in rows]
+    if args.trajectory:  # (steps + 1, n, D): drawn whole (Flow.generate checks that it fits in memory)
+        parts = []
+        for label, row in combos:
+            result = flow.generate(args.n, seed=args.seed, return_trajectory=True, label=label, condition=row, **options)
+            assert result.trajectory is not None
+            parts.append(result.trajectory.numpy())
+        array = np.concatenate(parts, axis=1)
+        write_array(out, array)
+        shape, nfe = array.shape, result.nfe
+    else:
+        shape, nfe = (args.n * len(combos), flow.dim), _stream_samples(flow, args, out, combos, options)
     which = f", labels {','.join(map(str, labels))} ({args.n} each, in that order)" if args.label else ""
     which += f", {len(rows)} condition rows ({args.n} each, in that order)" if args.condition else ""
-    print(f"wrote {out}: shape {array.shape}{which}, solver {flow.resolve_sampler(args.solver, args.nfe)[0]}, NFE {result.nfe}")
+    print(f"wrote {out}: shape {shape}{which}, solver {flow.resolve_sampler(args.solver, args.nfe)[0]}, NFE {nfe}")
     return 0
+
+
+#: Memory one block of streamed samples may take (its state and the solver's stages), at most.
+STREAM_BYTES = 256 << 20
+
+
+def _stream_samples(flow, args, out: Path, combos: list, options: dict[str, Any]) -> int:
+    """Write ``args.n`` samples for each (label, condition row) in ``combos`` to ``out`` in blocks of rows, so
+    that memory stays bounded however large ``-n`` is (the file is checked against the free disk first).
+
+    Each combination's noise comes from one generator seeded with ``--seed``; blocks are multiples of 16 rows,
+    so that the N(0, I) draws equal one draw of all ``-n`` rows (torch draws normals in groups of 16): the file
+    is the same as one :meth:`Flow.generate` call's, however it is cut. Returns the NFE used."""
+    import torch
+
+    from flowmatch.memory import available_bytes
+    from flowmatch.solvers.tableaus import TABLEAUS
+    from flowmatch.storage import atomic_rows, require_disk
+
+    if isinstance(args.n, bool) or args.n < 1:
+        raise FlowmatchError(f"-n must be a positive integer, got {args.n}")
+    solver, nfe = flow.resolve_sampler(args.solver, args.nfe)
+    total = args.n * len(combos)
+    require_disk(out, 128 + 4 * total * flow.dim if out.suffix == ".npy" else 2 * total * flow.dim)
+    per_row = 4 * flow.dim * ((TABLEAUS[solver].stages if solver in TABLEAUS else 7) + 3)
+    budget = min(STREAM_BYTES, (available_bytes() or STREAM_BYTES) // 4)
+    block = max(16, budget // per_row // 16 * 16)
+    used = nfe
+    with atomic_rows(out, (total, flow.dim)) as write:
+        for label, row in combos:
+            if args.n <= block:  # one call, exactly as Flow.generate(n, seed=...) draws it
+                result = flow.generate(args.n, seed=args.seed, label=label, condition=row, **options)
+                write(result.x.numpy())
+                used = result.nfe
+                continue
+            generator = torch.Generator().manual_seed(args.seed)
+            for index, start in enumerate(range(0, args.n, block)):
+                rows = min(block, args.n - start)
+                x0 = flow.draw_source(rows, generator)
+                result = flow.generate(rows, x0=x0, seed=args.seed + 1 + index, label=label, condition=row, **options)
+                write(result.x.numpy())
+                used = result.nfe
+    return used
+
+
+def _check_output_file(out: Path, force: bool) -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing file without ``--force``, a
+    folder (``--force`` replaces a file, never a folder), a missing folder, or one where nothing can be written."""
+    from flowmatch.storage import check_writable
+
+    if out.is_dir():
+        raise FlowmatchError(f"output '{out}' is a folder; only a file can be replaced")
+    if out.exists() and not force:
+        raise FlowmatchError(f"output '{out}' already exists; pass --force to replace it")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise FlowmatchError(f"output folder '{out.parent}' is a file, not a folder")
+    if not out.parent.is_dir():
+        raise FlowmatchError(f"output folder '{out.parent}' does not exist")
+    check_writable(out)
 
 
 def _sample_discrete(args, flow, out: Path) -> int:
@@ -522,14 +571,17 @@ def _add_eval(sub) -> None:
 def _cmd_eval(args) -> int:
     from flowmatch.evaluation.report import evaluate, format_report
     from flowmatch.runs import load
+    from flowmatch.storage import check_writable
     from flowmatch.training.devices import resolve_device
 
     flow = load(args.run, device=str(resolve_device(args.device)))
     _use_threads(args, flow)
+    check_writable(Path(args.run) / "report.json")  # a read-only run folder: refused before any work
     if isinstance(flow, RiemannianFlow):
         return _eval_manifold(args, flow)
     if hasattr(flow, "kind"):
         return _eval_discrete(args, flow)
+    _not_for(args, "a continuous run", sets=None, temperature=1.0, corrector=0.0, target=None)
     report = evaluate(
         flow,
         args.run,
@@ -564,6 +616,12 @@ def _eval_discrete(args, flow) -> int:
         raise FlowmatchError(f"-n must be a positive integer, got {args.n}")
     if args.nfe is not None and args.nfe < 1:
         raise FlowmatchError(f"--nfe must be a positive integer, got {args.nfe}")
+    _not_for(
+        args, f"a {flow.kind} run", sets=None, n_likelihood=None, solver=None, likelihood_solver=None, likelihood_nfe=None,
+        atol=1e-5, rtol=1e-5, divergence="auto", probes=1,
+    )  # fmt: skip
+    if args.seed < 0:
+        raise FlowmatchError(f"--seed must be a non-negative integer, got {args.seed}")
     data = data_from_config(flow.config)
     report = evaluate_discrete(
         flow, data, quick=args.quick, n=args.n, nfe=args.nfe, temperature=args.temperature, corrector=args.corrector,
@@ -575,11 +633,22 @@ def _eval_discrete(args, flow) -> int:
     return 0
 
 
+def _not_for(args, what: str, **defaults) -> None:
+    """Refuse the flags of ``args`` given (not at their ``defaults``) that do not apply to ``what``."""
+    given = [name for name, default in defaults.items() if getattr(args, name) != default]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise FlowmatchError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to {what}")
+
+
 def _eval_manifold(args, flow) -> int:
     from flowmatch.evaluation.manifolds import evaluate_manifold, format_run_report
 
     if args.temperature != 1.0 or args.corrector or args.target:
         raise FlowmatchError("--temperature, --corrector and --target apply to tokens and table runs")
+    if args.probes < 1:
+        raise FlowmatchError(f"--probes must be a positive integer, got {args.probes}")
+    _not_for(args, "a manifold run (rk4 and the exact divergence, or Hutchinson's)", atol=1e-5, rtol=1e-5)
     report = evaluate_manifold(
         flow, args.run, quick=args.quick, sets=args.sets, n=args.n, solver=_manifold_solver(args.solver), nfe=args.nfe,
         n_likelihood=args.n_likelihood, likelihood_solver=_manifold_solver(args.likelihood_solver, "--likelihood-solver"),
@@ -627,8 +696,7 @@ def _cmd_plot(args) -> int:
         raise FlowmatchError(f"output '{out}' must end in {wanted} for --what {args.what}")
     flow = load(args.run, device=str(resolve_device(args.device)))  # a bad run folder is the first error
     _use_threads(args, flow)
-    if not out.parent.is_dir():
-        raise FlowmatchError(f"output folder '{out.parent}' does not exist")
+    _check_output_file(out, force=True)  # a picture replaces its old self, never a folder
     if isinstance(flow, RiemannianFlow):
         return _plot_manifold(args, flow, out)
     if hasattr(flow, "kind"):
@@ -790,19 +858,24 @@ def build_parser() -> argparse.ArgumentParser:
 @contextmanager
 def _notes(command: str) -> Iterator[None]:
     """Each :class:`~flowmatch.errors.FlowmatchWarning` (such as which checkpoint a run was loaded from) as one
-    ``note:`` line on stderr, every time; other warnings as Python shows them."""
+    ``note:`` line on stderr, every time; other warnings (a library's own, such as torch's UserWarnings, two
+    lines each) as Python shows them once the command has succeeded: a command that fails answers with its
+    one error line alone."""
     with warnings.catch_warnings():
         warnings.simplefilter("always", FlowmatchWarning)
         shown = warnings.showwarning
+        held: list[tuple] = []
 
         def show(message, category, filename, lineno, file=None, line=None):
             if issubclass(category, FlowmatchWarning):
                 print(f"flowmatch {command}: note: {message}", file=sys.stderr)
             else:
-                shown(message, category, filename, lineno, file, line)
+                held.append((message, category, filename, lineno, file, line))
 
         warnings.showwarning = show
         yield
+        for args in held:  # reached only when the command succeeded
+            shown(*args)
 
 
 @thread_scope  # torch's thread count is restored when a command returns (main called in-process)

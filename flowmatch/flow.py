@@ -124,7 +124,13 @@ class Flow:
             return None
         if not self.num_classes:
             raise FlowmatchError("this model was trained without labels; sample it without label=")
-        y = torch.as_tensor(label).long().reshape(-1)
+        try:
+            given = torch.as_tensor(label)
+        except (TypeError, ValueError, RuntimeError):  # text, a number beyond int64, ragged lists
+            raise FlowmatchError(f"label must be a class number or a sequence of them, got {label!r:.60}") from None
+        if given.is_floating_point() and not torch.equal(given, given.round()) or given.is_complex() or given.dtype == torch.bool:
+            raise FlowmatchError(f"label must be whole class numbers, got {label!r:.60}")
+        y = given.long().reshape(-1)
         if y.numel() == 1:
             y = y.expand(n)
         if y.numel() != n:
@@ -303,11 +309,12 @@ class Flow:
         Euler-Maruyama with diffusion g_t^2 = noise sigma_t, ``nfe`` steps on the uniform grid; the
         N(0, I) source and a Gaussian path); ``noise = 0`` is the ODE.
         """
-        _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad)
+        _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, seed)
         if noise:
             self._check_sde(noise, solver, grid, schedule, with_log_prob)
             solver = "euler"
         solver, nfe = self.resolve_sampler(solver, nfe)
+        _check_memory(n, self.dim, solver, nfe, return_trajectory, with_log_prob, self.device)
         with torch.set_grad_enabled(grad):  # no graph unless asked for
             if self.device.type == "cpu":
                 batch_size = batch_size or CPU_BATCH_SIZE
@@ -478,10 +485,27 @@ def _require_finite(x: torch.Tensor, solver: str, nfe: int) -> None:
         )
 
 
-def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad) -> None:
+def _check_memory(n: int, dim: int, solver: str, nfe, trajectory: bool, log_prob: bool, device: torch.device) -> None:
+    """Refuse a draw whose arrays cannot fit in memory, before allocating them: the state and a solver's
+    stages (about ``stages + 3`` copies of n x D floats; dopri5 10; the divergence integral 4 more), and a
+    trajectory's ``steps + 1`` states (twice: model and data coordinates)."""
+    from flowmatch.memory import require_memory
+    from flowmatch.solvers.tableaus import TABLEAUS
+
+    stages = TABLEAUS[solver].stages if solver in TABLEAUS else 7
+    steps = nfe // stages if solver in TABLEAUS and isinstance(nfe, int) and nfe > 0 else 1
+    state = 4 * n * dim
+    need = state * (stages + 3 + (4 if log_prob else 0)) + (2 * state * (steps + 1) if trajectory else 0)
+    what = f"sampling {n} points of dimension {dim} ({solver}" + (f", a trajectory of {steps + 1} states)" if trajectory else ")")
+    require_memory(need, what, "ask for fewer points (flowmatch sample writes a large -n to its file in chunks)", device)
+
+
+def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, seed=None) -> None:
     """:meth:`Flow.generate`'s arguments, each refused with a message naming it."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise FlowmatchError(f"seed must be a non-negative integer or None, got {type(seed).__name__} {seed!r}")
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
     if precision not in PRECISIONS:

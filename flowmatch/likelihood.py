@@ -160,7 +160,12 @@ def _augmented(velocity: Velocity, probes: torch.Tensor | None, sign: float, gra
 
 def _check_points(x, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x)
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise FlowmatchError(f"{what} must be a tensor or array of numbers of shape (n, D), got {type(x).__name__} {x!r:.60}") from None
+    if x.dtype == torch.bool or x.is_complex():
+        raise FlowmatchError(f"{what} must be real numbers, got {x.dtype}")
     if not x.is_floating_point():
         x = x.to(torch.float32)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
@@ -170,8 +175,10 @@ def _check_points(x, what: str) -> torch.Tensor:
     return x
 
 
-def _check_options(solver: str, probes: int, batch_size: int) -> None:
-    if solver not in SOLVERS:
+def _check_options(solver: str, probes: int, batch_size: int, seed: int = 0) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise FlowmatchError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(solver, str) or solver not in SOLVERS:
         raise FlowmatchError(f"unknown solver {solver!r}; choose from {', '.join(SOLVERS)}")
     for name, value in (("probes", probes), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -208,7 +215,7 @@ def log_prob(
     float64 field for tight checks).
     """
     x = _check_points(x, "points to score")
-    _check_options(solver, probes, batch_size)
+    _check_options(solver, probes, batch_size, seed)
     kind = resolve_divergence(divergence, x.shape[1])
     generator = torch.Generator().manual_seed(seed)
     out, used = [], 0
@@ -256,7 +263,7 @@ def flow_log_prob(
     source (a data-set source has no known density). Options as for :func:`log_prob`.
     """
     flow._require_gaussian_source()
-    x = torch.as_tensor(x)
+    x = _check_points(x, "points to score")
     if x.ndim != 2 or x.shape[-1] != flow.dim:
         raise FlowmatchError(f"expected points of shape (n, {flow.dim}), got {tuple(x.shape)}")
     dtype = next(flow.model.parameters()).dtype

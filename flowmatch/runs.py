@@ -17,6 +17,7 @@ write never leaves a half-written run and an existing run is only replaced with 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -31,8 +32,9 @@ from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError, FlowmatchWarning
 from flowmatch.flow import Flow, _conditions_of
 from flowmatch.leftovers import tidy_run
-from flowmatch.storage import read_json, save_tensors, write_json
-from flowmatch.training.checkpoints import latest_state, list_states, load_weights, step_of, unprefixed
+from flowmatch.storage import read_json, read_json_object, save_tensors, write_json
+from flowmatch.training.checkpoints import STATE_META, latest_state, list_states, load_weights, step_of, unprefixed
+from flowmatch.training.config import check_saved_types
 
 #: The version of checkpoint.json (and of a training checkpoint's ``flow`` entry) this flowmatch writes and
 #: reads. Every checkpoint.json flowmatch has written names its version, so one without a version is refused.
@@ -51,9 +53,10 @@ CONFIG = "config.json"
 _TRI_STATE = {"auto": None, "yes": True, "no": False}
 
 
-def dataset_from_config(config: dict[str, Any]) -> Dataset:
+def dataset_from_config(config: dict[str, Any], min_test_rows: int = 0) -> Dataset:
     """The training data set a run's config names (its data, seed, standardisation, labels, mmap),
-    with its validation rows held out (``val_fraction``; 0 for runs saved before it existed)."""
+    with its validation rows held out (``val_fraction``; 0 for runs saved before it existed); finite data
+    must hold out at least ``min_test_rows`` test rows (:meth:`Dataset.require_test_rows`)."""
     if config["data"] == "python":
         raise FlowmatchError(
             "this run was trained on data given in Python, which its folder does not hold: pass reference= (held-out points) to evaluate it"
@@ -65,7 +68,7 @@ def dataset_from_config(config: dict[str, Any]) -> Dataset:
         label_column=config.get("label_column") or None,
         mmap=_TRI_STATE[config.get("mmap", "auto")],
         condition_columns=config.get("condition_columns") or None,
-    )
+    ).require_test_rows(min_test_rows)
     if config.get("pairs"):  # reflow and distillation train on a teacher's pairs: nothing to validate against
         return dataset
     return dataset.hold_out_validation(float(config.get("val_fraction", 0.0)), int(config["seed"]))
@@ -129,13 +132,21 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
     with the weights instead of rebuilding the model (needed for a model the run folder only names);
     ``source=`` gives back a source object that the run could not save.
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise FlowmatchError(f"run_dir must be a path to a run folder, got {type(run_dir).__name__} {run_dir!r}")
+    if not isinstance(device, (str, torch.device)):
+        raise FlowmatchError(f"device must be a name (cpu, cuda, cuda:N, auto), got {type(device).__name__} {device!r}")
+    from flowmatch.training.devices import resolve_device
+
+    device = str(resolve_device(str(device)))  # an unknown or absent device: refused before reading anything
     folder = Path(run_dir)
     tidy_run(folder)  # an interrupted replacement recovered, stale temporary files removed (flowmatch.leftovers)
     if not folder.is_dir():
         raise FlowmatchError(f"run folder '{folder}' does not exist")
     if not (folder / CONFIG).is_file():
         raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CONFIG} is missing")
-    config = config_from_file(read_json(folder / CONFIG), folder)
+    config = config_from_file(read_json_object(folder / CONFIG), folder)
+    check_saved_types(config, str(folder / CONFIG))
     finished = (folder / CHECKPOINT).is_file() and (folder / CHECKPOINT_META).is_file()
     states = list_states(folder)
     final_step = _final_step(folder) if finished and states else None
@@ -235,6 +246,7 @@ def build_flow(
         model = model if model is not None else from_config(spec, int(meta["dim"]))
         path = path_from_config(meta["path"])
         standardizer = Standardizer.from_dict(meta["standardizer"])
+        _check_dims(meta, standardizer, _meta_file(where))
         if source is None and config.get("source") == "python" and "source" in meta:
             from flowmatch.data.sources import source_from_config
 
@@ -242,11 +254,35 @@ def build_flow(
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, FlowmatchError):
             raise
-        raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
+        raise FlowmatchError(f"{_meta_file(where)}: malformed checkpoint metadata ({exc!r})") from None
     return Flow(
         model=load_weights(model, state, where), path=path, standardizer=standardizer, config=config, source=source,
         shape=meta.get("shape"), conditions=meta.get("conditions"),
     )  # fmt: skip
+
+
+def _meta_file(where) -> Path:
+    """The metadata file beside weights ``where``: a finished run's checkpoint.json, a training checkpoint's
+    state.json."""
+    where = Path(where)
+    return where.with_name(CHECKPOINT_META) if where.name == CHECKPOINT else where / STATE_META
+
+
+def _check_dims(meta: dict[str, Any], standardizer: Standardizer, where) -> None:
+    """checkpoint.json agrees with itself: its ``dim`` is a positive integer, the standardiser has that many
+    columns and a row ``shape`` holds that many values (the weights are checked against ``dim`` on loading)."""
+    dim = meta["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise FlowmatchError(f"{where}: checkpoint metadata's dim must be a positive integer, got {dim!r}")
+    if standardizer.dim != dim:
+        raise FlowmatchError(f"{where}: checkpoint metadata's standardizer has {standardizer.dim} columns but its dim is {dim}")
+    shape = meta.get("shape")
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in shape)
+        or math.prod(shape) != dim
+    ):
+        raise FlowmatchError(f"{where}: checkpoint metadata's row shape {shape!r} does not hold dim = {dim} values")
 
 
 #: A finished run's files that describe its last step, removed when training continues (:func:`reopen_run`).
@@ -293,10 +329,17 @@ def config_from_file(values: Any, folder: str | os.PathLike) -> Any:
 
 
 def check_writable_run(target: Path, force: bool) -> None:
+    """Refuse, before any work, a run folder that cannot be written: a file, a folder that is not a run (or a
+    run without ``force``), or a place where no folder can be made (:func:`~flowmatch.storage.check_writable`)."""
+    from flowmatch.storage import check_writable, reading
+
     if target.exists() and not target.is_dir():
         raise FlowmatchError(f"output '{target}' exists and is not a folder")
-    if target.exists() and any(target.iterdir()):
+    with reading(target):
+        occupied = target.exists() and any(target.iterdir())
+    if occupied:
         if not (target / CONFIG).is_file():
             raise FlowmatchError(f"output '{target}' exists and is not a flowmatch run folder; refusing to replace it")
         if not force:
             raise FlowmatchError(f"run folder '{target}' already exists; pass force=True to replace it")
+    check_writable(target)

@@ -23,7 +23,12 @@ lines of its own beside the error line). To add a case, append a row: ``Case("id
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
+import io
+import json
+import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -33,9 +38,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import flowmatch
 from flowmatch.cli import main
+from flowmatch.data.files import load_array
 from flowmatch.errors import FlowmatchError
 
 #: The module's tiny runs: a few steps of a 16-unit MLP (about a second each).
@@ -77,15 +84,27 @@ class Case:
 # -- shared files ----------------------------------------------------------------------------------
 def _data_files(folder: Path) -> None:
     """The shared data files: good ones and bad ones, each named for what it holds."""
+    from PIL import Image
+
     folder.mkdir()
     rng = np.random.default_rng(0)
     good = rng.normal(size=(200, 2))
     np.save(folder / "good.npy", good)
+    np.savez(folder / "good.npz", data=good)
     np.savetxt(folder / "good.csv", good, delimiter=",", header="a,b", comments="")
     constant = rng.normal(size=(200, 3))
     constant[:, 1] = 3.0
     np.save(folder / "constant.npy", constant)
     np.save(folder / "same.npy", np.tile([[0.5, 3.0]], (50, 1)))
+    (folder / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    (folder / "table.csv").write_text("size,colour\n" + "".join(f"{i % 7}.5,{'red' if i % 3 else 'blue'}\n" for i in range(60)))
+    (folder / "places.csv").write_text("lat,lon\n" + "".join(f"{(i * 7) % 170 - 85},{(i * 13) % 350 - 175}\n" for i in range(60)))
+    np.savez(folder / "images.npz", images=rng.random((20, 8, 8)))
+    for label in ("a", "b"):
+        (folder / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((rng.random((8, 8)) * 255).astype("uint8")).save(folder / "images" / label / f"{i}.png")
+    (folder / "train.toml").write_text("steps = 5\nwidth = 8\n")
 
 
 def _tree(path: Path) -> dict[str, str]:
@@ -119,6 +138,165 @@ def copied_run(edit: Callable[[Path], None] | None = None) -> Callable[[Env], No
     return setup
 
 
+def fault(target: str, code: int = errno.EACCES, *, reads: bool = False, name: str = "") -> Callable[[pytest.MonkeyPatch, Env], None]:
+    """A ``patch`` that makes the file system fail under ``target`` (a template) with ``code``, as it would for
+    a user without permission, on a read-only or full disk (the tests run as root, where chmod stops nothing).
+
+    With ``reads``: opening a file under ``target`` for reading fails. Otherwise writes fail: creating a file or
+    a folder there (EACCES, EROFS), or for ENOSPC writing into a file there (the file itself is created).
+    ``name``: only files whose name holds it (a temporary ``.report.json.x1y2.json`` holds ``report.json``)."""
+
+    def patch(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
+        root = os.path.abspath(env.fill(target))
+        real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+
+        def hit(path) -> bool:
+            if not isinstance(path, (str, os.PathLike)):
+                return False
+            full = os.path.abspath(os.fspath(path))
+            return full.startswith(root) and name in os.path.basename(full)
+
+        def error(path) -> OSError:
+            return OSError(code, os.strerror(code), os.fspath(path))
+
+        class Full(io.BufferedWriter):  # a file whose writes find the disk full
+            def write(self, data):
+                raise error(self.name)
+
+        def fake_open(path, mode="r", *args, **kwargs):
+            writes = any(c in mode for c in "wax+")
+            if hit(path) and writes != reads:
+                if writes and code == errno.ENOSPC:
+                    handle = real_open(path, mode, *args, **kwargs)
+                    handle.write = Full.write.__get__(handle)  # type: ignore[method-assign]
+                    return handle
+                raise error(path)
+            return real_open(path, mode, *args, **kwargs)
+
+        def fake_os_open(path, flags, *args, **kwargs):
+            creates = bool(flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR))
+            if hit(path) and (creates != reads) and not (creates and code == errno.ENOSPC):
+                raise error(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def fake_mkdir(path, *args, **kwargs):
+            if hit(path) and not reads and code != errno.ENOSPC:
+                raise error(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(io, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)
+        monkeypatch.setattr(os, "mkdir", fake_mkdir)
+
+    return patch
+
+
+def _edit_meta(**values: Any) -> Callable[[Path], None]:
+    """An edit of a copied run: these keys of its checkpoint.json replaced."""
+
+    def edit(run: Path) -> None:
+        meta = json.loads((run / "checkpoint.json").read_text())
+        (run / "checkpoint.json").write_text(json.dumps({**meta, **values}))
+
+    return edit
+
+
+def _edit_config(**values: Any) -> Callable[[Path], None]:
+    """An edit of a copied run: these keys of its config.json replaced."""
+
+    def edit(run: Path) -> None:
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, **values}))
+
+    return edit
+
+
+def _write_json(name: str, value: Any) -> Callable[[Path], None]:
+    return lambda run: (run / name).write_text(json.dumps(value))
+
+
+def _write_text(name: str, text: str) -> Callable[[Path], None]:
+    return lambda run: (run / name).write_text(text)
+
+
+def _warning_from_torch(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
+    """Reading weights warns as torch does (a UserWarning from torch's own module) before the command goes on."""
+    import safetensors.torch
+
+    real = safetensors.torch.load_file
+
+    def load_file(*args, **kwargs):
+        warnings.warn_explicit("TypedStorage is deprecated", UserWarning, "torch/storage.py", 414, module="torch.storage")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "load_file", load_file)
+    monkeypatch.setattr("flowmatch.runs.load_file", load_file)
+
+
+def _toml(text: str | bytes) -> Callable[[Env], None]:
+    """A setup writing ``{dir}/c.toml``."""
+    data = text.encode() if isinstance(text, str) else text
+    return lambda env: (env.dir / "c.toml").write_bytes(data)
+
+
+def _bytes(name: str, content: bytes) -> Callable[[Env], None]:
+    """A setup writing ``{dir}/<name>`` with these bytes."""
+    return lambda env: (env.dir / name).write_bytes(content)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _small_file(rows: int, ext: str) -> Callable[[Env], None]:
+    """A setup writing ``{dir}/small.<ext>``: ``rows`` distinct 2-D points."""
+
+    def setup(env: Env) -> None:
+        x = np.random.default_rng(rows).normal(size=(rows, 2))
+        _save(env.dir / f"small.{ext}", x)
+
+    return setup
+
+
+def _overflowing_file(ext: str) -> Callable[[Env], None]:
+    """A setup writing ``{dir}/big.<ext>``: 100 finite float64 points, one of them beyond float32 (1e39)."""
+
+    def setup(env: Env) -> None:
+        x = np.random.default_rng(0).normal(size=(100, 2))
+        x[7, 1] = 1e39
+        _save(env.dir / f"big.{ext}", x)
+
+    return setup
+
+
+def _save(path: Path, x: np.ndarray) -> None:
+    if path.suffix == ".npy":
+        np.save(path, x)
+    elif path.suffix == ".npz":
+        np.savez(path, data=x)
+    else:
+        np.savetxt(path, x, delimiter=",", fmt="%.17g")
+
+
+def _disk(free: int) -> Callable[[Any], Any]:
+    """shutil.disk_usage of a disk with ``free`` bytes left (of 1 TiB)."""
+    return lambda path: shutil._ntuple_diskusage(2**40, 2**40 - free, free)  # type: ignore[attr-defined]
+
+
+def unreadable(target: str) -> Callable[[pytest.MonkeyPatch, Env], None]:
+    """``target`` (a file or a folder, a template) cannot be read: permission denied."""
+    return fault(target, errno.EACCES, reads=True)
+
+
 # -- the table ---------------------------------------------------------------------------------------
 CASES: list[Case] = [
     # -- data files ---------------------------------------------------------------------------------
@@ -135,18 +313,968 @@ CASES: list[Case] = [
         words=("all 50 rows are the same point",),
         absent=("{dir}/new",),
     ),
+    # -- files that cannot be read (item 1: one line naming the path and the cause) ------------------
+    *[
+        Case(
+            f"unreadable-{name}" + "".join(more[:1]),
+            argv=("train", "--data", "{data}/" + name, *more, "--out", "{dir}/new", *TINY),
+            words=("{data}/" + shown, "cannot read", "Permission denied"),
+            absent=("{dir}/new",),
+            patch=unreadable("{data}/" + name),
+        )
+        for name, shown, more in (
+            ("good.npy", "good.npy", ()),
+            ("good.npz", "good.npz", ()),
+            ("good.csv", "good.csv", ()),
+            ("good.npy", "good.npy", ("--mmap", "yes")),
+            ("good.csv", "good.csv", ("--label-column", "a")),
+            ("good.csv", "good.csv", ("--condition-columns", "a")),
+            ("text.txt", "text.txt", ()),
+            ("table.csv", "table.csv", ("--kind", "table")),
+            ("places.csv", "places.csv", ()),
+            ("images.npz", "images.npz", ()),
+            ("images", "images", ()),
+        )
+    ],
+    Case(
+        "unreadable-source-file",
+        argv=("train", "--data", "two-gaussians", "--source", "{data}/good.npy", "--out", "{dir}/new", *TINY),
+        words=("good.npy", "cannot read", "Permission denied"),
+        absent=("{dir}/new",),
+        patch=unreadable("{data}/good.npy"),
+    ),
+    Case(
+        "unreadable-toml-config",
+        argv=("train", "--config", "{data}/train.toml", "--out", "{dir}/new"),
+        words=("train.toml", "Permission denied"),
+        absent=("{dir}/new",),
+        patch=unreadable("{data}/train.toml"),
+    ),
+    Case(
+        "unreadable-condition-file",
+        argv=("sample", "--run", "{run}", "--condition", "{data}/good.csv", "--out", "{dir}/x.npy"),
+        words=("good.csv", "cannot read", "Permission denied"),
+        absent=("{dir}/x.npy",),
+        patch=unreadable("{data}/good.csv"),
+    ),
+    *[
+        Case(
+            f"unreadable-run-{command}",
+            argv=(command, "--run", "{run}", *more),
+            words=("config.json", "cannot read", "Permission denied"),
+            absent=("{dir}/x.npy", "{dir}/new"),
+            patch=unreadable("{run}/config.json"),
+        )
+        for command, more in (
+            ("sample", ("--out", "{dir}/x.npy")),
+            ("eval", ("--quick",)),
+            ("plot", ("--out", "{dir}/x.png")),
+            ("reflow", ("--out", "{dir}/new", "--steps", "5", "--pairs", "100")),
+            ("distill", ("--out", "{dir}/new", "--steps", "5", "--pairs", "100")),
+        )
+    ],
+    Case(
+        "unreadable-run-resume",
+        argv=("train", "--resume", "{run}", "--steps", "30"),
+        words=("config.json", "cannot read", "Permission denied"),
+        patch=unreadable("{run}/config.json"),
+    ),
+    Case(
+        "unreadable-run-init-from",
+        argv=("train", "--init-from", "{run}", "--out", "{dir}/new", *TINY),
+        words=("config.json", "cannot read", "Permission denied"),
+        absent=("{dir}/new",),
+        patch=unreadable("{run}/config.json"),
+    ),
+    Case(
+        "py-unreadable-data-file",
+        call=lambda env: flowmatch.fit(data=str(env.data / "good.npy"), out=str(env.dir / "new"), steps=5, progress=False),
+        expect=FlowmatchError,
+        words=("good.npy: cannot read (Permission denied)",),
+        absent=("{dir}/new",),
+        patch=unreadable("{data}/good.npy"),
+    ),
+    Case(
+        "py-unreadable-load",
+        call=lambda env: flowmatch.load(env.run),
+        expect=FlowmatchError,
+        words=("config.json: cannot read (Permission denied)",),
+        patch=unreadable("{run}/config.json"),
+    ),
+    # -- sizes beyond memory (item 1): refused before allocating, with what it needs and what there is ----
+    Case(  # streamed to the file in blocks (bounded memory): the disk is what cannot hold it
+        "sample-n-beyond-disk",
+        argv=("sample", "--run", "{run}", "-n", "100000000000", "--out", "{dir}/x.npy"),
+        words=("x.npy: cannot write (it needs about 745.1 GiB on disk, 50.0 GiB is free)",),
+        absent=("{dir}/x.npy",),
+        patch=lambda monkeypatch, env: monkeypatch.setattr(shutil, "disk_usage", _disk(50 * 2**30)),
+    ),
+    Case(
+        "sample-csv-n-beyond-disk",
+        argv=("sample", "--run", "{run}", "-n", "100000000000", "--out", "{dir}/x.csv"),
+        words=("x.csv: cannot write (it needs about 372.5 GiB on disk",),
+        absent=("{dir}/x.csv",),
+        patch=lambda monkeypatch, env: monkeypatch.setattr(shutil, "disk_usage", _disk(50 * 2**30)),
+    ),
+    Case(
+        "sample-euler-nfe-beyond-memory",
+        argv=("sample", "--run", "{run}", "--solver", "euler", "--nfe", "100000000000", "--out", "{dir}/x.npy"),
+        words=("a time grid of 100000000000 steps", "GiB of memory", "ask for a smaller nfe"),
+        absent=("{dir}/x.npy",),
+    ),
+    Case(
+        "sample-rk4-nfe-beyond-memory",
+        argv=("sample", "--run", "{run}", "--nfe", "100000000000", "--out", "{dir}/x.npy"),
+        words=("a time grid of 25000000000 steps", "is available"),
+        absent=("{dir}/x.npy",),
+    ),
+    Case(
+        "sample-trajectory-beyond-memory",
+        argv=("sample", "--run", "{run}", "-n", "1000000000", "--trajectory", "--out", "{dir}/x.npy"),
+        words=("a trajectory of 26 states", "GiB of memory"),
+        absent=("{dir}/x.npy",),
+    ),
+    Case(
+        "sample-small-n-beyond-disk",
+        argv=("sample", "--run", "{run}", "-n", "100000", "--out", "{dir}/x.npy"),
+        words=("x.npy: cannot write (it needs about 781.4 KiB on disk, 1000 bytes is free)",),
+        absent=("{dir}/x.npy",),
+        patch=lambda monkeypatch, env: monkeypatch.setattr(shutil, "disk_usage", _disk(1000)),
+    ),
+    Case(
+        "eval-n-beyond-memory",
+        argv=("eval", "--run", "{run}", "--quick", "-n", "100000000000"),
+        words=("100000000000 points", "is available"),
+        unchanged=("{run}",),
+    ),
+    Case(
+        "eval-nfe-beyond-memory",
+        argv=("eval", "--run", "{run}", "--quick", "--nfe", "100000000000"),
+        words=("a time grid of 25000000000 steps", "is available"),
+    ),
+    Case(
+        "eval-likelihood-nfe-beyond-memory",
+        argv=("eval", "--run", "{run}", "--quick", "--likelihood-nfe", "100000000000"),
+        words=("a time grid of 25000000000 steps", "is available"),
+    ),
+    Case(
+        "plot-n-beyond-memory",
+        argv=("plot", "--run", "{run}", "-n", "100000000000", "--out", "{dir}/x.png"),
+        words=("100000000000 points", "is available"),
+        absent=("{dir}/x.png",),
+    ),
+    Case(
+        "py-sample-beyond-memory",
+        call=lambda env: flowmatch.load(env.run).sample(10**11),
+        expect=FlowmatchError,
+        words=("sampling 100000000000 points of dimension 2 (rk4) needs about",),
+    ),
+    Case(
+        "py-integrate-nfe-beyond-memory",
+        call=lambda env: flowmatch.integrate(lambda x, t: x, torch.zeros(3, 2), solver="euler", nfe=10**11),
+        expect=FlowmatchError,
+        words=("a time grid of 100000000000 steps",),
+    ),
+    # -- writes that fail (item 1): one line naming the path and the cause, no partial file ------------
+    *[
+        Case(
+            f"{command}-into-read-only-folder",
+            argv=(command, *args),
+            words=(shown + ": cannot write (Permission denied)",),
+            absent=(shown,),
+            setup=lambda env: (env.dir / "ro").mkdir(),
+            patch=fault("{dir}/ro"),
+        )
+        for command, args, shown in (
+            ("train", ("--out", "{dir}/ro/new", *TINY), "{dir}/ro/new"),
+            ("sample", ("--run", "{run}", "--out", "{dir}/ro/x.npy"), "{dir}/ro/x.npy"),
+            ("plot", ("--run", "{run}", "--out", "{dir}/ro/x.png"), "{dir}/ro/x.png"),
+            ("reflow", ("--run", "{run}", "--out", "{dir}/ro/new", "--steps", "5", "--pairs", "100"), "{dir}/ro/new"),
+            ("distill", ("--run", "{run}", "--out", "{dir}/ro/new", "--steps", "5", "--pairs", "100"), "{dir}/ro/new"),
+        )
+    ],
+    Case(
+        "train-into-read-only-file-system",
+        argv=("train", "--out", "{dir}/ro/new", *TINY),
+        words=("{dir}/ro/new: cannot write (Read-only file system)",),
+        absent=("{dir}/ro/new",),
+        setup=lambda env: (env.dir / "ro").mkdir(),
+        patch=fault("{dir}/ro", errno.EROFS),
+    ),
+    *[
+        Case(
+            f"{command}-read-only-run",
+            argv=args,
+            words=(f"{{run}}/{name}: cannot write (Permission denied)",),
+            unchanged=("{run}",),
+            patch=fault("{run}"),
+        )
+        for command, args, name in (
+            ("eval", ("eval", "--run", "{run}", "--quick"), "report.json"),
+            ("plot", ("plot", "--run", "{run}"), "samples.png"),
+            ("resume", ("train", "--resume", "{run}", "--steps", "40"), "config.json"),
+            ("resume-same-steps", ("train", "--resume", "{run}"), "config.json"),
+        )
+    ],
+    *[
+        Case(
+            f"{command}-out-under-a-file" + ("-deep" if "/a/b/" in args[1] else ""),
+            argv=(command, *args),
+            words=words,
+            unchanged=("{data}/good.npy",),
+        )
+        for command, args, words in (
+            (
+                "train",
+                ("--out", "{data}/good.npy/new", *TINY),
+                ("{data}/good.npy/new: cannot write ('{data}/good.npy' is a file, not a folder)",),
+            ),
+            ("train", ("--out", "{data}/good.npy/a/b/new", *TINY), ("'{data}/good.npy' is a file, not a folder",)),
+            ("sample", ("--run", "{run}", "--out", "{data}/good.npy/x.npy"), ("output folder '{data}/good.npy' is a file, not a folder",)),
+            ("plot", ("--run", "{run}", "--out", "{data}/good.npy/x.png"), ("output folder '{data}/good.npy' is a file, not a folder",)),
+            (
+                "reflow",
+                ("--run", "{run}", "--out", "{data}/good.npy/new", "--pairs", "100"),
+                ("'{data}/good.npy' is a file, not a folder",),
+            ),
+            (
+                "distill",
+                ("--run", "{run}", "--out", "{data}/good.npy/new", "--pairs", "100"),
+                ("'{data}/good.npy' is a file, not a folder",),
+            ),
+        )
+    ],
+    *[
+        Case(
+            f"{command}-out-under-proc{'-self' if 'self' in out else ''}",
+            argv=(command, *args, "--out", out),
+            words=(out + ": cannot write (",),
+        )
+        for command, args, out in (
+            ("train", TINY, "/proc/flowmatch-run"),
+            ("train", TINY, "/proc/self/flowmatch-run"),
+            ("sample", ("--run", "{run}"), "/proc/flowmatch.npy"),
+            ("sample", ("--run", "{run}"), "/proc/self/flowmatch.csv"),
+            ("plot", ("--run", "{run}"), "/proc/flowmatch.png"),
+            ("reflow", ("--run", "{run}", "--pairs", "100"), "/proc/flowmatch-run"),
+        )
+    ],
+    Case(
+        "sample-out-an-existing-folder-with-force",
+        argv=("sample", "--run", "{run}", "--out", "{dir}/x.npy", "--force"),
+        words=("output '{dir}/x.npy' is a folder; only a file can be replaced",),
+        unchanged=("{dir}/x.npy",),
+        setup=lambda env: (env.dir / "x.npy" / "kept").mkdir(parents=True),
+    ),
+    Case(
+        "sample-out-an-existing-folder",
+        argv=("sample", "--run", "{run}", "--out", "{dir}/x.csv"),
+        words=("is a folder",),
+        unchanged=("{dir}/x.csv",),
+        setup=lambda env: (env.dir / "x.csv").mkdir(),
+    ),
+    Case(
+        "plot-out-an-existing-folder",
+        argv=("plot", "--run", "{run}", "--out", "{dir}/x.png"),
+        words=("output '{dir}/x.png' is a folder",),
+        unchanged=("{dir}/x.png",),
+        setup=lambda env: (env.dir / "x.png").mkdir(),
+    ),
+    Case(
+        "train-out-a-folder-that-is-not-a-run-with-force",
+        argv=("train", "--out", "{data}", "--force", *TINY),
+        words=("is not a flowmatch run folder; refusing to replace it",),
+    ),
+    Case(
+        "train-out-an-existing-file-with-force",
+        argv=("train", "--out", "{data}/good.npy", "--force", *TINY),
+        words=("exists and is not a folder",),
+    ),
+    Case(
+        "sample-out-an-existing-file",
+        argv=("sample", "--run", "{run}", "--out", "{data}/good.npy"),
+        words=("already exists; pass --force",),
+    ),
+    *[
+        Case(
+            f"full-disk-{what}",
+            argv=argv,
+            words=(shown + ": cannot write (No space left on device)",),
+            absent=absent,
+            setup=setup,
+            patch=fault(target, errno.ENOSPC) if isinstance(target, str) else fault(target[0], errno.ENOSPC, name=target[1]),
+        )
+        for what, argv, shown, target, absent, setup in (
+            ("sample-npy", ("sample", "--run", "{run}", "--out", "{dir}/x.npy"), "{dir}/x.npy", "{dir}", ("{dir}/x.npy",), None),
+            ("sample-csv", ("sample", "--run", "{run}", "--out", "{dir}/x.csv"), "{dir}/x.csv", "{dir}", ("{dir}/x.csv",), None),
+            ("run-folder", ("train", "--out", "{dir}/new", *TINY), "{dir}/new/config.json", "{dir}", ("{dir}/new",), None),
+            (
+                "checkpoint",
+                ("train", "--out", "{dir}/new", *TINY, "--checkpoint-every", "10"),
+                "{dir}/new/checkpoints/step-00000010/state.safetensors",
+                "{dir}/new/checkpoints",
+                ("{dir}/new",),
+                None,
+            ),
+            (
+                "metrics-log",
+                ("train", "--out", "{dir}/new", *TINY, "--log-every", "5"),
+                "{dir}/new/metrics.csv",
+                "{dir}/new/metrics.csv",
+                ("{dir}/new",),
+                None,
+            ),
+            (
+                "final-weights",
+                ("train", "--out", "{dir}/new", *TINY),
+                "{dir}/new/checkpoint.safetensors",
+                ("{dir}/new", "checkpoint.safetensors"),
+                ("{dir}/new",),
+                None,
+            ),
+            (
+                "report",
+                ("eval", "--run", "{dir}/run", "--quick", "--quiet"),
+                "{dir}/run/report.json",
+                "{dir}/run",
+                ("{dir}/run/report.json",),
+                copied_run(),
+            ),
+            (
+                "picture",
+                ("plot", "--run", "{dir}/run", "--out", "{dir}/run/x.png"),
+                "{dir}/run/x.png",
+                "{dir}/run",
+                ("{dir}/run/x.png",),
+                copied_run(),
+            ),
+        )
+    ],
+    Case(
+        "full-disk-train-report",
+        argv=("train", "--out", "{dir}/new", *TINY[:-1]),  # with its quick evaluation
+        words=("{dir}/new/report.json: cannot write (No space left on device)",),
+        absent=("{dir}/new",),
+        patch=fault("{dir}/new", errno.ENOSPC, name="report.json"),
+    ),
+    Case(
+        "py-fit-into-read-only-folder",
+        call=lambda env: flowmatch.fit(out=str(env.dir / "ro" / "new"), steps=5, width=8, progress=False),
+        expect=FlowmatchError,
+        words=("ro/new: cannot write (Permission denied)",),
+        absent=("{dir}/ro/new",),
+        setup=lambda env: (env.dir / "ro").mkdir(),
+        patch=fault("{dir}/ro"),
+    ),
+    Case(
+        "py-save-checkpoint-full-disk",
+        call=lambda env: flowmatch.load(env.run).save_checkpoint(env.dir),
+        expect=FlowmatchError,
+        words=("checkpoint.safetensors: cannot write (No space left on device)",),
+        absent=("{dir}/checkpoint.safetensors", "{dir}/checkpoint.json"),
+        patch=fault("{dir}", errno.ENOSPC),
+    ),
+    Case(
+        "py-evaluate-read-only-run",
+        call=lambda env: flowmatch.evaluate(flowmatch.load(env.run), env.run, quick=True),
+        expect=FlowmatchError,
+        words=("report.json: cannot write (Permission denied)",),
+        patch=fault("{run}"),
+    ),
+    # -- late failures (item 3): refused before the first step, the minimum named, no run folder ------------
+    *[
+        Case(
+            f"train-{rows}-rows-{ext}",
+            argv=("train", "--data", f"{{dir}}/small.{ext}", "--out", "{dir}/new", *TINY),
+            words=(f"small.{ext}: {rows} rows are too few", "at least 38 rows"),
+            absent=("{dir}/new",),
+            setup=_small_file(rows, ext),
+        )
+        for rows, ext in ((4, "npy"), (8, "npy"), (10, "npy"), (10, "csv"), (37, "npy"), (20, "npz"))
+    ],
+    Case(
+        "train-10-rows-no-validation",
+        argv=("train", "--data", "{dir}/small.npy", "--out", "{dir}/new", "--val-fraction", "0", *TINY),
+        words=("10 rows are too few", "at least 38 rows"),
+        absent=("{dir}/new",),
+        setup=_small_file(10, "npy"),
+    ),
+    Case(
+        "train-10-rows-memory-mapped",
+        argv=("train", "--data", "{dir}/small.npy", "--mmap", "yes", "--out", "{dir}/new", *TINY),
+        words=("10 rows are too few", "at least 38 rows"),
+        absent=("{dir}/new",),
+        setup=_small_file(10, "npy"),
+    ),
+    Case(
+        "py-fit-10-rows",
+        call=lambda env: flowmatch.fit(data=np.zeros((10, 2)) + np.arange(10)[:, None], steps=5, progress=False),
+        expect=FlowmatchError,
+        words=("the data given in Python: 10 rows are too few", "at least 38 rows"),
+    ),
+    *[
+        Case(
+            f"train-float32-overflow-{what}",
+            argv=("train", "--data", f"{{dir}}/big.{ext}", *more, "--out", "{dir}/new", *TINY),
+            words=(f"big.{ext}: column 1 (counting from 0) holds 1e+39 at row index 7", "beyond float32's range"),
+            absent=("{dir}/new",),
+            setup=_overflowing_file(ext),
+        )
+        for what, ext, more in (("npy", "npy", ()), ("csv", "csv", ()), ("npz", "npz", ()), ("mmap", "npy", ("--mmap", "yes")))
+    ],
+    Case(
+        "py-fit-float32-overflow",
+        call=lambda env: flowmatch.fit(data=np.full((50, 2), 1e39), steps=5, progress=False),
+        expect=FlowmatchError,
+        words=("holds 1e+39 at row index 0", "beyond float32's range"),
+    ),
+    *[
+        Case(f"eval-{name}", argv=("eval", "--run", "{run}", *args), words=words, unchanged=("{run}",))
+        for name, args, words in (
+            ("n-0", ("-n", "0"), ("n must be an integer >= 2, got 0",)),
+            ("n-1", ("-n", "1"), ("n must be an integer >= 2, got 1",)),
+            ("n-negative", ("-n", "-5"), ("n must be an integer >= 2, got -5",)),
+            ("n-likelihood-0", ("--n-likelihood", "0"), ("n_likelihood must be an integer >= 2, got 0",)),
+            ("probes-0", ("--probes", "0"), ("probes must be a positive integer, got 0",)),
+            ("probes-0-hutchinson", ("--probes", "0", "--divergence", "hutchinson"), ("probes must be a positive integer",)),
+            ("likelihood-nfe-3", ("--likelihood-nfe", "3"), ("--likelihood-nfe 3 does not apply", "dopri5", "--likelihood-solver rk4")),
+            ("likelihood-nfe-0", ("--likelihood-nfe", "0"), ("--likelihood-nfe 0 does not apply",)),
+            ("likelihood-rk4-nfe-0", ("--likelihood-solver", "rk4", "--likelihood-nfe", "0"), ("nfe must be a positive integer, got 0",)),
+            (
+                "likelihood-dopri5-nfe-8",
+                ("--likelihood-solver", "dopri5", "--likelihood-nfe", "8"),
+                ("--likelihood-nfe 8 does not apply to --likelihood-solver dopri5",),
+            ),
+            ("dopri5-nfe-8", ("--solver", "dopri5", "--nfe", "8"), ("--nfe 8 does not apply to --solver dopri5",)),
+            ("likelihood-nfe-3-quick", ("--likelihood-nfe", "3", "--quick"), ("not a multiple of 4",)),
+            ("likelihood-heun-nfe-3", ("--likelihood-solver", "heun", "--likelihood-nfe", "3"), ("heun", "not a multiple of 2")),
+            ("nfe-3", ("--nfe", "3"), ("--nfe 3 is not a multiple of 4",)),
+            ("nfe-0", ("--nfe", "0"), ("nfe must be a positive integer, got 0",)),
+            ("midpoint-nfe-5", ("--solver", "midpoint", "--nfe", "5"), ("not a multiple of 2",)),
+            ("atol-0", ("--atol", "0"), ("atol must be a positive number",)),
+            ("rtol-negative", ("--rtol", "-1"), ("rtol must be a positive number",)),
+            ("atol-nan", ("--atol", "nan"), ("atol must be a positive number",)),
+            ("seed-negative", ("--seed", "-5"), ("seed must be an integer in [0, 2**32 - 4], got -5",)),
+            ("seed-too-large", ("--seed", str(2**40)), ("seed must be an integer in",)),
+            ("sets-on-a-continuous-run", ("--sets", "3"), ("--sets does not apply to a continuous run",)),
+            ("temperature-on-a-continuous-run", ("--temperature", "0.5"), ("--temperature does not apply",)),
+            ("corrector-and-target", ("--corrector", "1", "--target", "x"), ("--corrector, --target do not apply",)),
+        )
+    ],
+    Case(
+        "py-evaluate-n-0",
+        call=lambda env: flowmatch.evaluate(flowmatch.load(env.run), n=0),
+        expect=FlowmatchError,
+        words=("n must be an integer >= 2, got 0",),
+    ),
+    Case(
+        "py-evaluate-pictures-not-bool",
+        call=lambda env: flowmatch.evaluate(flowmatch.load(env.run), pictures="yes"),
+        expect=FlowmatchError,
+        words=("pictures must be True or False",),
+    ),
+    Case(
+        "py-evaluate-likelihood-solver-unknown",
+        call=lambda env: flowmatch.evaluate(flowmatch.load(env.run), likelihood_solver="rk5"),
+        expect=FlowmatchError,
+        words=("unknown likelihood_solver 'rk5'",),
+    ),
+    # -- checkpoints and configs that contradict themselves (item 1) -------------------------------------
+    *[
+        Case(
+            f"{command}-{what}",
+            argv=(command, "--run", "{dir}/run", *more),
+            words=words,
+            unchanged=("{dir}/run",),
+            setup=copied_run(edit),
+        )
+        for what, edit, words in (
+            (
+                "standardizer-of-another-size",
+                _edit_meta(standardizer={"mean": [0.0] * 3, "std": [1.0] * 3}),
+                ("run/checkpoint.json: checkpoint metadata's standardizer has 3 columns but its dim is 2",),
+            ),
+            (
+                "dim-of-another-size",
+                _edit_meta(dim=3),
+                ("checkpoint.json: checkpoint metadata's standardizer has 2 columns but its dim is 3",),
+            ),
+            ("dim-a-string", _edit_meta(dim="2"), ("checkpoint.json: checkpoint metadata's dim must be a positive integer, got '2'",)),
+            ("model-missing", _edit_meta(model=None), ("checkpoint.json: malformed checkpoint metadata",)),
+            ("shape-that-does-not-hold-dim", _edit_meta(shape=[1, 3, 3]), ("row shape [1, 3, 3] does not hold dim = 2 values",)),
+            (
+                "config-a-list",
+                _write_json("config.json", [1, 2]),
+                ("config.json: expected a JSON object of keys and values, got an array",),
+            ),
+            ("config-a-string", _write_json("config.json", "moons"), ("config.json: expected a JSON object", "got a string")),
+            ("config-a-number", _write_json("config.json", 3), ("config.json", "got a number")),
+            ("config-null", _write_json("config.json", None), ("config.json", "got null")),
+            ("config-seed-a-string", _edit_config(seed="x"), ("config.json: seed must be a int",)),
+            ("config-data-a-number", _edit_config(data=5), ("config.json: data must be a str",)),
+            ("checkpoint-json-a-list", _write_json("checkpoint.json", []), ("checkpoint.json: not a flowmatch checkpoint",)),
+            ("checkpoint-json-not-json", _write_text("checkpoint.json", "{"), ("checkpoint.json: cannot read JSON",)),
+            ("config-json-empty", _write_text("config.json", ""), ("config.json: cannot read JSON",)),
+        )
+        for command, more in (("sample", ("--out", "{dir}/x.npy")), ("eval", ("--quick", "--quiet")), ("plot", ("--out", "{dir}/x.png")))
+        if command == "sample" or what in ("standardizer-of-another-size", "config-a-list", "config-seed-a-string")
+    ],
+    Case(
+        "resume-config-a-list",
+        argv=("train", "--resume", "{dir}/run", "--steps", "40"),
+        words=("config.json: a config must be a mapping of keys to values, got list",),
+        unchanged=("{dir}/run",),
+        setup=copied_run(_write_json("config.json", [1, 2])),
+    ),
+    Case(
+        "init-from-a-run-whose-config-is-a-list",
+        argv=("train", "--init-from", "{dir}/run", "--out", "{dir}/new", *TINY),
+        words=("config.json: expected a JSON object",),
+        absent=("{dir}/new",),
+        setup=copied_run(_write_json("config.json", [1, 2])),
+    ),
+    Case(
+        "py-load-standardizer-of-another-size",
+        call=lambda env: flowmatch.load(env.dir / "run"),
+        expect=FlowmatchError,
+        words=("standardizer has 3 columns but its dim is 2",),
+        setup=copied_run(_edit_meta(standardizer={"mean": [0.0] * 3, "std": [1.0] * 3})),
+    ),
+    # -- a library's warning before an error (item 1): the answer stays one line --------------------------
+    Case(
+        "torch-warning-then-a-bad-checkpoint",
+        argv=("sample", "--run", "{dir}/run", "--out", "{dir}/x.npy"),
+        words=("standardizer has 3 columns",),
+        absent=("{dir}/x.npy",),
+        setup=copied_run(_edit_meta(standardizer={"mean": [0.0] * 3, "std": [1.0] * 3})),
+        patch=_warning_from_torch,
+    ),
+    Case(
+        "torch-warning-then-a-bad-flag-value",
+        argv=("eval", "--run", "{run}", "--probes", "0"),
+        words=("probes must be a positive integer",),
+        patch=_warning_from_torch,
+    ),
+    # -- the Python API (item 1): FlowmatchError, never a raw exception -------------------------------
+    *[
+        Case(f"py-{name}", call=call, expect=FlowmatchError, words=words, absent=("{dir}/new",))
+        for name, call, words in (
+            ("fit-a-name-as-config", lambda env: flowmatch.fit("moons"), ("config must be a TrainConfig or None, got str", "data='moons'")),
+            ("train-a-name-as-config", lambda env: flowmatch.train("moons"), ("config must be a TrainConfig or None, got str",)),
+            ("fit-a-dict-as-config", lambda env: flowmatch.fit({"steps": 5}), ("config must be a TrainConfig or None, got dict",)),
+            (
+                "train-config-steps-a-string",
+                lambda env: flowmatch.TrainConfig(steps="10"),
+                ("TrainConfig: steps must be a int, got str '10'",),
+            ),
+            ("train-config-steps-a-float", lambda env: flowmatch.TrainConfig(steps=10.5), ("steps must be a int, got float 10.5",)),
+            ("train-config-lr-a-string", lambda env: flowmatch.TrainConfig(lr="1e-3"), ("lr must be a float, got str",)),
+            ("train-config-lr-infinite", lambda env: flowmatch.TrainConfig(lr=float("inf")), ("lr must be finite",)),
+            ("train-config-conditional-a-string", lambda env: flowmatch.TrainConfig(conditional="yes"), ("conditional must be a bool",)),
+            ("train-config-data-a-number", lambda env: flowmatch.TrainConfig(data=3), ("data must be a str, got int 3",)),
+            ("train-config-width-none", lambda env: flowmatch.TrainConfig(width=None), ("width must be a int, got NoneType",)),
+            ("train-config-seed-true", lambda env: flowmatch.TrainConfig(seed=True), ("seed must be a int, got bool",)),
+            ("fit-out-a-number", lambda env: flowmatch.fit(out=123, steps=5), ("out must be a path to a run folder or None, got int 123",)),
+            ("fit-out-a-list", lambda env: flowmatch.fit(out=["runs"], steps=5), ("out must be a path",)),
+            (
+                "fit-force-a-string",
+                lambda env: flowmatch.fit(out=str(env.dir / "new"), force="yes", steps=5),
+                ("force must be True or False",),
+            ),
+            ("fit-progress-a-number", lambda env: flowmatch.fit(progress=1, steps=5), ("progress must be True or False",)),
+            ("fit-n-eval-0", lambda env: flowmatch.fit(n_eval=0, steps=5), ("n_eval must be an integer >= 2, got 0",)),
+            ("fit-steps-a-string", lambda env: flowmatch.fit(steps="10"), ("steps must be a int, got str '10'",)),
+            ("fit-unknown-option", lambda env: flowmatch.fit(stepz=10), ("unknown key 'stepz'",)),
+            ("train-run-dir-a-number", lambda env: flowmatch.train(run_dir=5, steps=5), ("run_dir must be a path",)),
+            (
+                "train-callback-not-callable",
+                lambda env: flowmatch.train(steps=5, callback=5, callback_steps=[1]),
+                ("callback must be callable", "got int 5"),
+            ),
+            ("train-callback-a-string", lambda env: flowmatch.train(steps=5, callback="print"), ("callback must be callable",)),
+            (
+                "train-callback-steps-not-iterable",
+                lambda env: flowmatch.train(steps=5, callback=print, callback_steps=3),
+                ("callback_steps must be an iterable",),
+            ),
+            (
+                "train-callback-steps-floats",
+                lambda env: flowmatch.train(steps=5, callback=print, callback_steps=[1.5]),
+                ("callback_steps must hold integers, got 1.5",),
+            ),
+            (
+                "train-model-a-number",
+                lambda env: flowmatch.train(steps=5, model=3),
+                ("model must be a name or a torch.nn.Module, got int",),
+            ),
+            ("train-path-a-number", lambda env: flowmatch.train(steps=5, path=3), ("path must be a name, an AffinePath or a Schedule",)),
+            ("load-a-number", lambda env: flowmatch.load(123), ("run_dir must be a path to a run folder, got int 123",)),
+            ("load-none", lambda env: flowmatch.load(None), ("run_dir must be a path to a run folder, got NoneType",)),
+            ("load-device-tpu", lambda env: flowmatch.load(env.run, device="tpu"), ("unknown device 'tpu'",)),
+            ("load-device-a-number", lambda env: flowmatch.load(env.run, device=0), ("device must be a name",)),
+            ("load-device-cuda-9", lambda env: flowmatch.load(env.run, device="cuda:9"), ("cuda:9",)),
+            ("load-a-missing-folder", lambda env: flowmatch.load(env.dir / "nope"), ("does not exist",)),
+            ("load-model-a-string", lambda env: flowmatch.load(env.run, model="mlp"), ("model= must be a torch.nn.Module",)),
+            (
+                "sample-seed-a-string",
+                lambda env: flowmatch.load(env.run).sample(5, seed="a"),
+                ("seed must be a non-negative integer or None, got str 'a'",),
+            ),
+            ("sample-seed-negative", lambda env: flowmatch.load(env.run).sample(5, seed=-1), ("seed must be a non-negative integer",)),
+            ("sample-seed-a-float", lambda env: flowmatch.load(env.run).sample(5, seed=1.5), ("seed must be",)),
+            (
+                "sample-n-a-string",
+                lambda env: flowmatch.load(env.run).sample("5"),
+                ("number of samples must be a positive integer, got '5'",),
+            ),
+            ("sample-n-0", lambda env: flowmatch.load(env.run).sample(0), ("number of samples must be a positive integer, got 0",)),
+            ("sample-solver-unknown", lambda env: flowmatch.load(env.run).sample(5, solver="rk5"), ("rk5",)),
+            ("sample-nfe-a-string", lambda env: flowmatch.load(env.run).sample(5, nfe="8"), ("nfe must be a positive integer, got '8'",)),
+            ("sample-grid-unknown", lambda env: flowmatch.load(env.run).sample(5, grid="log"), ("unknown time grid 'log'",)),
+            ("sample-precision-fp16", lambda env: flowmatch.load(env.run).sample(5, precision="fp16"), ("unknown precision 'fp16'",)),
+            (
+                "sample-guidance-a-string",
+                lambda env: flowmatch.load(env.run).sample(5, guidance="2"),
+                ("guidance must be a finite number",),
+            ),
+            (
+                "sample-batch-size-0",
+                lambda env: flowmatch.load(env.run).sample(5, batch_size=0),
+                ("batch_size must be a positive integer",),
+            ),
+            ("sample-label-on-an-unconditional-run", lambda env: flowmatch.load(env.run).sample(5, label=1), ("trained without labels",)),
+            (
+                "sample-x0-of-another-shape",
+                lambda env: flowmatch.load(env.run).sample(5, x0=torch.zeros(4, 2)),
+                ("x0 must be a float tensor of shape (5, 2)",),
+            ),
+            ("sample-atol-0", lambda env: flowmatch.load(env.run).sample(5, solver="dopri5", atol=0), ("atol must be a positive number",)),
+            (
+                "log-prob-a-string",
+                lambda env: flowmatch.load(env.run).log_prob("abc"),
+                ("points to score must be a tensor or array of numbers",),
+            ),
+            ("log-prob-none", lambda env: flowmatch.load(env.run).log_prob(None), ("points to score must be a tensor or array",)),
+            (
+                "log-prob-of-another-dimension",
+                lambda env: flowmatch.load(env.run).log_prob(torch.zeros(3, 5)),
+                ("expected points of shape (n, 2), got (3, 5)",),
+            ),
+            (
+                "log-prob-nan",
+                lambda env: flowmatch.load(env.run).log_prob(torch.full((3, 2), float("nan"))),
+                ("contain NaN or infinite values",),
+            ),
+            ("log-prob-booleans", lambda env: flowmatch.load(env.run).log_prob([[True, False]]), ("must be real numbers",)),
+            (
+                "log-prob-seed-a-string",
+                lambda env: flowmatch.load(env.run).log_prob(torch.zeros(3, 2), seed="a"),
+                ("seed must be a non-negative integer",),
+            ),
+            (
+                "log-prob-probes-0",
+                lambda env: flowmatch.load(env.run).log_prob(torch.zeros(3, 2), probes=0),
+                ("probes must be a positive integer",),
+            ),
+            (
+                "log-prob-solver-unknown",
+                lambda env: flowmatch.load(env.run).log_prob(torch.zeros(3, 2), solver="rk5"),
+                ("unknown solver 'rk5'",),
+            ),
+            (
+                "evaluate-a-run-folder",
+                lambda env: flowmatch.evaluate(str(env.run)),
+                ("evaluate takes a flow, not its run folder", "flowmatch.load("),
+            ),
+            ("evaluate-a-path", lambda env: flowmatch.evaluate(env.run), ("evaluate takes a flow, not its run folder",)),
+            ("evaluate-a-number", lambda env: flowmatch.evaluate(3), ("evaluate takes a Flow", "got int")),
+            ("evaluate-run-dir-a-number", lambda env: flowmatch.evaluate(flowmatch.load(env.run), 5), ("run_dir must be a path",)),
+            (
+                "evaluate-reference-of-another-dimension",
+                lambda env: flowmatch.evaluate(flowmatch.load(env.run), reference=torch.zeros(10, 3)),
+                ("reference must have shape (N, 2)",),
+            ),
+            ("evaluate-seed-negative", lambda env: flowmatch.evaluate(flowmatch.load(env.run), seed=-1), ("seed must be an integer in",)),
+        )
+    ],
+    # -- the ones that already answered well (issue 22's 177): kept answering so --------------------------
+    *[
+        Case(f"flag-{name}", argv=argv, words=words, absent=("{dir}/new", "{dir}/x.npy"))
+        for name, argv, words in (
+            ("steps-not-a-number", ("train", "--out", "{dir}/new", "--steps", "many"), ("argument --steps: invalid int value: 'many'",)),
+            ("steps-0", ("train", "--out", "{dir}/new", "--steps", "0"), ("steps must be >= 1, got 0",)),
+            ("lr-negative", ("train", "--out", "{dir}/new", "--lr", "-1"), ("lr must be >= 0.0, got -1.0",)),
+            ("lr-nan", ("train", "--out", "{dir}/new", "--lr", "nan"), ("lr must be finite",)),
+            ("ema-above-1", ("train", "--out", "{dir}/new", "--ema", "1.5"), ("ema must be <= 0.99999",)),
+            ("unknown-choice", ("train", "--out", "{dir}/new", "--path", "spiral"), ("argument --path: invalid choice: 'spiral'",)),
+            ("unknown-flag", ("train", "--out", "{dir}/new", "--stepz", "5"), ("unrecognized arguments: --stepz 5",)),
+            ("unknown-command", ("fit", "--out", "{dir}/new"), ("invalid choice: 'fit'",)),
+            ("no-out", ("train", "--steps", "5"), ("--out RUN_DIR is required",)),
+            (
+                "warmup-past-steps",
+                ("train", "--out", "{dir}/new", "--steps", "10", "--warmup", "10"),
+                ("warmup (10) must be smaller than steps (10)",),
+            ),
+            ("channel-mult-text", ("train", "--out", "{dir}/new", "--channel-mult", "a,b"), ("channel_mult must be positive integers",)),
+            (
+                "distill-objective-without-pairs",
+                ("train", "--out", "{dir}/new", "--objective", "distill"),
+                ("objective distill needs teacher pairs",),
+            ),
+            (
+                "posterior-with-ot",
+                ("train", "--out", "{dir}/new", "--target", "posterior", "--coupling", "ot"),
+                ("target posterior needs independent pairs",),
+            ),
+            ("device-cuda-7", ("train", "--out", "{dir}/new", "--device", "cuda:7", *TINY), ("cuda:7",)),
+            ("device-tpu", ("train", "--out", "{dir}/new", "--device", "tpu", *TINY), ("unknown device 'tpu'",)),
+            ("unknown-data", ("train", "--out", "{dir}/new", "--data", "moonz", *TINY), ("unknown data 'moonz'", "moons")),
+            ("missing-data-file", ("train", "--out", "{dir}/new", "--data", "{dir}/nope.npy", *TINY), ("nope.npy: no such file",)),
+            (
+                "conditional-without-labels",
+                ("train", "--out", "{dir}/new", "--data", "{data}/good.npy", "--conditional", *TINY),
+                ("has no class labels",),
+            ),
+            ("unet-on-points", ("train", "--out", "{dir}/new", "--model", "unet", *TINY), ("needs image data",)),
+            (
+                "label-column-on-npy",
+                ("train", "--out", "{dir}/new", "--data", "{data}/good.npy", "--label-column", "a", *TINY),
+                ("a label column applies to .csv files",),
+            ),
+            (
+                "missing-label-column",
+                ("train", "--out", "{dir}/new", "--data", "{data}/good.csv", "--label-column", "z", *TINY),
+                ("no label column 'z'",),
+            ),
+            (
+                "resume-with-out",
+                ("train", "--resume", "{run}", "--out", "{dir}/new"),
+                ("--resume continues a run with its saved config; only --steps",),
+            ),
+            (
+                "resume-with-lr",
+                ("train", "--resume", "{run}", "--lr", "0.1"),
+                ("--resume continues a run with its saved config; only --steps",),
+            ),
+            (
+                "resume-fewer-steps",
+                ("train", "--resume", "{run}", "--steps", "5"),
+                ("cannot resume with fewer steps (5) than the run had (20)",),
+            ),
+            ("resume-not-a-run", ("train", "--resume", "{data}"), ("is not a flowmatch run folder",)),
+            ("resume-missing", ("train", "--resume", "{dir}/nope"), ("nope",)),
+            ("init-from-missing", ("train", "--out", "{dir}/new", "--init-from", "{dir}/nope", *TINY), ("nope",)),
+            ("sample-bad-suffix", ("sample", "--run", "{run}", "--out", "{dir}/x.txt"), ("a continuous run writes .npy or .csv",)),
+            ("sample-bad-suffix-json", ("sample", "--run", "{run}", "--out", "{dir}/x.json"), ("must end in .npy, .csv or .txt",)),
+            (
+                "sample-trajectory-csv",
+                ("sample", "--run", "{run}", "--out", "{dir}/x.csv", "--trajectory"),
+                ("--trajectory needs a .npy output",),
+            ),
+            (
+                "sample-missing-folder",
+                ("sample", "--run", "{run}", "--out", "{dir}/no/x.npy"),
+                ("output folder '{dir}/no' does not exist",),
+            ),
+            ("sample-missing-run", ("sample", "--run", "{dir}/nope", "--out", "{dir}/x.npy"), ("run folder '{dir}/nope' does not exist",)),
+            (
+                "sample-not-a-run",
+                ("sample", "--run", "{data}", "--out", "{dir}/x.npy"),
+                ("is not a flowmatch run folder: config.json is missing",),
+            ),
+            ("sample-n-0", ("sample", "--run", "{run}", "-n", "0", "--out", "{dir}/x.npy"), ("-n must be a positive integer, got 0",)),
+            (
+                "sample-n-negative",
+                ("sample", "--run", "{run}", "-n", "-3", "--out", "{dir}/x.npy"),
+                ("-n must be a positive integer, got -3",),
+            ),
+            ("sample-nfe-3-rk4", ("sample", "--run", "{run}", "--nfe", "3", "--out", "{dir}/x.npy"), ("--nfe 3 is not a multiple of 4",)),
+            (
+                "sample-nfe-0",
+                ("sample", "--run", "{run}", "--nfe", "0", "--out", "{dir}/x.npy"),
+                ("nfe must be a positive integer, got 0",),
+            ),
+            ("sample-grid-unknown", ("sample", "--run", "{run}", "--grid", "log", "--out", "{dir}/x.npy"), ("unknown time grid 'log'",)),
+            (
+                "sample-grid-shift-0",
+                ("sample", "--run", "{run}", "--grid", "shift:0", "--out", "{dir}/x.npy"),
+                ("the shift must be a positive number",),
+            ),
+            (
+                "sample-label-unconditional",
+                ("sample", "--run", "{run}", "--label", "1", "--out", "{dir}/x.npy"),
+                ("trained without labels",),
+            ),
+            (
+                "sample-label-text",
+                ("sample", "--run", "{run}", "--label", "a,b", "--out", "{dir}/x.npy"),
+                ("labels must be integers separated by commas",),
+            ),
+            (
+                "sample-guidance-nan",
+                ("sample", "--run", "{run}", "--guidance", "nan", "--out", "{dir}/x.npy"),
+                ("guidance must be a finite number",),
+            ),
+            (
+                "sample-noise-negative",
+                ("sample", "--run", "{run}", "--noise", "-1", "--out", "{dir}/x.npy"),
+                ("noise must be a finite number >= 0",),
+            ),
+            (
+                "sample-noise-with-rk4",
+                ("sample", "--run", "{run}", "--noise", "1", "--solver", "rk4", "--out", "{dir}/x.npy"),
+                ("Euler-Maruyama",),
+            ),
+            (
+                "sample-temperature",
+                ("sample", "--run", "{run}", "--temperature", "0.5", "--out", "{dir}/x.npy"),
+                ("apply to tokens and table runs",),
+            ),
+            (
+                "sample-condition-missing",
+                ("sample", "--run", "{run}", "--condition", "{dir}/c.npy", "--out", "{dir}/x.npy"),
+                ("condition file '{dir}/c.npy' does not exist",),
+            ),
+            (
+                "sample-condition-unconditional",
+                ("sample", "--run", "{run}", "--condition", "{data}/good.npy", "--out", "{dir}/x.npy"),
+                ("takes no condition 'c'",),
+            ),
+            (
+                "sample-seed-negative",
+                ("sample", "--run", "{run}", "--seed", "-1", "--out", "{dir}/x.npy"),
+                ("seed must be a non-negative integer",),
+            ),
+            (
+                "sample-atol-0",
+                ("sample", "--run", "{run}", "--solver", "dopri5", "--atol", "0", "--out", "{dir}/x.npy"),
+                ("atol must be a positive number",),
+            ),
+            ("sample-device-tpu", ("sample", "--run", "{run}", "--device", "tpu", "--out", "{dir}/x.npy"), ("unknown device 'tpu'",)),
+            (
+                "sample-schedule-unknown",
+                ("sample", "--run", "{run}", "--schedule", "sigmoid", "--out", "{dir}/x.npy"),
+                ("invalid choice: 'sigmoid'",),
+            ),
+            ("plot-wrong-suffix", ("plot", "--run", "{run}", "--out", "{dir}/x.jpg"), ("must end in .png for --what samples",)),
+            ("plot-animation-png", ("plot", "--run", "{run}", "--what", "animation", "--out", "{dir}/x.png"), ("must end in .gif",)),
+            ("plot-n-3", ("plot", "--run", "{run}", "-n", "3", "--out", "{dir}/x.png"), ("n must be an integer >= 4, got 3",)),
+            ("plot-missing-folder", ("plot", "--run", "{run}", "--out", "{dir}/no/x.png"), ("output folder '{dir}/no' does not exist",)),
+            ("plot-unknown-picture", ("plot", "--run", "{run}", "--what", "heatmap"), ("invalid choice: 'heatmap'",)),
+            ("reflow-into-itself", ("reflow", "--run", "{run}", "--out", "{run}"), ("must differ from the teacher run",)),
+            (
+                "reflow-pairs-0",
+                ("reflow", "--run", "{run}", "--out", "{dir}/new", "--pairs", "0"),
+                ("the number of pairs must be a positive integer",),
+            ),
+            ("reflow-steps-0", ("reflow", "--run", "{run}", "--out", "{dir}/new", "--steps", "0"), ("steps must be a positive integer",)),
+            (
+                "reflow-teacher-nfe-3",
+                ("reflow", "--run", "{run}", "--out", "{dir}/new", "--teacher-nfe", "3", "--pairs", "10"),
+                ("not a multiple of 4",),
+            ),
+            (
+                "distill-nfe-0",
+                ("distill", "--run", "{run}", "--out", "{dir}/new", "--nfe", "0"),
+                ("the student's nfe must be a positive integer",),
+            ),
+            ("distill-existing-run", ("distill", "--run", "{run}", "--out", "{run}"), ("must differ from the teacher run",)),
+            ("eval-missing-run", ("eval", "--run", "{dir}/nope"), ("run folder '{dir}/nope' does not exist",)),
+            ("eval-divergence-unknown", ("eval", "--run", "{run}", "--divergence", "approx"), ("invalid choice: 'approx'",)),
+        )
+    ],
+    *[
+        Case(
+            f"toml-{name}",
+            argv=("train", "--config", "{dir}/c.toml", "--out", "{dir}/new"),
+            words=words,
+            absent=("{dir}/new",),
+            setup=_toml(text),
+        )
+        for name, text, words in (
+            ("unknown-key", "stepz = 5\n", ("unknown key 'stepz'",)),
+            ("wrong-type", 'steps = "many"\n', ("steps must be a int, got str 'many'",)),
+            ("float-for-int", "steps = 5.5\n", ("steps must be a int, got float 5.5",)),
+            ("bool-for-int", "steps = true\n", ("steps must be a int, got bool",)),
+            ("out-of-range", "lr = -1.0\n", ("lr must be >= 0.0",)),
+            ("bad-choice", 'optimizer = "sgd"\n', ("optimizer must be one of adam, adamw, got 'sgd'",)),
+            ("malformed", "steps = = 5\n", ("c.toml",)),
+            ("table-value", "[steps]\nx = 1\n", ("steps must be a int, got dict",)),
+            ("unknown-preset", 'preset = "fast"\n', ("unknown preset 'fast'",)),
+            ("preset-not-a-string", "preset = 3\n", ("preset must be a string",)),
+            ("not-utf8", b"steps = 5 \xff\n", ("c.toml",)),
+            ("nan", "lr = nan\n", ("lr must be finite",)),
+        )
+    ],
+    Case(
+        "toml-missing",
+        argv=("train", "--config", "{dir}/none.toml", "--out", "{dir}/new"),
+        words=("config file '{dir}/none.toml' does not exist",),
+    ),
+    *[
+        Case(
+            f"data-{name}",
+            argv=("train", "--data", "{dir}/" + file, "--out", "{dir}/new", *TINY),
+            words=words,
+            absent=("{dir}/new",),
+            setup=_bytes(file, content),
+        )
+        for name, file, content, words in (
+            ("empty-csv", "d.csv", b"", ("d.csv", "the file is empty")),
+            ("empty-npy", "d.npy", b"", ("d.npy: the file is empty",)),
+            ("not-npy", "d.npy", b"hello, this is not numpy", ("d.npy: not a valid .npy file or corrupt",)),
+            ("truncated-npy", "d.npy", _npy_bytes(np.zeros((50, 2)))[:100], ("d.npy: not a valid .npy file or corrupt",)),
+            ("pickled-npy", "d.npy", _npy_bytes(np.array([{"a": 1}] * 50, dtype=object)), ("d.npy: holds Python objects", "refused")),
+            ("text-csv", "d.csv", b"1,2\n3,x\n" * 30, ("non-numeric value 'x'",)),
+            ("semicolon-csv", "d.csv", b"1;2\n3;4\n" * 30, ("values must be separated by commas",)),
+            ("ragged-csv", "d.csv", b"1,2\n3\n" * 30, ("ragged rows",)),
+            ("nan-csv", "d.csv", b"1,2\nnan,4\n" * 30, ("contain NaN or infinite values",)),
+            ("inf-npy", "d.npy", _npy_bytes(np.array([[1.0, np.inf]] * 50)), ("contain NaN or infinite values",)),
+            ("one-d-npy", "d.npy", _npy_bytes(np.arange(50.0)), ("expected a 2-D array of shape (N, D), got shape (50,)",)),
+            ("three-d-npy", "d.npy", _npy_bytes(np.zeros((50, 2, 2))), ("expected a 2-D array",)),
+            ("string-npy", "d.npy", _npy_bytes(np.array([["a", "b"]] * 50)), ("expected a numeric array",)),
+            ("complex-npy", "d.npy", _npy_bytes(np.ones((50, 2), dtype=complex)), ("expected a numeric array",)),
+            ("zero-columns", "d.npy", _npy_bytes(np.zeros((50, 0))), ("0 dimensions",)),
+            ("no-rows", "d.npy", _npy_bytes(np.zeros((0, 2))), ("no data rows",)),
+            ("header-only-csv", "d.csv", b"a,b\n", ("d.csv: 0 data rows; a table needs at least 4",)),
+            ("unknown-extension", "d.parquet", b"PAR1", ("d.parquet: unsupported file type '.parquet'",)),
+            ("npz-without-data", "d.npz", _npz_bytes(a=np.zeros((50, 2)), b=np.zeros((50, 2))), ("several arrays",)),
+            (
+                "npz-bad-labels",
+                "d.npz",
+                _npz_bytes(data=np.random.default_rng(0).normal(size=(50, 2)), labels=np.full(50, -1)),
+                ("'labels' must be 50 non-negative integers",),
+            ),
+        )
+    ],
+    Case(
+        "data-a-folder",
+        argv=("train", "--data", "{dir}/folder.npy", "--out", "{dir}/new", *TINY),
+        words=("folder.npy",),
+        absent=("{dir}/new",),
+        setup=lambda env: (env.dir / "folder.npy").mkdir(),
+    ),
+    Case(
+        "py-unreadable-load-array",
+        call=lambda env: load_array(env.data / "good.csv"),
+        expect=FlowmatchError,
+        words=("good.csv: cannot read (Permission denied)",),
+        patch=unreadable("{data}/good.csv"),
+    ),
 ]
 
 
 # -- the runner ---------------------------------------------------------------------------------------
-def _run(case: Case, env: Env, capsys) -> None:
+def _run(case: Case, env: Env, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     if case.setup is not None:
         case.setup(env)
     before = {p: _tree(Path(env.fill(p))) for p in case.unchanged}
     shared = _tree(env.base)
     made = set(env.dir.rglob("*"))
     capsys.readouterr()
-    with warnings.catch_warnings(record=True) as escaped:
+    with monkeypatch.context() as patched, warnings.catch_warnings(record=True) as escaped:
+        if case.patch is not None:
+            case.patch(patched, env)
         warnings.simplefilter("always")
         if case.argv:
             try:
@@ -178,10 +1306,7 @@ def _run(case: Case, env: Env, capsys) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, base: Path, tmp_path: Path, capsys, monkeypatch):
-    env = Env(base, tmp_path)
-    if case.patch is not None:
-        case.patch(monkeypatch, env)
-    _run(case, env, capsys)
+    _run(case, Env(base, tmp_path), capsys, monkeypatch)
 
 
 def test_case_ids_are_distinct():
@@ -198,3 +1323,47 @@ def test_constant_column_is_held_fixed(base: Path, tmp_path: Path, capsys):
     assert x.shape == (300, 3) and (x[:, 1] == 3.0).all()
     assert x[:, 0].std() > 0.1 and x[:, 2].std() > 0.1  # the other columns are generated
     assert "the same point" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_large_n_is_streamed_to_the_file_in_blocks(base: Path, tmp_path: Path, monkeypatch, suffix: str):
+    """flowmatch sample writes -n in blocks of rows (memory bounded by cli.STREAM_BYTES, not by -n), and the
+    file equals what one Flow.generate call of all the rows gives."""
+    import flowmatch.cli as cli
+    from flowmatch.flow import Flow
+
+    calls: list[int] = []
+    generate = Flow.generate
+
+    def counted(self, n, **options):
+        calls.append(n)
+        return generate(self, n, **options)
+
+    monkeypatch.setattr(Flow, "generate", counted)
+    monkeypatch.setattr(cli, "STREAM_BYTES", 16 * 4 * 2 * 7 * 10)  # 160 rows of an rk4 block
+    out = tmp_path / f"x{suffix}"
+    assert main(["sample", "--run", str(base / "run"), "-n", "1000", "--nfe", "8", "--out", str(out)]) == 0
+    assert calls == [160] * 6 + [40]
+    x = np.load(out) if suffix == ".npy" else np.loadtxt(out, delimiter=",")
+    whole = generate(flowmatch.load(base / "run"), 1000, nfe=8, seed=0).x.numpy()
+    assert x.shape == (1000, 2)
+    np.testing.assert_allclose(x, whole, rtol=0, atol=0 if suffix == ".npy" else 5e-7 * np.abs(whole).max())  # csv: %.8g
+
+
+def test_a_library_warning_is_shown_once_the_command_succeeds(base: Path, tmp_path: Path, monkeypatch):
+    """Warnings other than flowmatch's own notes wait for the command's end: shown after a success (here), dropped
+    after a failure (the rows torch-warning-then-*), whose answer is its one error line."""
+    _warning_from_torch(monkeypatch, Env(base, tmp_path))
+    with pytest.warns(UserWarning, match="TypedStorage is deprecated"):
+        assert main(["sample", "--run", str(base / "run"), "-n", "5", "--nfe", "4", "--out", str(tmp_path / "x.npy")]) == 0
+
+
+def test_a_table_of_categories_only_trains_and_samples(tmp_path: Path):
+    """A CSV whose every column is categorical (no numbers) is a table with no continuous features: it trains and
+    samples (it once fed the network no x and failed)."""
+    (tmp_path / "t.csv").write_text("colour,size\n" + "".join(f"{'red' if i % 3 else 'blue'},{'S' if i % 2 else 'L'}\n" for i in range(60)))
+    assert main(["train", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert main(["sample", "--run", str(tmp_path / "run"), "-n", "20", "--nfe", "4", "--out", str(tmp_path / "x.csv")]) == 0
+    lines = (tmp_path / "x.csv").read_text().splitlines()
+    assert lines[0] == "colour,size" and len(lines) == 21
+    assert {line.split(",")[0] for line in lines[1:]} <= {"red", "blue"} and {line.split(",")[1] for line in lines[1:]} <= {"S", "L"}

@@ -60,7 +60,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flowmatch.data.files import _CORRUPT_ERRORS, _MMAP_BYTES, _MMAP_CHUNK, FILE_EXTENSIONS, MIN_ROWS, _MappedRows, load_table
+from flowmatch.data.files import (
+    _CORRUPT_ERRORS,
+    _MMAP_BYTES,
+    _MMAP_CHUNK,
+    FILE_EXTENSIONS,
+    MIN_ROWS,
+    _MappedRows,
+    check_float32_range,
+    load_table,
+)
 from flowmatch.data.standardize import Standardizer
 from flowmatch.data.toy import (
     _BUILTINS,
@@ -76,6 +85,7 @@ from flowmatch.data.toy import (
     sample_builtin,
 )
 from flowmatch.errors import FlowmatchError
+from flowmatch.storage import reading
 
 _TEST_SEED_OFFSET = 1_000_003  # built-in test sets: seed + offset, apart from the training draws
 
@@ -169,6 +179,13 @@ class Dataset:
             return self.mapped[index]
         assert self.train is not None
         return self.to_data(self.train[index]).to(torch.float32)
+
+    def require_test_rows(self, needed: int) -> Dataset:
+        """This data set, if finite data hold out at least ``needed`` test rows (a run's evaluation needs some);
+        else a :class:`FlowmatchError` saying how many rows the data have and the fewest that would do."""
+        if not self.builtin and len(self.test) < needed:
+            raise FlowmatchError(too_few_rows(self, needed))
+        return self
 
     def hold_out_validation(self, fraction: float, seed: int) -> Dataset:
         """The same data set with round(fraction * n_train) training rows (at least 2, at most
@@ -333,7 +350,8 @@ def load_dataset(
     from flowmatch.data.images import is_image_data, load_image_set
 
     if is_image_data(name):
-        images = load_image_set(name, test_fraction=test_fraction, seed=seed)
+        with reading(name):
+            images = load_image_set(name, test_fraction=test_fraction, seed=seed)
         return Dataset(
             name=name,
             dim=images.dim,
@@ -359,13 +377,31 @@ def load_dataset(
 
     if n_test < 2:
         raise FlowmatchError(f"{name}: n_test must be at least 2 for a data file, got {n_test}")
-    if mmap or (mmap is None and name.lower().endswith(".npy") and os.path.getsize(name) > _MMAP_BYTES):
-        if label_column or condition_columns:
-            raise FlowmatchError(f"{name}: memory-mapped .npy files carry no labels or conditions")
-        return _memory_mapped(name, n_test, test_fraction, seed, standardize)
-    array, labels, classes, conditions, condition_names = load_table(name, label_column, condition_columns)
+    with reading(name):  # a file that cannot be read (no permission, an I/O error): one line naming it
+        if mmap or (mmap is None and name.lower().endswith(".npy") and os.path.getsize(name) > _MMAP_BYTES):
+            if label_column or condition_columns:
+                raise FlowmatchError(f"{name}: memory-mapped .npy files carry no labels or conditions")
+            return _memory_mapped(name, n_test, test_fraction, seed, standardize)
+        array, labels, classes, conditions, condition_names = load_table(name, label_column, condition_columns)
     dataset = _split_rows(name, array, labels, classes, n_test, test_fraction, seed, standardize, conditions)
     return dataclasses.replace(dataset, condition_names=condition_names)
+
+
+def _held_rows(n: int, test_fraction: float = 0.2, n_test: int = 4000) -> int:
+    """How many of a file's ``n`` rows :func:`load_dataset` holds out as its test split."""
+    return min(max(2, round(test_fraction * n)), n_test, n - 2)
+
+
+def too_few_rows(dataset: Dataset, needed: int) -> str:
+    """The message for finite data whose test split is smaller than ``needed`` rows: how many rows the data
+    have and the fewest that would do (20% of a file's rows are held out)."""
+    total = len(dataset.test) + (dataset.n_train or 0) + (0 if dataset.val is None else len(dataset.val))
+    fewest = next(n for n in range(needed, 100 * needed + 100) if _held_rows(n) >= needed)
+    name = "the data given in Python" if dataset.name == "python" else dataset.name
+    return (
+        f"{name}: {total} rows are too few: a run's evaluation scores a held-out test split of at least {needed} rows "
+        f"(20% of the rows), so the data need at least {fewest} rows"
+    )
 
 
 def _builtin_table(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -388,6 +424,8 @@ def _as_rows(x, what: str) -> np.ndarray:
         raise FlowmatchError(f"{what}: expected a numeric array of shape (N, ...), got {array.dtype} {array.shape}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise FlowmatchError(f"{what}: non-finite values")
+    if array.dtype.kind == "f" and array.ndim >= 1:
+        check_float32_range(what, array.reshape(len(array), -1))
     if array.ndim == 1:
         array = array[:, None] if what != "labels" else array
     return array
@@ -399,7 +437,7 @@ def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, stand
     n = len(points)
     if n and (array == array[:1]).all():
         raise FlowmatchError(f"{name}: all {n} rows are the same point {array[0].tolist()}: there is no distribution to learn")
-    n_held = min(max(2, round(test_fraction * n)), n_test, n - 2)
+    n_held = _held_rows(n, test_fraction, n_test)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     test, train = points[order[:n_held]], points[order[n_held:]]
     standardizer = Standardizer.identity(points.shape[1]) if standardize is False else Standardizer.fit(train)
@@ -428,6 +466,10 @@ def _memory_mapped(name: str, n_test: int, test_fraction: float, seed: int, stan
         raise FlowmatchError(f"{name}: memory mapping needs a .npy file")
     try:
         array = np.load(name, mmap_mode="r", allow_pickle=False)
+    except OSError as e:
+        if e.errno is not None:  # the system's error: load_dataset's reading() names it
+            raise
+        raise FlowmatchError(f"{name}: not a valid .npy file or corrupt ({type(e).__name__}: {e})") from None
     except _CORRUPT_ERRORS as e:
         raise FlowmatchError(f"{name}: not a valid .npy file or corrupt ({type(e).__name__}: {e})") from None
     if array.ndim != 2 or array.dtype.kind not in "fiu":
@@ -439,6 +481,7 @@ def _memory_mapped(name: str, n_test: int, test_fraction: float, seed: int, stan
         bad = ~np.isfinite(array[start : start + _MMAP_CHUNK]).all(axis=1)
         if bad.any():
             raise FlowmatchError(f"{name}: NaN or infinite values (first in row {start + int(np.argmax(bad)) + 1})")
+        check_float32_range(name, np.asarray(array[start : start + _MMAP_CHUNK], dtype=np.float64), start)
     n_held = min(max(2, round(test_fraction * n)), n_test, n - 2)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     train_rows = _MappedRows(array, order[n_held:])

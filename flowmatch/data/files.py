@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.storage import reading
 
 FILE_EXTENSIONS: tuple[str, ...] = (".npy", ".npz", ".csv")
 
@@ -43,7 +44,7 @@ def load_labels(path: str | os.PathLike, label_column: str | None = None):
     points = load_array(path)
     if ext != ".npz":
         return points, None, None
-    with np.load(path, allow_pickle=False) as archive:
+    with reading(path), np.load(path, allow_pickle=False) as archive:
         if "labels" not in archive.files:
             return points, None, None
         try:
@@ -133,10 +134,10 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
     ext = os.path.splitext(path)[1].lower()
     if ext not in FILE_EXTENSIONS:
         raise FlowmatchError(f"{path}: unsupported file type {ext or '(no extension)'!r}; expected one of {', '.join(FILE_EXTENSIONS)}")
-    if os.path.getsize(path) == 0:
-        raise FlowmatchError(f"{path}: the file is empty")
-
-    array = _read_csv(path) if ext == ".csv" else _read_numpy(path, ext)
+    with reading(path):  # no permission, an I/O error: one line naming the file
+        if os.path.getsize(path) == 0:
+            raise FlowmatchError(f"{path}: the file is empty")
+        array = _read_csv(path) if ext == ".csv" else _read_numpy(path, ext)
     return _check_points(path, array)
 
 
@@ -151,6 +152,10 @@ def _read_numpy(path: str, ext: str) -> np.ndarray:
             return loaded
     except FlowmatchError:
         raise
+    except OSError as e:
+        if e.errno is not None:  # the system's error (no permission, I/O): the caller's reading() names it
+            raise
+        raise FlowmatchError(f"{path}: not a valid {ext} file or corrupt ({type(e).__name__}: {e})") from None
     except _CORRUPT_ERRORS as e:
         if "Object arrays" in str(e):
             raise FlowmatchError(f"{path}: holds Python objects, which would need unpickling (refused); save a numeric array") from None
@@ -202,7 +207,7 @@ def _csv_rows(path: str) -> tuple[list[str] | None, list[tuple[int, list[str]]]]
     """(header or None, [(line number, cells)]) of a CSV file."""
     rows: list[tuple[int, list[str]]] = []  # (line number, cells)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with reading(path), open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             for row in reader:
                 cells = [c.strip() for c in row]
@@ -260,7 +265,20 @@ def _check_points(path: str, array: np.ndarray) -> np.ndarray:
             f"{path}: {int(bad.sum())} of {n} rows contain NaN or infinite values "
             f"(first at row index {int(np.argmax(bad))}, counting from 0)"
         )
+    check_float32_range(path, array)
     return array
+
+
+def check_float32_range(what: str, array: np.ndarray, first_row: int = 0) -> None:
+    """Refuse values that float32 cannot hold (beyond +-3.4e38): the held-out rows and the samples are
+    float32, where they would become infinite. The message names the column and the first such row."""
+    big = np.abs(array) > np.finfo(np.float32).max
+    if big.any():
+        i, j = (int(k) for k in np.argwhere(big)[0])
+        raise FlowmatchError(
+            f"{what}: column {j} (counting from 0) holds {array[i, j]:.4g} at row index {first_row + i}, beyond float32's "
+            "range (+-3.4e38) that training and sampling use: rescale that column"
+        )
 
 
 _MMAP_BYTES = 1 << 30

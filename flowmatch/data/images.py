@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.storage import os_error
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
@@ -98,7 +99,11 @@ def _read_image(path: Path) -> tuple[np.ndarray, bool]:
             mode = img.mode
     except FlowmatchError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except OSError as exc:
+        if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):  # the system's error: no permission, I/O
+            raise os_error(path, exc) from None
+        raise FlowmatchError(f"{path}: not a readable image or corrupt ({type(exc).__name__}: {exc})") from None
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise FlowmatchError(f"{path}: not a readable image or corrupt ({type(exc).__name__}: {exc})") from None
 
     if array.ndim == 2:

@@ -20,6 +20,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import pandas as pd
 
 from flowmatch.data.files import _is_number, read_utf8
 from flowmatch.errors import FlowmatchError
-from flowmatch.storage import atomic_file
+from flowmatch.storage import atomic_file, reading
 
 MISSING_CHOICES = ("model", "refuse")
 MAX_CATEGORIES = 1000  # a string column with more distinct values is refused (likely an ID or free text)
@@ -72,10 +73,12 @@ def looks_mixed(path: str | os.PathLike) -> bool:
     """Whether a CSV file is a mixed-type table: a header, and a text column or an empty cell (a file of
     numbers only is continuous rows). A first line of numbers is data, not a header: such a file is the
     continuous reader's to read (and to refuse with its own message)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with reading(path), open(path, encoding="utf-8", errors="replace") as f:
         first = next(csv.reader(f), [])
     if first and all(_is_number(cell) for cell in first):
         return False
+    if len(first) == 1 and all(_is_number(part) for part in re.split(r"[;\t ]+", first[0].strip())):
+        return False  # numbers separated by something else than commas: the continuous reader says so
     frame = read_table(path)
     return any(not pd.api.types.is_numeric_dtype(frame[c].dtype) for c in frame) or bool(frame.isna().any().any())
 

@@ -214,6 +214,9 @@ def sample_builtin(name: str, n: int, generator: torch.Generator | int | None = 
         )
     n = _check_count(n)
     g = _make_generator(generator)
+    from flowmatch.memory import require_memory
+
+    require_memory(64 * n, f"drawing {n} points of {name}", "ask for fewer points", g.device)  # float64 temporaries of (n, 2)
     k: torch.Tensor | None
     if n == 0:
         x, k = torch.empty(0, 2, device=g.device), torch.empty(0, dtype=torch.long, device=g.device)

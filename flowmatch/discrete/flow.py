@@ -56,8 +56,10 @@ class DiscreteFlow:
 
     def predict(self, x: torch.Tensor | None, tokens: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(velocity of x or None, posterior logits) at times t (batch,)."""
-        if self.dim == 0:
+        if self.kind == "tokens":
             return None, self.model(tokens, t)
+        if x is None:  # a table of categorical columns only: no continuous features
+            x = torch.zeros(len(tokens), 0, device=tokens.device)
         return self.model(x, tokens, t)
 
     def generate(
@@ -98,9 +100,8 @@ class DiscreteFlow:
         return self.decode(x, tokens)
 
     def decode(self, x: torch.Tensor | None, tokens: torch.Tensor):
-        if self.kind == "table":
-            assert x is not None
-            return self.codec.decode(x.numpy(), tokens.numpy())
+        if self.kind == "table":  # x is None for a table of categorical columns only
+            return self.codec.decode(np.zeros((len(tokens), 0)) if x is None else x.numpy(), tokens.numpy())
         if self.codec is not None and getattr(self.codec, "chars", None) is not None:
             return [self.codec.decode(row) for row in tokens.numpy()]
         return tokens.numpy()

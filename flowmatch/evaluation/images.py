@@ -248,14 +248,12 @@ def frechet_distance(feats_a, feats_b) -> float:
 
 def save_classifier(classifier: ImageClassifier, folder: str | os.PathLike) -> None:
     """Write ``classifier.safetensors`` (weights) and ``classifier.json`` (config and meta) into ``folder``."""
-    from safetensors.torch import save_file
+    from flowmatch.storage import make_folder, save_tensors, write_json
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
-    save_file(state, str(folder / CLASSIFIER_WEIGHTS))
+    folder = make_folder(folder)
+    save_tensors(folder / CLASSIFIER_WEIGHTS, classifier.state_dict())  # each file atomically, weights first
     meta = {"format": _CLASSIFIER_FORMAT, "version": _CLASSIFIER_VERSION, "config": classifier.config, "meta": classifier.meta}
-    (folder / CLASSIFIER_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json(folder / CLASSIFIER_META, meta)
 
 
 def load_classifier(folder: str | os.PathLike) -> ImageClassifier:

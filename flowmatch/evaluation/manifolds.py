@@ -115,6 +115,15 @@ def evaluate_manifold(
             raise FlowmatchError(
                 f"{label}={name}: a manifold run integrates with {', '.join(MANIFOLD_SOLVERS)} (fixed steps through the exponential map)"
             )
+    from flowmatch.solvers.grids import time_grid
+    from flowmatch.solvers.tableaus import steps_for
+
+    for name, count in ((solver, nfe), (likelihood_solver, likelihood_nfe)):  # checked before any work
+        time_grid("uniform", steps_for(name, count))
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+        raise FlowmatchError(f"probes must be a non-negative integer (0: the exact divergence), got {probes!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FlowmatchError(f"seed must be a non-negative integer, got {seed!r}")
     data = data if data is not None else run_data(flow)
     if data.test is not None:  # blocks of the test split: K + 1 of them with at least 2 points each
         sets = min(sets, len(data.test) // 2 - 1)

@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from flowmatch.evaluation.memorisation import memorisation, memorisation_warning
 from flowmatch.evaluation.metrics import MAX_EXACT_W2, mmd, mmd_bandwidths, quality, w2_exact
 from flowmatch.likelihood import summarize
 from flowmatch.solvers.tableaus import TABLEAUS
-from flowmatch.storage import write_json
+from flowmatch.storage import check_writable, write_json
 
 REPORT = "report.json"
 
@@ -427,6 +428,7 @@ def evaluate(
     (``quick``, ``n``, ``solver``, ``nfe``, ``n_likelihood``, fixed-step ``likelihood_solver`` and
     ``likelihood_nfe``, ``divergence``/``probes``, ``seed``, ``pictures`` and ``reference`` with ``train`` apply).
     """
+    _check_flow(flow, run_dir)
     if hasattr(flow, "kind") and hasattr(flow, "nll_bound"):
         return _evaluate_discrete(flow, run_dir, quick=quick, n=n, nfe=nfe, seed=seed)
     from flowmatch.manifolds.flow import RiemannianFlow
@@ -441,20 +443,29 @@ def evaluate(
             seed=seed, pictures=pictures,
         )  # fmt: skip
     started = time.perf_counter()
+    for name, given, count in (("solver", solver, nfe), ("likelihood_solver", likelihood_solver, likelihood_nfe)):
+        if given is not None and given not in TABLEAUS and given != "meanflow" and count is not None:
+            flag = "nfe" if name == "solver" else "likelihood_nfe"
+            raise FlowmatchError(f"{flag}={count} does not apply to {name}={given}, which chooses its own steps (atol, rtol)")
+    if likelihood_nfe is not None and likelihood_solver is None and not quick:
+        raise FlowmatchError(
+            f"likelihood_nfe={likelihood_nfe} does not apply to the full report's likelihood solver, {FULL['likelihood_solver']}, "
+            "which chooses its own steps: give a fixed-step one with it, as likelihood_solver=rk4"
+        )
     solver, nfe = flow.resolve_sampler(solver, nfe)
     defaults = QUICK if quick else FULL
-    n = n or defaults["n"]
-    n_likelihood = n_likelihood or defaults["n_likelihood"]
+    n = defaults["n"] if n is None else n
+    n_likelihood = defaults["n_likelihood"] if n_likelihood is None else n_likelihood
     likelihood_solver = likelihood_solver or defaults["likelihood_solver"]
-    likelihood_nfe = likelihood_nfe or defaults["likelihood_nfe"]
+    likelihood_nfe = defaults["likelihood_nfe"] if likelihood_nfe is None else likelihood_nfe
     pictures = (not quick) if pictures is None else pictures
     sweep = (not quick) if sweep is None else sweep
-    for label, value in (("n", n), ("n_likelihood", n_likelihood)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise FlowmatchError(f"{label} must be an integer >= 2, got {value!r}")
     folder = Path(run_dir) if run_dir is not None else None
-    if folder is not None and not folder.is_dir():
-        raise FlowmatchError(f"run folder '{folder}' does not exist")
+    check_options(
+        flow, n=n, n_likelihood=n_likelihood, solver=solver, nfe=nfe, likelihood_solver=likelihood_solver,
+        likelihood_nfe=likelihood_nfe, atol=atol, rtol=rtol, divergence=divergence, probes=probes, seed=seed,
+        flags={"quick": quick, "pictures": pictures, "sweep": sweep, "progress": progress}, folder=folder,
+    )  # fmt: skip
 
     name = flow.config.get("data", "")
     if train is not None and reference is None:
@@ -529,6 +540,56 @@ def evaluate(
     if folder is not None:
         write_json(folder / REPORT, _json_safe(report))
     return report
+
+
+def _check_flow(flow, run_dir) -> None:
+    """evaluate()'s first two arguments: a loaded flow (not its folder) and a run folder path or None."""
+    from flowmatch.discrete.flow import DiscreteFlow
+    from flowmatch.flow import Flow
+    from flowmatch.manifolds.flow import RiemannianFlow
+
+    if isinstance(flow, (str, os.PathLike)):
+        raise FlowmatchError(f"evaluate takes a flow, not its run folder: evaluate(flowmatch.load({str(flow)!r}), {str(flow)!r})")
+    if not isinstance(flow, (Flow, DiscreteFlow, RiemannianFlow)):
+        raise FlowmatchError(f"evaluate takes a Flow (flowmatch.load(run) gives one), got {type(flow).__name__}")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise FlowmatchError(f"run_dir must be a path to a run folder or None, got {type(run_dir).__name__} {run_dir!r}")
+
+
+def check_options(
+    flow, *, n, n_likelihood, solver, nfe, likelihood_solver, likelihood_nfe, atol, rtol, divergence, probes, seed, flags, folder
+) -> None:
+    """Every option of :func:`evaluate`, checked before any work (an evaluation takes minutes; a bad option must
+    not wait for its turn): the counts, both samplers (an NFE a fixed-step solver can take, a time grid that
+    fits in memory, dopri5's tolerances), the divergence, the probes, the seed, the switches, and a run
+    folder that exists and can be written."""
+    from flowmatch.likelihood import resolve_divergence
+    from flowmatch.solvers.grids import time_grid
+    from flowmatch.solvers.integration import _check_tolerance
+    from flowmatch.solvers.tableaus import SOLVERS, steps_for
+
+    for label, value in (("n", n), ("n_likelihood", n_likelihood)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise FlowmatchError(f"{label} must be an integer >= 2, got {value!r}")
+    for label, value in flags.items():
+        if not isinstance(value, bool):
+            raise FlowmatchError(f"{label} must be True or False, got {value!r}")
+    for what, (name, count) in (("solver", (solver, nfe)), ("likelihood_solver", (likelihood_solver, likelihood_nfe))):
+        if name in TABLEAUS:
+            time_grid("uniform", steps_for(name, count))  # an NFE the solver can take, a grid that fits in memory
+        elif name not in SOLVERS and not (what == "solver" and name == "meanflow"):
+            raise FlowmatchError(f"unknown {what} {name!r}; choose from {', '.join(SOLVERS)}")
+    _check_tolerance("atol", atol)
+    _check_tolerance("rtol", rtol)
+    resolve_divergence(divergence, flow.dim)
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise FlowmatchError(f"probes must be a positive integer, got {probes!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 3:
+        raise FlowmatchError(f"seed must be an integer in [0, 2**32 - 4], got {seed!r}")
+    if folder is not None:
+        if not folder.is_dir():
+            raise FlowmatchError(f"run folder '{folder}' does not exist")
+        check_writable(folder / REPORT)
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -51,6 +51,7 @@ from flowmatch.data.tables import read_table
 from flowmatch.data.toy import _check_count, _check_seed, _did_you_mean, _make_generator
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.manifolds import Manifold, make_manifold
+from flowmatch.storage import reading
 
 #: Largest allowed deviation of a quaternion's (or a unit vector's) norm from 1 in a user file; rows
 #: within it are normalised.
@@ -528,14 +529,15 @@ def load_manifold_data(
         raise FlowmatchError(f"units={units!r}: choose one of {', '.join(UNITS)}")
     names = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else (list(columns) if columns is not None else None)
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".csv":
-        kind, points = _read_csv_points(path, wanted, names, units)
-    elif ext in (".npy", ".npz"):
-        if names is not None:
-            raise FlowmatchError(f"{path}: columns= names CSV columns; a {ext} array has none")
-        kind, points = _read_array_points(path, wanted, units)
-    else:
-        raise FlowmatchError(f"{path}: unsupported file type {ext or '(no extension)'!r}; expected .csv, .npy or .npz")
+    with reading(path):  # no permission, an I/O error: one line naming the file
+        if ext == ".csv":
+            kind, points = _read_csv_points(path, wanted, names, units)
+        elif ext in (".npy", ".npz"):
+            if names is not None:
+                raise FlowmatchError(f"{path}: columns= names CSV columns; a {ext} array has none")
+            kind, points = _read_array_points(path, wanted, units)
+        else:
+            raise FlowmatchError(f"{path}: unsupported file type {ext or '(no extension)'!r}; expected .csv, .npy or .npz")
     m = _build_manifold(path, manifold, kind, points)
     if kind == "so3":
         points = m.canonical(points)

@@ -222,6 +222,8 @@ class UNet(nn.Module):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise FlowmatchError(f"unet: {name} must be an integer >= {low}, got {value!r}")
+        if channels % 2:
+            raise FlowmatchError(f"unet: channels must be even (its time embedding pairs sines with cosines), got {channels}")
         if not mult or min(mult) < 1:
             raise FlowmatchError(f"unet: channel_mult must be a non-empty list of positive integers, got {list(mult)}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.storage import atomic_file, make_folder
 
 _PAD = 2  # pixels between cells
 
@@ -104,8 +105,9 @@ def _compose(
             if cell_labels is not None and j < len(cell_labels[i]):
                 draw.text((x + 1, y + ch), str(cell_labels[i][j]), fill=_TEXT_COLOUR, font=font)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_png, format="PNG")
+    make_folder(out_png.parent)
+    with atomic_file(out_png) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def save_image_grid(

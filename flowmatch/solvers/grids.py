@@ -73,6 +73,9 @@ def time_grid(name_or_times: GridSpec, steps: int, t0: float = 0.0, t1: float = 
         raise FlowmatchError(f"the number of steps must be a positive integer, got {steps!r}")
 
     if isinstance(name_or_times, str):
+        from flowmatch.memory import require_memory
+
+        require_memory(4 * 8 * (steps + 1), f"a time grid of {steps} steps", "ask for a smaller nfe")  # u, g and their temporaries
         u = torch.arange(steps + 1, dtype=torch.float64) / steps
         if name_or_times == "uniform":
             g = u

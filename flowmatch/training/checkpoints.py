@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.storage import atomic_folder
+from flowmatch.storage import atomic_folder, save_tensors
 
 STATE_TENSORS = "state.safetensors"
 
@@ -42,7 +42,7 @@ def save_state(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta:
     root = Path(run_dir) / FOLDER
     final = root / f"step-{step:08d}"
     with atomic_folder(final) as staging:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / STATE_TENSORS))
+        save_tensors(staging / STATE_TENSORS, tensors)  # a full disk: one error naming the checkpoint
         (staging / STATE_META).write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True))
     states = list_states(run_dir)
     before = [p for p in states if step_of(p) < step][-1:]

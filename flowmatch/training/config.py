@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +217,17 @@ class TrainConfig:
     log_every: int = _option(50, "append to metrics.csv (and TensorBoard) every N steps", low=1)
     sample_every: int = _option(0, "save a sample picture every N steps (0 = off)", low=0)
 
+    def __post_init__(self) -> None:
+        """Every field holds its declared type, checked at construction by one rule over the fields
+        (:func:`_check_type`): ``TrainConfig(steps="10")`` is refused here, naming the field, not deep inside
+        training. An int given for a float field becomes a float, a path for a str field its string.
+        Values (choices, ranges) are :meth:`validate`'s."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if str(f.type) == "str" and isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            setattr(self, f.name, _check_type(f.name, value, str(f.type), "TrainConfig"))
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
         """Build and validate a config; unknown keys, wrong types and bad values name the key."""
@@ -263,6 +275,15 @@ class TrainConfig:
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def check_saved_types(values: dict[str, Any], source: str) -> None:
+    """The keys of a saved config (config.json) that are :class:`TrainConfig` fields hold their field's type
+    (:func:`_check_type`); other keys are left to whoever reads them."""
+    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        if key in fields:
+            _check_type(key, value, fields[key], source)
 
 
 def _check_type(key: str, value: Any, type_name: str, source: str):

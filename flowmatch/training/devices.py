@@ -9,6 +9,8 @@ from flowmatch.errors import FlowmatchError
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when available (the process's own GPU under torchrun)."""
+    if not isinstance(name, str):
+        raise FlowmatchError(f"device must be a name (cpu, cuda, cuda:N or auto), got {type(name).__name__} {name!r}")
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
@@ -21,6 +23,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise FlowmatchError(f"unsupported device '{name}'; use cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FlowmatchError(f"device '{name}' asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

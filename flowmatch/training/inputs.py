@@ -45,11 +45,24 @@ class Objects:
     source: Any = None
 
 
+def check_arguments(folder: Any, name: str, **switches: Any) -> None:
+    """The plain arguments of :func:`~flowmatch.training.train` and :func:`~flowmatch.training.fit`: the run
+    folder ``name`` (a path or None) and True/False ``switches``, each refused by name."""
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise FlowmatchError(f"{name} must be a path to a run folder or None, got {type(folder).__name__} {folder!r}")
+    for key, value in switches.items():
+        if not isinstance(value, bool):
+            raise FlowmatchError(f"{key} must be True or False, got {type(value).__name__} {value!r}")
+
+
 def split_objects(
     config: TrainConfig | None, overrides: dict[str, Any], *, resume: bool = False, **given: Any
 ) -> tuple[TrainConfig, Objects]:
     """The config (``"python"`` where an object stands in for a name) and the objects themselves; a
     resumed run may leave out a model that its checkpoint rebuilds."""
+    if config is not None and not isinstance(config, TrainConfig):
+        hint = f": the first argument is the config; pass data={config!r}" if isinstance(config, (str, os.PathLike)) else ""
+        raise FlowmatchError(f"config must be a TrainConfig or None, got {type(config).__name__}{hint}")
     objects = Objects()
     overrides = dict(overrides)
     for key in _OBJECT_KEYS:
@@ -107,8 +120,10 @@ def training_data(
     rank: int = 0,
     start_step: int = 0,
     stream_state: dict[str, Any] | None = None,
+    min_test_rows: int = 0,
 ) -> TrainingData:
-    """Resolve the data: a name or file (as the config says), an array, or a stream."""
+    """Resolve the data: a name or file (as the config says), an array, or a stream. Finite data must hold out
+    at least ``min_test_rows`` test rows (:meth:`Dataset.require_test_rows`)."""
     from flowmatch.runs import dataset_from_config
     from flowmatch.training.schedules import batch_size_at
 
@@ -128,9 +143,9 @@ def training_data(
             n_train=stream.n_rows,
         )  # fmt: skip
     if data is not None:
-        dataset = _array_dataset(data, config).hold_out_validation(config.val_fraction, config.seed)
+        dataset = _array_dataset(data, config).require_test_rows(min_test_rows).hold_out_validation(config.val_fraction, config.seed)
     else:
-        dataset = dataset_from_config(config.to_dict())
+        dataset = dataset_from_config(config.to_dict(), min_test_rows)
     if config.conditional and not dataset.num_classes:
         raise FlowmatchError(f"data '{config.data}' has no class labels to condition on (set label_column=NAME for a CSV column)")
     conditions: dict[str, dict[str, int]] = {}

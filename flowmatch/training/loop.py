@@ -63,13 +63,13 @@ import torch.distributed as dist
 from flowmatch.errors import FlowmatchError
 from flowmatch.leftovers import locks_run
 from flowmatch.models.registry import build_model
-from flowmatch.storage import atomic_folder, write_json
+from flowmatch.storage import atomic_folder, make_folder, reading, write_json, writing
 from flowmatch.training.checkpoints import drop_states_from, latest_state, step_of, unprefixed
 from flowmatch.training.config import TrainConfig, resolve_kind, resolve_select, resolve_target
 from flowmatch.training.devices import resolve_device, resolve_precision
 from flowmatch.training.distributed import _distributed_env, _record_rank_agreement
 from flowmatch.training.ema import EMA
-from flowmatch.training.inputs import TrainingData, resolve_path, resolve_source, split_objects, training_data
+from flowmatch.training.inputs import TrainingData, check_arguments, resolve_path, resolve_source, split_objects, training_data
 from flowmatch.training.objective import NonFiniteLoss, Objective
 from flowmatch.training.pairs import PairSampler
 from flowmatch.training.schedules import learning_rate
@@ -115,6 +115,7 @@ def train(
     progress: bool = True,
     callback: Callable[[int, Any, float], None] | None = None,
     callback_steps: Iterable[int] = (),
+    min_test_rows: int = 0,
     **overrides,
 ) -> TrainResult:
     """Train a flow; ``train(steps=2000, data="moons")`` is the same as passing a TrainConfig.
@@ -129,6 +130,9 @@ def train(
     sample pictures as training goes (see :func:`fit` for the finished run folder); with
     ``resume`` training continues from the folder's newest checkpoint (pass the same objects again).
 
+    ``min_test_rows``: finite data (a file, a table, rows given in Python) must hold out at least this many
+    test rows, checked before the first step (:func:`fit` asks for what its measurements need).
+
     ``callback(step, flow, seconds)`` is called after each step in ``callback_steps`` (on the main
     process) with a Flow holding the EMA weights of that moment and the training seconds so far, for
     example to score the model as it trains; the training clock (``TrainResult.seconds``, the
@@ -137,6 +141,10 @@ def train(
     from flowmatch.flow import Flow, on_flat_rows
     from flowmatch.runs import build_flow, flow_meta, reopen_run
 
+    check_arguments(run_dir, "run_dir", resume=resume, progress=progress)
+    callback_steps = _callback_steps(callback, callback_steps)
+    if isinstance(min_test_rows, bool) or not isinstance(min_test_rows, int) or min_test_rows < 0:
+        raise FlowmatchError(f"min_test_rows must be a non-negative integer, got {min_test_rows!r}")
     config, objects = split_objects(config, overrides, resume=resume, model=model, data=data, path=path, source=source)
     if objects.data is None and config.kind != "continuous":
         kind = resolve_kind(config)
@@ -154,7 +162,9 @@ def train(
     run = Path(run_dir) if run_dir is not None else None
     state = latest_state(run) if run is not None and resume else None
     start_step = state[2]["step"] if state is not None else 0
-    inputs = training_data(config, objects, world=world, rank=rank, start_step=start_step, stream_state=stream_state(state))
+    inputs = training_data(
+        config, objects, world=world, rank=rank, start_step=start_step, stream_state=stream_state(state), min_test_rows=min_test_rows
+    )
     dataset, stream = inputs.dataset, inputs.stream
     source = resolve_source(config, objects, inputs.dim)
     pairs = PairSampler(config, inputs.source_of_batches, source, inputs.conditions)
@@ -221,7 +231,7 @@ def train(
     log = _Log(run if main_process else None, config, start_step)
     stop = _StopSignal()
     bar = _progress_bar(config.steps, start_step, progress and main_process)
-    callback_steps = set(callback_steps) if callback is not None and main_process else set()
+    callback_steps = callback_steps if callback is not None and main_process else set()
     done, exhausted = start_step, False
     # a resumed run that had stopped early is finished (its best weights are already behind it)
     stopped_early = validation is not None and 0 < config.early_stop <= start_step - validation.best_step
@@ -236,7 +246,7 @@ def train(
                 exhausted = True
                 break
             except NonFiniteLoss as exc:
-                raise FlowmatchError(f"{exc}; {_last_good(run if main_process else None, exc.step, start_step)}") from None
+                raise NonFiniteLoss(f"{exc}; {_last_good(run if main_process else None, exc.step, start_step)}", exc.step) from None
             lr = learning_rate(config, step)
             _descend(optimizer, model, loss, lr, config.grad_clip)
             ema.update(model)
@@ -300,6 +310,20 @@ def _last_good(run: Path | None, step: int, start: int) -> str:
     if step_of(kept) >= step:
         return f"the run keeps the checkpoint it started from, step {step_of(kept)} ({kept})"
     return f"the run keeps its last good checkpoint, step {step_of(kept)} ({kept}): finite weights whose loss was finite"
+
+
+def _callback_steps(callback: Any, steps: Any) -> set[int]:
+    """The steps to call ``callback`` after, checked before training: a callable and integers."""
+    if callback is not None and not callable(callback):
+        raise FlowmatchError(f"callback must be callable as callback(step, flow, seconds), got {type(callback).__name__} {callback!r}")
+    try:
+        chosen = set(steps)
+    except TypeError:
+        raise FlowmatchError(f"callback_steps must be an iterable of step numbers, got {type(steps).__name__} {steps!r}") from None
+    bad = [k for k in chosen if isinstance(k, bool) or not isinstance(k, int)]
+    if bad:
+        raise FlowmatchError(f"callback_steps must hold integers, got {bad[0]!r}")
+    return chosen
 
 
 def _descend(optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
@@ -450,25 +474,19 @@ class _StopSignal:
 
 
 class _Log:
-    """metrics.csv (and TensorBoard when installed) every ``log_every`` steps, main process only."""
+    """metrics.csv and validation.csv (and TensorBoard when installed) every ``log_every`` steps, main process
+    only. Each write opens, appends and closes: an error midway (a full disk) leaves no open file behind."""
 
     def __init__(self, run: Path | None, config: TrainConfig, start_step: int):
         self.every = config.log_every
-        self.file = self.val_file = None
+        self.path = self.val_path = None
         self.tensorboard = None
         self.last_time: float | None = None
         if run is None:
             return
-        path = run / "metrics.csv"
-        rows = path.read_text().splitlines() if path.exists() else []
-        kept = [r for r in rows[1:] if int(r.split(",")[0]) <= start_step]  # drop rows past the checkpoint
-        path.write_text("\n".join(["step,loss,lr,steps_per_s,seconds", *kept]) + "\n")
-        self.file = open(path, "a")
-        val_path = run / "validation.csv"
-        rows = val_path.read_text().splitlines() if val_path.exists() else []
-        kept = [r for r in rows[1:] if int(r.split(",")[0]) <= start_step]
-        val_path.write_text("\n".join(["step,val_loss", *kept]) + "\n")
-        self.val_file = open(val_path, "a")
+        self.path, self.val_path = run / "metrics.csv", run / "validation.csv"
+        _restart_log(self.path, "step,loss,lr,steps_per_s,seconds", start_step)
+        _restart_log(self.val_path, "step,val_loss", start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -477,33 +495,42 @@ class _Log:
             self.tensorboard = None
 
     def step(self, step: int, losses: list[float], lr: float, seconds: float) -> None:
-        if self.file is None or step % self.every:
+        if self.path is None or step % self.every:
             return
         recent = losses[-self.every :]
         loss = sum(recent) / len(recent)
         rate = self.every / (seconds - self.last_time) if self.last_time is not None and seconds > self.last_time else float("nan")
         self.last_time = seconds
-        self.file.write(f"{step},{loss:.6g},{lr:.6g},{rate:.4g},{seconds:.3f}\n")
-        self.file.flush()
+        _append(self.path, f"{step},{loss:.6g},{lr:.6g},{rate:.4g},{seconds:.3f}\n")
         if self.tensorboard is not None:
             self.tensorboard.add_scalar("loss", loss, step)
             self.tensorboard.add_scalar("lr", lr, step)
 
     def validation(self, step: int, loss: float) -> None:
-        if self.val_file is None:
+        if self.val_path is None:
             return
-        self.val_file.write(f"{step},{loss:.6g}\n")
-        self.val_file.flush()
+        _append(self.val_path, f"{step},{loss:.6g}\n")
         if self.tensorboard is not None:
             self.tensorboard.add_scalar("val_loss", loss, step)
 
     def close(self) -> None:
-        if self.val_file is not None:
-            self.val_file.close()
-        if self.file is not None:
-            self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def _restart_log(path: Path, header: str, start_step: int) -> None:
+    """``path`` (a CSV log of a run) rewritten with the rows up to ``start_step``: a resumed run drops those
+    past its checkpoint (and rows that are not ``step,...``)."""
+    with reading(path):
+        rows = path.read_text(errors="replace").splitlines()[1:] if path.exists() else []
+    kept = [r for r in rows if r.split(",")[0].isdigit() and int(r.split(",")[0]) <= start_step]
+    with writing(path):
+        path.write_text("\n".join([header, *kept]) + "\n")
+
+
+def _append(path: Path, line: str) -> None:
+    with writing(path), open(path, "a") as fh:  # a full disk: one line naming the file
+        fh.write(line)
 
 
 def _start_run_folder(run: Path, config: TrainConfig, checkpoint, source=None) -> None:
@@ -526,8 +553,7 @@ def _start_run_folder(run: Path, config: TrainConfig, checkpoint, source=None) -
 def _progress_picture(flow, run: Path, step: int) -> None:
     from flowmatch.plots.figures import plot_samples
 
-    folder = run / "progress"
-    folder.mkdir(exist_ok=True)
+    folder = make_folder(run / "progress")
     test = flow.dataset.test[:1000]
     samples = flow.sample(len(test), solver="rk4", nfe=40, seed=0)
     plot_samples(samples, test, folder / f"step-{step:08d}.png", title=f"step {step}")

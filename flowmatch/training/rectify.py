@@ -58,7 +58,7 @@ import torch
 from flowmatch.errors import FlowmatchError
 from flowmatch.leftovers import locks_run, owner
 from flowmatch.solvers.integration import integrate
-from flowmatch.storage import atomic_file, write_json
+from flowmatch.storage import atomic_file, make_folder, write_json
 from flowmatch.training.threads import positions_of, thread_scope, use_threads
 
 #: Offset between a run's training seed and the seed of its pair draws, so that the x0 of the
@@ -237,7 +237,7 @@ def _retrain(
     started = time.perf_counter()
     x0, x1 = make_pairs(teacher, n_pairs, solver=teacher_solver, nfe=teacher_nfe, seed=pair_seed)
     pair_seconds = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     save_pairs(pending, x0, x1)
     try:
         result, metrics = fit(config, out=out, force=force, progress=progress, evaluate=evaluate)
