@@ -692,6 +692,30 @@ CASES: list[Case] = [
         )
         for rows, ext in ((4, "npy"), (8, "npy"), (10, "npy"), (10, "csv"), (37, "npy"), (20, "npz"))
     ],
+    *[
+        Case(
+            f"train-small-{what}",
+            argv=("train", "--data", "{dir}/" + name, "--out", "{dir}/new", *TINY),
+            words=words,
+            absent=("{dir}/new",),
+            setup=_bytes(name, content),
+        )
+        for what, name, content, words in (
+            (
+                "table",
+                "t.csv",
+                ("size,colour\n" + "".join(f"{i}.5,{'red' if i % 2 else 'blue'}\n" for i in range(10))).encode(),
+                ("t.csv: 10 rows are too few", "at least 18 rows"),
+            ),
+            (
+                "places",
+                "p.csv",
+                ("lat,lon\n" + "".join(f"{i * 7 - 30},{i * 13 - 60}\n" for i in range(10))).encode(),
+                ("p.csv: 10 rows are too few", "at least 38 rows"),
+            ),
+            ("text", "t.txt", b"ab" * 40, ("t.txt: 80 tokens are too few",)),
+        )
+    ],
     Case(
         "train-10-rows-no-validation",
         argv=("train", "--data", "{dir}/small.npy", "--out", "{dir}/new", "--val-fraction", "0", *TINY),

@@ -89,6 +89,10 @@ class TableData:
         return cache[split]
 
 
+#: The fewest test rows a table's evaluation scores (:data:`flowmatch.evaluation.tables.MIN_ROWS`).
+TABLE_MIN_TEST = 4
+
+
 def load_table_data(path: str, *, missing: str, seed: int, val_fraction: float) -> TableData:
     """A CSV table read and checked (:func:`flowmatch.data.tables.read_table`), its rows shuffled with
     ``seed`` and split: 20% test, then ``val_fraction`` of the rest for validation; the codec is fitted on
@@ -99,6 +103,12 @@ def load_table_data(path: str, *, missing: str, seed: int, val_fraction: float) 
     n = len(frame)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     n_test = max(2, round(TABLE_TEST_FRACTION * n))
+    if n_test < TABLE_MIN_TEST:  # checked before training: the evaluation would fail after it
+        fewest = next(k for k in range(n, 100 * TABLE_MIN_TEST) if round(TABLE_TEST_FRACTION * k) >= TABLE_MIN_TEST)
+        raise FlowmatchError(
+            f"{path}: {n} rows are too few: a table run's evaluation scores a test split of at least {TABLE_MIN_TEST} rows "
+            f"({TABLE_TEST_FRACTION:.0%} of the rows), so the table needs at least {fewest} rows"
+        )
     n_val = max(2, round(val_fraction * (n - n_test))) if val_fraction > 0 else 0
     if n - n_test - n_val < 2:
         raise FlowmatchError(f"{path}: {n} rows are too few to split into train, validation and test")
