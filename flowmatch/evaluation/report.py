@@ -584,8 +584,8 @@ def check_options(
     resolve_divergence(divergence, flow.dim)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise FlowmatchError(f"probes must be a positive integer, got {probes!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 3:
-        raise FlowmatchError(f"seed must be an integer in [0, 2**32 - 4], got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise FlowmatchError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     if folder is not None:
         if not folder.is_dir():
             raise FlowmatchError(f"run folder '{folder}' does not exist")

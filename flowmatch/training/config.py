@@ -203,7 +203,7 @@ class TrainConfig:
     standardize: str = _option("auto", "standardise data (auto: files yes, built-ins and images no)", choices=("auto", "yes", "no"))
     workers: int = _option(0, "DataLoader worker processes reading a torch Dataset given to train()", low=0)
     mmap: str = _option("auto", "memory-map a .npy file (auto: files over 1 GiB)", choices=("auto", "yes", "no"))
-    seed: int = _option(0, "random seed", low=0)
+    seed: int = _option(0, "random seed (the evaluation seeds numpy with it: at most 2**32 - 1)", low=0, high=2**32 - 1)
     device: str = _option("auto", "cpu, cuda, cuda:N or auto")
     threads: int = _option(
         0,
