@@ -232,7 +232,7 @@ class Flow:
         average velocity (``solver="meanflow"``, :func:`~flowmatch.solvers.mean_flow_sample`). An NFE
         left out with another solver is 100.
         """
-        objective = self.config.get("objective")
+        objective = str(self.config.get("objective", "flow-matching"))
         default = {"distill": ("euler", int(self.config.get("distill_nfe", 1))), "meanflow": ("meanflow", 1)}.get(objective, ("rk4", 100))
         solver = default[0] if solver is None else solver
         if nfe is None:
