@@ -153,7 +153,7 @@ def test_plot_command_errors(run, tmp_path, capsys):
     meta["dim"] = 3
     (mismatched / "checkpoint.json").write_text(json.dumps(meta))
     code = main(["plot", "--run", str(mismatched), "--what", "samples"])
-    _one_error_line(capsys, code, "do not match")
+    _one_error_line(capsys, code, "checkpoint.json", "dim is 3")  # the metadata contradicts itself, named before the weights load
 
 
 def test_two_d_pictures_refuse_higher_dimensions(tmp_path, capsys):
