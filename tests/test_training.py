@@ -9,7 +9,7 @@ import torch
 import flowmatch.training as training
 import flowmatch.training.devices as devices
 import flowmatch.training.objective as objective
-from flowmatch.errors import FlowmatchError
+from flowmatch.errors import FlowmatchError, FlowmatchWarning
 from flowmatch.evaluation.metrics import w2_exact
 from flowmatch.training.config import PRESETS, TrainConfig, resolve_config, resolve_target
 from flowmatch.training.devices import resolve_precision
@@ -354,7 +354,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys):
     assert list_states(run), "the step-0 checkpoint is kept"
     import flowmatch
 
-    flowmatch.load(run)  # still loadable
+    with pytest.warns(FlowmatchWarning, match="training checkpoint step 0"):
+        flowmatch.load(run)  # still loadable, from the last good training checkpoint
 
 
 # -- conditional generation -----------------------------------------------------------------------
