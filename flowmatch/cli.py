@@ -331,7 +331,10 @@ def _cmd_sample(args) -> int:
         shape, nfe = (args.n * len(combos), flow.dim), _stream_samples(flow, args, out, combos, options)
     which = f", labels {','.join(map(str, labels))} ({args.n} each, in that order)" if args.label else ""
     which += f", {len(rows)} condition rows ({args.n} each, in that order)" if args.condition else ""
-    print(f"wrote {out}: shape {shape}{which}, solver {flow.resolve_sampler(args.solver, args.nfe)[0]}, NFE {nfe}")
+    sampler = (
+        f"the SDE (Euler-Maruyama, noise {args.noise:g})" if args.noise else f"solver {flow.resolve_sampler(args.solver, args.nfe)[0]}"
+    )
+    print(f"wrote {out}: shape {shape}{which}, {sampler}, NFE {nfe}")
     return 0
 
 

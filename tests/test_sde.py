@@ -130,3 +130,27 @@ def test_flow_generate_takes_noise():
     for options, needle in [({"solver": "rk4"}, "Euler-Maruyama"), ({"grid": "cosine"}, "uniform grid"), ({"noise": -1.0}, "noise")]:
         with pytest.raises(FlowmatchError, match=needle):
             flow.generate(10, noise=options.pop("noise", 1.0), **options)
+
+
+def test_the_sample_command_takes_noise(tmp_path, capsys):
+    import numpy as np
+    from cli_checks import one_error_line
+
+    from flowmatch.cli import main
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.fitting import fit
+
+    tiny = TrainConfig(data="two-gaussians", steps=20, width=16, depth=2, batch_size=64, batch_warmup=0, device="cpu")
+    fit(tiny, out=tmp_path / "run", progress=False, evaluate=False)
+    run = str(tmp_path / "run")
+    assert main(["sample", "--run", run, "-n", "64", "--nfe", "20", "--noise", "1", "--out", str(tmp_path / "sde.npy")]) == 0
+    assert "the SDE (Euler-Maruyama, noise 1), NFE 20" in capsys.readouterr().out
+    args = ["sample", "--run", run, "-n", "64", "--nfe", "20", "--solver", "euler"]
+    assert main([*args, "--noise", "0", "--out", str(tmp_path / "zero.npy")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ode.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "zero.npy"), np.load(tmp_path / "ode.npy"))  # noise 0 is the ODE
+    assert not np.array_equal(np.load(tmp_path / "sde.npy"), np.load(tmp_path / "ode.npy"))
+    capsys.readouterr()
+    code = main(["sample", "--run", run, "-n", "8", "--noise", "1", "--solver", "rk4", "--out", str(tmp_path / "x.npy")])
+    one_error_line(capsys, code, "Euler-Maruyama")
+    assert not (tmp_path / "x.npy").exists()
