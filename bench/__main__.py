@@ -1,13 +1,14 @@
 """Run every benchmark in sequence: ``python -m bench`` (``make bench``).
 
 train_speed, peers (four tasks, three seeds, two processes: about 50 minutes on 2 cores), throughput,
-fewstep, and memorisation (seed 0: flowmatch before and after issue 17's defaults and ForestFlow on
+fewstep, sde (the SDE sampler against the ODE, about 6 minutes), and memorisation (seed 0: flowmatch before and after issue 17's defaults and ForestFlow on
 the finite sets, about 40 minutes), tables (mixed-type tables against ForestFlow), text (the built-in
 corpus) and manifolds (Riemannian flow matching against Meta's flow_matching and the Euclidean flow,
 about 17 minutes); each prints its Markdown table and writes its results under ``bench/results/``. Everything
 runs on one thread per process (OMP_NUM_THREADS=1). fewstep runs with one seed here (its full
-three-seed run is about half an hour on its own: ``python -m bench.fewstep``); ``--quick`` runs the
-peers on two-gaussians with one seed.
+three-seed run is about 40 minutes on its own: ``python -m bench.fewstep``); ``--quick`` runs the
+peers on two-gaussians with one seed. Not here: ``python -m bench.fewstep_digits`` (MeanFlow on
+digits: two U-Nets, about 30 minutes).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="peers on two-gaussians with one seed")
     parser.add_argument(
-        "--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,memorisation,tables,text,manifolds"
+        "--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,sde,memorisation,tables,text,manifolds"
     )
     args = parser.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
 
         # fewstep's full run (3 seeds) is about half an hour on its own; one seed keeps make bench near it
         stage("fewstep", lambda: fewstep.main(["--seeds", "0"]))
+    from bench import sde
+
+    stage("sde", sde.main)  # the SDE sampler against the ODE: three seeds, about 6 minutes
     from bench import memorisation
 
     # its full run (three seeds) is python -m bench.memorisation; seed 0 keeps its own result files
