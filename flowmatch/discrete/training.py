@@ -189,11 +189,8 @@ def train_discrete(config: TrainConfig, *, data: Any = None, model: torch.nn.Mod
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
-    sampler = ema.averaged_copy(model)
     use_best = best["weights"] is not None and config.select in ("auto", "val-loss")
-    if use_best:
-        sampler.load_state_dict(best["weights"])
-    flow.model = sampler.eval()
+    flow.model = ema.sampling_copy(model, best["weights"] if use_best else None)
     validation = (
         None if val is None else {"best_step": best["step"], "best_loss": best["loss"], "selected": "val-loss" if use_best else "last"}
     )

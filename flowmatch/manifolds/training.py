@@ -306,11 +306,8 @@ def train_manifold(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
-    sampler = ema.averaged_copy(net)
     use_best = best["weights"] is not None and config.select in ("auto", "val-loss")
-    if use_best:
-        sampler.load_state_dict(best["weights"])
-    flow.model = sampler.eval()
+    flow.model = ema.sampling_copy(net, best["weights"] if use_best else None)
     validation = None
     if val is not None:
         validation = {

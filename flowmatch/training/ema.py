@@ -52,3 +52,11 @@ class EMA:
         import copy
 
         return self.copy_into(model, copy.deepcopy(model))
+
+    def sampling_copy(self, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """The model a finished run samples with, in eval mode: a copy holding the EMA weights, or
+        ``weights`` (e.g. those of the best validation step) where given."""
+        sampler = self.averaged_copy(model)
+        if weights is not None:
+            sampler.load_state_dict(weights)
+        return sampler.eval()

@@ -441,11 +441,8 @@ def _flow_for(model, ema, path, inputs: TrainingData, config, *, source=None, we
     """A Flow that samples with a copy of the model holding the EMA weights (or ``weights``)."""
     from flowmatch.flow import Flow
 
-    sampler = ema.averaged_copy(model)
-    if weights is not None:
-        sampler.load_state_dict(weights)
     return Flow(
-        model=sampler.eval(), path=path, standardizer=inputs.standardizer, dataset=inputs.dataset, source=source,
+        model=ema.sampling_copy(model, weights), path=path, standardizer=inputs.standardizer, dataset=inputs.dataset, source=source,
         config=config.to_dict(), shape=inputs.shape, conditions=inputs.conditions,
     )  # fmt: skip
 
