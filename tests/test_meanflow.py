@@ -451,3 +451,15 @@ def test_objective_meanflow_refuses_what_cannot_take_two_times():
     one_time = Flow(model=MLP(2, width=16).eval(), path=make_path("linear"), standardizer=identity, config={"source": "gaussian"})
     with pytest.raises(FlowmatchError, match="two-time model"):
         one_time.generate(10, solver="meanflow")
+
+
+def test_the_nfe_sweep_of_a_meanflow_run_has_its_jumps_beside_the_ode_solvers():
+    from flowmatch.evaluation.report import nfe_sweep
+    from flowmatch.training.config import TrainConfig
+    from flowmatch.training.loop import train
+
+    flow = train(TrainConfig(objective="meanflow", **TINY), progress=False).flow
+    held = flow.dataset.test
+    sweep = nfe_sweep(flow, held[:100], held[100:200], n=100, nfes=(1, 2, 4))
+    assert [k for k, _ in sweep["w2"]["solvers"]["meanflow"]] == [1, 2, 4]
+    assert [k for k, _ in sweep["w2"]["solvers"]["rk4"]] == [4]  # the ODE solvers on u(x, t, t), as before

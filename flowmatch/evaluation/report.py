@@ -198,13 +198,16 @@ def nfe_sweep(
 ) -> dict[str, Any]:
     """Exact W2 and MMD^2 of ``n`` samples to ``held_a`` for each fixed-step solver and NFE, with floors.
 
-    Every solve starts from the same noise, so the curves differ only by the solver's error. Returns
+    Every solve starts from the same noise, so the curves differ only by the solver's error. A MeanFlow
+    run's own jumps (solver ``meanflow``, any NFE) are swept beside the ODE solvers on its velocity. Returns
     ``{"n", "w2": {"floor", "solvers": {solver: [[nfe, value], ...]}}, "mmd": {...}}``.
     """
     n = min(n, len(held_a), len(held_b), MAX_EXACT_W2)
     ref, other = held_a[:n], held_b[:n]
     bandwidths = mmd_bandwidths(ref)
-    runs = [(s, k) for s in solvers for k in nfes if k % TABLEAUS[s].stages == 0]
+    if flow.config.get("objective") == "meanflow" and "meanflow" not in solvers:
+        solvers = (*solvers, "meanflow")
+    runs = [(s, k) for s in solvers for k in nfes if s == "meanflow" or k % TABLEAUS[s].stages == 0]
     if progress:
         from tqdm.auto import tqdm
 
