@@ -57,9 +57,10 @@ if __package__ in (None, ""):  # python bench/fewstep.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.heldout import HeldOut  # noqa: E402
-from flowmatch.training.config import TrainConfig
-from flowmatch.training.fitting import fit  # noqa: E402
-from flowmatch.training.rectify import distill, reflow, straightness  # noqa: E402
+from flowmatch.api import fit  # noqa: E402
+from flowmatch.config import TrainConfig
+from flowmatch.modalities.points.rectify import straightness  # noqa: E402
+from flowmatch.rectify import distill, reflow  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = {
@@ -138,8 +139,8 @@ def coupling_cost(batch: int = 256, rounds: int = 9, repeats: int = 15) -> dict:
 
 
 def loop_step_ms(coupling: str, steps: int = 300) -> float:
-    """ms per step of the whole training loop (flowmatch.training.train) with a coupling."""
-    from flowmatch.training.loop import train
+    """ms per step of the whole training loop (flowmatch.engine.train) with a coupling."""
+    from flowmatch.api import train
 
     result = train(TrainConfig(steps=steps, coupling=coupling, ot_reg=SINKHORN_REG, device="cpu", **FIXED_BATCH), progress=False)
     return result.seconds / steps * 1e3

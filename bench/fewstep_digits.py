@@ -36,10 +36,10 @@ import torch
 if __package__ in (None, ""):  # python bench/fewstep_digits.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flowmatch.api import fit  # noqa: E402
+from flowmatch.config import TrainConfig  # noqa: E402
 from flowmatch.evaluation.report import image_report  # noqa: E402
 from flowmatch.runs import load  # noqa: E402
-from flowmatch.training.config import TrainConfig  # noqa: E402
-from flowmatch.training.fitting import fit  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 RECIPE = {"data": "digits", "model": "unet", "conditional": True, "batch_size": 128, "batch_warmup": 0, "lr": 1e-3, "device": "cpu"}

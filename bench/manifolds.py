@@ -107,7 +107,7 @@ def held_out(name: str, seed: int) -> list[torch.Tensor]:
 
 def resolved_config(name: str, steps: int | None, seed: int, **overrides):
     """kind manifold's defaults for the set, as flowmatch.fit resolves them."""
-    from flowmatch.training.config import TrainConfig, kind_defaults
+    from flowmatch.config import TrainConfig, kind_defaults
 
     given = {"data": name, "seed": seed, **overrides, **({"steps": steps} if steps else {})}
     return TrainConfig.from_dict({**kind_defaults("manifold", given), "kind": "manifold", **given})
@@ -122,10 +122,10 @@ def train_meta(name: str, config, seed: int):
     from flow_matching.utils.manifolds import FlatTorus as MetaTorus
     from flow_matching.utils.manifolds import Sphere as MetaSphere
 
+    from flowmatch.engine.ema import EMA
+    from flowmatch.engine.schedules import learning_rate
     from flowmatch.manifolds.data import manifold_set
     from flowmatch.manifolds.flow import TangentMLP
-    from flowmatch.training.ema import EMA
-    from flowmatch.training.schedules import learning_rate
 
     data = manifold_set(name)
     m = data.manifold

@@ -12,7 +12,7 @@ and batch schedule):
 - ``TorchCFM CFM`` / ``TorchCFM OT-CFM``: ``torchcfm``'s ``ConditionalFlowMatcher(sigma=0)`` and
   ``ExactOptimalTransportConditionalFlowMatcher(sigma=0)``; constant lr; torchdiffeq ``odeint``.
 - ``Meta flow_matching``: ``AffineProbPath(CondOTScheduler())``, constant lr; its ``ODESolver``.
-- ``flowmatch default``: ``flowmatch.training.train`` with its defaults (cosine lr decay, EMA 0.999
+- ``flowmatch default``: ``flowmatch.engine.train`` with its defaults (cosine lr decay, EMA 0.999
   with warm-up, used for sampling; fused Adam; ``precision="auto"``, which on a CPU with bf16 units
   autocasts the model's matmuls to bfloat16; lr 4e-3; batch 512 after a warm-up from 256 over the
   first 1,000 steps; 32 stratified training times per batch, each shared by a run of pairs; the
@@ -23,7 +23,7 @@ and batch schedule):
 - ``flowmatch ot``: the same with ``coupling="ot"`` at the peers' lr and batch (256, no warm-up: the
   exact coupling costs about 5x as much at 512).
 - ``flowmatch distill-1``: flowmatch's best few-step configuration: ``flowmatch ot`` distilled
-  (``flowmatch.training.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
+  (``flowmatch.modalities.points.rectify.distill``) into a one-Euler-step student on ``PAIRS`` rk4 NFE 100 pairs,
   ``DISTILL_STEPS`` steps at lr 1e-3. Its training time adds the teacher's, the pairs' and the
   student's; it is scored at NFE 1 only (what it was trained for).
 
@@ -362,9 +362,9 @@ def train_peer(task: Task, loss_fn, steps: int, seed: int, also_reverse: bool = 
 
 
 def train_flowmatch(task: Task, steps: int, seed: int, folder: Path | None = None, **options):
-    """flowmatch.training.train; probes through its callback (the training clock stops during them)."""
-    from flowmatch.training.config import TrainConfig
-    from flowmatch.training.loop import train
+    """flowmatch.engine.train; probes through its callback (the training clock stops during them)."""
+    from flowmatch.api import train
+    from flowmatch.config import TrainConfig
 
     probes = []
 
@@ -494,7 +494,7 @@ def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: 
         result.flow.save_checkpoint(teacher)
         record("flowmatch ot", result.flow, result.seconds, probes)
         teacher_seconds = result.seconds
-        from flowmatch.training.rectify import distill
+        from flowmatch.rectify import distill
 
         student, metrics = distill(
             teacher, Path(tmp) / "distill-1", nfe=1, n_pairs=PAIRS, steps=DISTILL_STEPS, lr=1e-3, progress=False, evaluate=False
@@ -716,8 +716,8 @@ def main(argv: list[str] | None = None) -> None:
             tput[kind] = {str(nfe): throughput(kind, state, nfe) for nfe in (8, 100)}
             print(f"  throughput {kind}: {tput[kind]}", flush=True)
     load_end = os.getloadavg()
-    from flowmatch.training.config import TrainConfig
-    from flowmatch.training.devices import resolve_precision
+    from flowmatch.config import TrainConfig
+    from flowmatch.engine.devices import resolve_precision
 
     default = TrainConfig()
     header = (

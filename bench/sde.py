@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # python bench/sde.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.heldout import HeldOut  # noqa: E402
-from flowmatch.training.config import TrainConfig  # noqa: E402
-from flowmatch.training.loop import train  # noqa: E402
+from flowmatch.api import train  # noqa: E402
+from flowmatch.config import TrainConfig  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = 2500

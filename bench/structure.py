@@ -120,7 +120,11 @@ def main() -> None:
     for size, name in longest_functions(trees):
         print(f"    {size:4d}  {name}")
     cli = PACKAGE / "cli.py"
-    cli_lines = len(cli.read_text().splitlines()) if cli.is_file() else sum(len(f.read_text().splitlines()) for f in (PACKAGE / "cli").rglob("*.py"))
+    cli_lines = (
+        len(cli.read_text().splitlines())
+        if cli.is_file()
+        else sum(len(f.read_text().splitlines()) for f in (PACKAGE / "cli").rglob("*.py"))
+    )
     print(f"cli: {cli_lines} lines")
 
 

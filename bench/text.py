@@ -35,8 +35,8 @@ SAMPLES = 192
 
 def main(argv: list[str] | None = None) -> None:
     import flowmatch
-    from flowmatch.discrete.training import data_from_config
     from flowmatch.evaluation.text import NGramModel, ngram_report
+    from flowmatch.modalities.tokens.modality import token_data_of
 
     parser = argparse.ArgumentParser(prog="python -m bench.text", description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/pydoc", help="a finished pydoc run (trained here if missing)")
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (run / "checkpoint.safetensors").is_file():
         subprocess.run([sys.executable, "-m", "flowmatch", "train", "--data", "pydoc", "--out", str(run), "--force"], check=True)
     flow = flowmatch.load(run)
-    data = data_from_config(flow.config)
+    data = token_data_of(flow)
     metrics = json.loads((run / "metrics.json").read_text())
     windows = data.chunks(flow.length, "test")
     started = time.perf_counter()

@@ -3,7 +3,7 @@
 1. Peak: GFLOP/s of a ``MATMUL_N`` x ``MATMUL_N`` matmul (2 N^3 FLOPs) in float32 and bfloat16, best
    of ``REPEATS`` (one thread; the bf16 figure is what the CPU's bf16 units, if any, give through
    torch's CPU kernels).
-2. Model: the default network (``MLP(2, width=256, depth=3)``) trained by ``flowmatch.training.train``
+2. Model: the default network (``MLP(2, width=256, depth=3)``) trained by ``flowmatch.engine.train``
    for ``TRAIN_STEPS`` steps on ``DATA`` (so the quality figures mean something; the speed does not
    depend on the weights). Its FLOPs per evaluation are counted by
    ``torch.utils.flop_counter.FlopCounterMode`` (the matmuls; activations and the solver's axpys are
@@ -88,8 +88,8 @@ def flops_per_point(model: torch.nn.Module, n: int = 1024) -> float:
 
 
 def trained_flow():
-    from flowmatch.training.config import TrainConfig
-    from flowmatch.training.loop import train
+    from flowmatch.api import train
+    from flowmatch.config import TrainConfig
 
     return train(TrainConfig(data=DATA, steps=TRAIN_STEPS, device="cpu", seed=0), progress=False).flow
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from bench.seed_recipe import train_seed
-from flowmatch.training.config import TrainConfig, resolve_config
-from flowmatch.training.devices import resolve_precision
-from flowmatch.training.loop import train
+from flowmatch.api import train
+from flowmatch.config import TrainConfig, resolve_config
+from flowmatch.engine.devices import resolve_precision
 
 RESULTS = Path(__file__).parent / "results"
 

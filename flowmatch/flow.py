@@ -14,17 +14,18 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from flowmatch import conditions as conditions_module
 from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
 from flowmatch.paths.affine import AffinePath
 from flowmatch.solvers.grids import time_grid
-from flowmatch.solvers.integration import integrate
+from flowmatch.solvers.integration import integrate, require_finite
 
 #: Precisions the sampler's network can run in (the state and the solver stay float32).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -52,7 +53,10 @@ class Samples:
 
 
 class Flow:
-    """A trained velocity field with its path and data coordinates; samples and (later) scores data."""
+    """A trained velocity field with its path and data coordinates; samples and scores data (the flow of
+    kind ``continuous``: points, arrays and images)."""
+
+    kind = "continuous"
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class Flow:
         #: one row's shape as the model takes it (None: flat rows (D,)); solvers and metrics see flat rows
         self.shape = None if shape is None else tuple(int(k) for k in shape)
         #: the conditions the model takes, by name: {"classes": K} for labels, {"dim": k} for float vectors
-        self.conditions = dict(conditions) if conditions is not None else _conditions_of(model)
+        self.conditions = dict(conditions) if conditions is not None else conditions_module.conditions_of(model)
 
     @property
     def dim(self) -> int:
@@ -108,8 +112,6 @@ class Flow:
     def dataset(self) -> Dataset:
         """The training data set (rebuilt from the config on first use after loading)."""
         if self._dataset is None:
-            from flowmatch.runs import dataset_from_config
-
             self._dataset = dataset_from_config(self.config)
         return self._dataset
 
@@ -120,79 +122,17 @@ class Flow:
 
     def labels_for(self, n: int, label) -> torch.Tensor | None:
         """Per-sample class labels (n,) from one class, a sequence of n classes, or None."""
-        if label is None:
-            return None
-        if not self.num_classes:
-            raise FlowmatchError("this model was trained without labels; sample it without label=")
-        try:
-            given = torch.as_tensor(label)
-        except (TypeError, ValueError, RuntimeError):  # text, a number beyond int64, ragged lists
-            raise FlowmatchError(f"label must be a class number or a sequence of them, got {label!r:.60}") from None
-        if given.is_floating_point() and not torch.equal(given, given.round()) or given.is_complex() or given.dtype == torch.bool:
-            raise FlowmatchError(f"label must be whole class numbers, got {label!r:.60}")
-        y = given.long().reshape(-1)
-        if y.numel() == 1:
-            y = y.expand(n)
-        if y.numel() != n:
-            raise FlowmatchError(f"got {y.numel()} labels for {n} samples")
-        if (y < 0).any() or (y >= self.num_classes).any():
-            raise FlowmatchError(f"label out of range: the model knows classes 0..{self.num_classes - 1}")
-        return y.to(self.device)
+        return conditions_module.labels_for(self.conditions, n, label, self.device)
 
     def condition_for(self, n: int, label=None, condition=None) -> dict[str, torch.Tensor] | None:
-        """The model's condition arguments for n samples: class labels (``label``: one class or n) and
-        ``condition``, a tensor for the float condition ``c`` or a mapping of named conditions, each with
-        one row (shared by all samples) or n rows. None: unconditional."""
-        out: dict[str, torch.Tensor] = {}
-        labels = self.labels_for(n, label)
-        if labels is not None:
-            out["y"] = labels
-        if condition is not None:
-            given = condition if isinstance(condition, dict) else {"c": condition}
-            for name, value in given.items():
-                out[name] = self._condition_rows(name, value, n)
-        return out or None
-
-    def _condition_rows(self, name: str, value, n: int) -> torch.Tensor:
-        spec = self.conditions.get(name)
-        if spec is None:
-            known = ", ".join(self.conditions) or "none"
-            raise FlowmatchError(f"this model takes no condition {name!r} (its conditions: {known})")
-        if isinstance(value, torch.Tensor):
-            rows = value.detach()
-        else:
-            try:
-                rows = torch.as_tensor(np.asarray(value))
-            except (TypeError, ValueError) as exc:
-                raise FlowmatchError(f"condition {name!r}: not an array ({exc})") from None
-        if "classes" in spec:
-            rows = rows.long().reshape(-1)
-        else:
-            rows = rows.to(torch.float32)
-            if rows.ndim <= 1:  # one value per sample (a 1-d condition), or one row for all
-                rows = rows.reshape(-1, 1) if spec["dim"] == 1 else rows.reshape(1, -1)
-            if rows.ndim != 2 or rows.shape[1] != spec["dim"]:
-                raise FlowmatchError(
-                    f"condition {name!r} needs rows of {spec['dim']} values, got shape {tuple(value.shape) if hasattr(value, 'shape') else rows.shape}"
-                )
-        if len(rows) == 1:
-            rows = rows.expand(n, *rows.shape[1:])
-        if len(rows) != n:
-            raise FlowmatchError(f"condition {name!r} has {len(rows)} rows for {n} samples (give 1 or {n})")
-        return rows.to(self.device)
+        """The model's condition arguments for n samples (:func:`flowmatch.conditions.condition_for`): class
+        labels (``label``: one class or n) and ``condition``, a tensor for the float condition ``c`` or a
+        mapping of named conditions, each with one row (shared by all samples) or n rows. None: unconditional."""
+        return conditions_module.condition_for(self.conditions, n, label, condition, self.device)
 
     def null_condition(self, condition: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The same conditions dropped, as training dropped them: the null class for labels, NaN rows for floats."""
-        out = {}
-        for name, value in condition.items():
-            spec = self.conditions.get(name, {})
-            if "classes" not in spec:
-                out[name] = torch.full_like(value, math.nan, dtype=torch.float32)
-            elif spec["classes"]:
-                out[name] = torch.full_like(value, spec["classes"])
-            else:  # an integer condition of a model without num_classes: training never dropped it
-                raise FlowmatchError(f"guidance needs a null for condition {name!r}: give the model a num_classes (its null class)")
-        return out
+        return conditions_module.null_condition(self.conditions, condition)
 
     def velocity(self, condition=None, guidance: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """v(x, t) in model coordinates, as the solvers call it.
@@ -362,7 +302,7 @@ class Flow:
                         return_trajectory=return_trajectory,
                         progress=progress,
                     )
-            _require_finite(solution.x, solver, solution.nfe)
+            require_finite(solution.x, solver, solution.nfe)
             trajectory = None
             if solution.trajectory is not None:
                 trajectory = self.standardizer.inverse(solution.trajectory.cpu())
@@ -455,14 +395,19 @@ class Flow:
 
     # -- saving and loading -------------------------------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:
-        """What rebuilds this flow without its weights (:func:`flowmatch.runs.flow_meta`)."""
-        from flowmatch.runs import flow_meta
-
+        """What rebuilds this flow without its weights (:func:`flow_meta`)."""
         return flow_meta(self)
 
+    def keep(self, folder: str | os.PathLike) -> None:
+        """The rows of a source given in Python, kept beside the weights (a sampler's are named by reference)."""
+        if self.config.get("source") == "python" and self._source is not None:
+            from flowmatch.data.sources import save_source_rows
+
+            save_source_rows(self._source, Path(folder))
+
     def save_checkpoint(self, folder: str | os.PathLike) -> None:
-        """Weights and metadata into ``folder`` (:func:`flowmatch.runs.save_flow`)."""
-        from flowmatch.runs import save_flow
+        """Weights and metadata into ``folder`` (:func:`flowmatch.engine.runs.save_flow`)."""
+        from flowmatch.saving import save_flow
 
         save_flow(self, folder)
 
@@ -473,16 +418,6 @@ def on_flat_rows(model: Callable, shape: tuple[int, ...] | None) -> Callable:
     if shape is None:
         return model
     return lambda x, t, **c: model(x.reshape(x.shape[0], *shape), t, **c).reshape(x.shape[0], -1)
-
-
-def _require_finite(x: torch.Tensor, solver: str, nfe: int) -> None:
-    """Samples hold no NaN or infinity: a draw that does (a diverged model or solver) is an error, not a result."""
-    finite = torch.isfinite(x.detach().reshape(len(x), -1)).all(1)
-    if not bool(finite.all()):
-        raise FlowmatchError(
-            f"sampling gave non-finite values in {int((~finite).sum())} of {len(x)} samples (solver {solver}, NFE {nfe}): "
-            "the model's velocity overflows; its weights may have diverged in training"
-        )
 
 
 def _check_memory(n: int, dim: int, solver: str, nfe, trajectory: bool, log_prob: bool, device: torch.device) -> None:
@@ -558,13 +493,128 @@ def _in_row_chunks(model: Callable, rows: int | None) -> Callable:
     return call
 
 
-def _conditions_of(model: torch.nn.Module) -> dict[str, dict[str, int]]:
-    """The conditions a built-in model's config names: labels ``y`` and a float vector ``c``."""
-    config = getattr(model, "config", None)
-    config = config if isinstance(config, dict) else {}
-    out = {}
-    if config.get("num_classes"):
-        out["y"] = {"classes": int(config["num_classes"])}
-    if config.get("condition_dim"):
-        out["c"] = {"dim": int(config["condition_dim"])}
-    return out
+# -- run folders -----------------------------------------------------------------------------------
+_TRI_STATE = {"auto": None, "yes": True, "no": False}
+
+
+def dataset_from_config(config: dict[str, Any], min_test_rows: int = 0) -> Dataset:
+    """The training data set a run's config names (its data, seed, standardisation, labels, mmap),
+    with its validation rows held out (``val_fraction``; 0 for runs saved before it existed); finite data
+    must hold out at least ``min_test_rows`` test rows (:meth:`Dataset.require_test_rows`)."""
+    if config["data"] == "python":
+        raise FlowmatchError(
+            "this run was trained on data given in Python, which its folder does not hold: pass reference= (held-out points) to evaluate it"
+        )
+    dataset = load_dataset(
+        config["data"],
+        seed=config["seed"],
+        standardize=_TRI_STATE[config.get("standardize", "auto")],
+        label_column=config.get("label_column") or None,
+        mmap=_TRI_STATE[config.get("mmap", "auto")],
+        condition_columns=config.get("condition_columns") or None,
+    ).require_test_rows(min_test_rows)
+    if config.get("pairs"):  # reflow and distillation train on a teacher's pairs: nothing to validate against
+        return dataset
+    return dataset.hold_out_validation(float(config.get("val_fraction", 0.0)), int(config["seed"]))
+
+
+def standardize_option(value: str) -> bool | None:
+    """The config's ``standardize`` (auto, yes, no) as :func:`~flowmatch.data.dataset.load_dataset` takes it."""
+    return _TRI_STATE[value]
+
+
+def flow_meta(flow: Flow) -> dict[str, Any]:
+    """checkpoint.json: what rebuilds the flow around its weights, as JSON.
+
+    The model's :func:`~flowmatch.models.registry.to_config` (a built-in's options, or an importable
+    factory and its arguments; a model that has neither is named by its class, and loading it needs
+    ``model=``), the path (:func:`~flowmatch.paths.specs.path_to_config`: a path that cannot be named
+    raises here, before anything is written), the standardiser, one row's shape, the conditions, and a
+    source given in Python.
+    """
+    from flowmatch.models.registry import to_config
+    from flowmatch.paths.specs import path_to_config
+    from flowmatch.saving import FORMAT_VERSION
+
+    try:
+        model = to_config(flow.model)
+    except FlowmatchError:
+        model = {"class": f"{type(flow.model).__module__}:{type(flow.model).__qualname__}", "rebuild": False}
+    meta = {
+        "format": "flowmatch-checkpoint",
+        "version": FORMAT_VERSION,
+        "kind": flow.kind,
+        "dim": flow.dim,
+        "model": model,
+        "path": path_to_config(flow.path),
+        "standardizer": flow.standardizer.to_dict(),
+    }
+    if flow.shape is not None:
+        meta["shape"] = list(flow.shape)
+    if flow.conditions != conditions_module.conditions_of(flow.model):
+        meta["conditions"] = flow.conditions
+    if flow.config.get("source") == "python" and flow._source is not None:
+        from flowmatch.data.sources import source_to_config
+
+        meta["source"] = source_to_config(flow._source)
+    return meta
+
+
+def build_flow(
+    meta: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    where,
+    *,
+    model: torch.nn.Module | None = None,
+    source: Any = None,
+    folder: Path | None = None,
+) -> Flow:
+    """A Flow from checkpoint metadata (see :func:`flow_meta`) and its weights, in ``model`` if given."""
+    from flowmatch.models.registry import from_config
+    from flowmatch.paths.specs import path_from_config
+    from flowmatch.saving import check_format, load_weights, meta_file
+
+    check_format(meta, where)
+    try:
+        spec = dict(meta["model"])
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise FlowmatchError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
+        if model is None and spec.get("rebuild") is False:
+            raise FlowmatchError(
+                f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
+                "pass one: flowmatch.load(run, model=YourModel(...))"
+            )
+        model = model if model is not None else from_config(spec, int(meta["dim"]))
+        path = path_from_config(meta["path"])
+        standardizer = Standardizer.from_dict(meta["standardizer"])
+        _check_dims(meta, standardizer, meta_file(where))
+        if source is None and config.get("source") == "python" and "source" in meta:
+            from flowmatch.data.sources import source_from_config
+
+            source = source_from_config(meta["source"], folder if folder is not None else Path(where).parent)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, FlowmatchError):
+            raise
+        raise FlowmatchError(f"{meta_file(where)}: malformed checkpoint metadata ({exc!r})") from None
+    return Flow(
+        model=load_weights(model, state, where), path=path, standardizer=standardizer, config=config, source=source,
+        shape=meta.get("shape"), conditions=meta.get("conditions"),
+    )  # fmt: skip
+
+
+def _check_dims(meta: dict[str, Any], standardizer: Standardizer, where) -> None:
+    """checkpoint.json agrees with itself: its ``dim`` is a positive integer, the standardiser has that many
+    columns and a row ``shape`` holds that many values (the weights are checked against ``dim`` on loading)."""
+    dim = meta["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise FlowmatchError(f"{where}: checkpoint metadata's dim must be a positive integer, got {dim!r}")
+    if standardizer.dim != dim:
+        raise FlowmatchError(f"{where}: checkpoint metadata's standardizer has {standardizer.dim} columns but its dim is {dim}")
+    shape = meta.get("shape")
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in shape)
+        or math.prod(shape) != dim
+    ):
+        raise FlowmatchError(f"{where}: checkpoint metadata's row shape {shape!r} does not hold dim = {dim} values")

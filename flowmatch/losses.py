@@ -1,7 +1,7 @@
 """Losses as functions: the flow-matching loss, its training times and weights, and the distillation loss.
 
 They take tensors, a path and any model called as ``model(x, t, **condition)`` (class labels as
-``y``, other conditions by name), so that a loop of one's own is a few lines; ``flowmatch.training.train`` calls the same
+``y``, other conditions by name), so that a loop of one's own is a few lines; ``flowmatch.engine.train`` calls the same
 functions.
 
 **Flow matching.** For pairs (x0, x1) and times t,

@@ -780,9 +780,9 @@ CASES: list[Case] = [
             ("atol-nan", ("--atol", "nan"), ("atol must be a positive number",)),
             ("seed-negative", ("--seed", "-5"), ("seed must be an integer in [0, 2**32 - 1], got -5",)),
             ("seed-too-large", ("--seed", str(2**40)), ("seed must be an integer in",)),
-            ("sets-on-a-continuous-run", ("--sets", "3"), ("--sets does not apply to a continuous run",)),
-            ("temperature-on-a-continuous-run", ("--temperature", "0.5"), ("--temperature does not apply",)),
-            ("corrector-and-target", ("--corrector", "1", "--target", "x"), ("--corrector, --target do not apply",)),
+            ("sets-on-a-continuous-run", ("--sets", "3"), ("--sets 3 does not apply to a continuous run",)),
+            ("temperature-on-a-continuous-run", ("--temperature", "0.5"), ("--temperature 0.5 does not apply",)),
+            ("corrector-and-target", ("--corrector", "1", "--target", "x"), ("--corrector 1.0, --target x do not apply",)),
         )
     ],
     Case(
@@ -1065,7 +1065,8 @@ CASES: list[Case] = [
                 ("train", "--out", "{dir}/new", "--data", "{data}/good.npy", "--conditional", *TINY),
                 ("has no class labels",),
             ),
-            ("unet-on-points", ("train", "--out", "{dir}/new", "--model", "unet", *TINY), ("needs image data",)),
+            ("unet-on-points", ("train", "--out", "{dir}/new", "--model", "unet", *TINY[:2], *TINY[6:]), ("needs image data",)),
+            ("width-for-the-unet", ("train", "--out", "{dir}/new", "--model", "unet", *TINY), ("--width 16 does not apply to model unet",)),
             (
                 "label-column-on-npy",
                 ("train", "--out", "{dir}/new", "--data", "{data}/good.npy", "--label-column", "a", *TINY),
@@ -1158,7 +1159,7 @@ CASES: list[Case] = [
             (
                 "sample-temperature",
                 ("sample", "--run", "{run}", "--temperature", "0.5", "--out", "{dir}/x.npy"),
-                ("apply to tokens and table runs",),
+                ("--temperature 0.5 does not apply to a continuous run",),
             ),
             (
                 "sample-condition-missing",
@@ -1357,9 +1358,9 @@ def test_constant_column_is_held_fixed(base: Path, tmp_path: Path, capsys):
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv"])
 def test_large_n_is_streamed_to_the_file_in_blocks(base: Path, tmp_path: Path, monkeypatch, suffix: str):
-    """flowmatch sample writes -n in blocks of rows (memory bounded by cli.STREAM_BYTES, not by -n), and the
+    """flowmatch sample writes -n in blocks of rows (memory bounded by STREAM_BYTES, not by -n), and the
     file equals what one Flow.generate call of all the rows gives."""
-    import flowmatch.cli as cli
+    import flowmatch.modalities.points.modality as cli
     from flowmatch.flow import Flow
 
     calls: list[int] = []

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import flowmatch
+from flowmatch.api import fit
+from flowmatch.engine.checkpoints import list_states, save_state
 from flowmatch.errors import FlowmatchWarning
 from flowmatch.storage import atomic_file
-from flowmatch.training.checkpoints import list_states, save_state
-from flowmatch.training.fitting import fit
 
 TRAIN = [sys.executable, "-m", "flowmatch", "train", "--width", "16", "--depth", "2", "--batch-size", "32", "--quiet", "--no-eval"]
 

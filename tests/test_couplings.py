@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from flowmatch.api import train
 from flowmatch.couplings import cost_matrix, couple, plan, transport_cost
 from flowmatch.errors import FlowmatchError
-from flowmatch.training.loop import train
 
 
 def _batch(n, seed, shift=3.0, shape=(2,)):

@@ -8,9 +8,9 @@ import sys
 
 from safetensors.torch import load_file
 
-from flowmatch.training.checkpoints import list_states
-from flowmatch.training.config import TrainConfig
-from flowmatch.training.fitting import fit
+from flowmatch.api import fit
+from flowmatch.config import TrainConfig
+from flowmatch.engine.checkpoints import list_states
 
 # fp32: the comparison is about sharding, and bf16's rounding (8-bit mantissas) would swamp the float32
 # sum-order differences it looks for (100 bf16 steps differ by 2e-3)

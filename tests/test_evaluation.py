@@ -19,6 +19,7 @@ import torch
 from cli_checks import one_error_line as _one_error_line
 
 from flowmatch.cli import main
+from flowmatch.config import TrainConfig
 from flowmatch.data import toy as data
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
@@ -27,7 +28,6 @@ from flowmatch.flow import Flow
 from flowmatch.models.registry import build_model
 from flowmatch.paths.affine import make_path
 from flowmatch.storage import write_json
-from flowmatch.training.config import TrainConfig
 
 
 class MixtureField(torch.nn.Module):
@@ -253,8 +253,8 @@ def test_eval_command_bad_run_folders(tmp_path, capsys):
 
 
 def test_image_report_on_a_tiny_conditional_digits_run(tmp_path):
+    from flowmatch.api import train
     from flowmatch.evaluation.report import image_report
-    from flowmatch.training.loop import train
 
     flow = train(data="digits", model="unet", conditional=True, channels=8, steps=20, batch_size=32, progress=False).flow
     report = image_report(flow, tmp_path, nfe=4, guidance=(1.0, 2.0))

@@ -1,5 +1,5 @@
 """train / fit / load on a user's own objects: models, tensors, torch Datasets, DataLoaders, iterables,
-paths, sources and conditions (flowmatch.training.inputs, flowmatch.data.streams, flowmatch.runs)."""
+paths, sources and conditions (flowmatch.modalities.points.inputs, flowmatch.data.streams, flowmatch.runs)."""
 
 import os
 import subprocess

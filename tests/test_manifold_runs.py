@@ -13,6 +13,7 @@ from cli_checks import one_error_line
 
 import flowmatch
 from flowmatch.cli import main
+from flowmatch.config import MANIFOLD_SET_NAMES, TrainConfig, kind_defaults, resolve_kind
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds import (
     MANIFOLD_SETS,
@@ -22,13 +23,12 @@ from flowmatch.manifolds import (
     GeodesicPath,
     RiemannianFlow,
     Sphere,
-    TangentMLP,
     quaternion_multiply,
 )
 from flowmatch.manifolds.data import load_manifold_data, manifold_set, points_to_columns
 from flowmatch.models.registry import build_model, from_config, to_config
+from flowmatch.models.tangent import TangentMLP
 from flowmatch.storage import read_json
-from flowmatch.training.config import MANIFOLD_SET_NAMES, TrainConfig, kind_defaults, resolve_kind
 
 TINY = ["--steps", "30", "--width", "32", "--depth", "2", "--batch-size", "64", "--quiet"]
 
@@ -179,10 +179,13 @@ def test_a_built_in_set_trains_samples_loads_evaluates_and_plots(tmp_path, capsy
         (["sample", "--run", str(run), "--out", str(tmp_path / "y.npy"), "--solver", "dopri5"], "--solver dopri5: a manifold run"),
         (["sample", "--run", str(run), "--out", str(tmp_path / "y.npy"), "--nfe", "6"], "--nfe 6 is not a multiple of 4"),
         (["sample", "--run", str(run), "--out", str(tmp_path / "y.txt")], "writes .npy or .csv"),
-        (["sample", "--run", str(run), "--out", str(tmp_path / "y.npy"), "--label", "1"], "--solver (euler, midpoint, heun, rk4)"),
+        (["sample", "--run", str(run), "--out", str(tmp_path / "y.npy"), "--label", "1"], "trained without labels"),
         (["eval", "--run", str(run), "--quick", "--likelihood-solver", "dopri5"], "--likelihood-solver dopri5"),
-        (["plot", "--run", str(run), "--what", "density"], "only --what samples"),
-        (["train", "--resume", str(run)], "cannot be resumed"),
+        (["plot", "--run", str(run), "--what", "density"], "draws samples, not density"),
+        (
+            ["sample", "--run", str(run), "--out", str(tmp_path / "y.npy"), "--schedule", "cosine"],
+            "--schedule cosine does not apply to a manifold run",
+        ),
     ):
         one_error_line(capsys, main(argv), needle)
     assert not (tmp_path / "y.npy").exists()
@@ -259,10 +262,10 @@ def test_fit_in_python_trains_a_manifold_run(tmp_path):
     assert result.config.model == "tangent-mlp" and "w2" in metrics and "nll" in metrics
     flow = flowmatch.load(tmp_path / "run")
     assert flowmatch.evaluate(flow, quick=True, n=100, n_likelihood=20)["kind"] == "manifold"
-    with pytest.raises(FlowmatchError, match="kind manifold: train it with flowmatch.fit"):
-        flowmatch.train(data="S2-vmf", steps=5, progress=False)
-    with pytest.raises(FlowmatchError, match="manifold run, which cannot be resumed"):
-        flowmatch.fit(out=tmp_path / "run", resume=True, progress=False)
+    trained = flowmatch.train(data="S2-vmf", steps=5, width=16, depth=1, batch_size=32, progress=False)  # the one loop trains every kind
+    assert isinstance(trained.flow, RiemannianFlow) and trained.config.kind == "manifold"
+    result, metrics = flowmatch.fit(out=tmp_path / "run", resume=True, steps=30, progress=False)  # and resumes it
+    assert result.step == 30 and metrics["steps_run"] == 30 and isinstance(flowmatch.load(tmp_path / "run"), RiemannianFlow)
 
 
 # -- user files ---------------------------------------------------------------------------------------------
@@ -335,8 +338,8 @@ def test_bad_manifold_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         (["--data", "S2-vmf", "--units", "degrees"], ["built-in set"]),
         (["--data", "S2-vmf", "--source", "gaussian"], ["the source is 'uniform'"]),
         (["--data", "S2-vmf", "--manifold", "euclidean", "--source", "uniform"], ["R^3 has no uniform distribution"]),
-        (["--data", "S2-vmf", "--coupling", "ot"], ["does not apply to kind manifold"]),
-        (["--data", "S2-vmf", "--model", "unet"], ["trains the tangent-mlp"]),
+        (["--data", "S2-vmf", "--coupling", "ot"], ["--coupling ot does not apply to a manifold run"]),
+        (["--data", "S2-vmf", "--model", "unet"], ["model unet does not apply to a manifold run: it builds tangent-mlp"]),
         (["--data", "S2-vmf", "--source", "T2-wrapped"], ["source 'T2-wrapped' lies on the flat torus T^2", "not on the sphere S^2"]),
         (["--data", "S2-vmf", "--source", "moons"], ["kind manifold starts from --source uniform", "not 'moons'"]),
         (["--data", "S2-vmf", "--source", "wrapped-gaussian:0"], ["source 'wrapped-gaussian:0'", "a number in (0, 10], got '0'"]),

@@ -41,13 +41,11 @@ from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds import (
     SO3,
     Euclidean,
-    FeatureMLP,
     FlatTorus,
     GeodesicPath,
     Manifold,
     RiemannianFlow,
     Sphere,
-    TangentModel,
     integrate_manifold,
     make_manifold,
     manifold_divergence,
@@ -59,8 +57,8 @@ from flowmatch.manifolds import (
     quaternion_to_matrix,
     riemannian_loss,
     sinc,
-    tangent_mlp,
 )
+from flowmatch.models.tangent import FeatureMLP, TangentModel, tangent_mlp
 
 F64 = torch.float64
 COMPACT = [Sphere(2), Sphere(3), FlatTorus(2), SO3()]

@@ -386,10 +386,10 @@ TINY = {"data": "two-gaussians", "steps": 30, "width": 32, "depth": 2, "batch_si
 
 
 def test_objective_meanflow_trains_a_two_time_model_that_samples_in_one_jump_by_default(tmp_path, capsys):
+    from flowmatch.api import fit
     from flowmatch.cli import main
+    from flowmatch.config import TrainConfig
     from flowmatch.runs import load
-    from flowmatch.training.config import TrainConfig
-    from flowmatch.training.fitting import fit
 
     result, metrics = fit(TrainConfig(objective="meanflow", **TINY), out=tmp_path / "run", progress=False, evaluate=False)
     assert metrics["sampler"] == {"solver": "meanflow", "nfe": 1}
@@ -424,14 +424,17 @@ def test_the_loop_regresses_onto_the_posterior_velocity_at_the_intervals_start()
 
 
 def test_objective_meanflow_refuses_what_cannot_take_two_times():
+    from flowmatch.api import train
+    from flowmatch.config import TrainConfig
     from flowmatch.flow import Flow
-    from flowmatch.training.config import TrainConfig
-    from flowmatch.training.loop import train
 
+    unsized = {k: v for k, v in TINY.items() if k not in ("width", "depth")}  # one's own model has its own sizes
     with pytest.raises(FlowmatchError, match="seed-mlp model takes one time"):
+        train(TrainConfig(objective="meanflow", model="seed-mlp", **{k: v for k, v in TINY.items() if k != "depth"}), progress=False)
+    with pytest.raises(FlowmatchError, match="depth=2 does not apply to model seed-mlp"):  # a size the seed MLP has not
         train(TrainConfig(objective="meanflow", model="seed-mlp", **TINY), progress=False)
     with pytest.raises(FlowmatchError, match="times=2"):
-        train(TrainConfig(objective="meanflow", **TINY), model=MLP(2, width=16), progress=False)
+        train(TrainConfig(objective="meanflow", **unsized), model=MLP(2, width=16), progress=False)
 
     class OneTime(torch.nn.Module):
         def __init__(self):
@@ -442,7 +445,7 @@ def test_objective_meanflow_refuses_what_cannot_take_two_times():
             return self.net(torch.cat([x, torch.as_tensor(t).expand(len(x), 1)], 1))
 
     with pytest.raises(FlowmatchError, match="takes no argument r"):
-        train(TrainConfig(objective="meanflow", **TINY), model=OneTime(), progress=False)
+        train(TrainConfig(objective="meanflow", **unsized), model=OneTime(), progress=False)
     with pytest.raises(FlowmatchError, match="need objective meanflow and conditional"):
         TrainConfig.from_dict({"objective": "meanflow", "meanflow_guidance": 2.0})
     from flowmatch.data.standardize import Standardizer
@@ -454,9 +457,9 @@ def test_objective_meanflow_refuses_what_cannot_take_two_times():
 
 
 def test_the_nfe_sweep_of_a_meanflow_run_has_its_jumps_beside_the_ode_solvers():
+    from flowmatch.api import train
+    from flowmatch.config import TrainConfig
     from flowmatch.evaluation.report import nfe_sweep
-    from flowmatch.training.config import TrainConfig
-    from flowmatch.training.loop import train
 
     flow = train(TrainConfig(objective="meanflow", **TINY), progress=False).flow
     held = flow.dataset.test

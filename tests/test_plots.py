@@ -9,6 +9,7 @@ from cli_checks import one_error_line as _one_error_line
 from PIL import Image
 
 from flowmatch.cli import main
+from flowmatch.config import TrainConfig
 from flowmatch.data.standardize import Standardizer
 from flowmatch.evaluation.report import PICTURES
 from flowmatch.flow import Flow
@@ -16,7 +17,6 @@ from flowmatch.models.registry import build_model
 from flowmatch.paths.affine import make_path
 from flowmatch.plots import figures as plots
 from flowmatch.storage import write_json
-from flowmatch.training.config import TrainConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -12,14 +12,15 @@ import pytest
 import torch
 from cli_checks import one_error_line as _one_error_line
 
+from flowmatch.api import fit
 from flowmatch.cli import main
+from flowmatch.config import TrainConfig
 from flowmatch.data.toy import sample_builtin
 from flowmatch.errors import FlowmatchError
+from flowmatch.modalities.points.rectify import PAIR_SEED_OFFSET, make_pairs, straightness
+from flowmatch.rectify import distill, reflow
 from flowmatch.runs import load
 from flowmatch.solvers.integration import integrate
-from flowmatch.training.config import TrainConfig
-from flowmatch.training.fitting import fit
-from flowmatch.training.rectify import PAIR_SEED_OFFSET, distill, make_pairs, reflow, straightness
 
 SMALL = dict(width=32, depth=2, batch_size=128)
 FAST = ["--pairs", "512", "--steps", "30", "--teacher-nfe", "8", "--batch-size", "64", "--quiet"]

@@ -12,10 +12,10 @@ from cli_checks import one_error_line
 from safetensors.torch import load_file, save_file
 
 import flowmatch
+from flowmatch.api import fit
 from flowmatch.cli import main
+from flowmatch.config import TrainConfig
 from flowmatch.errors import FlowmatchError, FlowmatchWarning
-from flowmatch.training.config import TrainConfig
-from flowmatch.training.fitting import fit
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_non_finite_samples_are_an_error_not_a_file(run, tmp_path, capsys):
 # -- the last good checkpoint after a non-finite loss ------------------------------------------------
 def test_a_diverged_run_keeps_step_0_not_the_exploded_weights(tmp_path, capsys):
     """--lr 1e6 writes weights of about 1e6 at step 1, whose loss is infinite: that checkpoint goes."""
-    from flowmatch.training.checkpoints import list_states
+    from flowmatch.engine.checkpoints import list_states
 
     run = tmp_path / "run"
     args = ["--steps", "50", "--width", "16", "--lr", "1e6", "--checkpoint-every", "1", "--precision", "fp32", "--quiet", "--no-eval"]
@@ -203,8 +203,8 @@ class _Exploding(torch.nn.Module):
 
 
 def test_the_last_good_checkpoint_has_finite_weights_and_a_finite_loss(tmp_path):
-    from flowmatch.training.checkpoints import list_states
-    from flowmatch.training.loop import train
+    from flowmatch.api import train
+    from flowmatch.engine.checkpoints import list_states
 
     run = tmp_path / "run"
     with pytest.raises(FlowmatchError) as error:
@@ -222,8 +222,8 @@ def test_the_last_good_checkpoint_has_finite_weights_and_a_finite_loss(tmp_path)
 
 def test_keep_1_still_holds_the_checkpoint_before_the_newest(tmp_path):
     """With --keep-checkpoints 1 the newest checkpoint's loss is not known yet: the one before it stays."""
-    from flowmatch.training.checkpoints import list_states
-    from flowmatch.training.loop import train
+    from flowmatch.api import train
+    from flowmatch.engine.checkpoints import list_states
 
     run = tmp_path / "run"
     with pytest.raises(FlowmatchError, match="the loss is inf at step 6; .* last good checkpoint, step 5 "):
@@ -240,7 +240,7 @@ def _interrupt_at(monkeypatch, at: int) -> None:
     import os
     import signal
 
-    from flowmatch.training import loop
+    from flowmatch.engine import loop
 
     original = loop.learning_rate
 
@@ -253,7 +253,7 @@ def _interrupt_at(monkeypatch, at: int) -> None:
 
 
 def test_a_finished_run_resumed_for_more_steps_and_stopped_loads_its_newest_state(run, tmp_path, monkeypatch, capsys):
-    from flowmatch.training.checkpoints import list_states, load_state, unprefixed
+    from flowmatch.engine.checkpoints import list_states, load_state, unprefixed
 
     extended = tmp_path / "extended"
     shutil.copytree(run, extended)
@@ -442,7 +442,7 @@ def test_a_force_replacement_is_recoverable_at_every_moment(run, tmp_path, capsy
 def test_a_moved_reflow_run_resumes(run, tmp_path, monkeypatch, capsys):
     """config.json names the pairs and the teacher relative to the run folder: moved (with its teacher
     beside it), a stopped reflow run resumes; a teacher left behind is not needed to resume."""
-    from flowmatch.training.rectify import reflow
+    from flowmatch.rectify import reflow
 
     teacher = tmp_path / "a" / "teacher"
     shutil.copytree(run, teacher)
@@ -467,7 +467,7 @@ def test_a_moved_reflow_run_resumes(run, tmp_path, monkeypatch, capsys):
 
 
 def test_absolute_paths_of_older_runs_still_read(tmp_path):
-    from flowmatch.runs import config_for_file, config_from_file
+    from flowmatch.engine.runs import config_for_file, config_from_file
 
     pairs = str(tmp_path / "elsewhere" / "pairs.npz")
     assert config_from_file({"pairs": pairs, "init_from": ""}, tmp_path / "run") == {"pairs": pairs, "init_from": ""}
@@ -551,7 +551,7 @@ def _replace_every(folder, name, kind, marker) -> None:
 def test_a_payload_in_place_of_any_file_flowmatch_reads_is_refused_and_never_run(run, python_source_run, tmp_path, capsys, kind):
     from flowmatch.data.dataset import load_dataset
     from flowmatch.evaluation.images import ImageClassifier, load_classifier, save_classifier
-    from flowmatch.training.pairs import load_pairs
+    from flowmatch.modalities.points.pairs import load_pairs
 
     marker = tmp_path / "marker"
     finished = _finished_copy(run, tmp_path / "finished")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import flowmatch
+from flowmatch.api import fit
+from flowmatch.config import TrainConfig
+from flowmatch.engine.devices import resolve_precision
 from flowmatch.errors import FlowmatchError
-from flowmatch.training.config import TrainConfig
-from flowmatch.training.devices import resolve_precision
-from flowmatch.training.fitting import fit
 
 
 @pytest.fixture(scope="module")

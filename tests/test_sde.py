@@ -136,9 +136,9 @@ def test_the_sample_command_takes_noise(tmp_path, capsys):
     import numpy as np
     from cli_checks import one_error_line
 
+    from flowmatch.api import fit
     from flowmatch.cli import main
-    from flowmatch.training.config import TrainConfig
-    from flowmatch.training.fitting import fit
+    from flowmatch.config import TrainConfig
 
     tiny = TrainConfig(data="two-gaussians", steps=20, width=16, depth=2, batch_size=64, batch_warmup=0, device="cpu")
     fit(tiny, out=tmp_path / "run", progress=False, evaluate=False)

@@ -1,4 +1,4 @@
-"""flowmatch.training.threads: which intra-op thread count a call chooses, and that it is applied and undone.
+"""flowmatch.engine.threads: which intra-op thread count a call chooses, and that it is applied and undone.
 
 The rule's decisions are checked with explicit environments, core counts and torch counts (no timing)."""
 
@@ -10,13 +10,11 @@ import sys
 import pytest
 import torch
 
+from flowmatch.api import fit
 from flowmatch.cli import main
-from flowmatch.errors import FlowmatchError
-from flowmatch.models.registry import build_model
-from flowmatch.training import threads
-from flowmatch.training.config import TrainConfig
-from flowmatch.training.fitting import fit
-from flowmatch.training.threads import (
+from flowmatch.config import TrainConfig
+from flowmatch.engine import threads
+from flowmatch.engine.threads import (
     WORK_PER_THREAD,
     auto_threads,
     call_work,
@@ -26,6 +24,8 @@ from flowmatch.training.threads import (
     usable_cores,
     use_threads,
 )
+from flowmatch.errors import FlowmatchError
+from flowmatch.models.registry import build_model
 
 NO_VARS: dict[str, str] = {}
 
@@ -149,7 +149,7 @@ def test_the_scope_compares_with_the_count_before_the_outermost_call(monkeypatch
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch's starting count is read from Linux's /sys")
 def test_torchs_starting_count_is_predicted():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    code = "import torch; from flowmatch.training.threads import torch_default_threads as d; print(torch.get_num_threads(), d())"
+    code = "import torch; from flowmatch.engine.threads import torch_default_threads as d; print(torch.get_num_threads(), d())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == out[1]
 

@@ -6,15 +6,18 @@ import time
 import pytest
 import torch
 
-import flowmatch.training as training
-import flowmatch.training.devices as devices
-import flowmatch.training.objective as objective
+import flowmatch.api as api
+import flowmatch.config as config_module
+import flowmatch.engine as training
+import flowmatch.engine.devices as devices
+import flowmatch.modalities.points.objective as objective
+import flowmatch.modalities.points.validation as points_validation
+from flowmatch.api import train
+from flowmatch.config import PRESETS, TrainConfig, resolve_config, resolve_target
+from flowmatch.engine.devices import resolve_precision
+from flowmatch.engine.schedules import batch_size_at, learning_rate
 from flowmatch.errors import FlowmatchError, FlowmatchWarning
 from flowmatch.evaluation.metrics import w2_exact
-from flowmatch.training.config import PRESETS, TrainConfig, resolve_config, resolve_target
-from flowmatch.training.devices import resolve_precision
-from flowmatch.training.loop import train
-from flowmatch.training.schedules import batch_size_at, learning_rate
 
 TINY = dict(steps=40, width=16, depth=2, batch_size=32)
 
@@ -163,12 +166,12 @@ from pathlib import Path  # noqa: E402
 
 from safetensors.torch import load_file  # noqa: E402
 
+from flowmatch.api import fit  # noqa: E402
 from flowmatch.cli import main  # noqa: E402
+from flowmatch.engine.checkpoints import list_states  # noqa: E402
+from flowmatch.engine.schedules import sample_times  # noqa: E402
 from flowmatch.losses import loss_weights  # noqa: E402
 from flowmatch.paths.affine import make_path  # noqa: E402
-from flowmatch.training.checkpoints import list_states  # noqa: E402
-from flowmatch.training.fitting import fit  # noqa: E402
-from flowmatch.training.schedules import sample_times  # noqa: E402
 
 ENGINE = dict(
     steps=60,
@@ -235,12 +238,12 @@ def test_resuming_a_run_saved_before_a_key_existed_keeps_its_old_behaviour(tmp_p
     for key in old:  # as written before these keys existed
         del saved[key]
     (run / "config.json").write_text(json.dumps(saved))
-    resumed = training.resume_config(run, None)
+    resumed = api.resume_config(run, None)
     assert {key: getattr(resumed, key) for key in old} == old
     fit(TrainConfig.from_dict({**resumed.to_dict(), "steps": 12}), out=run, resume=True, progress=False, evaluate=False)
     (run / "config.json").write_text("[1, 2]")
     with pytest.raises(FlowmatchError, match="config must be a mapping"):
-        training.resume_config(run, None)
+        api.resume_config(run, None)
     fresh = TrainConfig.from_dict(saved)  # a new run: the defaults
     assert {key: getattr(fresh, key) for key in old} == {key: getattr(TrainConfig(), key) for key in old}
 
@@ -257,10 +260,10 @@ def test_a_run_saved_before_the_finite_data_rules_resumes_on_the_posterior_it_st
     for key in ("val_fraction", "select", "early_stop", "val_every"):
         del saved[key]
     (run / "config.json").write_text(json.dumps({**saved, "target": "auto"}))  # as such a run wrote it
-    resumed = training.resume_config(run, None)
+    resumed = api.resume_config(run, None)
     assert (resumed.target, resumed.val_fraction, resumed.select, resumed.early_stop) == ("posterior", 0.0, "last", 0)
     (run / "config.json").write_text(json.dumps({**saved, "target": "auto", "coupling": "ot"}))
-    assert training.resume_config(run, None).target == "conditional"  # auto never was the posterior there
+    assert api.resume_config(run, None).target == "conditional"  # auto never was the posterior there
 
 
 def test_toml_config_and_flag_override(tmp_path, capsys):
@@ -492,15 +495,15 @@ def _small_file(tmp_path, n=160, seed=0):
 def test_target_auto_is_conditional_on_small_finite_data(tmp_path):
     config = TrainConfig()
     assert resolve_target(config, n_train=None) == "posterior"  # fresh draws
-    assert resolve_target(config, n_train=training.POSTERIOR_MIN_ROWS) == "posterior"
-    assert resolve_target(config, n_train=training.POSTERIOR_MIN_ROWS - 1) == "conditional"
+    assert resolve_target(config, n_train=config_module.POSTERIOR_MIN_ROWS) == "posterior"
+    assert resolve_target(config, n_train=config_module.POSTERIOR_MIN_ROWS - 1) == "conditional"
     assert resolve_target(TrainConfig(target="posterior"), n_train=10) == "posterior"  # asked for: kept
     result = train(data=_small_file(tmp_path), steps=2, width=8, batch_size=8, progress=False)
     assert result.target == "conditional"
 
 
 def test_validation_rows_are_held_out_of_the_training_rows(tmp_path):
-    from flowmatch.runs import dataset_from_config
+    from flowmatch.flow import dataset_from_config
 
     config = TrainConfig(data=_small_file(tmp_path)).to_dict()
     full = dataset_from_config({**config, "val_fraction": 0.0})
@@ -541,7 +544,7 @@ def test_selection_keeps_the_lowest_validation_loss_and_early_stop_ends_the_run(
     assert v["stopped_early"] and result.step == best + 200 < 3000 and log[-1, 0] == result.step
     assert metrics["validation"] == v and metrics["steps_run"] == result.step
     # the saved weights are those of the best step: their validation loss is the minimum
-    validation = training.Validation(config, result.flow.dataset, result.flow.path, None, "cpu")
+    validation = points_validation.ValidationSet(config, result.flow.dataset, result.flow.path, None, "cpu")
     from flowmatch.runs import load
 
     # the same computation on the saved float32 weights (measured equal); 1e-5 leaves float32 round-off room

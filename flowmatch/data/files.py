@@ -6,6 +6,7 @@ import csv
 import os
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -302,3 +303,33 @@ class _MappedRows:
         out = np.empty((len(wanted), self.array.shape[1]), dtype=np.float32)
         out[order] = self.array[wanted[order]]
         return torch.from_numpy(out)
+
+
+def read_condition_rows(path: str) -> np.ndarray:
+    """Condition rows (k, d) from a .npy or a .csv file (an optional header row): what ``flowmatch sample
+    --condition FILE`` conditions on, n samples for each row."""
+    if not Path(path).is_file():
+        raise FlowmatchError(f"condition file '{path}' does not exist")
+    if path.endswith(".npy"):
+        try:
+            rows = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise FlowmatchError(f"condition file '{path}': cannot read it ({exc})") from None
+        if not isinstance(rows, np.ndarray):  # a zip archive (an .npz, a torch.save file) under a .npy name
+            rows.close()
+            raise FlowmatchError(f"condition file '{path}': not a .npy array (the file is a zip archive)")
+    elif path.endswith(".csv"):
+        header, lines = _csv_rows(path)
+        rows = _csv_numbers(path, header, lines)
+    else:
+        raise FlowmatchError(f"condition file '{path}' must end in .npy or .csv")
+    try:
+        rows = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FlowmatchError(
+            f"condition file '{path}': expected rows of numbers, got {getattr(rows, 'dtype', type(rows).__name__)}"
+        ) from None
+    rows = rows.reshape(len(rows), -1) if rows.ndim else rows.reshape(1, 1)
+    if not len(rows) or not np.isfinite(rows).all():
+        raise FlowmatchError(f"condition file '{path}': expected finite rows of numbers, got shape {rows.shape}")
+    return rows

@@ -21,10 +21,13 @@ import io
 import math
 import os
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from flowmatch.data.files import _is_number, read_utf8
 from flowmatch.errors import FlowmatchError
@@ -46,16 +49,46 @@ def read_table(path: str | os.PathLike, *, missing: str = "model", max_categorie
     text = read_utf8(path)
     header, rows, lines = _split_rows(path, text.removeprefix("\ufeff"))
     frame = pd.DataFrame({name: _parse_column([row[j] for row in rows]) for j, name in enumerate(header)})
-    for name in header:
+    return _check_columns(path, frame, missing, max_categories, cells=lambda name, i: rows[i][header.index(name)].strip(), lines=lines)
+
+
+def table_from_frame(frame: Any, *, missing: str = "model", max_categories: int = MAX_CATEGORIES, name: str = "data") -> pd.DataFrame:
+    """A pandas DataFrame given in Python as a table: numeric columns stay numbers (integers stay integers),
+    any other column's values become categories (their text), and the checks of :func:`read_table` apply."""
+    if not isinstance(frame, pd.DataFrame):
+        raise FlowmatchError(f"{name}: a table given in Python is a pandas DataFrame, got {type(frame).__name__}")
+    if missing not in MISSING_CHOICES:
+        raise FlowmatchError(f"missing={missing!r}: choose one of {', '.join(MISSING_CHOICES)}")
+    if frame.shape[1] == 0:
+        raise FlowmatchError(f"{name}: the DataFrame has no columns")
+    labels = [str(c) for c in frame.columns]
+    _check_header(name, labels)
+    columns = {}
+    for label, (_, column) in zip(labels, frame.items()):
+        if pd.api.types.is_bool_dtype(column.dtype) or not pd.api.types.is_numeric_dtype(column.dtype):
+            if pd.api.types.is_datetime64_any_dtype(column.dtype):
+                raise FlowmatchError(f"{name}: column {label!r} holds dates ({column.dtype}): give them as numbers or text")
+            column = _strings([None if pd.isna(v) else str(v) for v in column.tolist()])
+        elif pd.api.types.is_float_dtype(column.dtype):
+            column = column.astype(np.float64)
+        columns[label] = column.reset_index(drop=True)
+    return _check_columns(name, pd.DataFrame(columns), missing, max_categories)
+
+
+def _check_columns(path, frame: pd.DataFrame, missing: str, max_categories: int, cells=None, lines=None) -> pd.DataFrame:
+    """Each column has a present cell and finite numbers, a categorical column at most ``max_categories``
+    values, and with ``missing="refuse"`` no empty cell; ``cells(name, i)`` and ``lines[i]`` name a CSV's
+    offending text and line (a DataFrame's row otherwise)."""
+    line = (lambda i: f"line {lines[i]}") if lines is not None else (lambda i: f"row {i}")
+    for name in frame.columns:
         column = frame[name]
         absent = column.isna().to_numpy()
         if absent.all():
             raise FlowmatchError(f"{path}: column {name!r} is empty (every cell is missing)")
         if pd.api.types.is_float_dtype(column.dtype) and not np.isfinite(column.to_numpy()[~absent]).all():
             bad = int(np.flatnonzero(~absent & ~np.isfinite(column.to_numpy()))[0])
-            raise FlowmatchError(
-                f"{path}: column {name!r} has a non-finite value ({rows[bad][header.index(name)].strip()}) at line {lines[bad]}"
-            )
+            text = cells(name, bad) if cells is not None else column.iloc[bad]
+            raise FlowmatchError(f"{path}: column {name!r} has a non-finite value ({text}) at {line(bad)}")
         if not pd.api.types.is_numeric_dtype(column.dtype) and (count := column.nunique()) > max_categories:
             raise FlowmatchError(
                 f"{path}: column {name!r} has {count} distinct values; a categorical column may have at most {max_categories} "
@@ -63,15 +96,16 @@ def read_table(path: str | os.PathLike, *, missing: str = "model", max_categorie
             )
         if missing == "refuse" and absent.any():
             raise FlowmatchError(
-                f"{path}: column {name!r} has {int(absent.sum())} missing cells (first at line {lines[int(np.argmax(absent))]}); "
+                f"{path}: column {name!r} has {int(absent.sum())} missing cells (first at {line(int(np.argmax(absent)))}); "
                 "fill them or train with missing='model'"
             )
     return frame
 
 
-def looks_mixed(path: str | os.PathLike) -> bool:
+def looks_mixed(path: str | os.PathLike, besides: Sequence[str] = ()) -> bool:
     """Whether a CSV file is a mixed-type table: a header, and a text column or an empty cell (a file of
-    numbers only is continuous rows). A first line of numbers is data, not a header: such a file is the
+    numbers only is continuous rows) among its columns other than ``besides`` (label and condition columns,
+    by name or 1-based number). A first line of numbers is data, not a header: such a file is the
     continuous reader's to read (and to refuse with its own message)."""
     with reading(path), open(path, encoding="utf-8", errors="replace") as f:
         first = next(csv.reader(f), [])
@@ -80,6 +114,11 @@ def looks_mixed(path: str | os.PathLike) -> bool:
     if len(first) == 1 and all(_is_number(part) for part in re.split(r"[;\t ]+", first[0].strip())):
         return False  # numbers separated by something else than commas: the continuous reader says so
     frame = read_table(path)
+    names = list(frame.columns)
+    left_out = {names[int(c) - 1] if c.strip().isdigit() and 0 < int(c) <= len(names) else c.strip() for c in besides}
+    if left_out - set(names):  # a column the file lacks: the continuous reader names it
+        return False
+    frame = frame[[c for c in names if c not in left_out]]
     return any(not pd.api.types.is_numeric_dtype(frame[c].dtype) for c in frame) or bool(frame.isna().any().any())
 
 
@@ -349,3 +388,141 @@ def _numpy(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):
         a = a.detach().cpu().numpy()
     return np.asarray(a)
+
+
+# -- a run's table: split into train, validation and test rows --------------------------------------------
+#: Share of a table's rows held out as its test split (and of the rest, ``val_fraction`` for validation).
+TABLE_TEST_FRACTION = 0.2
+
+
+@dataclass
+class TableData:
+    """A table split into train / validation / test rows (pandas DataFrames, every column) with the codec of
+    the columns it generates, and the columns it conditions on (``given``: the label column with its class
+    values, the condition columns; ``conditions[split]``: their rows as the model's ``y`` and ``c``)."""
+
+    name: str
+    frame: Any
+    train: Any
+    val: Any
+    test: Any
+    codec: Any
+    given: dict[str, Any] = dataclasses.field(default_factory=dict)
+    conditions: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
+
+    def batch(self, n: int, generator: torch.Generator, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """n rows drawn with replacement: (numbers (n, D), tokens (n, L), their conditions {"y", "c"})."""
+        x, tokens = self.encoded(split)
+        rows = torch.randint(len(tokens), (n,), generator=generator)
+        return x[rows], tokens[rows], {k: v[rows] for k, v in self.conditions.get(split, {}).items()}
+
+    def encoded(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.__dict__.setdefault("_encoded", {})
+        if split not in cache:
+            x, tokens = self.codec.encode(getattr(self, split))
+            cache[split] = (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(tokens, dtype=torch.long))
+        return cache[split]
+
+    @property
+    def model_conditions(self) -> dict[str, dict[str, int]]:
+        """The conditions the model takes: {"y": {"classes": K}} and {"c": {"dim": k}} where the table has them."""
+        out: dict[str, dict[str, int]] = {}
+        if self.given.get("label_column"):
+            out["y"] = {"classes": len(self.given["classes"])}
+        if self.given.get("condition_columns"):
+            out["c"] = {"dim": len(self.given["condition_columns"])}
+        return out
+
+
+#: The fewest test rows a table's evaluation scores (:data:`flowmatch.evaluation.tables.MIN_ROWS`).
+TABLE_MIN_TEST = 4
+
+
+def load_table_data(
+    path: str, *, missing: str, seed: int, val_fraction: float, label_column: str = "", condition_columns: str = ""
+) -> TableData:
+    """A CSV table read and checked (:func:`read_table`), its rows shuffled with ``seed`` and split
+    (:func:`split_table`)."""
+    frame = read_table(path, missing=missing)
+    return split_table(path, frame, seed=seed, val_fraction=val_fraction, label_column=label_column, condition_columns=condition_columns)
+
+
+def split_table(
+    path: str, frame: pd.DataFrame, *, seed: int, val_fraction: float, label_column: str = "", condition_columns: str = ""
+) -> TableData:
+    """A table's rows shuffled with ``seed`` and split: 20% test, then ``val_fraction`` of the rest for
+    validation; the codec is fitted on the whole table's generated columns (its categories and ranges; the
+    numbers' scaling on the training rows), the label and condition columns taken out as conditions
+    (:func:`table_conditions`). ``path`` names the table in messages."""
+    generated, condition_rows, given = table_conditions(path, frame, label_column, condition_columns)
+    n = len(frame)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_test = max(2, round(TABLE_TEST_FRACTION * n))
+    if n_test < TABLE_MIN_TEST:  # checked before training: the evaluation would fail after it
+        fewest = next(k for k in range(n, 100 * TABLE_MIN_TEST) if round(TABLE_TEST_FRACTION * k) >= TABLE_MIN_TEST)
+        raise FlowmatchError(
+            f"{path}: {n} rows are too few: a table run's evaluation scores a test split of at least {TABLE_MIN_TEST} rows "
+            f"({TABLE_TEST_FRACTION:.0%} of the rows), so the table needs at least {fewest} rows"
+        )
+    n_val = max(2, round(val_fraction * (n - n_test))) if val_fraction > 0 else 0
+    if n - n_test - n_val < 2:
+        raise FlowmatchError(f"{path}: {n} rows are too few to split into train, validation and test")
+    parts = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, n)}
+    test, val, train = (frame.iloc[order[a:b]].reset_index(drop=True) for a, b in parts.values())
+    conditions = {
+        split: {k: torch.as_tensor(v[order[a:b]]) for k, v in condition_rows.items()} for split, (a, b) in parts.items() if condition_rows
+    }
+    codec = TableCodec.fit(generated)
+    return TableData(path, frame, train, val if n_val else None, test, codec, given, conditions)
+
+
+def table_conditions(path: str, frame: pd.DataFrame, label_column: str, condition_columns: str):
+    """The columns a table run conditions on, taken out of ``frame`` (names, or 1-based numbers):
+    (the generated columns, {"y": class numbers, "c": float rows} as arrays over the rows, what they are).
+
+    The label column's values are the classes (numbers first, in order, then text); it may have no empty
+    cell. Condition columns are numbers with no empty cell. At least one column is left to generate."""
+    names = [str(c) for c in frame.columns]
+
+    def resolve(column: str, what: str) -> str:
+        column = column.strip()
+        if column in names:
+            return column
+        if column.isdigit() and 1 <= int(column) <= len(names):
+            return names[int(column) - 1]
+        raise FlowmatchError(f"{path}: no {what} column {column!r} (columns: {', '.join(names)})")
+
+    label = resolve(label_column, "label") if label_column else ""
+    parts = condition_columns.split(",") if condition_columns else []
+    if parts and not any(p.strip() for p in parts):
+        raise FlowmatchError(f"{path}: condition_columns {condition_columns!r} names no column")
+    conditions = [resolve(c, "condition") for c in parts if c.strip()]
+    if label and label in conditions:
+        raise FlowmatchError(f"{path}: column {label!r} cannot be both the label and a condition")
+    if len(set(conditions)) < len(conditions):
+        raise FlowmatchError(f"{path}: a condition column is named twice in {condition_columns!r}")
+    rows: dict[str, np.ndarray] = {}
+    given: dict[str, Any] = {}
+    if label:
+        values = frame[label]
+        if values.isna().any():
+            raise FlowmatchError(f"{path}: the label column {label!r} has {int(values.isna().sum())} empty cells")
+        classes = sorted(set(values.tolist()), key=lambda c: (isinstance(c, str), c if not isinstance(c, str) else 0, str(c)))
+        index = {c: i for i, c in enumerate(classes)}
+        rows["y"] = np.array([index[v] for v in values.tolist()], dtype=np.int64)
+        given.update(label_column=label, classes=[c.item() if hasattr(c, "item") else c for c in classes])
+    if conditions:
+        for c in conditions:
+            if not pd.api.types.is_numeric_dtype(frame[c].dtype) or pd.api.types.is_bool_dtype(frame[c].dtype):
+                raise FlowmatchError(f"{path}: condition column {c!r} must hold numbers (a class column is label_column)")
+            if frame[c].isna().any():
+                raise FlowmatchError(f"{path}: condition column {c!r} has {int(frame[c].isna().sum())} empty cells")
+        rows["c"] = frame[conditions].to_numpy(dtype=np.float32)
+        given["condition_columns"] = conditions
+    taken = [*([label] if label else []), *conditions]
+    if given:
+        given["columns"] = names
+    generated = frame.drop(columns=taken) if taken else frame
+    if generated.shape[1] == 0:
+        raise FlowmatchError(f"{path}: no column is left to generate besides the label and condition columns")
+    return generated, rows, given

@@ -1,7 +1,7 @@
 """Discrete flow matching over tokens: the mixture path and its schedulers (:mod:`.paths`,
 :mod:`.schedulers`), its losses (:mod:`.losses`), the jump sampler with its corrector and the joint sampler of
-mixed rows (:mod:`.sampling`), the trained flow with its likelihood bound (:mod:`.flow`), and training on token
-sequences and mixed-type tables (:mod:`.training`).
+mixed rows (:mod:`.sampling`), and the trained flow with its likelihood bound (:mod:`.flow`). Runs on token
+sequences and mixed-type tables are :mod:`flowmatch.modalities.tokens`' and :mod:`flowmatch.modalities.tables`'.
 
 Names are imported from their modules on first use.
 """
@@ -17,12 +17,10 @@ _EXPORTS = {
     "PolynomialScheduler": "schedulers",
     "Scheduler": "schedulers",
     "cross_entropy_loss": "losses",
-    "fit_discrete": "training",
+    "mixed_loss": "losses",
     "generalized_kl_loss": "losses",
     "jump_sample": "sampling",
     "make_scheduler": "schedulers",
     "mixed_sample": "sampling",
-    "resolve_kind": "training",
-    "train_discrete": "training",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowmatch import conditions as conditions_module
 from flowmatch.discrete.paths import MixturePath
 from flowmatch.discrete.sampling import mixed_sample
 from flowmatch.errors import FlowmatchError
-from flowmatch.training.checkpoints import load_weights
+from flowmatch.saving import load_weights
+from flowmatch.solvers.integration import require_finite
 
 
 class DiscreteFlow:
@@ -36,14 +38,21 @@ class DiscreteFlow:
     codec between tokens and the user's data (a :class:`~flowmatch.data.tokens.Vocabulary` or a
     :class:`~flowmatch.data.tables.TableCodec`)."""
 
-    def __init__(self, model: torch.nn.Module, path: MixturePath, *, length: int, dim: int = 0, codec: Any = None,
-                 config: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self, model: torch.nn.Module, path: MixturePath, *, length: int, dim: int = 0, codec: Any = None,
+        config: dict[str, Any] | None = None, conditions: dict[str, dict[str, int]] | None = None, given: dict[str, Any] | None = None,
+    ):  # fmt: skip
         if not isinstance(model, torch.nn.Module):
             raise FlowmatchError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(length, int) or length < 1 or not isinstance(dim, int) or dim < 0:
             raise FlowmatchError(f"length must be a positive integer and dim >= 0, got length={length!r}, dim={dim!r}")
         self.model, self.path, self.length, self.dim, self.codec = model, path, length, dim, codec
         self.config = dict(config or {})
+        #: the conditions the model takes, by name: {"classes": K} for labels, {"dim": k} for float vectors
+        self.conditions = dict(conditions) if conditions is not None else conditions_module.conditions_of(model)
+        #: what the conditions are in the user's terms: a table's label column (its name and class values) and
+        #: condition columns (names), which samples carry as columns; a text's class names
+        self.given = dict(given or {})
 
     @property
     def kind(self) -> str:
@@ -54,22 +63,42 @@ class DiscreteFlow:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def predict(self, x: torch.Tensor | None, tokens: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(velocity of x or None, posterior logits) at times t (batch,)."""
+    @property
+    def num_classes(self) -> int:
+        """Classes the model was trained to condition on (0: no class labels)."""
+        return int(self.conditions.get("y", {}).get("classes", 0))
+
+    def predict(
+        self, x: torch.Tensor | None, tokens: torch.Tensor, t: torch.Tensor, **condition
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(velocity of x or None, posterior logits) at times t (batch,), under the model's ``condition``."""
         if self.kind == "tokens":
-            return None, self.model(tokens, t)
+            return None, self.model(tokens, t, **condition)
         if x is None:  # a table of categorical columns only: no continuous features
             x = torch.zeros(len(tokens), 0, device=tokens.device)
-        return self.model(x, tokens, t)
+        return self.model(x, tokens, t, **condition)
 
     def generate(
         self, n: int, *, nfe: int = 64, temperature: float = 1.0, corrector: float = 0.0, seed: int | None = None,
-        progress: bool = False, batch_size: int = 1024,
+        progress: bool = False, batch_size: int = 1024, label=None, condition=None, guidance: float = 1.0, precision: str = "fp32",
     ) -> tuple[torch.Tensor | None, torch.Tensor]:  # fmt: skip
         """n draws at t = 1: (continuous features in model coordinates or None, tokens (n, length)), from the
-        source (N(0, I) and the mixture path's source tokens) through ``nfe`` jump steps."""
+        source (N(0, I) and the mixture path's source tokens) through ``nfe`` jump steps.
+
+        ``label`` (one class or n) and ``condition`` (rows of the float condition ``c``: one or n) sample a
+        conditional model; with classifier-free ``guidance`` weight w the posterior's logits are
+        w l_cond + (1 - w) l_null and the velocity v_null + w (v_cond - v_null) (:func:`mixed_sample`).
+        ``precision="bf16"`` runs the network under bfloat16 autocast (the jumps stay float64)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        if precision not in ("fp32", "bf16"):
+            raise FlowmatchError(f"unknown precision {precision!r}; choose from fp32, bf16")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
+        given = conditions_module.condition_for(self.conditions, n, label, condition, "cpu") or {}
+        null = conditions_module.null_condition(self.conditions, given) if given and guidance != 1.0 else None
+        if guidance != 1.0 and not given:
+            raise FlowmatchError("guidance needs a condition to guide by: give label= or condition=")
         generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         xs: list[torch.Tensor] = []
         ts: list[torch.Tensor] = []
@@ -79,36 +108,65 @@ class DiscreteFlow:
                 m = min(batch_size, n - start)
                 tokens0 = self.path.draw_source((m, self.length), generator)
                 x0 = torch.randn(m, self.dim, generator=generator) if self.dim else None
+                own = {k: v[start : start + m].to(device) for k, v in given.items()}
 
-                def fn(x, tokens, t):
-                    v, logits = self.predict(None if x is None else x.to(device), tokens.to(device), t.to(device))
+                def fn(x, tokens, t, chosen=own):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        v, logits = self.predict(None if x is None else x.to(device), tokens.to(device), t.to(device), **chosen)
                     return (None if v is None else v.float().cpu()), logits.float().cpu()
 
+                null_fn = None
+                if null is not None:
+                    dropped = {k: v[start : start + m].to(device) for k, v in null.items()}
+                    null_fn = lambda x, tokens, t, chosen=dropped: fn(x, tokens, t, chosen)  # noqa: E731
                 x, tokens = mixed_sample(
                     fn, tokens0, self.path, x0=x0, nfe=nfe, temperature=temperature, generator=generator,
-                    corrector=corrector, progress=progress,
+                    corrector=corrector, progress=progress, null_fn=null_fn, guidance=float(guidance),
                 )  # fmt: skip
                 if x is not None:
                     xs.append(x)
                 ts.append(tokens)
-        return (None if self.dim == 0 else torch.cat(xs)), torch.cat(ts)
+        x_all, tokens_all = (None if self.dim == 0 else torch.cat(xs)), torch.cat(ts)
+        if x_all is not None:
+            require_finite(x_all, "the jump sampler", nfe)
+        self._last_given = given  # what decode() writes as the samples' label and condition columns
+        return x_all, tokens_all
 
     def sample(self, n: int, **options):
         """n samples in the user's terms: a list of strings (text), an (n, length) array (token ids) or a
-        pandas DataFrame (a table); options as for :meth:`generate`."""
+        pandas DataFrame (a table, with its label and condition columns as asked); options as for :meth:`generate`."""
         x, tokens = self.generate(n, **options)
-        return self.decode(x, tokens)
+        return self.decode(x, tokens, getattr(self, "_last_given", None))
 
-    def decode(self, x: torch.Tensor | None, tokens: torch.Tensor):
+    def decode(self, x: torch.Tensor | None, tokens: torch.Tensor, given: dict[str, torch.Tensor] | None = None):
+        """Samples in the user's terms (see :meth:`sample`); ``given``: the conditions they were drawn under
+        (a table writes them as its label and condition columns)."""
         if self.kind == "table":  # x is None for a table of categorical columns only
-            return self.codec.decode(np.zeros((len(tokens), 0)) if x is None else x.numpy(), tokens.numpy())
+            frame = self.codec.decode(np.zeros((len(tokens), 0)) if x is None else x.numpy(), tokens.numpy())
+            return self._with_condition_columns(frame, given or {})
         if self.codec is not None and getattr(self.codec, "chars", None) is not None:
             return [self.codec.decode(row) for row in tokens.numpy()]
         return tokens.numpy()
 
-    def nll_bound(self, tokens: torch.Tensor, *, times: int = 16, seed: int = 0, batch_size: int = 256) -> float:
+    def _with_condition_columns(self, frame, given: dict[str, torch.Tensor]):
+        """A table's samples with its label column (the class value of each row's label; missing where
+        unconditional) and condition columns (the given values), in the table's own column order."""
+        label = self.given.get("label_column")
+        if label:
+            values = self.given["classes"]
+            y = given.get("y")
+            frame[label] = [None] * len(frame) if y is None else [values[int(k)] for k in y.cpu()]
+        names = self.given.get("condition_columns") or []
+        c = given.get("c")
+        for j, name in enumerate(names):
+            frame[name] = np.nan if c is None else c[:, j].cpu().numpy().astype(np.float64)
+        order = self.given.get("columns")
+        return frame[[k for k in order if k in frame.columns]] if order else frame
+
+    def nll_bound(self, tokens: torch.Tensor, *, times: int = 16, seed: int = 0, batch_size: int = 256, label=None) -> float:
         """The likelihood bound of the module docstring in nats per token, averaged over sequences
-        ``tokens`` (n, length); ``times`` stratified Monte Carlo times per sequence."""
+        ``tokens`` (n, length); ``times`` stratified Monte Carlo times per sequence. ``label`` (one class or
+        one per sequence) scores a class-conditional model under those classes (None: unconditionally)."""
         if self.path.source != "mask":
             raise FlowmatchError("the likelihood bound is computed for the masked source; this flow has the uniform source")
         if self.dim:
@@ -120,15 +178,17 @@ class DiscreteFlow:
             raise FlowmatchError(f"tokens must lie in 0..{self.path.vocab_size - 1}")
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
             raise FlowmatchError(f"times must be a positive integer, got {times!r}")
+        given = conditions_module.condition_for(self.conditions, len(tokens), label, None, "cpu") or {}
         generator = torch.Generator().manual_seed(seed)
         total, device = 0.0, self.device
         with torch.no_grad():
             for start in range(0, len(tokens), batch_size):
                 x1 = tokens[start : start + batch_size]
+                own = {k: v[start : start + batch_size].to(device) for k, v in given.items()}
                 for k in range(times):  # stratum k of [0, 1): one time per sequence in it
                     t = ((k + torch.rand(len(x1), generator=generator, dtype=torch.float64)) / times).clamp(max=1 - 1e-6)
                     x_t = self.path.sample(x1, t, generator)
-                    logits = self.predict(None, x_t.to(device), t.float().to(device))[1].float().cpu()
+                    logits = self.predict(None, x_t.to(device), t.float().to(device), **own)[1].float().cpu()
                     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x1, reduction="none")  # (n, L)
                     masked = x_t.eq(self.path.vocab_size).to(torch.float64)  # at the mask
                     weight = self.path.jump_rate(t)
@@ -147,17 +207,30 @@ class DiscreteFlow:
     def checkpoint_meta(self) -> dict[str, Any]:
         """What rebuilds this flow around its weights, as JSON (kind, model, path, length, dim, codec)."""
         from flowmatch.models.registry import to_config
+        from flowmatch.saving import FORMAT_VERSION
 
+        try:
+            model = to_config(self.model)
+        except FlowmatchError:
+            model = {"class": f"{type(self.model).__module__}:{type(self.model).__qualname__}", "rebuild": False}
         return {
             "format": "flowmatch-checkpoint",
-            "version": 1,
+            "version": FORMAT_VERSION,
             "kind": self.kind,
-            "model": to_config(self.model),
+            "model": model,
             "discrete_path": path_to_config(self.path),
             "length": self.length,
             "dim": self.dim,
             "codec": None if self.codec is None else self.codec.to_dict(),
+            **({"conditions": self.conditions} if self.conditions != conditions_module.conditions_of(self.model) else {}),
+            **({"given": self.given} if self.given else {}),
         }
+
+    def save_checkpoint(self, folder) -> None:
+        """Weights and metadata into ``folder`` (:func:`flowmatch.saving.save_flow`)."""
+        from flowmatch.saving import save_flow
+
+        save_flow(self, folder)
 
 
 def path_to_config(path: MixturePath) -> dict[str, Any]:
@@ -187,16 +260,35 @@ def codec_from_config(kind: str, values: dict[str, Any] | None):
     return Vocabulary.from_dict(values)
 
 
-def build_discrete_flow(meta: dict[str, Any], state: dict[str, torch.Tensor], config: dict[str, Any], where) -> DiscreteFlow:
-    """A DiscreteFlow from :meth:`DiscreteFlow.checkpoint_meta` and its weights."""
+def build_discrete_flow(
+    meta: dict[str, Any], state: dict[str, torch.Tensor], config: dict[str, Any], where, *, model: torch.nn.Module | None = None
+) -> DiscreteFlow:
+    """A DiscreteFlow from :meth:`DiscreteFlow.checkpoint_meta` and its weights, in ``model`` where given
+    (needed for a model the run folder only names)."""
     from flowmatch.models.registry import from_config
 
+    spec = meta.get("model")
+    if model is None and isinstance(spec, dict) and spec.get("rebuild") is False:
+        raise FlowmatchError(
+            f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
+            "pass one: flowmatch.load(run, model=YourModel(...))"
+        )
     try:
         kind = meta["kind"]
-        model = from_config(dict(meta["model"]), int(meta["length"]) if kind == "tokens" else int(meta["dim"]))
+        if model is None:
+            model = from_config(dict(meta["model"]), int(meta["length"]) if kind == "tokens" else int(meta["dim"]))
         path = path_from_config(meta["discrete_path"])
         codec = codec_from_config(kind, meta.get("codec"))
-        flow = DiscreteFlow(model, path, length=int(meta["length"]), dim=int(meta["dim"]), codec=codec, config=config)
+        flow = DiscreteFlow(
+            model,
+            path,
+            length=int(meta["length"]),
+            dim=int(meta["dim"]),
+            codec=codec,
+            config=config,
+            conditions=meta.get("conditions"),
+            given=meta.get("given"),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, FlowmatchError):
             raise FlowmatchError(f"{where}: {exc}") from None

@@ -32,3 +32,30 @@ def generalized_kl_loss(logits: torch.Tensor, x1: torch.Tensor, x_t: torch.Tenso
     same = (x_t == x1).to(log_p.dtype)
     rate = path.jump_rate(t.to(log_p.dtype)).reshape(-1, *[1] * (x1.ndim - 1))
     return (-rate * (p_xt - same + (1 - same) * log_p1)).mean()
+
+
+def mixed_loss(
+    velocity: torch.Tensor | None,
+    logits: torch.Tensor,
+    target: torch.Tensor | None,
+    x1: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    path: MixturePath,
+    discrete_loss: str = "cross-entropy",
+) -> torch.Tensor:
+    """The loss of a batch of mixed rows (token sequences: no continuous part), one network and one time:
+
+        L = L_discrete(logits, x1 tokens) + mean || v - (x1 - x0) ||^2,
+
+    ``logits`` (batch, L, V) of the posterior at the tokens ``x_t`` drawn from the mixture path at times ``t``,
+    ``x1`` the data tokens, L_discrete the cross-entropy or the generalized KL; ``velocity`` the model's
+    velocity of the continuous features at x_t = t x1 + (1 - t) x0 and ``target`` = x1 - x0 their straight
+    path's (None, or zero columns, without continuous features)."""
+    if discrete_loss == "generalized-kl":
+        loss = generalized_kl_loss(logits, x1, x_t, t, path)
+    else:
+        loss = cross_entropy_loss(logits.float(), x1)
+    if velocity is not None and target is not None and velocity.shape[1]:
+        loss = loss + (velocity.float() - target).pow(2).mean()
+    return loss

@@ -9,7 +9,9 @@
 - the n-gram statistics of generated sequences against held-out text (total variation of the n-gram
   frequencies, the share of n-grams the held-out text never has;
   :func:`~flowmatch.evaluation.text.ngram_report`), beside their floor (held-out text scored as if it were
-  generated) and beside the n-gram model's own samples.
+  generated) and beside the n-gram model's own samples;
+- memorisation: the share of the samples' 16-token stretches found verbatim in the training text, beside
+  held-out text's own (:func:`~flowmatch.evaluation.text.copy_report`).
 
 **Tables**: :func:`flowmatch.evaluation.tables.table_report` (per-column marginals, pairwise associations,
 machine-learning efficiency, memorisation; each beside the test split's own), on ``draws`` generated sets
@@ -49,12 +51,14 @@ def evaluate_tokens(
     from flowmatch.evaluation.text import NGramModel, ngram_report
 
     length, vocab = flow.length, data.vocab.size
-    windows = data.chunks(length, "test")
+    windows, labels = data.labelled_chunks(length, "test")
     if not len(windows):
         raise FlowmatchError(f"{data.name}: the test part has fewer tokens than one sequence ({length})")
-    windows = windows[: 48 if quick else len(windows)]
+    if quick and len(windows) > 48:  # an even spread over the test text (and its classes)
+        keep = torch.linspace(0, len(windows) - 1, 48).long()
+        windows, labels = windows[keep], None if labels is None else labels[keep]
     started = time.perf_counter()
-    bound = flow.bits_per_token(windows, times=6 if quick else 16, seed=seed)
+    bound = flow.bits_per_token(windows, times=6 if quick else 16, seed=seed, label=labels)
     bound_seconds = time.perf_counter() - started
     ngram = NGramModel(order=NGRAM_ORDER, vocab_size=vocab).fit(data.train.numpy())
     scored = windows.reshape(-1).numpy()
@@ -67,7 +71,9 @@ def evaluate_tokens(
         raise FlowmatchError(f"{data.name}: the held-out text is too short for n-gram statistics of sequences of {length}")
     nfe = nfe if nfe is not None else (32 if quick else 128)
     started = time.perf_counter()
-    _, tokens = flow.generate(n, nfe=nfe, temperature=temperature, corrector=corrector, seed=seed)
+    classes = len(getattr(data, "classes", None) or [])  # a class-conditional run: as many samples of each class
+    drawn = torch.arange(n) % classes if classes else None
+    _, tokens = flow.generate(n, nfe=nfe, temperature=temperature, corrector=corrector, seed=seed, label=drawn)
     sample_seconds = time.perf_counter() - started
     stats = ngram_report(tokens.numpy(), heldout, seed=seed)
     ngram_samples = np.stack([ngram.sample(length, seed=seed + 1 + i) for i in range(n)])
@@ -79,6 +85,9 @@ def evaluate_tokens(
             "novel": {**values["novel"], "ngram_model": ngram_stats["orders"][order]["novel"]["value"]},
         }
     texts = flow.decode(None, tokens[:3])
+    from flowmatch.evaluation.text import copy_report
+
+    memorisation = copy_report(tokens.numpy(), data.train.numpy(), heldout)
     return {
         "kind": "tokens",
         "bits_per_token": {
@@ -87,6 +96,7 @@ def evaluate_tokens(
         },
         "ngram": {"orders": orders, "samples": n, "sample_tokens": stats["sample_tokens"], "reference_tokens": stats["reference_tokens"]},
         "sampler": {"nfe": nfe, "temperature": temperature, "corrector": corrector},
+        "memorisation": memorisation,
         "examples": texts if isinstance(texts, list) else [" ".join(map(str, row)) for row in texts],
         "seconds": {"bound": bound_seconds, "sampling": sample_seconds},
     }  # fmt: skip
@@ -97,14 +107,17 @@ def evaluate_table(
     corrector: float = 0.0, seed: int = 0, target: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """:func:`flowmatch.evaluation.tables.table_report` of ``draws`` generated sets (each the training split's
-    size: the ML-efficiency model fits on as many rows as its real twin), the median of each figure."""
+    size: the ML-efficiency model fits on as many rows as its real twin; a conditional table's drawn under the
+    training rows' labels and conditions), the median of each figure."""
     from flowmatch.evaluation.tables import table_report
 
     draws = draws if draws is not None else (1 if quick else 3)
     nfe = nfe if nfe is not None else 64
+    rows = getattr(data, "conditions", {}).get("train", {})  # a conditional table: drawn under the training rows' conditions
+    given = {name: rows[key] for name, key in (("label", "y"), ("condition", "c")) if key in rows}
     reports = []
     for k in range(draws):
-        synthetic = flow.sample(len(data.train), nfe=nfe, temperature=temperature, corrector=corrector, seed=seed + 17 * k)
+        synthetic = flow.sample(len(data.train), nfe=nfe, temperature=temperature, corrector=corrector, seed=seed + 17 * k, **given)
         reports.append(table_report(synthetic, data.train, data.test, target=target, seed=seed))
     report = _median_report(reports)
     report.update(kind="table", draws=draws, sampler={"nfe": nfe, "temperature": temperature, "corrector": corrector})
@@ -135,6 +148,13 @@ def format_discrete_report(report: dict[str, Any]) -> str:
                 lines.append(
                     f"{f'{order}-gram {name}':<28}{v['value']:>10.3f}{v['floor']:>12.3f}   (floor: held-out text; n-gram model {v['ngram_model']:.3f})"
                 )
+        memo = report.get("memorisation")
+        if memo:
+            share = memo["copied_share"]
+            label = f"copied {memo['k']}-grams"
+            lines.append(
+                f"{label:<28}{share['value']:>10.3f}{share['heldout']:>12.3f}   (found in the training text; reference: held-out text)"
+            )
         lines.append(f"sampler: NFE {report['sampler']['nfe']}, temperature {report['sampler']['temperature']}")
         lines.append(f"sample: {report['examples'][0][:160]!r}")
         return "\n".join(lines)

@@ -261,7 +261,7 @@ def load_classifier(folder: str | os.PathLike) -> ImageClassifier:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from flowmatch.training.checkpoints import load_weights
+    from flowmatch.saving import load_weights
 
     folder = Path(folder)
     meta_path, weights_path = folder / CLASSIFIER_META, folder / CLASSIFIER_WEIGHTS

@@ -36,11 +36,10 @@ from typing import Any
 import torch
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.manifolds.data import ENTROPY, PointSet
+from flowmatch.manifolds.data import ENTROPY, HELD_SEED, ManifoldRunData, PointSet, load_run_data
 from flowmatch.manifolds.flow import RiemannianFlow
 from flowmatch.manifolds.metrics import format_manifold_report, manifold_report
 from flowmatch.manifolds.solvers import MANIFOLD_SOLVERS
-from flowmatch.manifolds.training import HELD_SEED, ManifoldRunData, load_run_data
 
 QUICK = {"sets": 3, "n": 500, "n_likelihood": 300, "likelihood_nfe": 32}
 
@@ -54,11 +53,11 @@ SAMPLER = ("rk4", 100)
 
 def run_data(flow: RiemannianFlow) -> ManifoldRunData:
     """The data of the run a loaded flow comes from (its config names them)."""
-    from flowmatch.training.config import TrainConfig
+    from types import SimpleNamespace
 
     if not flow.config:
         raise FlowmatchError("this flow names no data to evaluate against: pass data= (a ManifoldRunData) or reference= and train=")
-    return load_run_data(TrainConfig.from_dict(flow.config))
+    return load_run_data(SimpleNamespace(**flow.config))
 
 
 def reference_data(flow: RiemannianFlow, reference, train) -> ManifoldRunData:

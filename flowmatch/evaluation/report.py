@@ -112,7 +112,7 @@ def held_out(flow, n: int, n_likelihood: int, seed: int = 0, reference=None) -> 
     """
     name = flow.config.get("data")
     if reference is not None:
-        test = _points(reference, flow.dim, "reference")
+        test = points_of(reference, flow.dim, "reference")
     elif is_builtin(flow):
         base = seed + _HELD_SEED
         draw = data_module.sample_builtin
@@ -127,7 +127,7 @@ def held_out(flow, n: int, n_likelihood: int, seed: int = 0, reference=None) -> 
     return test[:m], test[m : 2 * m], test[:n_likelihood]
 
 
-def _points(x, dim: int, what: str) -> torch.Tensor:
+def points_of(x, dim: int, what: str) -> torch.Tensor:
     """User points as a float32 (N, dim) tensor (rows of another shape flattened), or one clear error."""
     try:
         x = torch.as_tensor(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=torch.float32)
@@ -229,16 +229,6 @@ def _trajectory(flow, n: int, seed: int):
     """Trajectories of n particles with rk4 (40 steps, 41 frames), data coordinates."""
     gen = flow.generate(n, solver="rk4", nfe=160, seed=seed, return_trajectory=True)
     return gen.trajectory, gen.times
-
-
-def _evaluate_discrete(flow, run_dir, *, quick: bool, n, nfe, seed: int) -> dict[str, Any]:
-    from flowmatch.discrete.training import data_from_config
-    from flowmatch.evaluation.discrete import evaluate_discrete
-
-    report = evaluate_discrete(flow, data_from_config(flow.config), quick=quick, n=n, nfe=nfe, seed=seed)
-    if run_dir is not None:
-        write_json(Path(run_dir) / "report.json", report)
-    return report
 
 
 def picture(flow, what: str, out, *, n: int = 2000, held=None, samples=None, sweep=None, seed: int = 0, progress: bool = False) -> Path:
@@ -424,27 +414,10 @@ def evaluate(
     default to midpoint at NFE 40, unless a solver is given or the flow is a student or a MeanFlow
     model, which sample with their own). Returns the report (see the module docstring).
 
-    A discrete or mixed flow (:class:`~flowmatch.discrete.flow.DiscreteFlow`) gets the report of
-    :func:`flowmatch.evaluation.discrete.evaluate_discrete` on its run's data (``quick``, ``n``, ``nfe``
-    and ``seed`` apply), written to ``run_dir`` as report.json. A flow on a manifold
-    (:class:`~flowmatch.manifolds.flow.RiemannianFlow`) gets :func:`flowmatch.evaluation.manifolds.evaluate_manifold`
-    (``quick``, ``n``, ``solver``, ``nfe``, ``n_likelihood``, fixed-step ``likelihood_solver`` and
-    ``likelihood_nfe``, ``divergence``/``probes``, ``seed``, ``pictures`` and ``reference`` with ``train`` apply).
+    This is the report of points and images (a :class:`~flowmatch.flow.Flow`); :func:`flowmatch.evaluate`
+    gives every flow its modality's.
     """
     _check_flow(flow, run_dir)
-    if hasattr(flow, "kind") and hasattr(flow, "nll_bound"):
-        return _evaluate_discrete(flow, run_dir, quick=quick, n=n, nfe=nfe, seed=seed)
-    from flowmatch.manifolds.flow import RiemannianFlow
-
-    if isinstance(flow, RiemannianFlow):
-        from flowmatch.evaluation.manifolds import evaluate_manifold, reference_data
-
-        data = reference_data(flow, reference, train) if reference is not None else None
-        return evaluate_manifold(
-            flow, run_dir, data=data, quick=quick, n=n, solver=solver, nfe=nfe, n_likelihood=n_likelihood,
-            likelihood_solver=likelihood_solver, likelihood_nfe=likelihood_nfe, probes=probes if divergence == "hutchinson" else 0,
-            seed=seed, pictures=pictures,
-        )  # fmt: skip
     started = time.perf_counter()
     for name, given, count in (("solver", solver, nfe), ("likelihood_solver", likelihood_solver, likelihood_nfe)):
         if given is not None and given not in TABLEAUS and given != "meanflow" and count is not None:
@@ -473,8 +446,8 @@ def evaluate(
     name = flow.config.get("data", "")
     if train is not None and reference is None:
         raise FlowmatchError("train= goes with reference=: the memorisation figures need both")
-    reference = None if reference is None else _points(reference, flow.dim, "reference")
-    train = None if train is None else _points(train, flow.dim, "train")
+    reference = None if reference is None else points_of(reference, flow.dim, "reference")
+    train = None if train is None else points_of(train, flow.dim, "train")
     held_a, held_b, scored = held_out(flow, n, n_likelihood, seed, reference)
     report: dict[str, Any] = {
         "data": name,
@@ -547,13 +520,11 @@ def evaluate(
 
 def _check_flow(flow, run_dir) -> None:
     """evaluate()'s first two arguments: a loaded flow (not its folder) and a run folder path or None."""
-    from flowmatch.discrete.flow import DiscreteFlow
     from flowmatch.flow import Flow
-    from flowmatch.manifolds.flow import RiemannianFlow
 
     if isinstance(flow, (str, os.PathLike)):
         raise FlowmatchError(f"evaluate takes a flow, not its run folder: evaluate(flowmatch.load({str(flow)!r}), {str(flow)!r})")
-    if not isinstance(flow, (Flow, DiscreteFlow, RiemannianFlow)):
+    if not isinstance(flow, Flow):
         raise FlowmatchError(f"evaluate takes a Flow (flowmatch.load(run) gives one), got {type(flow).__name__}")
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
         raise FlowmatchError(f"run_dir must be a path to a run folder or None, got {type(run_dir).__name__} {run_dir!r}")
@@ -568,7 +539,7 @@ def check_options(
     folder that exists and can be written."""
     from flowmatch.likelihood import resolve_divergence
     from flowmatch.solvers.grids import time_grid
-    from flowmatch.solvers.integration import _check_tolerance
+    from flowmatch.solvers.integration import check_tolerance
     from flowmatch.solvers.tableaus import SOLVERS, steps_for
 
     for label, value in (("n", n), ("n_likelihood", n_likelihood)):
@@ -582,8 +553,8 @@ def check_options(
             time_grid("uniform", steps_for(name, count))  # an NFE the solver can take, a grid that fits in memory
         elif name not in SOLVERS and not (what == "solver" and name == "meanflow"):
             raise FlowmatchError(f"unknown {what} {name!r}; choose from {', '.join(SOLVERS)}")
-    _check_tolerance("atol", atol)
-    _check_tolerance("rtol", rtol)
+    check_tolerance("atol", atol)
+    check_tolerance("rtol", rtol)
     resolve_divergence(divergence, flow.dim)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise FlowmatchError(f"probes must be a positive integer, got {probes!r}")

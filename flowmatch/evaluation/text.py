@@ -320,3 +320,54 @@ def ngram_report(samples, heldout, *, orders=(1, 2, 3, 4), seed: int = 0) -> dic
 
 
 __all__ = ["NGramModel", "ngram_counts", "ngram_report", "ngram_statistics"]
+
+
+# -- memorisation ---------------------------------------------------------------------------------------------
+#: The length of the stretches a copy of the training text is told by: the k-grams of :func:`copy_report`.
+COPY_GRAM = 16
+
+
+def _gram_rows(sequences: list[np.ndarray], k: int) -> np.ndarray:
+    """Every window of k consecutive tokens inside one sequence, as rows of a (m,) array of k-token byte strings."""
+    rows = [np.lib.stride_tricks.sliding_window_view(np.ascontiguousarray(s, dtype=np.int64), k) for s in sequences if len(s) >= k]
+    if not rows:
+        return np.empty(0, dtype=np.dtype((np.void, 8 * k)))
+    grams = np.ascontiguousarray(np.concatenate(rows))
+    return grams.view(np.dtype((np.void, 8 * k))).reshape(-1)
+
+
+def copy_report(samples, train, heldout, *, k: int = COPY_GRAM) -> dict:
+    """How much of the samples is copied from the training text: the share of the samples' k-grams (windows of
+    k consecutive tokens inside one sequence) found verbatim in ``train`` (a token stream), beside the same
+    share of held-out text cut into sequences of the samples' length (``heldout``: a stream), which has the
+    common phrases of the text but was never trained on. A model that copies its training text has a share
+    near 1; ``warning`` (:func:`copy_warning`) says so when the share is over max(0.10, twice the held-out's).
+    ``k`` is at most half the samples' length."""
+    sequences = _sequences(samples, "samples")
+    length = min(len(s) for s in sequences)
+    k = int(min(k, max(2, length // 2)))
+    train_grams = np.unique(_gram_rows([np.asarray(train)], k))
+    held = np.asarray(heldout, dtype=np.int64).reshape(-1)
+    cut = held[: len(held) // length * length].reshape(-1, length)[: len(sequences)]
+    if not len(cut):
+        raise FlowmatchError(f"the held-out text holds fewer tokens than one sequence ({length})")
+
+    def share(rows: np.ndarray) -> float:
+        return float(np.isin(rows, train_grams).mean()) if len(rows) else float("nan")
+
+    report = {"k": k, "copied_share": {"value": share(_gram_rows(sequences, k)), "heldout": share(_gram_rows(list(cut), k))}}
+    report["warning"] = copy_warning(report)
+    return report
+
+
+def copy_warning(report: dict) -> str:
+    """One line when the samples copy long stretches of the training text ('' otherwise)."""
+    from flowmatch.evaluation.memorisation import COPY_WARNING
+
+    share, own = report["copied_share"]["value"], report["copied_share"]["heldout"]
+    if not share > max(COPY_WARNING, 2 * own):
+        return ""
+    return (
+        f"warning: {share:.0%} of the samples' {report['k']}-token stretches appear verbatim in the training text (held-out "
+        f"text's own share: {own:.0%}): the model copies its training data; try select=val-loss or fewer steps"
+    )

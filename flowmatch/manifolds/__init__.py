@@ -5,9 +5,10 @@
 - :mod:`.paths`: the geodesic conditional path x_t = exp_{x0}(kappa_t log_{x0}(x1)) and its velocity;
 - :mod:`.solvers`: Runge-Kutta solvers stepping through the exponential map;
 - :mod:`.likelihood`: log-densities through the Riemannian divergence;
-- :mod:`.flow`: the tangent-valued model, the loss and :class:`RiemannianFlow`;
-- :mod:`.data` and :mod:`.metrics`: data sets on manifolds and their evaluation;
-- :mod:`.training`: runs of kind manifold (train, fit, the run folder, loading).
+- :mod:`.flow`: the loss and :class:`RiemannianFlow` (its tangent-valued models are :mod:`flowmatch.models.tangent`'s);
+- :mod:`.data` and :mod:`.metrics`: data sets on manifolds, a run's splits of them, and their evaluation.
+
+Runs of kind manifold are :mod:`flowmatch.modalities.manifolds`'.
 
 Names are imported from their modules on first use.
 """
@@ -17,22 +18,19 @@ from flowmatch._lazy import lazy_exports
 _EXPORTS = {
     "Euclidean": "manifolds",
     "FLOW_SOURCES": "flow",
-    "FeatureMLP": "flow",
     "FlatTorus": "manifolds",
     "GeodesicPath": "paths",
     "GeodesicSample": "paths",
     "MANIFOLDS": "manifolds",
     "MANIFOLD_SETS": "data",
+    "ManifoldRunData": "data",
     "MANIFOLD_SOLVERS": "solvers",
     "Manifold": "manifolds",
     "ON_MANIFOLD_TOLERANCE": "manifolds",
     "RiemannianFlow": "flow",
     "SO3": "manifolds",
     "Sphere": "manifolds",
-    "TangentMLP": "flow",
-    "TangentModel": "flow",
     "WrappedNormal": "data",
-    "fit_manifold": "training",
     "integrate_manifold": "solvers",
     "load_manifold_data": "data",
     "make_manifold": "manifolds",
@@ -46,8 +44,6 @@ _EXPORTS = {
     "quaternion_to_matrix": "manifolds",
     "riemannian_loss": "flow",
     "sinc": "manifolds",
-    "tangent_mlp": "flow",
-    "train_manifold": "training",
     "wrapped_gaussian_scale": "flow",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -40,6 +40,8 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -489,6 +491,7 @@ def load_manifold_data(
     *,
     columns: Sequence[str] | str | None = None,
     units: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> ManifoldData:
     """A built-in set by name (:data:`MANIFOLD_SETS`), or the points of a user file.
 
@@ -507,7 +510,8 @@ def load_manifold_data(
       sign w >= 0.
 
     ``columns`` (names, or one comma-separated string) picks the columns in that order: (lat, lon),
-    the torus angles, or (w, x, y, z). Rows count data rows from 1 (the header is row 0) and columns
+    the torus angles, or (w, x, y, z); ``exclude`` names columns that are not coordinates (a run's label and
+    condition columns), left out of a torus file's angles. Rows count data rows from 1 (the header is row 0) and columns
     are named as in the header (numbered from 1 in a .npy). Every problem is one :class:`FlowmatchError`
     naming the file and, where it is a value, its row and column: a missing column, an empty, NaN or
     non-numeric cell, a latitude or longitude out of range, a quaternion that is not unit, fewer than
@@ -531,7 +535,7 @@ def load_manifold_data(
     ext = os.path.splitext(path)[1].lower()
     with reading(path):  # no permission, an I/O error: one line naming the file
         if ext == ".csv":
-            kind, points = _read_csv_points(path, wanted, names, units)
+            kind, points = _read_csv_points(path, wanted, names, units, exclude)
         elif ext in (".npy", ".npz"):
             if names is not None:
                 raise FlowmatchError(f"{path}: columns= names CSV columns; a {ext} array has none")
@@ -568,8 +572,12 @@ def _where(path: str, row: int, column: str) -> str:
     return f"{path}: row {row + 1}, column {column}"
 
 
-def _read_csv_points(path: str, wanted: str | None, names: list[str] | None, units: str | None) -> tuple[str, torch.Tensor]:
+def _read_csv_points(
+    path: str, wanted: str | None, names: list[str] | None, units: str | None, exclude: Sequence[str] = ()
+) -> tuple[str, torch.Tensor]:
     frame = read_table(path, max_categories=sys.maxsize)
+    left_out = {str(frame.columns[int(c) - 1]) if c.isdigit() and 0 < int(c) <= frame.shape[1] else c for c in exclude}
+    frame = frame[[c for c in frame.columns if str(c) not in left_out]]  # label and condition columns: not coordinates
     header = [str(c) for c in frame.columns]
     if all(_is_number(c) for c in header):
         raise FlowmatchError(f"{path}: the first line is numbers; a CSV needs a header row naming its columns (e.g. lat,lon or w,x,y,z)")
@@ -750,3 +758,158 @@ def points_to_columns(
     if len(names) != values.shape[1]:
         raise FlowmatchError(f"{len(names)} column names ({', '.join(names)}) for {values.shape[1]} columns on {manifold.label}")
     return names, values.numpy()
+
+
+# -- a run's data: a built-in set, or a file's points split --------------------------------------------
+#: Share of a file's points held out as its test split (at most TEST_MAX), as for every data file.
+TEST_FRACTION = 0.2
+
+
+TEST_MAX = 4000
+
+
+#: The validation split of a file holds at most this many points (and at least 2).
+VAL_MAX = 2000
+
+
+#: Validation points the loss is computed on (the first of the split).
+VAL_POINTS = 1024
+
+
+#: Points in samples.npy and samples.png (a file's run: at most its test split's size).
+SAMPLES = 2000
+
+
+#: Fresh held-out draws of built-in sets use seed + this (+ k for the k-th set), as continuous runs do.
+HELD_SEED = 7_000_003
+
+
+# -- data ------------------------------------------------------------------------------------------
+@dataclass
+class ManifoldRunData:
+    """The data of a run: ``law`` (a built-in set or a file's :class:`PointSet`) on ``manifold``, and for a
+    file its ``train``, ``val`` (or None) and ``test`` points (float32, canonical); a built-in set has none
+    (``finite`` False: every draw is fresh). A file's points may carry conditions: ``conditions[split]``
+    holds their class labels ``y`` and covariates ``c`` (``given``: the label column's class values and the
+    condition columns, by name)."""
+
+    name: str
+    law: ManifoldData
+    manifold: Manifold
+    train: torch.Tensor | None = None
+    val: torch.Tensor | None = None
+    test: torch.Tensor | None = None
+    conditions: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    given: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finite(self) -> bool:
+        return self.train is not None
+
+    @property
+    def model_conditions(self) -> dict[str, dict[str, int]]:
+        """The conditions a model of these points takes: {"y": {"classes": K}}, {"c": {"dim": k}} where they have them."""
+        out: dict[str, dict[str, int]] = {}
+        if self.given.get("classes"):
+            out["y"] = {"classes": len(self.given["classes"])}
+        if self.given.get("condition_columns"):
+            out["c"] = {"dim": len(self.given["condition_columns"])}
+        return out
+
+    def batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """n training points and their conditions: a fresh draw of a built-in set, or rows of the training split
+        drawn with replacement."""
+        if self.train is None:
+            return self.law.sample(n, generator), {}
+        rows = torch.randint(len(self.train), (n,), generator=generator)
+        return self.train[rows], {k: v[rows] for k, v in self.conditions.get("train", {}).items()}
+
+    def held_out(self, n: int, seed: int, k: int = 0) -> torch.Tensor:
+        """The k-th held-out set of n points: a fresh draw with seed + HELD_SEED + k (built-in sets), or
+        the k-th block of n test points (files)."""
+        if self.test is None:
+            return self.law.sample(n, generator=seed + HELD_SEED + k)
+        if (k + 1) * n > len(self.test):
+            raise FlowmatchError(f"{self.name}: the test split holds {len(self.test)} points, not {k + 1} sets of {n}")
+        return self.test[k * n : (k + 1) * n]
+
+
+def load_run_data(config) -> ManifoldRunData:
+    """The data a manifold run's config names: a built-in set (its own manifold, or ``euclidean`` for the
+    comparison), or a file read onto ``config.manifold`` with ``columns`` and ``units`` and split with
+    ``seed`` and ``val_fraction`` (module docstring); a CSV file's ``label_column`` and ``condition_columns``
+    are its points' conditions (``conditional`` with a label column)."""
+    if config.data == "python":
+        raise FlowmatchError("this run was trained on points given in Python, which its folder does not hold")
+    label = getattr(config, "label_column", "")
+    conditions = getattr(config, "condition_columns", "")
+    if config.data in MANIFOLD_SETS:
+        law = manifold_set(config.data)
+        if config.manifold not in ("auto", "euclidean", law.manifold.name):
+            raise FlowmatchError(
+                f"{config.data} lives on {law.manifold.label}, not on manifold={config.manifold}: leave it auto, "
+                "or pass manifold='euclidean' for the Euclidean comparison"
+            )
+        if config.columns or config.units != "auto":
+            named = f"units={config.units}" if config.units != "auto" else f"columns={config.columns}"
+            raise FlowmatchError(f"{named} describes a data file's columns; {config.data} is a built-in set")
+        if label or conditions or getattr(config, "conditional", False):
+            raise FlowmatchError(f"{config.data} is a built-in set without labels or covariates: conditions come with a file's columns")
+        return ManifoldRunData(config.data, law, law.manifold)
+    if config.manifold == "euclidean":
+        raise FlowmatchError(
+            f"manifold='euclidean' is the Euclidean comparison on a built-in manifold set ({', '.join(MANIFOLD_SETS)}); "
+            f"points in R^D from '{config.data}' are an ordinary continuous run (kind='continuous')"
+        )
+    taken = [c.strip() for c in (label, *conditions.split(",")) if c.strip()]
+    if (label or conditions) and not str(config.data).lower().endswith(".csv"):
+        raise FlowmatchError(f"label_column and condition_columns name a .csv file's columns; '{config.data}' is not one")
+    law = load_manifold_data(
+        config.data,
+        None if config.manifold == "auto" else config.manifold,
+        columns=config.columns or None,
+        units=None if config.units == "auto" else config.units,
+        exclude=taken,
+    )
+    assert isinstance(law, PointSet)
+    rows, given = None, dict[str, Any]()
+    if label or conditions:
+        from flowmatch.data.tables import read_table, table_conditions
+
+        frame = read_table(law.path, max_categories=sys.maxsize)
+        _, rows, given = table_conditions(law.path, frame, label, conditions)
+    check_conditional(config, label)
+    return split_points(law, seed=config.seed, val_fraction=config.val_fraction, conditions=rows, given=given)
+
+
+def check_conditional(config, label: str) -> None:
+    """``conditional`` and ``label_column`` go together: a run conditions on class labels when both are given."""
+    if getattr(config, "conditional", False) != bool(label):
+        raise FlowmatchError(
+            "a manifold run conditions on class labels with conditional=True and label_column=NAME together"
+            if getattr(config, "conditional", False)
+            else f"label_column={label!r} names the class labels a run conditions on: pass conditional=True"
+        )
+
+
+def split_points(
+    law: PointSet, *, seed: int, val_fraction: float, conditions: dict[str, np.ndarray] | None = None, given: dict[str, Any] | None = None
+) -> ManifoldRunData:
+    """A file's points shuffled with ``seed`` and split into test, validation and training points (their
+    ``conditions``, arrays over the points, split alike)."""
+    points = law.points.to(torch.float32)
+    points = law.manifold.canonical(points)
+    n = len(points)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = min(TEST_MAX, max(2, round(TEST_FRACTION * n)))
+    n_val = min(VAL_MAX, max(2, round(val_fraction * (n - n_test)))) if val_fraction > 0 else 0
+    if n - n_test - n_val < 2:
+        raise FlowmatchError(f"{law.path}: {n} points are too few to split into training, validation and test points")
+    parts = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, n)}
+    test, val, train = (points[order[a:b]] for a, b in parts.values())
+    split = {
+        name: {k: torch.as_tensor(np.asarray(v))[order[a:b]] for k, v in conditions.items()} for name, (a, b) in parts.items()
+    } if conditions else {}  # fmt: skip
+    return ManifoldRunData(
+        law.name, law, law.manifold, train=train, val=val if n_val else None, test=test, conditions=split, given=dict(given or {})
+    )

@@ -1,12 +1,7 @@
-"""Riemannian flow matching: the tangent-valued model, its loss, and a flow that samples and scores.
+"""Riemannian flow matching: the loss, and a flow that samples and scores.
 
-**Model.** A network reads the manifold's features of a point (:meth:`Manifold.features`: the
-coordinates on a sphere, [cos, sin] of the angles on a torus, the rotation matrix for SO(3)) and the time,
-and outputs ``manifold.output_dim`` numbers that :meth:`Manifold.to_tangent` turns into a tangent
-vector at the point (the orthogonal projection for spheres and R^d, the output itself for the torus,
-q (0, omega) for SO(3)). :class:`TangentModel` does this for any ``net(features, t)``;
-:class:`FeatureMLP` is a small such network (the package's :class:`flowmatch.models.MLP` has one width
-for its input and output, which differ here).
+**Model.** A velocity tangent to the manifold, v(x, t) (:mod:`flowmatch.models.tangent`: a network on the
+manifold's features of a point whose output becomes a tangent vector there).
 
 **Loss.** With the geodesic path x_t = exp_{x0}(kappa_t log_{x0}(x1)) and its velocity u_t
 (:class:`flowmatch.manifolds.GeodesicPath`), the Riemannian conditional flow matching loss is
@@ -24,108 +19,29 @@ from a run folder also carries the run's ``config``; the Euclidean comparison (a
 standard normal source, ``source="gaussian"``, trained on a manifold's ambient coordinates) names the
 manifold its data live on as ``data_manifold``.
 
-**Saving.** :class:`TangentMLP` is the :class:`TangentModel` around a :class:`FeatureMLP` that knows its
-config, registered as ``"tangent-mlp"`` in :mod:`flowmatch.models.registry`, so that a run folder
-rebuilds it from JSON (its manifold, width, depth, activation and time embedding).
+**Saving.** :meth:`RiemannianFlow.checkpoint_meta` is what rebuilds the flow around its weights
+(:func:`build_manifold_flow`): the manifold, the data's manifold, the model's config (the tangent-mlp is
+registered by name in :mod:`flowmatch.models.registry`), the path's scheduler and the source.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from flowmatch import conditions as conditions_module
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.likelihood import manifold_log_prob
-from flowmatch.manifolds.manifolds import Manifold, make_manifold, manifold_from_config
+from flowmatch.manifolds.manifolds import Manifold, manifold_from_config
 from flowmatch.manifolds.paths import GeodesicPath
 from flowmatch.manifolds.solvers import integrate_manifold
-from flowmatch.models.mlp import ACTIVATIONS, sinusoidal_embedding, time_column
+from flowmatch.solvers.integration import require_finite
 
 Source = torch.Tensor | Callable[[int, torch.Generator | None], torch.Tensor] | None
-
-
-class FeatureMLP(nn.Module):
-    """net(f, t): h = act(W_f f + W_t emb(t)), then (depth - 1) x [Linear(width, width), act], then
-    Linear(width, out_dim); emb is the sinusoidal time embedding of :mod:`flowmatch.models.mlp` through a
-    learned projection. t is a number, a 0-dim tensor or a (batch,) tensor."""
-
-    def __init__(self, in_dim: int, out_dim: int, width: int = 128, depth: int = 3, activation: str = "silu", time_dim: int = 32):
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise FlowmatchError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
-        if min(in_dim, out_dim, width, depth) < 1 or time_dim < 2 or time_dim % 2:
-            raise FlowmatchError(f"model sizes must be positive (time_dim even): width={width}, depth={depth}, time_dim={time_dim}")
-        self.config = {"name": "feature-mlp", "width": width, "depth": depth, "activation": activation, "time_dim": time_dim}
-        self.time_dim = time_dim
-        self.f_in = nn.Linear(in_dim, width)
-        self.t_in = nn.Sequential(nn.Linear(time_dim, width), ACTIVATIONS[activation](), nn.Linear(width, width))
-        layers: list[nn.Module] = [ACTIVATIONS[activation]()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(width, width), ACTIVATIONS[activation]()]
-        layers.append(nn.Linear(width, out_dim))
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, f: torch.Tensor, t) -> torch.Tensor:
-        emb = sinusoidal_embedding(time_column(t, f), self.time_dim)
-        return self.body(self.f_in(f) + self.t_in(emb))
-
-
-class TangentModel(nn.Module):
-    """v(x, t) = manifold.to_tangent(x, net(manifold.features(x), t)): a velocity field tangent to the manifold.
-
-    ``net`` maps (n, manifold.feature_dim) features and times to (n, manifold.output_dim) outputs
-    (ambient_dim for spheres and R^d, dim for the torus, 3 for SO(3)).
-    """
-
-    def __init__(self, net: nn.Module, manifold: Manifold):
-        super().__init__()
-        if not isinstance(manifold, Manifold):
-            raise FlowmatchError(f"a TangentModel needs a Manifold, got {type(manifold).__name__}")
-        self.net = net
-        self.manifold = manifold
-
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        out = self.net(self.manifold.features(x), t)
-        if out.shape != (x.shape[0], self.manifold.output_dim):
-            raise FlowmatchError(
-                f"the network must output shape (n, {self.manifold.output_dim}) on {self.manifold.label}, got {tuple(out.shape)}"
-            )
-        return self.manifold.to_tangent(x, out)
-
-
-class TangentMLP(TangentModel):
-    """A :class:`TangentModel` around a :class:`FeatureMLP` of the manifold's feature and output widths,
-    built from plain values so that :func:`flowmatch.models.registry.build_model` makes it by name
-    (``"tangent-mlp"``) and a run folder rebuilds it from ``config``.
-
-    ``dim`` is the points' width (the manifold's ``ambient_dim``, checked); ``manifold`` a
-    :class:`Manifold`, its ``to_config()`` dict or a name (sphere, torus, so3: their default dimension).
-    """
-
-    def __init__(
-        self, dim: int, manifold: Manifold | dict | str, width: int = 128, depth: int = 3, activation: str = "silu", time_dim: int = 32
-    ):
-        if isinstance(manifold, dict):
-            manifold = manifold_from_config(manifold)
-        elif isinstance(manifold, str):  # by name: the manifold whose points have dim coordinates
-            manifold = make_manifold(manifold, {"sphere": dim - 1, "so3": None}.get(manifold, dim))
-        if not isinstance(manifold, Manifold):
-            raise FlowmatchError(f"a tangent-mlp needs a manifold (a Manifold, its config or its name), got {type(manifold).__name__}")
-        if dim != manifold.ambient_dim:
-            raise FlowmatchError(f"points on {manifold.label} have {manifold.ambient_dim} coordinates, not {dim}")
-        super().__init__(FeatureMLP(manifold.feature_dim, manifold.output_dim, width, depth, activation, time_dim), manifold)
-        self.config = {
-            "name": "tangent-mlp", "manifold": manifold.to_config(), "width": width, "depth": depth, "activation": activation,
-            "time_dim": time_dim,
-        }  # fmt: skip
-
-
-def tangent_mlp(manifold: Manifold, **options) -> TangentMLP:
-    """A :class:`TangentMLP` on ``manifold`` (``options``: width, depth, activation, time_dim)."""
-    return TangentMLP(manifold.ambient_dim, manifold, **options)
 
 
 def riemannian_loss(model: Callable, path: GeodesicPath, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -211,7 +127,7 @@ def source_law(name: str, manifold: Manifold):
 
 class RiemannianFlow:
     """A velocity model on a manifold with its geodesic path: train with :meth:`loss`, sample with
-    :meth:`generate`, score with :meth:`log_prob`.
+    :meth:`generate`, score with :meth:`log_prob` (the flow of kind ``manifold``).
 
     ``source`` names the distribution at t = 0: ``"uniform"`` (the manifold's uniform law, density
     1 / volume), ``"wrapped-gaussian"`` or ``"wrapped-gaussian:SCALE"`` (exp_o(N(0, SCALE^2 I)) around the
@@ -222,6 +138,8 @@ class RiemannianFlow:
     dtype of generated points (CPU float32 without parameters).
     """
 
+    kind = "manifold"
+
     def __init__(
         self,
         model: Callable,
@@ -231,6 +149,7 @@ class RiemannianFlow:
         source: str = "uniform",
         data_manifold: Manifold | None = None,
         config: dict | None = None,
+        conditions: dict[str, dict[str, int]] | None = None,
     ):
         if not isinstance(manifold, Manifold):
             raise FlowmatchError(f"a RiemannianFlow needs a Manifold, got {type(manifold).__name__}")
@@ -247,6 +166,8 @@ class RiemannianFlow:
         self.source = source
         self.data_manifold = data_manifold if data_manifold is not None else manifold
         self.config = dict(config or {})
+        #: the conditions the model takes, by name: {"classes": K} for labels, {"dim": k} for float vectors
+        self.conditions = dict(conditions) if conditions is not None else conditions_module.conditions_of(model)
 
     def _placement(self) -> tuple[torch.device, torch.dtype]:
         params = list(self.model.parameters()) if isinstance(self.model, nn.Module) else []
@@ -313,20 +234,48 @@ class RiemannianFlow:
         t = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype).to(x1.device)
         return riemannian_loss(self.model, self.path, x0, x1, t)
 
-    def generate(self, n: int, solver: str = "rk4", nfe: int = 64, seed: int = 0, source: Source = None) -> torch.Tensor:
+    def velocity(self, condition: dict[str, torch.Tensor] | None = None, guidance: float = 1.0, precision: str = "fp32") -> Callable:
+        """v(x, t) as the solvers call it: the model under ``condition`` (:func:`flowmatch.conditions.condition_for`)
+        and classifier-free ``guidance`` weight w, v_null + w (v_cond - v_null) (a tangent vector: both are
+        tangent at x), with the network in bfloat16 for ``precision="bf16"`` (the geometry in float32)."""
+        model = self.model
+
+        def call(x, t, **extra):
+            device = x.device
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return model(x, t, **extra).to(x.dtype)
+
+        def combine(out, w):
+            cond, null = out.chunk(2)
+            return null + w * (cond - null)
+
+        return conditions_module.guided(call, self.conditions, condition, float(guidance), combine)
+
+    def generate(
+        self, n: int, solver: str = "rk4", nfe: int = 64, seed: int = 0, source: Source = None, *, label=None, condition=None,
+        guidance: float = 1.0, precision: str = "fp32",
+    ) -> torch.Tensor:  # fmt: skip
         """n samples at t = 1 in canonical form, integrated from source points at t = 0 with exactly
         ``nfe`` velocity evaluations.
 
         ``source`` is None (the flow's own), a tensor of n points, or ``f(n, generator)`` returning n points;
-        randomness comes from a generator seeded with ``seed``. Samples are finite: a draw in which any
-        comes out NaN or infinite raises :class:`~flowmatch.errors.FlowmatchError` naming how many.
+        randomness comes from a generator seeded with ``seed``. ``label`` (one class or n) and ``condition``
+        (rows of the float condition ``c``: one or n) sample a conditional model, with classifier-free
+        ``guidance`` weight w (:meth:`velocity`). Samples are finite: a draw in which any comes out NaN or
+        infinite raises :class:`~flowmatch.errors.FlowmatchError` naming how many.
         """
-        from flowmatch.flow import _require_finite
-
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
+        if precision not in ("fp32", "bf16"):
+            raise FlowmatchError(f"unknown precision {precision!r}; choose from fp32, bf16")
+        device = self._placement()[0]
+        given = conditions_module.condition_for(self.conditions, n, label, condition, device)
+        if guidance != 1.0 and not given:
+            raise FlowmatchError("guidance needs a condition to guide by: give label= or condition=")
         x0 = self._source(n, torch.Generator().manual_seed(seed), source)
         with torch.no_grad():
-            sol = integrate_manifold(self.model, x0, self.manifold, solver=solver, nfe=nfe)
-        _require_finite(sol.x, solver, nfe)
+            sol = integrate_manifold(self.velocity(given, guidance, precision), x0, self.manifold, solver=solver, nfe=nfe)
+        require_finite(sol.x, solver, nfe)
         return self.manifold.canonical(sol.x)
 
     def sample(self, n: int, **options) -> torch.Tensor:
@@ -342,15 +291,90 @@ class RiemannianFlow:
         probes: int = 0,
         seed: int = 0,
         base_log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        label=None,
+        condition=None,
     ) -> torch.Tensor:
         """log p_1(x) per row w.r.t. the Riemannian volume (see :func:`manifold_log_prob`); the source
-        density is the flow's own (:meth:`source_log_prob`) unless ``base_log_prob`` is given."""
+        density is the flow's own (:meth:`source_log_prob`) unless ``base_log_prob`` is given. A conditional
+        model scores under ``label`` / ``condition`` (one or a row each; None: unconditionally)."""
         device, dtype = self._placement()
         x = self.manifold.check(x, "points").to(device=device, dtype=dtype)
         base = base_log_prob if base_log_prob is not None else self.source_log_prob
-        return manifold_log_prob(self.model, x, self.manifold, base_log_prob=base, solver=solver, nfe=nfe, probes=probes, seed=seed)
+        given = conditions_module.condition_for(self.conditions, len(x), label, condition, device)
+        velocity = self.velocity(given) if given else self.model
+        return manifold_log_prob(velocity, x, self.manifold, base_log_prob=base, solver=solver, nfe=nfe, probes=probes, seed=seed)
 
     def to(self, device) -> RiemannianFlow:
         if isinstance(self.model, nn.Module):
             self.model.to(device)
         return self
+
+    # -- saving and loading -------------------------------------------------------------------
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """checkpoint.json of a manifold run: what rebuilds the flow around its weights, as JSON."""
+        from flowmatch.models.registry import to_config
+        from flowmatch.saving import FORMAT_VERSION
+
+        if not isinstance(self.model, nn.Module):
+            raise FlowmatchError(f"a run folder saves a torch.nn.Module's weights; the flow's model is a {type(self.model).__name__}")
+        try:
+            model = to_config(self.model)
+        except FlowmatchError:
+            model = {"class": f"{type(self.model).__module__}:{type(self.model).__qualname__}", "rebuild": False}
+        return {
+            "format": "flowmatch-checkpoint",
+            "version": FORMAT_VERSION,
+            "kind": "manifold",
+            "manifold": self.manifold.to_config(),
+            "data_manifold": self.data_manifold.to_config(),
+            "model": model,
+            "scheduler": scheduler_to_config(self.path.scheduler),
+            "source": self.source,
+            **({"conditions": self.conditions} if self.conditions != conditions_module.conditions_of(self.model) else {}),
+        }
+
+    def save_checkpoint(self, folder) -> None:
+        """Weights and metadata into ``folder`` (:func:`flowmatch.engine.runs.save_flow`)."""
+        from flowmatch.saving import save_flow
+
+        save_flow(self, folder)
+
+
+def scheduler_to_config(scheduler) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": scheduler.name}
+    if hasattr(scheduler, "exponent"):
+        out["exponent"] = scheduler.exponent
+    return out
+
+
+def build_manifold_flow(
+    meta: dict[str, Any], state: dict[str, torch.Tensor], config: dict[str, Any], where, *, model: nn.Module | None = None
+) -> RiemannianFlow:
+    """The RiemannianFlow of :meth:`RiemannianFlow.checkpoint_meta` and its weights (checked: names, shapes,
+    dtypes and finite values), in ``model`` where given (needed for a model the run folder only names)."""
+    from flowmatch.discrete.schedulers import make_scheduler
+    from flowmatch.models.registry import from_config
+    from flowmatch.saving import load_weights
+
+    spec = meta.get("model")
+    if model is None and isinstance(spec, dict) and spec.get("rebuild") is False:
+        raise FlowmatchError(
+            f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
+            "pass one: flowmatch.load(run, model=YourModel(...))"
+        )
+    try:
+        manifold = manifold_from_config(meta["manifold"])
+        data_manifold = manifold_from_config(meta["data_manifold"])
+        spec = dict(meta["model"])
+        model = model if model is not None else from_config(spec, manifold.ambient_dim)
+        options = {k: v for k, v in meta["scheduler"].items() if k != "name"}
+        path = GeodesicPath(manifold, make_scheduler(meta["scheduler"]["name"], **options))
+        flow = RiemannianFlow(
+            model, manifold, path, source=meta["source"], data_manifold=data_manifold, config=config, conditions=meta.get("conditions")
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, FlowmatchError):
+            raise FlowmatchError(f"{where}: {exc}") from None
+        raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
+    load_weights(model, state, where)
+    return flow

@@ -2,6 +2,7 @@
 
     x (B, D) continuous features at time t, tokens (B, L) in {0, ..., V_j - 1} or the mask ``states - 1``
     -> [x, embedding of each column's token (``embed`` numbers a column)] -> Linear -> + time embedding
+       (+ the conditions' embedding: class labels y, float covariates c; :class:`~flowmatch.models.conditioning.ConditionEmbedding`)
     -> ``depth`` hidden layers of ``width`` units
     -> (velocity of x (B, D), logits of the posterior p_{1|t} over each column's categories (B, L, V_max)).
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.models.conditioning import ConditionEmbedding
 from flowmatch.models.mlp import ACTIVATIONS, sinusoidal_embedding, time_column
 
 #: The logit of a category a column does not have: exp(-1e4) underflows to 0 in float32, and guidance's
@@ -33,6 +35,8 @@ class MixedMLP(nn.Module):
         activation: str = "silu",
         time_dim: int = 64,
         dropout: float = 0.0,
+        num_classes: int = 0,
+        condition_dim: int = 0,
     ):
         super().__init__()
         sizes = [int(v) for v in vocab_sizes]
@@ -42,9 +46,11 @@ class MixedMLP(nn.Module):
             )
         if activation not in ACTIVATIONS:
             raise FlowmatchError(f"unknown activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
+        self.conditions = ConditionEmbedding(width, num_classes, condition_dim)
+        self.num_classes = num_classes
         self.config = {
             "name": "mixed-mlp", "vocab_sizes": sizes, "width": width, "depth": depth, "embed": embed,
-            "activation": activation, "time_dim": time_dim, "dropout": dropout,
+            "activation": activation, "time_dim": time_dim, "dropout": dropout, **self.conditions.config(),
         }  # fmt: skip
         self.dim, self.vocab_sizes, self.time_dim = dim, sizes, time_dim
         self.states = max(sizes) + 1  # the mask is max(sizes)
@@ -66,10 +72,15 @@ class MixedMLP(nn.Module):
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("scatter", valid.reshape(-1).nonzero().squeeze(1), persistent=False)
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, tokens: torch.Tensor, t, y: torch.Tensor | None = None, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.tokens(tokens + self.offsets).flatten(1)
         h = self.x_in(torch.cat([x.to(e.dtype), e], dim=1))
         h = h + self.t_in(sinusoidal_embedding(time_column(t, h), self.time_dim))
+        conditions = self.conditions(len(h), h, y, c)
+        if conditions is not None:
+            h = h + conditions
         out = self.out(self.body(h))
         flat = out.new_full((len(x), self.valid.numel()), NO_CATEGORY)
         flat[:, self.scatter] = out[:, self.dim :]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.manifolds.flow import TangentMLP
 from flowmatch.models.mixed import MixedMLP
 from flowmatch.models.mlp import MLP, SeedMLP
+from flowmatch.models.tangent import TangentMLP
 from flowmatch.models.transformer import TokenTransformer
 from flowmatch.models.unet import UNet
 
@@ -18,6 +18,19 @@ MODELS = {
     "transformer": TokenTransformer,
     "mixed-mlp": MixedMLP,
     "tangent-mlp": TangentMLP,  # a velocity tangent to a manifold (kind manifold); dim = the points' coordinates
+}
+
+
+#: The config fields each built-in model reads (a run's own model, ``python``, reads none: its options are its
+#: constructor's). Any other of them, set for a run, is refused (:func:`flowmatch.engine.seam.check_applicable`).
+MODEL_OPTIONS: dict[str, frozenset[str]] = {
+    "mlp": frozenset({"width", "depth", "activation", "dropout"}),
+    "seed-mlp": frozenset({"width"}),
+    "unet": frozenset({"channels", "channel_mult", "num_res_blocks", "attention", "dropout"}),
+    "transformer": frozenset({"width", "depth", "heads"}),
+    "mixed-mlp": frozenset({"width", "depth", "activation", "dropout"}),
+    "tangent-mlp": frozenset({"width", "depth", "activation"}),
+    "python": frozenset(),
 }
 
 

@@ -1,6 +1,7 @@
 """A small transformer over token sequences: the posterior p_{1|t}(x1 | x_t) of discrete flow matching.
 
     tokens x_t (B, L) in {0, ..., states - 1} -> embedding + positions (fixed sinusoids + learned) + a time embedding
+    (+ the conditions' embedding: class labels y, float covariates c; :class:`~flowmatch.models.conditioning.ConditionEmbedding`)
     -> ``local`` residual convolutions (kernel 5) -> ``depth`` pre-norm encoder blocks (``heads`` heads, no causal mask: every position sees all)
     -> LayerNorm -> Linear -> logits (B, L, vocab_size) over the data tokens.
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.models.conditioning import ConditionEmbedding
 from flowmatch.models.mlp import sinusoidal_embedding, time_column
 
 
@@ -32,6 +34,8 @@ class TokenTransformer(nn.Module):
         heads: int = 4,
         time_dim: int = 64,
         local: int = 2,
+        num_classes: int = 0,
+        condition_dim: int = 0,
     ):
         super().__init__()
         states = vocab_size + 1 if states is None else states
@@ -49,6 +53,9 @@ class TokenTransformer(nn.Module):
             "time_dim": time_dim,
             "local": local,
         }
+        self.conditions = ConditionEmbedding(width, num_classes, condition_dim)
+        self.num_classes = num_classes
+        self.config.update(self.conditions.config())
         self.time_dim = time_dim
         self.tokens = nn.Embedding(states, width)
         self.positions = nn.Parameter(torch.zeros(dim, width))
@@ -64,10 +71,14 @@ class TokenTransformer(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, vocab_size))
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
         t = time_column(t, self.positions).expand(len(x), 1)
         places = self.positions[: x.shape[1]] + self.sinusoid[: x.shape[1]]
-        h = self.tokens(x) + places + self.time(sinusoidal_embedding(t, self.time_dim))[:, None]
+        step = self.time(sinusoidal_embedding(t, self.time_dim))
+        conditions = self.conditions(len(x), step, y, c)
+        if conditions is not None:
+            step = step + conditions
+        h = self.tokens(x) + places + step[:, None]
         if self.local:
             h = h.transpose(1, 2)
             for block in self.local:

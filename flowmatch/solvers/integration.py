@@ -47,7 +47,7 @@ Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ADAPTIVE_TRAJECTORY_POINTS = 101
 
 
-def _check_tolerance(name: str, value: float) -> float:
+def check_tolerance(name: str, value: float) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -104,8 +104,8 @@ def integrate(
     """
     _check_solver(solver)
     t0, t1 = _check_interval(t0, t1)
-    atol = _check_tolerance("atol", atol)
-    rtol = _check_tolerance("rtol", rtol)
+    atol = check_tolerance("atol", atol)
+    rtol = check_tolerance("rtol", rtol)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         got = x0.dtype if isinstance(x0, torch.Tensor) else type(x0).__name__
         raise FlowmatchError(f"x0 must be a floating-point tensor, got {got}")
@@ -227,3 +227,13 @@ def _integrate_adaptive(
         times=times if return_trajectory else None,
         trajectory=states if return_trajectory else None,
     )
+
+
+def require_finite(x: torch.Tensor, solver: str, nfe: int) -> None:
+    """Samples hold no NaN or infinity: a draw that does (a diverged model or solver) is an error, not a result."""
+    finite = torch.isfinite(x.detach().reshape(len(x), -1)).all(1)
+    if not bool(finite.all()):
+        raise FlowmatchError(
+            f"sampling gave non-finite values in {int((~finite).sum())} of {len(x)} samples (solver {solver}, NFE {nfe}): "
+            "the model's velocity overflows; its weights may have diverged in training"
+        )

@@ -1,24 +1,21 @@
-"""The validation loss of held-out rows and the weights where it was lowest."""
+"""The validation loss of held-out rows (the engine keeps the weights where it was lowest:
+:class:`flowmatch.engine.validation.Validation`)."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import torch
 
 from flowmatch.data.dataset import Dataset
 from flowmatch.losses import flow_matching_loss
 from flowmatch.paths.affine import AffinePath
-from flowmatch.training.config import TrainConfig
 
 #: The validation loss averages over this many fixed (row, noise, time) triples.
 VALIDATION_PAIRS = 2048
 
 
 # -- validation ----------------------------------------------------------------------------------
-class Validation:
-    """The flow-matching loss of held-out rows, and the weights where it was lowest.
+class ValidationSet:
+    """The flow-matching loss of held-out rows: ``loss(model)``.
 
     L_val = (1/M) sum_i w(t_i) || v(x_{t_i}, t_i) - u_{t_i}(x0_i, x1_i) ||^2 over M = ``VALIDATION_PAIRS``
     fixed triples: x1_i runs over the validation rows (each repeated M / rows times), x0_i is drawn
@@ -26,11 +23,10 @@ class Validation:
     a seed of their own, so that values at different steps differ by the weights alone. It is the
     training loss on rows the model never sees: it falls while the model learns the distribution and
     rises once the model starts to reproduce its training rows (near t = 1 the velocity then points
-    at the nearest training row, not at the unseen one). ``select = val-loss`` keeps the weights of
-    its minimum, and ``early_stop`` ends a run whose minimum is far enough behind.
+    at the nearest training row, not at the unseen one).
     """
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, path: AffinePath, source, device, wrap=None):
+    def __init__(self, config, dataset: Dataset, path: AffinePath, source, device, wrap=None):
         rows = dataset.val
         assert rows is not None
         repeats = max(1, VALIDATION_PAIRS // len(rows))
@@ -47,17 +43,6 @@ class Validation:
         c = None if dataset.val_conditions is None else dataset.val_conditions.repeat(repeats, 1)
         self.path, self.weight, self.wrap = path, config.loss_weight, wrap or (lambda m: m)
         self.pairs: list[torch.Tensor | None] = [None if v is None else v.to(device) for v in (x0, x1, t, noise, y, c)]
-        self.best_loss, self.best_step = math.inf, 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self._scratch: torch.nn.Module | None = None
-
-    def scratch(self, model: torch.nn.Module) -> torch.nn.Module:
-        """One eval-mode copy of the model, made once, that each validation fills with the EMA weights."""
-        if self._scratch is None:
-            import copy
-
-            self._scratch = copy.deepcopy(model).eval()
-        return self._scratch
 
     @torch.no_grad()
     def loss(self, model: torch.nn.Module, chunk: int = 512) -> float:
@@ -71,17 +56,6 @@ class Validation:
             part = flow_matching_loss(self.wrap(model), self.path, x0, x1, t, condition=condition, noise=noise, weight=self.weight)
             total += float(part) * len(x1)
         return total / n
-
-    def update(self, step: int, model: torch.nn.Module) -> float:
-        """Score ``model`` (the EMA weights, in eval mode) at ``step``; keep its weights if best so far."""
-        value = self.loss(model)
-        if value < self.best_loss:
-            self.best_loss, self.best_step = value, step
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return value
-
-    def summary(self, select: str, stopped_early: bool) -> dict[str, Any]:
-        return {"best_step": self.best_step, "best_loss": self.best_loss, "select": select, "stopped_early": stopped_early}
 
 
 _VALIDATION_SEED = 4_000_037

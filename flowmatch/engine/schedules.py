@@ -7,10 +7,10 @@ import math
 import torch
 
 from flowmatch import losses as losses_module
-from flowmatch.training.config import TrainConfig
+from flowmatch.engine.options import EngineOptions
 
 
-def batch_size_at(config: TrainConfig, step: int) -> int:
+def batch_size_at(config: EngineOptions, step: int) -> int:
     """The batch of step ``step`` (0-based): batch_size, or during the first ``batch_warmup`` steps
     a linear ramp b_k = b/2 + (b/2) k / K from half of it, rounded down to a multiple of 8 (so the
     matmul kernels see a few shapes, not one per step); a batch under 16 does not ramp."""
@@ -21,7 +21,7 @@ def batch_size_at(config: TrainConfig, step: int) -> int:
     return max(start, (start + (full - start) * step // config.batch_warmup) // 8 * 8)
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
+def learning_rate(config: EngineOptions, step: int) -> float:
     """Linear warm-up to ``lr``, then constant or cosine decay to zero at the last step."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -31,7 +31,7 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def sample_times(config: TrainConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+def sample_times(config: EngineOptions, n: int, generator: torch.Generator) -> torch.Tensor:
     """A batch's training times as the config asks (:func:`flowmatch.losses.sample_times`): uniform or
     logit-normal (``time_loc``, ``time_scale``), stratified in ``time_strata``, shifted by ``time_shift``."""
     return losses_module.sample_times(

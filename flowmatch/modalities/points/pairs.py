@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from flowmatch.conditions import drop
 from flowmatch.data.dataset import Dataset
 from flowmatch.data.streams import Stream
 from flowmatch.errors import FlowmatchError
-from flowmatch.training.config import TrainConfig
 
 
 class PairSampler:
@@ -20,7 +20,7 @@ class PairSampler:
     for ``{"classes": K}``, a row of NaN for ``{"dim": k}``.
     """
 
-    def __init__(self, config: TrainConfig, data: Dataset | Stream, source, conditions: dict[str, dict[str, int]]):
+    def __init__(self, config, data: Dataset | Stream, source, conditions: dict[str, dict[str, int]]):
         self.config, self.data, self.source, self.conditions = config, data, source, conditions
         self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.pairs:
@@ -53,21 +53,7 @@ class PairSampler:
             x0, x1 = couple(
                 x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y if "y" in self.conditions else None
             )
-        classes = y
-        droppable = [k for k in condition if k in self.conditions]
-        if droppable:
-            drop = torch.rand(n, generator=generator) < self.config.cond_dropout
-            for name in droppable:
-                condition[name] = _dropped(condition[name], drop, self.conditions[name])
-        return x0, x1, condition, classes
-
-
-def _dropped(value: torch.Tensor, drop: torch.Tensor, spec: dict[str, int]) -> torch.Tensor:
-    """``value`` with the rows in ``drop`` set to the null class (labels) or to NaN (float conditions)."""
-    if "classes" in spec:
-        return torch.where(drop, torch.full_like(value, spec["classes"]), value)
-    value = value.to(torch.float32)
-    return torch.where(drop.reshape(-1, *[1] * (value.ndim - 1)), torch.full_like(value, float("nan")), value)
+        return x0, x1, drop(condition, self.conditions, self.config.cond_dropout, generator), y
 
 
 def load_pairs(path: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,11 +7,21 @@ from typing import Any
 
 import torch
 
-from flowmatch.errors import FlowmatchError
+from flowmatch.engine.schedules import batch_size_at, sample_times
+from flowmatch.engine.seam import NonFiniteLoss
 from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss, meanflow_loss, meanflow_times
-from flowmatch.training.config import POSTERIOR_PAIRS, POSTERIOR_REFERENCE, TrainConfig
-from flowmatch.training.pairs import PairSampler
-from flowmatch.training.schedules import batch_size_at, sample_times
+from flowmatch.modalities.points.pairs import PairSampler
+
+#: The posterior target averages over (data point, source component) pairs: the first
+#: min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS / K) points of the global batch (and the pair's own), each
+#: with every one of the source's K components (one for N(0, I): the whole default batch of 512; 8
+#: for 8gaussians: 256 points). Its cost is (batch x points x K) a step; the whole batch learns
+#: fastest (bench/results/design-figures.md). ``target = auto`` takes the posterior on finite data from
+#: 4 x POSTERIOR_REFERENCE training rows (:data:`flowmatch.engine.options.POSTERIOR_MIN_ROWS`).
+POSTERIOR_REFERENCE = 512
+
+
+POSTERIOR_PAIRS = 2048
 
 
 class Objective:
@@ -28,7 +38,7 @@ class Objective:
     """
 
     def __init__(
-        self, config: TrainConfig, pairs: PairSampler, path, net, *, device: torch.device, world: int, rank: int,
+        self, config: Any, pairs: PairSampler, path, net, *, device: torch.device, world: int, rank: int,
         streamed: bool, posterior: bool, source_mixture: Any, null_class: int, autocast: torch.dtype | None,
         target_net=None,
     ):  # fmt: skip
@@ -100,12 +110,3 @@ def non_finite_message(loss: torch.Tensor, step: int, condition: dict[str, torch
             "(as flowmatch's MLP does), or train with cond_dropout=0"
         )
     return f"training stopped: the loss is {loss.item()} at step {step}; {hint}"
-
-
-class NonFiniteLoss(FlowmatchError):
-    """A NaN or infinite loss at ``step``, that is of the weights after ``step`` updates: the training loop
-    keeps the last checkpoint before them and names it."""
-
-    def __init__(self, message: str, step: int):
-        super().__init__(message)
-        self.step = step

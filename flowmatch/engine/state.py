@@ -1,5 +1,5 @@
 """Everything a training checkpoint holds and puts back: weights, EMA, optimiser, generators, the
-validation's best weights and a stream's position (see :mod:`flowmatch.training.checkpoints` for the files)."""
+validation's best weights and a stream's position (see :mod:`flowmatch.engine.checkpoints` for the files)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from flowmatch.training.checkpoints import check_weights, optimizer_from_tensors, optimizer_to_tensors, prefixed, save_state, unprefixed
+from flowmatch.engine.checkpoints import optimizer_from_tensors, optimizer_to_tensors, prefixed, save_state, unprefixed
+from flowmatch.saving import check_weights
 
 
 class TrainingState:

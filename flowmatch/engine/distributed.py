@@ -12,7 +12,7 @@ from flowmatch.storage import write_json
 
 
 @torch.no_grad()
-def _record_rank_agreement(model: torch.nn.Module, run: Path | None, world: int) -> None:
+def record_rank_agreement(model: torch.nn.Module, run: Path | None, world: int) -> None:
     """Measure max |theta_rank - theta_rank0| over all processes; rank 0 writes it to distributed.json."""
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     reference = flat.clone()
@@ -23,7 +23,7 @@ def _record_rank_agreement(model: torch.nn.Module, run: Path | None, world: int)
         write_json(run / "distributed.json", {"world_size": world, "max_weight_difference_across_ranks": gap.item()})
 
 
-def _distributed_env() -> tuple[int, int, int]:
+def distributed_env() -> tuple[int, int, int]:
     """(world size, rank, local rank) from torchrun's environment (1, 0, 0 when not distributed)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))

@@ -16,7 +16,6 @@ The config records an object as ``"python"``; the run folder records how to rebu
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,73 +25,10 @@ import torch
 from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
 from flowmatch.data.streams import Stream, is_stream
+from flowmatch.engine.seam import Objects
 from flowmatch.errors import FlowmatchError
 from flowmatch.paths.affine import AffinePath, make_path
 from flowmatch.paths.schedules import Schedule
-from flowmatch.training.config import TrainConfig, resolve_config
-
-PYTHON = "python"  # the config's value for an object given to train()
-_OBJECT_KEYS = ("model", "data", "path", "source")
-
-
-@dataclass
-class Objects:
-    """The objects given to ``train`` in place of the config's names (None: the config's name)."""
-
-    model: torch.nn.Module | None = None
-    data: Any = None
-    path: AffinePath | None = None
-    source: Any = None
-
-
-def check_arguments(folder: Any, name: str, **switches: Any) -> None:
-    """The plain arguments of :func:`~flowmatch.training.train` and :func:`~flowmatch.training.fit`: the run
-    folder ``name`` (a path or None) and True/False ``switches``, each refused by name."""
-    if folder is not None and not isinstance(folder, (str, os.PathLike)):
-        raise FlowmatchError(f"{name} must be a path to a run folder or None, got {type(folder).__name__} {folder!r}")
-    for key, value in switches.items():
-        if not isinstance(value, bool):
-            raise FlowmatchError(f"{key} must be True or False, got {type(value).__name__} {value!r}")
-
-
-def split_objects(
-    config: TrainConfig | None, overrides: dict[str, Any], *, resume: bool = False, **given: Any
-) -> tuple[TrainConfig, Objects]:
-    """The config (``"python"`` where an object stands in for a name) and the objects themselves; a
-    resumed run may leave out a model that its checkpoint rebuilds."""
-    if config is not None and not isinstance(config, TrainConfig):
-        hint = f": the first argument is the config; pass data={config!r}" if isinstance(config, (str, os.PathLike)) else ""
-        raise FlowmatchError(f"config must be a TrainConfig or None, got {type(config).__name__}{hint}")
-    objects = Objects()
-    overrides = dict(overrides)
-    for key in _OBJECT_KEYS:
-        value = given.get(key)
-        if value is None:
-            continue
-        if isinstance(value, (str, os.PathLike)):
-            overrides[key] = os.fspath(value)
-            continue
-        if key == "model" and not isinstance(value, torch.nn.Module):
-            raise FlowmatchError(f"model must be a name or a torch.nn.Module, got {type(value).__name__}")
-        if key == "path":
-            if isinstance(value, Schedule):
-                value = AffinePath(value)
-            if not isinstance(value, AffinePath):
-                raise FlowmatchError(f"path must be a name, an AffinePath or a Schedule, got {type(value).__name__}")
-        setattr(objects, key, value)
-        overrides[key] = PYTHON
-    if config is None:
-        config = resolve_config(overrides=overrides)
-    elif overrides:
-        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
-    else:
-        config.validate()
-    for key in _OBJECT_KEYS:
-        if getattr(config, key) == PYTHON and getattr(objects, key) is None and not (resume and key == "model"):
-            raise FlowmatchError(f"{key} '{PYTHON}' stands for an object given to train(): pass {key}=<the object>")
-    if objects.model is not None and config.init_from:
-        raise FlowmatchError("init_from starts from a run's model: it cannot be combined with model=")
-    return config, objects
 
 
 @dataclass
@@ -113,7 +49,7 @@ class TrainingData:
 
 
 def training_data(
-    config: TrainConfig,
+    config: Any,
     objects: Objects,
     *,
     world: int = 1,
@@ -124,8 +60,8 @@ def training_data(
 ) -> TrainingData:
     """Resolve the data: a name or file (as the config says), an array, or a stream. Finite data must hold out
     at least ``min_test_rows`` test rows (:meth:`Dataset.require_test_rows`)."""
-    from flowmatch.runs import dataset_from_config
-    from flowmatch.training.schedules import batch_size_at
+    from flowmatch.engine.schedules import batch_size_at
+    from flowmatch.flow import dataset_from_config
 
     data = objects.data
     if data is not None and is_stream(data):
@@ -159,9 +95,9 @@ def training_data(
     )  # fmt: skip
 
 
-def _array_dataset(data: Any, config: TrainConfig) -> Dataset:
+def _array_dataset(data: Any, config: Any) -> Dataset:
     """A Dataset of rows given in Python: an array, or a mapping {"x", "labels", "conditions"}."""
-    from flowmatch.runs import _TRI_STATE
+    from flowmatch.flow import standardize_option
 
     parts = dict(data) if isinstance(data, Mapping) else {"x": data}
     unknown = set(parts) - {"x", "labels", "conditions"}
@@ -169,7 +105,7 @@ def _array_dataset(data: Any, config: TrainConfig) -> Dataset:
         raise FlowmatchError(f"data given as a mapping takes keys x, labels and conditions; got {', '.join(map(str, parts))}")
     return Dataset.from_array(
         parts["x"], labels=parts.get("labels"), conditions=parts.get("conditions"),
-        standardize=_TRI_STATE[config.standardize], seed=config.seed,
+        standardize=standardize_option(config.standardize), seed=config.seed,
     )  # fmt: skip
 
 
@@ -190,7 +126,7 @@ def _stream_conditions(condition: dict[str, torch.Tensor], model: torch.nn.Modul
     return out
 
 
-def resolve_source(config: TrainConfig, objects: Objects, dim: int):
+def resolve_source(config: Any, objects: Objects, dim: int):
     """None for N(0, I), else an object with ``sample(n, generator)`` (a data set by name, or one given)."""
     if objects.source is not None:
         from flowmatch.data.sources import as_source
@@ -204,5 +140,11 @@ def resolve_source(config: TrainConfig, objects: Objects, dim: int):
     return source
 
 
-def resolve_path(config: TrainConfig, objects: Objects) -> AffinePath:
-    return objects.path if objects.path is not None else make_path(config.path, config.sigma_min, config.bridge_sigma)
+def resolve_path(config: Any, objects: Objects) -> AffinePath:
+    """The config's path, or the one given: an AffinePath, or a Schedule (a ``CustomSchedule`` too) made one."""
+    if objects.path is None:
+        return make_path(config.path, config.sigma_min, config.bridge_sigma)
+    path = AffinePath(objects.path) if isinstance(objects.path, Schedule) else objects.path
+    if not isinstance(path, AffinePath):
+        raise FlowmatchError(f"path must be a name, an AffinePath or a Schedule, got {type(objects.path).__name__}")
+    return path

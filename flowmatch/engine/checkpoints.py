@@ -24,12 +24,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.saving import STATE_META
 from flowmatch.storage import atomic_folder, save_tensors
 
 STATE_TENSORS = "state.safetensors"
-
-
-STATE_META = "state.json"
 
 
 FOLDER = "checkpoints"
@@ -133,38 +131,3 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def check_weights(expected: dict[str, Any], state: dict[str, torch.Tensor], where) -> None:
-    """Refuse ``state`` unless it has exactly the entries of ``expected`` (a model's state dict), each of the
-    same shape and dtype (weights of another dtype, such as int64 or float64 for a float32 model, are refused,
-    not cast), with finite values; the error names ``where`` and the first offending entry."""
-    missing, unexpected = [k for k in expected if k not in state], [k for k in state if k not in expected]
-    if missing or unexpected:
-        which = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
-        raise FlowmatchError(f"{where}: weights do not match the model: {which}")
-    for key, own in expected.items():
-        value = state[key]
-        if not isinstance(own, torch.Tensor):
-            continue
-        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(own.shape):
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise FlowmatchError(f"{where}: weights do not match the model: {key} has shape {shape}, the model's {tuple(own.shape)}")
-        if value.dtype != own.dtype:
-            raise FlowmatchError(
-                f"{where}: weights do not match the model: {key} is {str(value.dtype).removeprefix('torch.')}, "
-                f"the model's {str(own.dtype).removeprefix('torch.')} (weights are not cast)"
-            )
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise FlowmatchError(f"{where}: weights hold non-finite values ({key})")
-
-
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str | os.PathLike) -> torch.nn.Module:
-    """``state`` into ``model`` (strict), in eval mode, after :func:`check_weights` against the model's own
-    entries: on any difference one error names the checkpoint ``where`` and ``model`` is left as it was."""
-    check_weights(model.state_dict(), state, where)
-    try:  # a model's own loading hooks may still refuse them
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FlowmatchError(f"{where}: weights do not match the model: {str(exc).strip().splitlines()[0]}") from None
-    return model.eval()

@@ -1,0 +1,100 @@
+"""Run folders, whatever their modality: the files, the format version, paths stored relative to the folder,
+and the checks before a folder is written.
+
+A run folder holds::
+
+    config.json              the resolved training config (paths relative to the folder)
+    checkpoint.safetensors   the final weights (never pickled)
+    checkpoint.json          what rebuilds the flow around them: its kind, the model's config or importable
+                             factory and JSON arguments, and the modality's own (path, standardiser,
+                             conditions, codec, manifold, ...)
+    checkpoints/             training checkpoints (flowmatch.engine.checkpoints), for resume
+    metrics.csv              the loss (and validation.csv the validation loss) as training goes
+    metrics.json             the finished run's figures
+    report.json              the quick evaluation
+    samples.*                what it generates (samples.png; samples.txt for text; samples.csv for a table)
+
+Folders are written to a staging directory next to the target and renamed into place, so a failed or
+interrupted write never leaves a half-written run and an existing run is only replaced with ``force``.
+:func:`flowmatch.load` rebuilds a run's flow in one call.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flowmatch.errors import FlowmatchError
+from flowmatch.saving import CHECKPOINT, CHECKPOINT_META, CONFIG
+from flowmatch.storage import read_json
+
+
+def final_step(folder: Path) -> int | None:
+    """The step at which a finished run's weights were saved (``steps_run`` in metrics.json), None if unknown."""
+    try:
+        metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
+    except FlowmatchError:
+        return None
+    value = metrics.get("steps_run") if isinstance(metrics, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+#: A finished run's files that describe its last step, removed when training continues (:func:`reopen_run`).
+FINAL_FILES = (CHECKPOINT, CHECKPOINT_META, "metrics.json", "report.json")
+
+
+def reopen_run(folder: str | os.PathLike) -> None:
+    """Make a finished run that training continues (``--resume --steps N``) unfinished again: its final
+    weights, metrics.json and report.json describe the old last step, so they are removed, the weights
+    first (at no moment is the run finished with another step's figures). Until the new end is written,
+    :func:`flowmatch.load` uses the newest training checkpoint and says which."""
+    for name in FINAL_FILES:
+        (Path(folder) / name).unlink(missing_ok=True)
+
+
+#: config.json keys that name a file or folder: stored relative to the run folder (:func:`config_for_file`),
+#: so that a run folder moved with what it names (its own pairs.npz; a teacher run beside it) still resumes.
+PATH_KEYS = ("pairs", "init_from")
+
+
+def config_for_file(values: dict[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
+    """A config (as a dict) as config.json in ``folder`` stores it: :data:`PATH_KEYS` relative to ``folder``
+    (a path given relative to the working directory is taken from there first)."""
+    out = dict(values)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str) and out[key]:
+            try:
+                out[key] = os.path.relpath(os.path.abspath(out[key]), os.path.abspath(folder))
+            except ValueError:  # another drive (Windows): no relative path
+                out[key] = os.path.abspath(out[key])
+    return out
+
+
+def config_from_file(values: Any, folder: str | os.PathLike) -> Any:
+    """config.json's values from ``folder`` with :data:`PATH_KEYS` as absolute paths, resolved against
+    ``folder`` (absolute ones, which runs saved before paths were relative hold, as they are)."""
+    if not isinstance(values, dict):
+        return values
+    out = dict(values)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str) and out[key] and not os.path.isabs(out[key]):
+            out[key] = os.path.normpath(os.path.join(os.path.abspath(folder), out[key]))
+    return out
+
+
+def check_writable_run(target: Path, force: bool) -> None:
+    """Refuse, before any work, a run folder that cannot be written: a file, a folder that is not a run (or a
+    run without ``force``), or a place where no folder can be made (:func:`~flowmatch.storage.check_writable`)."""
+    from flowmatch.storage import check_writable, reading
+
+    if target.exists() and not target.is_dir():
+        raise FlowmatchError(f"output '{target}' exists and is not a folder")
+    with reading(target):
+        occupied = target.exists() and any(target.iterdir())
+    if occupied:
+        if not (target / CONFIG).is_file():
+            raise FlowmatchError(f"output '{target}' exists and is not a flowmatch run folder; refusing to replace it")
+        if not force:
+            raise FlowmatchError(f"run folder '{target}' already exists; pass force=True to replace it")
+    check_writable(target)
