@@ -22,11 +22,13 @@ demo: install
 	$(BIN)/flowmatch sample --run $(DEMO) -n 2000 --solver rk4 --nfe 100 --out $(DEMO)/generated.npy --force
 	@echo "demo run folder: $(DEMO) (samples.png, metrics.json, generated.npy)"
 
-# lint and format (ruff), types (mypy on the package), then the tests
+# lint and format (ruff), types (mypy on the package), the layers (import-linter's contracts in pyproject.toml),
+# then the tests
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # the peers (torchcfm, flow-matching) come with the bench extra

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench import peers, throughput, train_speed
 
-    stage("train_speed", train_speed.main)
+    stage("train_speed", lambda: train_speed.main([]))
     stage("peers", lambda: peers.main(["--tasks", "two-gaussians", "--seeds", "0"] if args.quick else []))
     stage("throughput", throughput.main)
     if importlib.util.find_spec("bench.fewstep") is not None:

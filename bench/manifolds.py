@@ -99,7 +99,7 @@ PICTURE_N = 4000
 # -- data ------------------------------------------------------------------------------------------------
 def held_out(name: str, seed: int) -> list[torch.Tensor]:
     """SETS + 1 held-out sets of N fresh points (the same for every system)."""
-    from flowmatch.manifolds.data import manifold_set
+    from flowmatch.data.manifolds import manifold_set
 
     data = manifold_set(name)
     return [data.sample(N, generator=seed + HELD + k) for k in range(SETS + 1)]
@@ -122,10 +122,10 @@ def train_meta(name: str, config, seed: int):
     from flow_matching.utils.manifolds import FlatTorus as MetaTorus
     from flow_matching.utils.manifolds import Sphere as MetaSphere
 
+    from flowmatch.data.manifolds import manifold_set
     from flowmatch.engine.ema import EMA
     from flowmatch.engine.schedules import learning_rate
-    from flowmatch.manifolds.data import manifold_set
-    from flowmatch.manifolds.flow import TangentMLP
+    from flowmatch.flows.riemannian import TangentMLP
 
     data = manifold_set(name)
     m = data.manifold
@@ -210,9 +210,9 @@ def run_job(job: tuple[str, str, int | None, int]) -> dict[str, Any]:
     """Train one system on one set and score it (module docstring); runs in a worker process."""
     torch.set_num_threads(1)
     import flowmatch
-    from flowmatch.manifolds.data import manifold_set
+    from flowmatch.data.manifolds import manifold_set
+    from flowmatch.evaluation.geodesic import geodesic_mmd, geodesic_w2, mmd_bandwidth
     from flowmatch.manifolds.likelihood import manifold_log_prob
-    from flowmatch.manifolds.metrics import geodesic_mmd, geodesic_w2, mmd_bandwidth
 
     name, system, steps, seed = job
     data = manifold_set(name)
@@ -269,8 +269,8 @@ def run_job(job: tuple[str, str, int | None, int]) -> dict[str, Any]:
 
 def floors(name: str, seed: int) -> dict[str, list[float]]:
     """W2 and MMD^2 of held-out set k + 1 against held-out set k, k < SETS: what a perfect sampler scores."""
-    from flowmatch.manifolds.data import manifold_set
-    from flowmatch.manifolds.metrics import geodesic_mmd, geodesic_w2, mmd_bandwidth
+    from flowmatch.data.manifolds import manifold_set
+    from flowmatch.evaluation.geodesic import geodesic_mmd, geodesic_w2, mmd_bandwidth
 
     manifold = manifold_set(name).manifold
     held = held_out(name, seed)
@@ -284,7 +284,7 @@ def floors(name: str, seed: int) -> dict[str, list[float]]:
 # -- results -------------------------------------------------------------------------------------------------
 def summarise(runs: list[dict], floor: dict[str, dict]) -> dict:
     """Per set: the floors, the entropy (closed form where known) and each system's figures."""
-    from flowmatch.manifolds.data import ENTROPY
+    from flowmatch.data.manifolds import ENTROPY
 
     out: dict[str, Any] = {}
     for run in runs:
@@ -364,7 +364,7 @@ def plot(summary: dict, pictures: dict, path: Path, seed: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flowmatch.manifolds.data import manifold_set
+    from flowmatch.data.manifolds import manifold_set
     from flowmatch.plots.figures import save_figure
     from flowmatch.plots.manifolds import SPHERE_BINS, TORUS_BINS, _axis_angle, _density_cmap, _lonlat, _sphere_density
 

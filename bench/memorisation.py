@@ -48,7 +48,7 @@ import flowmatch  # noqa: E402
 from flowmatch.data import toy as data_module  # noqa: E402
 from flowmatch.evaluation.memorisation import memorisation  # noqa: E402
 from flowmatch.evaluation.metrics import w2_exact  # noqa: E402
-from flowmatch.flow import dataset_from_config  # noqa: E402
+from flowmatch.flows.continuous import dataset_from_config  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SETS = ("wine", "breast-cancer", "digits", "digits-unet", "moons-5000", "moons-50000")

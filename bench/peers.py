@@ -395,7 +395,7 @@ def _throughput_worker(args):
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
     if kind.startswith("flowmatch"):
         from flowmatch.data.standardize import Standardizer
-        from flowmatch.flow import Flow
+        from flowmatch.flows.continuous import Flow
         from flowmatch.paths.affine import make_path
 
         identity = Standardizer(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))

@@ -26,6 +26,7 @@ from flowmatch.engine.runs import check_writable_run, config_for_file, config_fr
 from flowmatch.engine.seam import Modality, Objects, check_applicable
 from flowmatch.engine.threads import thread_scope
 from flowmatch.errors import FlowmatchError
+from flowmatch.flows.continuous import PRECISIONS  # noqa: F401  (what sampling's network runs in, for the CLI's choices)
 from flowmatch.leftovers import locks_run, tidy_parent, tidy_run
 from flowmatch.models.registry import MODEL_OPTIONS
 from flowmatch.storage import read_json, write_json
@@ -272,12 +273,11 @@ def sample_to_file(
 def use_threads_for(flow: Any, threads: int, n: int | None) -> None:
     """``threads`` for a command's network calls on a loaded flow (:mod:`flowmatch.engine.threads`), the work
     being one call on ``n`` rows, at most the rows sampling calls the network on."""
-    from flowmatch.engine.threads import positions_of, use_threads
-    from flowmatch.flow import CPU_BATCH_SIZE
+    from flowmatch.engine.threads import use_threads
+    from flowmatch.flows.continuous import CPU_BATCH_SIZE
 
     rows = min(n if n else CPU_BATCH_SIZE, CPU_BATCH_SIZE)
-    positions = getattr(flow, "length", None) if getattr(flow, "kind", None) == "tokens" else positions_of(getattr(flow, "shape", None))
-    use_threads(threads, flow.model, rows, positions or 1)
+    use_threads(threads, flow.model, rows, getattr(flow, "positions", 1))
 
 
 def picture(flow: Any, what: str, out: str | os.PathLike, **options: Any) -> Path:

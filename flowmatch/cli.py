@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flowmatch.api import PRECISIONS
 from flowmatch.config import PRESETS, TrainConfig
 from flowmatch.engine.threads import thread_scope
 from flowmatch.errors import FlowmatchError, FlowmatchWarning
-from flowmatch.flow import PRECISIONS
 from flowmatch.paths.affine import PATHS
 from flowmatch.solvers.grids import time_grid
 from flowmatch.solvers.tableaus import SOLVERS

@@ -256,7 +256,7 @@ def flow_log_prob(
     progress: bool = False,
     grad: bool = False,
 ) -> LogDensity:
-    """:func:`log_prob` of a trained :class:`~flowmatch.flow.Flow` at points x (n, D) in *data* coordinates.
+    """:func:`log_prob` of a trained :class:`~flowmatch.flows.continuous.Flow` at points x (n, D) in *data* coordinates.
 
     The model works in z = (x - mean) / std, so log p_x(x) = log p_z(z) + log |dz/dx|, with
     log |dz/dx| = -sum(log std) (:meth:`~flowmatch.data.Standardizer.log_abs_det`). Needs the N(0, I)

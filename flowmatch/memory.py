@@ -73,9 +73,17 @@ def gib(nbytes: float) -> str:
     return f"{int(nbytes)} bytes"
 
 
+#: Requests smaller than this are not checked: none can be what a machine lacks, and asking the operating system
+#: (/proc/meminfo, the cgroup's files) costs a few hundred microseconds, which a training step's batch draw would pay.
+UNCHECKED_BYTES = 16 << 20
+
+
 def require_memory(nbytes: float, what: str, hint: str = "", device: torch.device | str = "cpu") -> None:
     """Refuse ``what`` (a phrase such as "sampling 10 points of dimension 2") when it needs more than
-    :func:`available_bytes`: one :class:`~flowmatch.errors.FlowmatchError` with both figures and ``hint``."""
+    :func:`available_bytes`: one :class:`~flowmatch.errors.FlowmatchError` with both figures and ``hint``.
+    Requests under :data:`UNCHECKED_BYTES` pass without asking."""
+    if nbytes < UNCHECKED_BYTES:
+        return
     free = available_bytes(device)
     if free is not None and nbytes > free:
         where = "" if torch.device(device).type == "cpu" else f" on {device}"

@@ -96,7 +96,7 @@ def _retrain(
     from flowmatch.api import fit
     from flowmatch.config import TrainConfig, modality
     from flowmatch.engine.runs import check_writable_run
-    from flowmatch.flow import CPU_BATCH_SIZE
+    from flowmatch.flows.continuous import CPU_BATCH_SIZE
     from flowmatch.runs import load
     from flowmatch.storage import read_json
 

@@ -231,7 +231,6 @@ def _warning_from_torch(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "load_file", load_file)
-    monkeypatch.setattr("flowmatch.runs.load_file", load_file)
 
 
 def _toml(text: str | bytes) -> Callable[[Env], None]:
@@ -1361,7 +1360,7 @@ def test_large_n_is_streamed_to_the_file_in_blocks(base: Path, tmp_path: Path, m
     """flowmatch sample writes -n in blocks of rows (memory bounded by STREAM_BYTES, not by -n), and the
     file equals what one Flow.generate call of all the rows gives."""
     import flowmatch.modalities.points.modality as cli
-    from flowmatch.flow import Flow
+    from flowmatch.flows.continuous import Flow
 
     calls: list[int] = []
     generate = Flow.generate

@@ -33,7 +33,7 @@ def test_drawn_x_t_follow_the_closed_form_marginal(scheduler, source):
     path, n = MixturePath(scheduler, V, source), 200_000
     x1 = torch.full((n,), 2)
     t = torch.full((n,), 0.3)
-    x_t = path.sample(x1, t, torch.Generator().manual_seed(0))
+    x_t = path.corrupt(x1, t, torch.Generator().manual_seed(0))
     freq = torch.bincount(x_t, minlength=path.states).double() / n
     expected = path.marginal(x1[:1], t[:1])[0]
     # a frequency of n draws has standard error sqrt(p (1 - p) / n) <= 0.0011; 5 of them
@@ -168,7 +168,7 @@ def test_a_token_transformer_learns_dependent_positions():
         a, b = torch.randint(3, (128, 1), generator=g), torch.randint(3, (128, 1), generator=g)
         x1 = torch.cat([a, a, b, b], dim=1)
         t = torch.rand(128, generator=g)
-        loss = cross_entropy_loss(model(path.sample(x1, t, g), t), x1)
+        loss = cross_entropy_loss(model(path.corrupt(x1, t, g), t), x1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -228,7 +228,7 @@ class _ExactPosterior(torch.nn.Module):
 
 def test_the_likelihood_bound_of_the_exact_posterior_is_the_entropy():
     """For the masked chain with the exact posterior the ELBO is tight: its expectation over x1 ~ p is L H(p)."""
-    from flowmatch.discrete.flow import DiscreteFlow
+    from flowmatch.flows.discrete import DiscreteFlow
 
     p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     path = MixturePath(LinearScheduler(), V, "mask")

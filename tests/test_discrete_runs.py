@@ -1,6 +1,6 @@
 """Discrete and mixed runs as users meet them: token data, the mixed network, and a mixed CSV and a text
 file through train, sample, load and eval (flowmatch.data.tokens, flowmatch.models.mixed,
-flowmatch.discrete.flow and .training, the CLI)."""
+flowmatch.flows.discrete and .training, the CLI)."""
 
 import numpy as np
 import pandas as pd
@@ -12,8 +12,8 @@ import flowmatch
 from flowmatch.cli import main
 from flowmatch.config import TrainConfig, resolve_kind
 from flowmatch.data.tokens import Vocabulary, load_tokens
-from flowmatch.discrete.flow import DiscreteFlow
 from flowmatch.errors import FlowmatchError
+from flowmatch.flows.discrete import DiscreteFlow
 from flowmatch.models.mixed import NO_CATEGORY, MixedMLP
 from flowmatch.models.registry import build_model, from_config, to_config
 from flowmatch.storage import read_json

@@ -24,7 +24,7 @@ from flowmatch.data import toy as data
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
 from flowmatch.evaluation.report import PICTURES, evaluate, format_report, known_density_report, summary_line
-from flowmatch.flow import Flow
+from flowmatch.flows.continuous import Flow
 from flowmatch.models.registry import build_model
 from flowmatch.paths.affine import make_path
 from flowmatch.storage import write_json

@@ -6,7 +6,7 @@ import torch
 
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
-from flowmatch.flow import Flow
+from flowmatch.flows.continuous import Flow
 from flowmatch.models.mlp import MLP
 from flowmatch.paths.affine import make_path
 

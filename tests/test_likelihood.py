@@ -18,7 +18,7 @@ import torch
 
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
-from flowmatch.flow import Flow
+from flowmatch.flows.continuous import Flow
 from flowmatch.likelihood import EXACT_MAX_DIM, divergence, log_prob, resolve_divergence, sample_with_log_prob, summarize
 from flowmatch.paths.affine import make_path
 

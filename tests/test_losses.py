@@ -77,7 +77,7 @@ def test_a_loop_of_ones_own_learns_two_gaussians():
     import flowmatch
     from flowmatch.data.standardize import Standardizer
     from flowmatch.data.toy import sample_builtin
-    from flowmatch.flow import Flow
+    from flowmatch.flows.continuous import Flow
     from flowmatch.models.mlp import MLP
 
     torch.manual_seed(0)
@@ -100,3 +100,21 @@ def test_a_loop_of_ones_own_learns_two_gaussians():
     for mode, centre in ((x[right], 4.0), (x[~right], -4.0)):
         assert abs(mode[:, 0].mean().item() - centre) < 0.3 and abs(mode[:, 1].mean().item()) < 0.3
         assert ((mode.std(0) > 0.85) & (mode.std(0) < 1.25)).all()
+
+
+def test_stratified_times_are_the_strata_of_one_uniform_and_never_reach_1(monkeypatch):
+    """t_i = (k + v) / K in runs over k, one v ~ U[0, 1) a batch, as a reference formed element by element; and a
+    v so close to 1 that (K - 1 + v) / K rounds to 1 in float32 is kept below 1."""
+    import flowmatch.losses as losses
+
+    for n, strata in ((128, 32), (100, 32), (7, 3), (5, 5)):
+        g, h = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
+        t = losses.sample_times(n, g, strata=strata)
+        v = torch.rand(1, generator=h)[0]
+        runs = [n // strata + (k < n % strata) for k in range(strata)]
+        expected = torch.cat([torch.full((r,), ((torch.tensor(float(k)) + v) / strata).item()) for k, r in zip(range(strata), runs)])
+        assert torch.equal(t, expected)
+    real = torch.rand
+    monkeypatch.setattr(losses.torch, "rand", lambda *a, **k: torch.full((1,), 1.0 - 2**-24) if a == (1,) else real(*a, **k))
+    t = losses.sample_times(96, None, strata=32)
+    assert float(t.max()) == 1.0 - 2**-24 < 1.0  # (31 + (1 - 2^-24)) / 32 rounds to 1 in float32; the clamp keeps it below

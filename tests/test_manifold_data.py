@@ -1,4 +1,4 @@
-"""Manifold data sets, file readers, metrics and pictures: flowmatch.manifolds.data, .metrics and flowmatch.plots.manifolds."""
+"""Manifold data sets, file readers, metrics and pictures: flowmatch.data.manifolds, .metrics and flowmatch.plots.manifolds."""
 
 import math
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 from scipy import special
 
-from flowmatch.errors import FlowmatchError
-from flowmatch.manifolds.data import (
+from flowmatch.data.manifolds import (
     ENTROPY,
     MANIFOLD_SETS,
     AntipodalVMFMixture,
@@ -17,8 +16,8 @@ from flowmatch.manifolds.data import (
     sphere_to_latlon,
     vmf_log_normaliser,
 )
-from flowmatch.manifolds.manifolds import make_manifold, quaternion_to_matrix
-from flowmatch.manifolds.metrics import (
+from flowmatch.errors import FlowmatchError
+from flowmatch.evaluation.geodesic import (
     format_manifold_report,
     geodesic_mmd,
     geodesic_w2,
@@ -26,6 +25,7 @@ from flowmatch.manifolds.metrics import (
     manifold_report,
     mmd_kernel,
 )
+from flowmatch.manifolds.manifolds import make_manifold, quaternion_to_matrix
 from flowmatch.plots.manifolds import plot_manifold, plot_so3, plot_sphere, plot_torus
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -14,18 +14,17 @@ from cli_checks import one_error_line
 import flowmatch
 from flowmatch.cli import main
 from flowmatch.config import MANIFOLD_SET_NAMES, TrainConfig, kind_defaults, resolve_kind
+from flowmatch.data.manifolds import MANIFOLD_SETS, load_manifold_data, manifold_set, points_to_columns
 from flowmatch.errors import FlowmatchError
+from flowmatch.flows.riemannian import RiemannianFlow
 from flowmatch.manifolds import (
-    MANIFOLD_SETS,
     SO3,
     Euclidean,
     FlatTorus,
     GeodesicPath,
-    RiemannianFlow,
     Sphere,
     quaternion_multiply,
 )
-from flowmatch.manifolds.data import load_manifold_data, manifold_set, points_to_columns
 from flowmatch.models.registry import build_model, from_config, to_config
 from flowmatch.models.tangent import TangentMLP
 from flowmatch.storage import read_json
@@ -244,7 +243,7 @@ def test_a_wrapped_gaussian_is_a_source(tmp_path, data):
 
 def test_a_short_run_from_a_wrapped_gaussian_learns():
     """300 steps on S2-vmf: the NLL of held-out points falls well below the source's own cross-entropy."""
-    from flowmatch.manifolds.flow import source_law
+    from flowmatch.flows.riemannian import source_law
 
     given = {"data": "S2-vmf", "source": "wrapped-gaussian", "steps": 300, "width": 64, "depth": 2, "batch_size": 128}
     config = TrainConfig.from_dict({**kind_defaults("manifold", given), "kind": "manifold", **given})

@@ -426,7 +426,7 @@ def test_the_loop_regresses_onto_the_posterior_velocity_at_the_intervals_start()
 def test_objective_meanflow_refuses_what_cannot_take_two_times():
     from flowmatch.api import train
     from flowmatch.config import TrainConfig
-    from flowmatch.flow import Flow
+    from flowmatch.flows.continuous import Flow
 
     unsized = {k: v for k, v in TINY.items() if k not in ("width", "depth")}  # one's own model has its own sizes
     with pytest.raises(FlowmatchError, match="seed-mlp model takes one time"):

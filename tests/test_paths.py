@@ -312,3 +312,33 @@ def test_transform_schedule_refuses_what_is_not_a_schedule():
     with pytest.raises(FlowmatchError, match="a schedule must be a Schedule, an AffinePath or a path name"):
         transform_schedule(lambda x, t: x, "linear", 3)
     assert callable(transform_schedule(lambda x, t: x, make_path("linear"), CosineSchedule()))
+
+
+def test_affine_geodesic_and_mixture_paths_follow_one_protocol():
+    """path.sample(x0, x1, t, *, generator=) -> PathSample for every kind of path: x_t at t = 0 is x0, at t = 1 x1;
+    continuous paths give their conditional velocity, the discrete path none (it has rates)."""
+    from flowmatch.discrete.paths import MixturePath
+    from flowmatch.discrete.schedulers import LinearScheduler
+    from flowmatch.manifolds.manifolds import Sphere
+    from flowmatch.manifolds.paths import GeodesicPath
+    from flowmatch.paths.affine import make_path
+    from flowmatch.paths.base import PathSample, ProbabilityPath
+
+    g = torch.Generator().manual_seed(0)
+    sphere = Sphere(2)
+    tokens = torch.randint(0, 5, (64, 3), generator=g)
+    cases = [
+        (make_path("linear"), torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)),
+        (GeodesicPath(sphere), sphere.random_uniform(64, g), sphere.random_uniform(64, g)),
+        (MixturePath(LinearScheduler(), 5, "mask"), torch.full((64, 3), 5), tokens),
+    ]
+    for path, x0, x1 in cases:
+        assert isinstance(path, ProbabilityPath)
+        for t, end in ((0.0, x0), (1.0, x1)):
+            s = path.sample(x0, x1, torch.full((64,), t), generator=torch.Generator().manual_seed(1))
+            assert isinstance(s, PathSample) and s.x_t.shape == x0.shape
+            assert torch.allclose(s.x_t.to(torch.float64), end.to(torch.float64), atol=1e-6)
+        middle = path.sample(x0, x1, torch.full((64,), 0.5), generator=torch.Generator().manual_seed(1))
+        assert (middle.velocity is None) == isinstance(path, MixturePath)
+    middle = cases[2][0].sample(cases[2][1], tokens, torch.full((64,), 0.5), generator=torch.Generator().manual_seed(1)).x_t
+    assert ((middle == tokens) | (middle == 5)).all() and 0.3 < (middle == tokens).double().mean() < 0.7  # x1 kept with kappa = 0.5

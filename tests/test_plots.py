@@ -12,7 +12,7 @@ from flowmatch.cli import main
 from flowmatch.config import TrainConfig
 from flowmatch.data.standardize import Standardizer
 from flowmatch.evaluation.report import PICTURES
-from flowmatch.flow import Flow
+from flowmatch.flows.continuous import Flow
 from flowmatch.models.registry import build_model
 from flowmatch.paths.affine import make_path
 from flowmatch.plots import figures as plots

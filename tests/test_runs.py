@@ -135,7 +135,7 @@ def test_batch_size_splits_network_calls_only(run):
 
 def test_batch_size_splits_labels_and_guidance():
     from flowmatch.data.standardize import Standardizer
-    from flowmatch.flow import Flow
+    from flowmatch.flows.continuous import Flow
     from flowmatch.models.mlp import MLP
     from flowmatch.paths.affine import make_path
 

@@ -8,7 +8,7 @@ import torch
 
 from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
-from flowmatch.flow import Flow
+from flowmatch.flows.continuous import Flow
 from flowmatch.paths.affine import make_path
 from flowmatch.solvers import integrate
 from flowmatch.solvers.sde import score_from_velocity, sde_sample

@@ -66,8 +66,8 @@ def test_batch_warmup_ramps_from_half_to_the_full_batch(monkeypatch):
     assert len(set(sizes)) == 33  # 256, 264, ..., 512: few shapes for the matmul kernels
     assert {batch_size_at(TrainConfig(batch_size=512, batch_warmup=0), k) for k in (0, 1, 10)} == {512}
     # the loop draws exactly those batches
-    seen, real = [], training.sample_times
-    monkeypatch.setattr(objective, "sample_times", lambda c, n, g: seen.append(n) or real(c, n, g))
+    seen, real = [], objective.losses_sample_times
+    monkeypatch.setattr(objective, "losses_sample_times", lambda n, g, **times: seen.append(n) or real(n, g, **times))
     options = dict(steps=12, width=16, depth=2, batch_size=32, batch_warmup=8)
     train(seed=0, progress=False, **options)
     assert seen == [batch_size_at(TrainConfig(**options), k) for k in range(12)]
@@ -503,7 +503,7 @@ def test_target_auto_is_conditional_on_small_finite_data(tmp_path):
 
 
 def test_validation_rows_are_held_out_of_the_training_rows(tmp_path):
-    from flowmatch.flow import dataset_from_config
+    from flowmatch.flows.continuous import dataset_from_config
 
     config = TrainConfig(data=_small_file(tmp_path)).to_dict()
     full = dataset_from_config({**config, "val_fraction": 0.0})

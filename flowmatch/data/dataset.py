@@ -78,10 +78,10 @@ from flowmatch.data.toy import (
     GAUSSIAN_MIXTURES,
     TABLE_NAMES,
     GaussianMixture,
-    _check_count,
-    _check_seed,
-    _did_you_mean,
-    _make_generator,
+    check_count,
+    check_seed,
+    did_you_mean,
+    make_generator,
     sample_builtin,
 )
 from flowmatch.errors import FlowmatchError
@@ -145,11 +145,11 @@ class Dataset:
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(points, class labels or None, covariates or None) of ``n`` training rows in model coordinates."""
-        n = _check_count(n)
-        g = _make_generator(generator)
+        n = check_count(n)
+        g = make_generator(generator)
         if self.builtin:
             x, k = sample_builtin(self.name, n, g, labels=True)
-            return self.standardizer.forward(x), k, None
+            return (x if self.standardizer.is_identity else self.standardizer.forward(x)), k, None
         if self.mapped is not None:
             index = torch.randint(0, len(self.mapped), (n,), generator=g, device=g.device)
             return self.standardizer.forward(self.mapped[index.cpu()]).to(torch.float32), None, None
@@ -323,12 +323,12 @@ def load_dataset(
     name = os.fspath(spec)
     if not isinstance(name, str):
         raise FlowmatchError(f"data spec must be a name or a path, got {spec!r}")
-    n_test = _check_count(n_test, "n_test")
+    n_test = check_count(n_test, "n_test")
     if n_test < 1:
         raise FlowmatchError("n_test must be at least 1")
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise FlowmatchError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if standardize is not None and not isinstance(standardize, bool):
         raise FlowmatchError(f"standardize must be True, False or None, got {standardize!r}")
 
@@ -368,11 +368,11 @@ def load_dataset(
     if not os.path.exists(name):
         if _looks_like_path(name):
             raise FlowmatchError(f"{name}: no such file")
-        from flowmatch.manifolds.data import MANIFOLD_SETS
+        from flowmatch.data.manifolds import MANIFOLD_SETS
 
         raise FlowmatchError(
             f"unknown data {name!r}: not a file and not one of the built-in sets ({', '.join(_ALL_BUILTINS)}; on manifolds: "
-            f"{', '.join(MANIFOLD_SETS)})" + _did_you_mean(name, (*_ALL_BUILTINS, *MANIFOLD_SETS))
+            f"{', '.join(MANIFOLD_SETS)})" + did_you_mean(name, (*_ALL_BUILTINS, *MANIFOLD_SETS))
         )
 
     if n_test < 2:

@@ -100,7 +100,7 @@ def _split_labels(path: str, header: list[str] | None, rows: list[tuple[int, lis
     names = [cells[j] if j < len(cells) else "" for _, cells in rows]
     rest = [(line, cells[:j] + cells[j + 1 :]) for line, cells in rows]
     points = _check_points(path, _csv_numbers(path, header[:j] + header[j + 1 :] if header else None, rest))
-    classes = sorted(set(names), key=lambda c: (not _is_number(c), float(c) if _is_number(c) else 0.0, c))
+    classes = sorted(set(names), key=lambda c: (not is_number(c), float(c) if is_number(c) else 0.0, c))
     index = {c: i for i, c in enumerate(classes)}
     return points, np.array([index[c] for c in names], dtype=np.int64), classes
 
@@ -138,11 +138,11 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
     with reading(path):  # no permission, an I/O error: one line naming the file
         if os.path.getsize(path) == 0:
             raise FlowmatchError(f"{path}: the file is empty")
-        array = _read_csv(path) if ext == ".csv" else _read_numpy(path, ext)
+        array = _read_csv(path) if ext == ".csv" else read_numpy(path, ext)
     return _check_points(path, array)
 
 
-def _read_numpy(path: str, ext: str) -> np.ndarray:
+def read_numpy(path: str, ext: str) -> np.ndarray:
     """The data array of a .npy or .npz file, loaded with allow_pickle=False."""
     try:
         with open(path, "rb") as f:
@@ -191,7 +191,7 @@ def read_utf8(path: str | os.PathLike) -> str:
         raise FlowmatchError(f"{os.fspath(path)}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x} at column {column})") from None
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
     try:
         float(cell)
     except ValueError:
@@ -222,7 +222,7 @@ def _csv_rows(path: str) -> tuple[list[str] | None, list[tuple[int, list[str]]]]
         raise FlowmatchError(f"{path}: malformed CSV ({e})") from None
 
     header = None
-    if rows and not any(_is_number(c) for c in rows[0][1]):
+    if rows and not any(is_number(c) for c in rows[0][1]):
         header = rows.pop(0)[1]
     if not rows:
         raise FlowmatchError(f"{path}: no data rows" + (" (only a header)" if header else ""))
@@ -239,7 +239,7 @@ def _csv_numbers(path: str, header: list[str] | None, rows: list[tuple[int, list
         try:
             data[i] = [float(c) for c in cells]
         except ValueError:
-            j = next(j for j, c in enumerate(cells) if not _is_number(c))
+            j = next(j for j, c in enumerate(cells) if not is_number(c))
             column = f"'{header[j]}' (column {j + 1})" if header is not None else f"{j + 1}"
             hint = "; values must be separated by commas" if any(c in cells[j] for c in ";\t ") else ""
             raise FlowmatchError(f"{path}: non-numeric value {cells[j]!r} in column {column}, row {i + 1} (line {line}){hint}") from None

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flowmatch.data.files import _is_number, read_utf8
+from flowmatch.data.files import is_number, read_utf8
 from flowmatch.errors import FlowmatchError
 from flowmatch.storage import atomic_file, reading
 
@@ -109,9 +109,9 @@ def looks_mixed(path: str | os.PathLike, besides: Sequence[str] = ()) -> bool:
     continuous reader's to read (and to refuse with its own message)."""
     with reading(path), open(path, encoding="utf-8", errors="replace") as f:
         first = next(csv.reader(f), [])
-    if first and all(_is_number(cell) for cell in first):
+    if first and all(is_number(cell) for cell in first):
         return False
-    if len(first) == 1 and all(_is_number(part) for part in re.split(r"[;\t ]+", first[0].strip())):
+    if len(first) == 1 and all(is_number(part) for part in re.split(r"[;\t ]+", first[0].strip())):
         return False  # numbers separated by something else than commas: the continuous reader says so
     frame = read_table(path)
     names = list(frame.columns)

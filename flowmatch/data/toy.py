@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from flowmatch.densities import GaussianMixture
 from flowmatch.errors import FlowmatchError
 
 BUILTIN_NAMES: tuple[str, ...] = (
@@ -26,7 +26,7 @@ BUILTIN_NAMES: tuple[str, ...] = (
 TABLE_NAMES: tuple[str, ...] = ("wine", "breast-cancer")
 
 
-def _make_generator(generator: torch.Generator | int | None) -> torch.Generator:
+def make_generator(generator: torch.Generator | int | None) -> torch.Generator:
     """A generator from a generator (used as is), an integer seed, or None (torch's global generator)."""
     if generator is None:
         return torch.default_generator
@@ -34,16 +34,16 @@ def _make_generator(generator: torch.Generator | int | None) -> torch.Generator:
         return generator
     if isinstance(generator, bool) or not isinstance(generator, int):
         raise FlowmatchError(f"generator must be a torch.Generator, an integer seed or None, got {type(generator).__name__}")
-    return torch.Generator().manual_seed(_check_seed(generator))
+    return torch.Generator().manual_seed(check_seed(generator))
 
 
-def _check_seed(seed: object) -> int:
+def check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise FlowmatchError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     return seed
 
 
-def _check_count(n: object, what: str = "n") -> int:
+def check_count(n: object, what: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise FlowmatchError(f"{what} must be a non-negative integer, got {n!r}")
     return n
@@ -195,7 +195,7 @@ BUILTIN_CLASSES = {
 }
 
 
-def _did_you_mean(name: str, choices: tuple[str, ...]) -> str:
+def did_you_mean(name: str, choices: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(name, choices, n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -210,10 +210,10 @@ def sample_builtin(name: str, n: int, generator: torch.Generator | int | None = 
     """
     if name not in _BUILTINS:
         raise FlowmatchError(
-            f"unknown built-in data set {name!r}: choose one of {', '.join(BUILTIN_NAMES)}" + _did_you_mean(str(name), BUILTIN_NAMES)
+            f"unknown built-in data set {name!r}: choose one of {', '.join(BUILTIN_NAMES)}" + did_you_mean(str(name), BUILTIN_NAMES)
         )
-    n = _check_count(n)
-    g = _make_generator(generator)
+    n = check_count(n)
+    g = make_generator(generator)
     from flowmatch.memory import require_memory
 
     require_memory(64 * n, f"drawing {n} points of {name}", "ask for fewer points", g.device)  # float64 temporaries of (n, 2)
@@ -226,33 +226,6 @@ def sample_builtin(name: str, n: int, generator: torch.Generator | int | None = 
     if not labels:
         return x
     return x, (k if BUILTIN_CLASSES[name] else None)
-
-
-@dataclass(frozen=True)
-class GaussianMixture:
-    """The density sum_k pi_k N(x; mu_k, tau_k^2 I): ``weights`` pi (K,), ``means`` mu (K, D), ``stds`` tau (K,).
-
-    The built-in sets that are such mixtures (:data:`GAUSSIAN_MIXTURES`) have closed-form densities
-    (:func:`log_prob`), and as a training source they admit the posterior target
-    (``AffinePath.posterior_velocity``).
-    """
-
-    weights: torch.Tensor
-    means: torch.Tensor
-    stds: torch.Tensor
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) for points x (n, D): shape (n,), in the mixture's dtype."""
-        weights, means, stds = (v.to(device=x.device) for v in (self.weights, self.means, self.stds))
-        x = x.to(means.dtype)
-        d2 = ((x[:, None, :] - means[None, :, :]) ** 2).sum(-1)
-        var = stds**2
-        log_normal = -d2 / (2 * var) - 0.5 * x.shape[1] * torch.log(2 * math.pi * var)
-        return torch.logsumexp(weights.log() + log_normal, dim=1)
-
-    def affine(self, shift: torch.Tensor, scale: float) -> GaussianMixture:
-        """The mixture of (x - shift) / scale for x drawn from this one."""
-        return GaussianMixture(self.weights, (self.means - shift) / scale, self.stds / scale)
 
 
 def _equal_mixture(means: list[list[float]], std: float) -> GaussianMixture:

@@ -1,7 +1,8 @@
 """Discrete flow matching over tokens: the mixture path and its schedulers (:mod:`.paths`,
 :mod:`.schedulers`), its losses (:mod:`.losses`), the jump sampler with its corrector and the joint sampler of
-mixed rows (:mod:`.sampling`), and the trained flow with its likelihood bound (:mod:`.flow`). Runs on token
-sequences and mixed-type tables are :mod:`flowmatch.modalities.tokens`' and :mod:`flowmatch.modalities.tables`'.
+mixed rows (:mod:`.sampling`): math, importing nothing above it. The trained flow with its likelihood bound is
+:mod:`flowmatch.flows.discrete`; runs on token sequences and mixed-type tables are :mod:`flowmatch.modalities.tokens`'
+and :mod:`flowmatch.modalities.tables`'.
 
 Names are imported from their modules on first use.
 """
@@ -11,7 +12,6 @@ from flowmatch._lazy import lazy_exports
 _EXPORTS = {
     "CORRECTOR_WINDOW": "sampling",
     "CosineScheduler": "schedulers",
-    "DiscreteFlow": "flow",
     "LinearScheduler": "schedulers",
     "MixturePath": "paths",
     "PolynomialScheduler": "schedulers",

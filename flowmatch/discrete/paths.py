@@ -26,6 +26,7 @@ import torch
 
 from flowmatch.discrete.schedulers import Scheduler
 from flowmatch.errors import FlowmatchError
+from flowmatch.paths.base import PathSample
 
 SOURCES = ("mask", "uniform")
 
@@ -55,11 +56,25 @@ class MixturePath:
             return torch.full(shape, self.vocab_size, dtype=torch.long)
         return torch.randint(self.vocab_size, shape, generator=generator)
 
-    def sample(self, x1: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_t for data tokens x1 (batch, ...) at per-sample times t (batch,)."""
+    def sample(
+        self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, *,
+        generator: torch.Generator | None = None,
+    ) -> PathSample:  # fmt: skip
+        """x_t for source tokens x0 and data tokens x1 (batch, ...) at per-sample times t (batch,): each position
+        keeps x1 with probability kappa_t (drawn with ``generator``), else x0
+        (:class:`~flowmatch.paths.base.ProbabilityPath`; a discrete path has rates, not a velocity: ``velocity``
+        is None). ``noise`` must be None."""
+        if noise is not None:
+            raise FlowmatchError("the mixture path draws its own randomness (generator=); it takes no noise")
+        if x0.shape != x1.shape:
+            raise FlowmatchError(f"x0 and x1 must have one shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
         kappa = self.scheduler.kappa(t.to(torch.float64)).reshape(-1, *[1] * (x1.ndim - 1))
         keep = torch.rand(x1.shape, generator=generator, dtype=torch.float64) < kappa
-        return torch.where(keep, x1, self.draw_source(tuple(x1.shape), generator))
+        return PathSample(x_t=torch.where(keep, x1, x0), velocity=None, t=t)
+
+    def corrupt(self, x1: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_t for data tokens x1 at times t, the source drawn here: :meth:`sample` of a source draw."""
+        return self.sample(self.draw_source(tuple(x1.shape), generator), x1, t, generator=generator).x_t
 
     def marginal(self, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """p_t(. | x1): (batch, ..., states) probabilities, the closed form above."""

@@ -32,7 +32,7 @@ conditional model alone, one call a step; otherwise two).
 
 **Mixed states.** :func:`mixed_sample` integrates continuous features x with the Euler step
 x <- x + h v(x, tokens, t) and the tokens with the jump step above, on one time grid and with one call of
-the network a step (the mixed-type tables of :mod:`flowmatch.discrete.flow`).
+the network a step (the mixed-type tables of :mod:`flowmatch.flows.discrete`).
 """
 
 from __future__ import annotations

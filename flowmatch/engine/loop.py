@@ -24,6 +24,7 @@ Without these, a long run learns the training rows themselves (:mod:`flowmatch.e
 from __future__ import annotations
 
 import gc
+import math
 import os
 import signal
 import time
@@ -112,6 +113,8 @@ def train(
     if state is not None:  # the checkpoint's own architecture (a warm start's teacher need not exist any more)
         weights = unprefixed("model", state[1])
         model = modality.load_flow(state[2]["flow"], weights, config.to_dict(), state[0], model=objects.model).model.train()
+    elif config.init_from:
+        model = _warm_start(config.init_from, modality, task)
     else:
         model = task.initial_model()
     task.check_model(model)
@@ -161,8 +164,10 @@ def train(
             except StopIteration:  # a one-shot iterator ran out
                 exhausted = True
                 break
-            except NonFiniteLoss as exc:
-                raise NonFiniteLoss(f"{exc}; {_last_good(run if main_process else None, exc.step, start_step)}", exc.step) from None
+            value = _global_loss(loss, world)  # one synchronisation a step: the value logged, and checked here
+            if not math.isfinite(value):
+                last = _last_good(run if main_process else None, step, start_step)
+                raise NonFiniteLoss(f"{task.non_finite_message(value, step)}; {last}", step)
             lr = learning_rate(config, step)
             descend(optimizer, model, loss, lr, config.grad_clip)
             ema.update(model)
@@ -172,7 +177,7 @@ def train(
                 shown["val"] = f"{value:.4f}"
                 stopped_early = config.early_stop > 0 and step + 1 - validation.best_step >= config.early_stop
 
-            losses.append(_global_loss(loss, world))
+            losses.append(value)
             done = step + 1
             log.step(done, losses, lr, elapsed + time.perf_counter() - started)
             if bar is not None and (done % 25 == 0 or done == config.steps):
@@ -212,6 +217,22 @@ def train(
         validation=None if validation is None else validation.summary(select, stopped_early), data_exhausted=exhausted,
         threads=threads.to_dict(), task=task,
     )  # fmt: skip
+
+
+def _warm_start(folder: str, modality: Modality, task: Task) -> torch.nn.Module:
+    """The network of the run in ``folder`` (``init_from``), rebuilt by this run's modality and checked by its task."""
+    import warnings
+
+    from flowmatch.engine.runs import read_run
+    from flowmatch.errors import FlowmatchWarning
+
+    saved = read_run(folder)
+    if saved.note is not None:
+        warnings.warn(saved.note, FlowmatchWarning, stacklevel=3)
+    if saved.kind != modality.kind:
+        raise FlowmatchError(f"init_from '{folder}' is a run of kind {saved.kind}; this run is {modality.label} (kind {modality.kind})")
+    teacher = modality.load_flow(saved.meta, saved.weights, saved.config, saved.where, folder=saved.folder)
+    return task.warm_start(teacher, folder)
 
 
 #: A streamed run's generator on process r: seed + r * this.

@@ -22,11 +22,12 @@ interrupted write never leaves a half-written run and an existing run is only re
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.saving import CHECKPOINT, CHECKPOINT_META, CONFIG
+from flowmatch.saving import CHECKPOINT, CHECKPOINT_META, CONFIG, check_format
 from flowmatch.storage import read_json
 
 
@@ -98,3 +99,71 @@ def check_writable_run(target: Path, force: bool) -> None:
         if not force:
             raise FlowmatchError(f"run folder '{target}' already exists; pass force=True to replace it")
     check_writable(target)
+
+
+@dataclass
+class SavedRun:
+    """What a run folder holds of a flow (:func:`read_run`): its config, the checkpoint metadata and weights to
+    rebuild it, where they were read, and why a training checkpoint was read in place of the final weights."""
+
+    folder: Path
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    weights: dict[str, Any]
+    where: Path
+    note: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """The flow's kind, checkpoint.json's (runs of points and images saved before kinds were written there
+        have none: ``continuous``)."""
+        return self.meta.get("kind") or "continuous"
+
+
+def read_run(run_dir: str | os.PathLike) -> SavedRun:
+    """Read a run folder's flow (weights with safetensors, never unpickled): a finished run's final weights, or
+    the newest training checkpoint (EMA weights where kept) of a run stopped during training, or of a finished
+    run that was resumed with more steps and stopped again (its training checkpoints are newer than the final
+    weights, by ``steps_run`` in metrics.json); ``note`` then says which step and why. Interrupted replacements
+    are recovered and stale temporary files removed first (:func:`flowmatch.leftovers.tidy_run`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from flowmatch.engine.checkpoints import latest_state, list_states, step_of, unprefixed
+    from flowmatch.leftovers import tidy_run
+    from flowmatch.storage import read_json_object
+
+    folder = Path(run_dir)
+    tidy_run(folder)
+    if not folder.is_dir():
+        raise FlowmatchError(f"run folder '{folder}' does not exist")
+    if not (folder / CONFIG).is_file():
+        raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {CONFIG} is missing")
+    config = config_from_file(read_json_object(folder / CONFIG), folder)
+    finished = (folder / CHECKPOINT).is_file() and (folder / CHECKPOINT_META).is_file()
+    states = list_states(folder)
+    final = final_step(folder) if finished and states else None
+    if final is not None and step_of(states[-1]) <= final:
+        final = None  # the final weights are the newest state
+    if (finished and final is None) or not states:
+        for name in (CHECKPOINT, CHECKPOINT_META):
+            if not (folder / name).is_file():
+                raise FlowmatchError(f"'{folder}' is not a flowmatch run folder: {name} is missing")
+        meta = read_json(folder / CHECKPOINT_META)
+        check_format(meta, folder / CHECKPOINT_META)
+        try:
+            weights = load_file(str(folder / CHECKPOINT))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise FlowmatchError(f"{folder / CHECKPOINT}: cannot read the weights (truncated or corrupt?): {exc}") from None
+        return SavedRun(folder, config, meta, weights, folder / CHECKPOINT)
+    where, tensors, state_meta = latest_state(folder)
+    meta = state_meta.get("flow", {})
+    check_format(meta, where)
+    weights = {**unprefixed("model", tensors), **unprefixed("ema", tensors)}  # EMA parameters, the model's buffers
+    why = (
+        f"its {CHECKPOINT} is from step {final} and training went on"
+        if final is not None
+        else f"it has no {CHECKPOINT} (training did not finish)"
+    )
+    note = f"'{folder}': loaded training checkpoint step {step_of(Path(where))} (EMA weights where kept): {why}"
+    return SavedRun(folder, config, meta, weights, Path(where), note)

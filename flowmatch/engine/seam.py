@@ -65,7 +65,7 @@ class Task:
 
     The engine reads these attributes and calls these methods, in this order: ``validation`` (None or a
     callable scoring an eval-mode model on fixed held-out data), :meth:`initial_model` (after the engine
-    seeds torch), :meth:`check_model`, :meth:`flow` (to record what rebuilds the run, and for samples),
+    seeds torch; :meth:`warm_start` instead with ``init_from``), :meth:`check_model`, :meth:`flow` (to record what rebuilds the run, and for samples),
     :meth:`objective` (the loss of one step), :meth:`progress_picture`.
     """
 
@@ -86,6 +86,11 @@ class Task:
         """The network to train: the user's, a run's (``init_from``) or the modality's default for these data."""
         raise NotImplementedError
 
+    def warm_start(self, flow: Any, folder: str) -> torch.nn.Module:
+        """The network to train from a run's flow (``init_from``: a run of this modality, rebuilt by it), once its
+        data are checked to be this run's kind of data (their dimension, a sequence's length, a manifold)."""
+        return flow.model.train()
+
     def check_model(self, model: torch.nn.Module) -> None:
         """Refuse, before training, a model this objective cannot train (MeanFlow's second time, say)."""
 
@@ -101,9 +106,14 @@ class Task:
         ``net`` is the network to call (DDP-wrapped or compiled), ``model`` the bare module (for what cannot
         run through DDP). Every process draws the same global batch of ``batch_size * world`` rows and takes
         its own shard, unless the data are a stream (each process its own batch). ``autocast`` (bf16 or None)
-        is the dtype the network's calls run in. Raises StopIteration when a one-shot iterator has run out,
-        and :class:`NonFiniteLoss` on a NaN or infinite loss."""
+        is the dtype the network's calls run in. Raises StopIteration when a one-shot iterator has run out; a NaN
+        or infinite loss is the engine's to find (:meth:`non_finite_message` says what the error tells)."""
         raise NotImplementedError
+
+    def non_finite_message(self, value: float, step: int) -> str:
+        """What the error says when step ``step``'s loss is ``value``, NaN or infinite (the engine adds which
+        checkpoint the run keeps)."""
+        return f"training stopped: the loss is {value} at step {step}; try a smaller lr or grad_clip=1.0"
 
     def keep(self, folder: Path) -> None:
         """Write what the run folder keeps from its start beside its config (the rows of a source given in Python, say)."""

@@ -3,7 +3,7 @@
 **Token sequences** (each figure beside its reference):
 
 - the model's likelihood bound in bits per token on held-out windows
-  (:meth:`~flowmatch.discrete.flow.DiscreteFlow.bits_per_token`), beside a character n-gram model
+  (:meth:`~flowmatch.flows.discrete.DiscreteFlow.bits_per_token`), beside a character n-gram model
   (interpolated Kneser-Ney, :class:`~flowmatch.evaluation.text.NGramModel`) fitted on the training text
   and scored on the same held-out text;
 - the n-gram statistics of generated sequences against held-out text (total variation of the n-gram
@@ -31,16 +31,6 @@ from flowmatch.errors import FlowmatchError
 
 #: The reference n-gram model's order.
 NGRAM_ORDER = 5
-
-
-def evaluate_discrete(
-    flow, data, *, quick: bool = False, n: int | None = None, nfe: int | None = None, temperature: float = 1.0,
-    corrector: float = 0.0, seed: int = 0, target: str | None = None, progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """The report of a token or table flow on its data's held-out parts (module docstring)."""
-    if flow.kind == "tokens":
-        return evaluate_tokens(flow, data, quick=quick, n=n, nfe=nfe, temperature=temperature, corrector=corrector, seed=seed)
-    return evaluate_table(flow, data, quick=quick, nfe=nfe, temperature=temperature, corrector=corrector, seed=seed, target=target)
 
 
 def evaluate_tokens(
@@ -112,7 +102,7 @@ def evaluate_table(
     from flowmatch.evaluation.tables import table_report
 
     draws = draws if draws is not None else (1 if quick else 3)
-    nfe = nfe if nfe is not None else 64
+    nfe = nfe if nfe is not None else flow.DEFAULT_NFE
     rows = getattr(data, "conditions", {}).get("train", {})  # a conditional table: drawn under the training rows' conditions
     given = {name: rows[key] for name, key in (("label", "y"), ("condition", "c")) if key in rows}
     reports = []
@@ -134,30 +124,33 @@ def _median_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
-def format_discrete_report(report: dict[str, Any]) -> str:
-    """A small table of the report's figures beside their references."""
-    if report.get("kind") == "tokens":
-        b = report["bits_per_token"]
-        lines = [
-            f"{'figure':<28}{'model':>10}{'reference':>12}",
-            f"{'bits per token (bound)':<28}{b['value']:>10.3f}{b['ngram_model']:>12.3f}   ({b['ngram_order']}-gram model fitted on the training text)",
-        ]
-        for order, values in report["ngram"]["orders"].items():
-            for name in ("tv", "novel"):
-                v = values[name]
-                lines.append(
-                    f"{f'{order}-gram {name}':<28}{v['value']:>10.3f}{v['floor']:>12.3f}   (floor: held-out text; n-gram model {v['ngram_model']:.3f})"
-                )
-        memo = report.get("memorisation")
-        if memo:
-            share = memo["copied_share"]
-            label = f"copied {memo['k']}-grams"
+def format_token_report(report: dict[str, Any]) -> str:
+    """A small table of a token report's figures beside their references."""
+    b = report["bits_per_token"]
+    lines = [
+        f"{'figure':<28}{'model':>10}{'reference':>12}",
+        f"{'bits per token (bound)':<28}{b['value']:>10.3f}{b['ngram_model']:>12.3f}   ({b['ngram_order']}-gram model fitted on the training text)",
+    ]
+    for order, values in report["ngram"]["orders"].items():
+        for name in ("tv", "novel"):
+            v = values[name]
             lines.append(
-                f"{label:<28}{share['value']:>10.3f}{share['heldout']:>12.3f}   (found in the training text; reference: held-out text)"
+                f"{f'{order}-gram {name}':<28}{v['value']:>10.3f}{v['floor']:>12.3f}   (floor: held-out text; n-gram model {v['ngram_model']:.3f})"
             )
-        lines.append(f"sampler: NFE {report['sampler']['nfe']}, temperature {report['sampler']['temperature']}")
-        lines.append(f"sample: {report['examples'][0][:160]!r}")
-        return "\n".join(lines)
-    from flowmatch.evaluation.tables import format_table_report
+    memo = report.get("memorisation")
+    if memo:
+        share = memo["copied_share"]
+        label = f"copied {memo['k']}-grams"
+        lines.append(
+            f"{label:<28}{share['value']:>10.3f}{share['heldout']:>12.3f}   (found in the training text; reference: held-out text)"
+        )
+    lines.append(f"sampler: NFE {report['sampler']['nfe']}, temperature {report['sampler']['temperature']}")
+    lines.append(f"sample: {report['examples'][0][:160]!r}")
+    return "\n".join(lines)
 
-    return format_table_report(report) + f"\n(median of {report.get('draws', 1)} generated sets, NFE {report['sampler']['nfe']})"
+
+def format_table_run_report(report: dict[str, Any]) -> str:
+    """A table report's figures beside the test split's own, and how they were drawn."""
+    from flowmatch.evaluation.tables import format_table_report as figures
+
+    return figures(report) + f"\n(median of {report.get('draws', 1)} generated sets, NFE {report['sampler']['nfe']})"

@@ -1,6 +1,6 @@
 """Evaluation of manifold runs (kind manifold): sample quality beside its floors, memorisation, likelihood.
 
-:func:`evaluate_manifold` follows the protocol of :func:`flowmatch.manifolds.metrics.manifold_report`:
+:func:`evaluate_manifold` follows the protocol of :func:`flowmatch.evaluation.geodesic.manifold_report`:
 K generated sets, each scored against its own held-out set, so that one held-out draw's luck cannot move
 every figure; the floor of set k is the same metric between two held-out sets, what a perfect sampler
 scores with the same sizes. Built-in sets draw K + 1 fresh held-out sets of n points (seeds seed +
@@ -15,7 +15,7 @@ with K lowered until each block has 2 points.
   the Riemannian volume: :meth:`RiemannianFlow.log_prob`, the divergence exact over a tangent basis, or
   Hutchinson's with ``probes``), and for a built-in set the entropy H(p) of the same points with
   KL(p || model) = E_p[log p - log q], beside ``entropy_reference`` (the set's Monte-Carlo entropy of a
-  million draws, :data:`flowmatch.manifolds.data.ENTROPY`);
+  million draws, :data:`flowmatch.data.manifolds.ENTROPY`);
 - ``on_manifold``: the largest and mean distance of the generated points from the data's manifold before
   projection (:meth:`RiemannianFlow.on_data_manifold`): rounding for a Riemannian flow, the real gap for
   the Euclidean comparison, whose points are projected before they are scored (its density lives in R^D,
@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
+from flowmatch.data.manifolds import ENTROPY, HELD_SEED, ManifoldRunData, PointSet, load_run_data
 from flowmatch.errors import FlowmatchError
-from flowmatch.manifolds.data import ENTROPY, HELD_SEED, ManifoldRunData, PointSet, load_run_data
-from flowmatch.manifolds.flow import RiemannianFlow
-from flowmatch.manifolds.metrics import format_manifold_report, manifold_report
+from flowmatch.evaluation.geodesic import format_manifold_report, manifold_report
+from flowmatch.flows.riemannian import RiemannianFlow
 from flowmatch.manifolds.solvers import MANIFOLD_SOLVERS
 
 QUICK = {"sets": 3, "n": 500, "n_likelihood": 300, "likelihood_nfe": 32}
@@ -48,7 +48,7 @@ FULL = {"sets": 5, "n": 2000, "n_likelihood": 2000, "likelihood_nfe": 64}
 
 
 #: The sampler of the quality figures unless told: rk4 at NFE 100, as for continuous runs.
-SAMPLER = ("rk4", 100)
+SAMPLER = RiemannianFlow.DEFAULT_SAMPLER
 
 
 def run_data(flow: RiemannianFlow) -> ManifoldRunData:

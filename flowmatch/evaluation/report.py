@@ -410,11 +410,11 @@ def evaluate(
     Defaults (full / ``quick``): ``n`` samples 5,000 / 1,000; ``n_likelihood`` points 2,000 / 500,
     scored with ``likelihood_solver`` dopri5 (``atol``, ``rtol``) / rk4 at ``likelihood_nfe`` 40;
     ``sweep`` and ``pictures`` on / off. Samples for the metrics come from ``solver`` at ``nfe``
-    (default: the flow's own sampler, :meth:`flowmatch.flow.Flow.resolve_sampler`; the image metrics
+    (default: the flow's own sampler, :meth:`flowmatch.flows.continuous.Flow.resolve_sampler`; the image metrics
     default to midpoint at NFE 40, unless a solver is given or the flow is a student or a MeanFlow
     model, which sample with their own). Returns the report (see the module docstring).
 
-    This is the report of points and images (a :class:`~flowmatch.flow.Flow`); :func:`flowmatch.evaluate`
+    This is the report of points and images (a :class:`~flowmatch.flows.continuous.Flow`); :func:`flowmatch.evaluate`
     gives every flow its modality's.
     """
     _check_flow(flow, run_dir)
@@ -520,7 +520,7 @@ def evaluate(
 
 def _check_flow(flow, run_dir) -> None:
     """evaluate()'s first two arguments: a loaded flow (not its folder) and a run folder path or None."""
-    from flowmatch.flow import Flow
+    from flowmatch.flows.continuous import Flow
 
     if isinstance(flow, (str, os.PathLike)):
         raise FlowmatchError(f"evaluate takes a flow, not its run folder: evaluate(flowmatch.load({str(flow)!r}), {str(flow)!r})")

@@ -5,10 +5,12 @@
 - :mod:`.paths`: the geodesic conditional path x_t = exp_{x0}(kappa_t log_{x0}(x1)) and its velocity;
 - :mod:`.solvers`: Runge-Kutta solvers stepping through the exponential map;
 - :mod:`.likelihood`: log-densities through the Riemannian divergence;
-- :mod:`.flow`: the loss and :class:`RiemannianFlow` (its tangent-valued models are :mod:`flowmatch.models.tangent`'s);
-- :mod:`.data` and :mod:`.metrics`: data sets on manifolds, a run's splits of them, and their evaluation.
+- :mod:`.losses`: the Riemannian flow matching loss.
 
-Runs of kind manifold are :mod:`flowmatch.modalities.manifolds`'.
+The geometry is math: it imports nothing above it. What uses it: :class:`flowmatch.flows.riemannian.RiemannianFlow`
+(the flow), :mod:`flowmatch.models.tangent` (tangent-valued models), :mod:`flowmatch.data.manifolds` (data sets on
+manifolds and a run's splits), :mod:`flowmatch.evaluation.geodesic` (their figures), and the runs of kind
+manifold, :mod:`flowmatch.modalities.manifolds`.
 
 Names are imported from their modules on first use.
 """
@@ -17,33 +19,25 @@ from flowmatch._lazy import lazy_exports
 
 _EXPORTS = {
     "Euclidean": "manifolds",
-    "FLOW_SOURCES": "flow",
     "FlatTorus": "manifolds",
     "GeodesicPath": "paths",
     "GeodesicSample": "paths",
     "MANIFOLDS": "manifolds",
-    "MANIFOLD_SETS": "data",
-    "ManifoldRunData": "data",
     "MANIFOLD_SOLVERS": "solvers",
     "Manifold": "manifolds",
     "ON_MANIFOLD_TOLERANCE": "manifolds",
-    "RiemannianFlow": "flow",
     "SO3": "manifolds",
     "Sphere": "manifolds",
-    "WrappedNormal": "data",
     "integrate_manifold": "solvers",
-    "load_manifold_data": "data",
     "make_manifold": "manifolds",
     "manifold_divergence": "likelihood",
     "manifold_from_config": "manifolds",
     "manifold_log_prob": "likelihood",
-    "manifold_report": "metrics",
     "matrix_to_quaternion": "manifolds",
     "quaternion_multiply": "manifolds",
     "quaternion_to_axis_angle": "manifolds",
     "quaternion_to_matrix": "manifolds",
-    "riemannian_loss": "flow",
+    "riemannian_loss": "losses",
     "sinc": "manifolds",
-    "wrapped_gaussian_scale": "flow",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

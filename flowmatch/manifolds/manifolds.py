@@ -353,7 +353,7 @@ def _check_dim(dim: Any, what: str) -> int:
     return dim
 
 
-def _check_count(n: Any) -> int:
+def check_count(n: Any) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise FlowmatchError(f"the number of points must be a non-negative integer, got {n!r}")
     return n
@@ -440,7 +440,7 @@ class Manifold:
         ``mean`` is one point (ambient_dim,) or one per row (n, ambient_dim); the noise is drawn on the CPU
         with ``generator`` in mean's dtype.
         """
-        n = _check_count(n)
+        n = check_count(n)
         mean, scale = self._wrapped_normal_args(n, mean, scale, positive=False)
         noise = torch.randn(n, self.ambient_dim, generator=generator, dtype=mean.dtype).to(mean.device)
         base = mean.expand(n, -1)
@@ -646,7 +646,7 @@ class Sphere(Manifold):
 
     def random_uniform(self, n, generator=None, dtype=torch.float32, device=None):
         """Normalised standard normal vectors (rotation invariant, hence uniform)."""
-        g = torch.randn(_check_count(n), self.ambient_dim, generator=generator, dtype=dtype)
+        g = torch.randn(check_count(n), self.ambient_dim, generator=generator, dtype=dtype)
         return self.projx(g).to(device) if device is not None else self.projx(g)
 
     def wrapped_normal_log_prob(self, x, mean, scale):
@@ -723,7 +723,7 @@ class FlatTorus(Manifold):
         return (2 * math.pi) ** self.dim
 
     def random_uniform(self, n, generator=None, dtype=torch.float32, device=None):
-        u = torch.rand(_check_count(n), self.dim, generator=generator, dtype=dtype)
+        u = torch.rand(check_count(n), self.dim, generator=generator, dtype=dtype)
         x = _wrap(2 * math.pi * u - math.pi)
         return x.to(device) if device is not None else x
 
@@ -846,7 +846,7 @@ class SO3(Manifold):
 
     def random_uniform(self, n, generator=None, dtype=torch.float32, device=None):
         """Uniform on S^3 (normalised normal vectors), hence Haar-uniform rotations; canonical (w >= 0)."""
-        g = torch.randn(_check_count(n), 4, generator=generator, dtype=dtype)
+        g = torch.randn(check_count(n), 4, generator=generator, dtype=dtype)
         q = self.canonical(g)
         return q.to(device) if device is not None else q
 

@@ -55,23 +55,16 @@ thousands of steps, and learns from T.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from flowmatch.discrete.schedulers import LinearScheduler, Scheduler, make_scheduler
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.manifolds import Manifold, _wrap
+from flowmatch.paths.base import VelocitySample
 
-
-@dataclass
-class GeodesicSample:
-    """A batch of the conditional path: points x_t (n, ambient_dim), target velocities u_t tangent at
-    x_t (n, ambient_dim), and the times t (n,)."""
-
-    x_t: torch.Tensor
-    velocity: torch.Tensor
-    t: torch.Tensor
+#: A batch of the geodesic path: points x_t (n, ambient_dim), target velocities u_t tangent at x_t, the times t.
+GeodesicSample = VelocitySample
 
 
 class GeodesicPath:
@@ -93,12 +86,18 @@ class GeodesicPath:
         self.manifold = manifold
         self.scheduler = scheduler
 
-    def sample(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor | float) -> GeodesicSample:
+    def sample(
+        self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor | float, noise: torch.Tensor | None = None, *,
+        generator: torch.Generator | None = None,
+    ) -> VelocitySample:  # fmt: skip
         """The path between rows of x0 and x1 (both (n, ambient_dim), on the manifold) at times t
         (a number, a 0-dim tensor or an (n,) tensor).
 
-        Differentiable in t (and in x0, x1) through ordinary autograd and torch.func.
+        Differentiable in t (and in x0, x1) through ordinary autograd and torch.func. A geodesic path draws
+        nothing of its own: ``noise`` must be None (``generator`` is unused).
         """
+        if noise is not None:
+            raise FlowmatchError("a geodesic path has no noise of its own")
         if x0.shape != x1.shape or x0.dim() != 2 or x0.shape[1] != self.manifold.ambient_dim:
             raise FlowmatchError(
                 f"x0 and x1 must both have shape (n, {self.manifold.ambient_dim}) on {self.manifold.label}, "
@@ -112,7 +111,7 @@ class GeodesicPath:
             raise FlowmatchError(f"t must be a number or a tensor of shape ({n},), got shape {tuple(t.shape)}")
         s = t[:, None]
         point, velocity = self.manifold.geodesic(x0, x1, self.scheduler.kappa(s))
-        return GeodesicSample(x_t=point, velocity=self.scheduler.d_kappa(s) * velocity, t=t)
+        return VelocitySample(x_t=point, velocity=self.scheduler.d_kappa(s) * velocity, t=t)
 
     def posterior_velocity(self, sample: GeodesicSample, reference: torch.Tensor, source: str = "uniform") -> torch.Tensor:
         """The posterior target T (module docstring) of each pair of ``sample``, whose data point is row i

@@ -38,7 +38,7 @@ import torch
 
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.manifolds import Manifold
-from flowmatch.solvers.grids import _check_interval, time_grid
+from flowmatch.solvers.grids import check_interval, time_grid
 from flowmatch.solvers.integration import Solution, Velocity
 from flowmatch.solvers.tableaus import TABLEAUS, Tableau, steps_for
 
@@ -76,7 +76,7 @@ def _plan(solver: str, nfe: int, t0: float, t1: float) -> tuple[Tableau, torch.T
     if solver not in TABLEAUS:
         raise FlowmatchError(f"unknown manifold solver {solver!r}; choose one of {', '.join(MANIFOLD_SOLVERS)}")
     steps = steps_for(solver, nfe)
-    t0, t1 = _check_interval(t0, t1)
+    t0, t1 = check_interval(t0, t1)
     return TABLEAUS[solver], time_grid("uniform", steps, t0, t1)
 
 

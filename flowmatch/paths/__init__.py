@@ -1,6 +1,7 @@
-"""Probability paths x_t = alpha_t x1 + sigma_t x0 between a source sample x0 (t = 0) and data x1 (t = 1):
-schedules (:mod:`.schedules`), the affine path with its velocity, conversions and posterior target
-(:mod:`.affine`), and sampling under another schedule (:mod:`.transform`).
+"""Probability paths between a source sample x0 (t = 0) and data x1 (t = 1): the one protocol every path
+follows, affine, geodesic or discrete (:mod:`.base`); schedules (:mod:`.schedules`), the affine path
+x_t = alpha_t x1 + sigma_t x0 with its velocity, conversions and posterior target (:mod:`.affine`), and
+sampling under another schedule (:mod:`.transform`).
 
 Names are imported from their modules on first use.
 """
@@ -15,7 +16,8 @@ _EXPORTS = {
     "LinearSchedule": "schedules",
     "PATHS": "affine",
     "PREDICTIONS": "affine",
-    "PathSample": "affine",
+    "PathSample": "base",
+    "ProbabilityPath": "base",
     "Schedule": "schedules",
     "make_path": "affine",
     "path_from_config": "specs",

@@ -28,35 +28,26 @@ tensor; derivatives are taken by autograd unless given.
 Example::
 
     path = make_path("linear")
-    s = path.sample(x0, x1, t)         # PathSample(x_t, velocity, t)
+    s = path.sample(x0, x1, t)         # VelocitySample(x_t, velocity, t)
     loss = ((model(s.x_t, t) - s.velocity) ** 2).mean()
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from flowmatch.errors import FlowmatchError
+from flowmatch.paths.base import VelocitySample
 from flowmatch.paths.schedules import CosineSchedule, GaussianSchedule, LinearSchedule, Schedule
 
 if TYPE_CHECKING:
-    from flowmatch.data.toy import GaussianMixture
+    from flowmatch.densities import GaussianMixture
 
 
 PREDICTIONS = ("velocity", "x1", "x0")
-
-
-@dataclass
-class PathSample:
-    """A point on the conditional path: x_t and the target velocity u_t at times t."""
-
-    x_t: torch.Tensor
-    velocity: torch.Tensor
-    t: torch.Tensor
 
 
 class AffinePath:
@@ -83,26 +74,38 @@ class AffinePath:
         s = self.schedule
         return s.alpha(t), s.sigma(t), s.d_alpha(t), s.d_sigma(t)
 
-    def sample(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> PathSample:
-        """x_t and u_t for pairs (x0, x1) at per-sample times t of shape (batch,).
+    def sample(
+        self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, *,
+        generator: torch.Generator | None = None,
+    ) -> VelocitySample:  # fmt: skip
+        """x_t and u_t for pairs (x0, x1) at per-sample times t of shape (batch,) (:class:`~flowmatch.paths.base.ProbabilityPath`).
 
-        ``noise`` (eps, shaped like x1) is needed only when the path has bridge noise.
+        ``noise`` (eps, shaped like x1) is needed only when the path has bridge noise; without it, ``generator`` draws it.
         """
-        a, s, da, ds = self._coefficients(t, x1)
-        x_t, velocity = a * x1 + s * x0, da * x1 + ds * x0
+        rates = self.schedule.constant_rates
+        if rates is not None:  # alpha' and sigma' are numbers: the same values without tensors of them
+            tt = _as_time(t, x1)
+            x_t = self.schedule.alpha(tt) * x1 + self.schedule.sigma(tt) * x0
+            da, ds = rates  # 1 x1 is x1 and x1 + (-1) x0 is x1 - x0, exactly
+            velocity = (x1 if da == 1.0 else da * x1) + ds * x0 if ds != -1.0 else (x1 if da == 1.0 else da * x1) - x0
+        else:
+            a, s, da, ds = self._coefficients(t, x1)
+            x_t, velocity = a * x1 + s * x0, da * x1 + ds * x0
         if self.bridge_sigma > 0:
+            if noise is None and generator is not None:
+                noise = torch.randn(x1.shape, generator=generator, dtype=x1.dtype).to(x1.device)
             if noise is None:
-                raise FlowmatchError("a path with bridge noise needs the noise eps")
+                raise FlowmatchError("a path with bridge noise needs the noise eps (or a generator to draw it)")
             tt = _as_time(t, x1)
             g = self.bridge_sigma * torch.sqrt(tt * (1 - tt))
             tc = tt.clamp(1e-4, 1 - 1e-4)
             dg = self.bridge_sigma * (1 - 2 * tc) / (2 * torch.sqrt(tc * (1 - tc)))
             x_t, velocity = x_t + g * noise, velocity + dg * noise
-        return PathSample(x_t=x_t, velocity=velocity, t=t)
+        return VelocitySample(x_t=x_t, velocity=velocity, t=t)
 
     def posterior_velocity(
         self,
-        sample: PathSample,
+        sample: VelocitySample,
         x1: torch.Tensor,
         reference: torch.Tensor,
         own: torch.Tensor | None = None,

@@ -12,7 +12,7 @@ from flowmatch.errors import FlowmatchError
 GridSpec = str | Sequence[float] | torch.Tensor
 
 
-def _check_interval(t0: float, t1: float) -> tuple[float, float]:
+def check_interval(t0: float, t1: float) -> tuple[float, float]:
     try:
         t0, t1 = float(t0), float(t1)
     except (TypeError, ValueError):
@@ -68,7 +68,7 @@ def time_grid(name_or_times: GridSpec, steps: int, t0: float = 0.0, t1: float = 
     ``steps + 1`` entries, start at t0, end at t1 and be strictly increasing (strictly
     decreasing when t1 < t0, i.e. integrating backward in time).
     """
-    t0, t1 = _check_interval(t0, t1)
+    t0, t1 = check_interval(t0, t1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise FlowmatchError(f"the number of steps must be a positive integer, got {steps!r}")
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.solvers.grids import GridSpec, _check_interval, _explicit_times, time_grid
+from flowmatch.solvers.grids import GridSpec, _explicit_times, check_interval, time_grid
 from flowmatch.solvers.tableaus import ADAPTIVE_SOLVERS, TABLEAUS, Tableau, _check_solver, steps_for
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,7 +103,7 @@ def integrate(
     never modified. ``progress=True`` shows a tqdm bar over the steps (fixed-step solvers).
     """
     _check_solver(solver)
-    t0, t1 = _check_interval(t0, t1)
+    t0, t1 = check_interval(t0, t1)
     atol = check_tolerance("atol", atol)
     rtol = check_tolerance("rtol", rtol)
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():

@@ -3,7 +3,7 @@
 **A step.** A batch of data points x1 (fresh draws of a built-in set, or rows of a file's training split),
 source points x0 (uniform on the manifold; a wrapped Gaussian, a built-in set on the same manifold, or N(0, I)
 for the Euclidean comparison), times t (:func:`flowmatch.engine.schedules.sample_times`: uniform and
-stratified by default), and the loss on the geodesic path (:func:`flowmatch.manifolds.flow.riemannian_loss`),
+stratified by default), and the loss on the geodesic path (:func:`flowmatch.flows.riemannian.riemannian_loss`),
 
     L = E |v_theta(x_t, t) - u_t|^2,   x_t = exp_{x0}(kappa_t log_{x0}(x1)),   u_t = d/dt x_t,
 
@@ -14,7 +14,7 @@ From the uniform source a law close to uniform has a weak marginal field under s
 (on S2-checkerboard: |v| about 0.03 at t = 0.5 against |u_t| about 1.7), and a network trained on u_t alone
 learns almost nothing of it in thousands of steps.
 
-**Data** (:class:`flowmatch.manifolds.data.ManifoldRunData`). A built-in set is infinite: every batch, every
+**Data** (:class:`flowmatch.data.manifolds.ManifoldRunData`). A built-in set is infinite: every batch, every
 held-out set is a fresh draw. A file (lat/lon, angles with units, quaternions) is shuffled with the run's
 seed and split: 20% test (at most 4,000 points, kept for evaluation), then ``val_fraction`` of the rest for
 validation (at least 2 and at most 2,000 points), the rest for training. Points given in Python (``fit(data=
@@ -38,13 +38,14 @@ import numpy as np
 import torch
 
 from flowmatch.conditions import drop
+from flowmatch.data.manifolds import MANIFOLD_SETS, SAMPLES, VAL_POINTS, ManifoldRunData, PointSet, load_run_data, split_points
 from flowmatch.discrete.schedulers import make_scheduler
 from flowmatch.engine.options import resolve_target
 from flowmatch.engine.schedules import batch_size_at, sample_times
-from flowmatch.engine.seam import Context, Modality, NonFiniteLoss, Objects, Task
+from flowmatch.engine.seam import Context, Modality, Objects, Task
 from flowmatch.errors import FlowmatchError
-from flowmatch.manifolds.data import MANIFOLD_SETS, SAMPLES, VAL_POINTS, ManifoldRunData, PointSet, load_run_data, split_points
-from flowmatch.manifolds.flow import RiemannianFlow, build_manifold_flow, riemannian_loss, wrapped_gaussian_scale
+from flowmatch.flows.riemannian import RiemannianFlow, build_manifold_flow, wrapped_gaussian_scale
+from flowmatch.manifolds.losses import riemannian_loss
 from flowmatch.manifolds.manifolds import Euclidean, Manifold, make_manifold
 from flowmatch.manifolds.paths import GeodesicPath
 from flowmatch.manifolds.solvers import MANIFOLD_SOLVERS
@@ -59,7 +60,7 @@ def make_path(config: Any, manifold: Manifold) -> GeodesicPath:
 
 
 def run_data(config: Any, objects: Objects) -> ManifoldRunData:
-    """The data of a run: what its config names (:func:`flowmatch.manifolds.data.load_run_data`), or points given
+    """The data of a run: what its config names (:func:`flowmatch.data.manifolds.load_run_data`), or points given
     in Python on the config's ``manifold`` (unit vectors on a sphere, angles in radians on a torus, unit
     quaternions on SO(3)), split as a file's points are; a mapping ``{"x": points, "labels": ..., "conditions": ...}``
     gives them class labels and float covariates."""
@@ -148,18 +149,17 @@ class ManifoldTask(Task):
         config = self.config
         if self.objects.model is not None:
             return self.objects.model
-        if config.init_from:
-            from flowmatch.runs import load
-
-            teacher = load(config.init_from)
-            if getattr(teacher, "kind", None) != KIND or teacher.manifold.to_config() != self.manifold.to_config():
-                raise FlowmatchError(f"init_from '{config.init_from}' is not a run on {self.manifold.label}")
-            return teacher.model.train()
         m = self.manifold
         return TangentMLP(
             m.ambient_dim, m, width=config.width, depth=config.depth, activation=config.activation,
             num_classes=self.conditions.get("y", {}).get("classes", 0), condition_dim=self.conditions.get("c", {}).get("dim", 0),
         )  # fmt: skip
+
+    def warm_start(self, flow: RiemannianFlow, folder: str) -> torch.nn.Module:
+        if flow.manifold.to_config() != self.manifold.to_config():
+            raise FlowmatchError(f"init_from '{folder}' is a run on {flow.manifold.label}, not on {self.manifold.label}")
+        assert isinstance(flow.model, torch.nn.Module)  # a run folder's model is a module
+        return flow.model.train()
 
     def flow(self, model: torch.nn.Module) -> RiemannianFlow:
         return RiemannianFlow(
@@ -202,8 +202,6 @@ class ManifoldTask(Task):
                 value = (pred - goal).pow(2).sum(dim=1).mean()
             else:
                 value = riemannian_loss(network, path, x0, x1, t)
-            if not torch.isfinite(value):
-                raise NonFiniteLoss(f"training stopped: the loss is {value.item()} at step {step}; try a smaller lr or grad_clip=1.0", step)
             return value
 
         return loss
@@ -290,14 +288,14 @@ class Manifolds(Modality):
     # -- a loaded flow ------------------------------------------------------------------------------
     def write_samples(self, flow: RiemannianFlow, out: Path, *, n: int, seed: int, options: dict[str, Any]) -> str:
         """.npy (canonical ambient coordinates) or .csv (the data file's terms, with a header)."""
-        from flowmatch.manifolds.data import points_to_columns
+        from flowmatch.data.manifolds import points_to_columns
 
-        solver = options.get("solver") or "rk4"
+        solver = options.get("solver") or RiemannianFlow.DEFAULT_SAMPLER[0]
         if solver not in MANIFOLD_SOLVERS:
             raise FlowmatchError(
                 f"solver={solver}: a manifold run integrates with {', '.join(MANIFOLD_SOLVERS)} (fixed steps through the exponential map)"
             )
-        nfe: int = options["nfe"] if options.get("nfe") is not None else 100
+        nfe: int = options["nfe"] if options.get("nfe") is not None else RiemannianFlow.DEFAULT_SAMPLER[1]
         labels, rows = options.get("label") or [None], list(options.get("condition") or [None])
         guided = {k: options[k] for k in ("guidance", "precision") if k in options}
         x = torch.cat(
@@ -380,7 +378,7 @@ def write_samples_files(flow: RiemannianFlow, data: ManifoldRunData, folder: Pat
     from flowmatch.evaluation.manifolds import manifold_picture
 
     n = SAMPLES if data.test is None else min(SAMPLES, len(data.test))
-    x = flow.generate(n, solver="rk4", nfe=100, seed=seed + 1)
+    x = flow.generate(n, seed=seed + 1)  # the flow's own sampler
     with atomic_file(folder / "samples.npy") as tmp:
         np.save(tmp, x.cpu().numpy())
     manifold_picture(flow, folder / "samples.png", data=data, seed=seed, samples=x)

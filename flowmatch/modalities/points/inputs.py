@@ -61,7 +61,7 @@ def training_data(
     """Resolve the data: a name or file (as the config says), an array, or a stream. Finite data must hold out
     at least ``min_test_rows`` test rows (:meth:`Dataset.require_test_rows`)."""
     from flowmatch.engine.schedules import batch_size_at
-    from flowmatch.flow import dataset_from_config
+    from flowmatch.flows.continuous import dataset_from_config
 
     data = objects.data
     if data is not None and is_stream(data):
@@ -97,7 +97,7 @@ def training_data(
 
 def _array_dataset(data: Any, config: Any) -> Dataset:
     """A Dataset of rows given in Python: an array, or a mapping {"x", "labels", "conditions"}."""
-    from flowmatch.flow import standardize_option
+    from flowmatch.flows.continuous import standardize_option
 
     parts = dict(data) if isinstance(data, Mapping) else {"x": data}
     unknown = set(parts) - {"x", "labels", "conditions"}

@@ -12,7 +12,7 @@ t = 1; for independent pairs from a Gaussian or Gaussian-mixture source the targ
 posterior mean over the batch's data points (the same minimiser, far less variance); or distillation onto a
 teacher's pairs, or MeanFlow. The data are a built-in set (fresh draws), a file or rows given in Python
 (split, standardised, a validation split held out), or a stream of batches (a torch Dataset, a DataLoader or
-any iterable). The run's flow is a :class:`flowmatch.flow.Flow`.
+any iterable). The run's flow is a :class:`flowmatch.flows.continuous.Flow`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from flowmatch.engine.options import resolve_target
 from flowmatch.engine.seam import Context, Modality, Objects, Task
 from flowmatch.errors import FlowmatchError
-from flowmatch.flow import CPU_BATCH_SIZE, PRECISIONS, Flow, build_flow, on_flat_rows
+from flowmatch.flows.continuous import CPU_BATCH_SIZE, PRECISIONS, Flow, build_flow, on_flat_rows
 from flowmatch.modalities.points.inputs import TrainingData, resolve_path, resolve_source, training_data
-from flowmatch.modalities.points.objective import Objective
+from flowmatch.modalities.points.objective import Objective, non_finite_message
 from flowmatch.modalities.points.options import KIND
 from flowmatch.modalities.points.pairs import PairSampler
 from flowmatch.modalities.points.validation import ValidationSet
@@ -66,6 +66,11 @@ class PointsTask(Task):
             return self.objects.model
         return initial_model(self.config, self.inputs)
 
+    def warm_start(self, flow: Flow, folder: str) -> torch.nn.Module:
+        if flow.dim != self.inputs.dim:
+            raise FlowmatchError(f"init_from '{folder}' has dimension {flow.dim}, data has {self.inputs.dim}")
+        return flow.model.train()
+
     def check_model(self, model: torch.nn.Module) -> None:
         if self.config.objective == "meanflow":
             _require_two_times(model)
@@ -79,12 +84,16 @@ class PointsTask(Task):
 
     def objective(self, net, model, *, device, world, rank, autocast):
         config, inputs = self.config, self.inputs
-        return Objective(
+        self.step_loss = Objective(
             config, self.pairs, self.path, self.shaped(net), device=device, world=world, rank=rank, streamed=self.stream is not None,
             posterior=self.target == "posterior", source_mixture=self.source_mixture,
             null_class=inputs.conditions.get("y", {}).get("classes", 0), autocast=autocast,
             target_net=self.shaped(model) if config.objective == "meanflow" else None,  # MeanFlow's jvp: not through DDP
         )  # fmt: skip
+        return self.step_loss
+
+    def non_finite_message(self, value: float, step: int) -> str:
+        return non_finite_message(value, step, self.step_loss.last_condition)
 
     def keep(self, folder: Path) -> None:
         if self.config.source == "python":  # rows of a source given in Python are kept with the run
@@ -122,19 +131,10 @@ def _target(config: Any, inputs: TrainingData) -> str:
 
 
 def initial_model(config: Any, inputs: TrainingData) -> torch.nn.Module:
-    """The config's model for these data (or a warm start's, ``init_from``)."""
+    """The config's model for these data."""
     from flowmatch.models.registry import build_model
 
     dim, dataset = inputs.dim, inputs.dataset
-    if config.init_from:
-        from flowmatch.runs import load
-
-        teacher = load(config.init_from)
-        if getattr(teacher, "kind", None) != KIND:
-            raise FlowmatchError(f"init_from '{config.init_from}' is a {teacher.kind} run; this run trains points (kind {KIND})")
-        if teacher.dim != dim:
-            raise FlowmatchError(f"init_from '{config.init_from}' has dimension {teacher.dim}, data has {dim}")
-        return teacher.model.train()
     classes = inputs.conditions.get("y", {}).get("classes", 0)
     covariates = inputs.conditions.get("c", {}).get("dim", 0)
     times = {"times": 2} if config.objective == "meanflow" else {}  # MeanFlow's u(x, r, t)

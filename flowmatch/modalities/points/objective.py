@@ -3,13 +3,14 @@ flow-matching loss (conditional or posterior target), the distillation loss or t
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
-from flowmatch.engine.schedules import batch_size_at, sample_times
-from flowmatch.engine.seam import NonFiniteLoss
+from flowmatch.engine.schedules import batch_size_at
 from flowmatch.losses import Posterior, distillation_loss, flow_matching_loss, meanflow_loss, meanflow_times
+from flowmatch.losses import sample_times as losses_sample_times
 from flowmatch.modalities.points.pairs import PairSampler
 
 #: The posterior target averages over (data point, source component) pairs: the first
@@ -45,6 +46,11 @@ class Objective:
         self.config, self.pairs, self.path, self.net, self.target_net = config, pairs, path, net, target_net
         self.device, self.world, self.rank, self.streamed = device, world, rank, streamed
         self.posterior, self.source_mixture, self.null_class, self.autocast = posterior, source_mixture, null_class, autocast
+        self.last_condition: dict[str, torch.Tensor] = {}
+        self.times = partial(
+            losses_sample_times, distribution=config.time_sampling, strata=config.time_strata, loc=config.time_loc,
+            scale=config.time_scale, shift=config.time_shift,
+        )  # fmt: skip
         self.reference_size = min(POSTERIOR_REFERENCE, POSTERIOR_PAIRS // (1 if source_mixture is None else len(source_mixture.weights)))
 
     def __call__(self, step: int, generator: torch.Generator) -> torch.Tensor:
@@ -58,12 +64,16 @@ class Objective:
                 loc=config.time_loc, scale=config.time_scale,
             )  # fmt: skip
         else:
-            t, r = sample_times(config, len(x1), generator), None
+            t, r = self.times(len(x1), generator), None
         noise = torch.randn(x1.shape, generator=generator) if self.path.bridge_sigma > 0 else None
         shard = slice(0, len(x1)) if self.streamed else slice(self.rank * size, (self.rank + 1) * size)
-        reference = x1[: self.reference_size].to(device) if self.posterior else None  # the same on every process
-        x0, x1, t = x0[shard].to(device), x1[shard].to(device), t[shard].to(device)
-        condition = {k: v[shard].to(device) for k, v in condition.items()}
+        reference = on(device, x1[: self.reference_size]) if self.posterior else None  # the same on every process
+        if self.world > 1:
+            x0, x1, t = x0[shard], x1[shard], t[shard]
+            condition = {k: v[shard] for k, v in condition.items()}
+        if device.type != "cpu":  # the draws are the CPU's
+            x0, x1, t = x0.to(device), x1.to(device), t.to(device)
+            condition = {k: v.to(device) for k, v in condition.items()}
         over = None
         if reference is not None:  # each pair's own x1 is row (its index in the global batch) of the reference, if there
             own = torch.arange(shard.start, shard.stop, device=device)
@@ -75,19 +85,23 @@ class Objective:
         elif config.objective == "meanflow":
             assert r is not None
             loss = meanflow_loss(
-                self.net, x0, x1, t, r[shard].to(device), path=self.path, condition=condition, posterior=over,
-                noise=None if noise is None else noise[shard].to(device), guidance=config.meanflow_guidance,
+                self.net, x0, x1, t, on(device, r[shard]), path=self.path, condition=condition, posterior=over,
+                noise=None if noise is None else on(device, noise[shard]), guidance=config.meanflow_guidance,
                 guidance_mix=config.meanflow_guidance_mix, null_class=self.null_class if "y" in condition else None,
                 power=config.meanflow_power, target_model=self.target_net, autocast=self.autocast,
             )  # fmt: skip
         else:
             loss = flow_matching_loss(
-                self.net, self.path, x0, x1, t, condition=condition, noise=None if noise is None else noise[shard].to(device),
+                self.net, self.path, x0, x1, t, condition=condition, noise=None if noise is None else on(device, noise[shard]),
                 weight=config.loss_weight, posterior=over, autocast=self.autocast,
             )  # fmt: skip
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(non_finite_message(loss, step, condition), step)
+        self.last_condition = condition  # what the message of a non-finite loss looks at
         return loss
+
+
+def on(device: torch.device, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on ``device`` (itself when it is there already: ``.to`` costs microseconds a call even then)."""
+    return tensor if tensor.device == device else tensor.to(device)
 
 
 def same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null: int) -> torch.Tensor | None:
@@ -100,7 +114,7 @@ def same_class(labels: torch.Tensor | None, classes: torch.Tensor | None, null: 
     return (classes[None, :] == labels[:, None]) | (labels[:, None] == null)
 
 
-def non_finite_message(loss: torch.Tensor, step: int, condition: dict[str, torch.Tensor]) -> str:
+def non_finite_message(value: float, step: int, condition: dict[str, torch.Tensor]) -> str:
     """The message for a loss that is NaN or infinite (naming the likely cause on dropped float conditions)."""
     hint = "try a smaller lr or grad_clip=1.0"
     dropped = [k for k, v in condition.items() if v.is_floating_point() and torch.isnan(v).any()]
@@ -109,4 +123,4 @@ def non_finite_message(loss: torch.Tensor, step: int, condition: dict[str, torch
             f"condition dropout sets dropped rows of {', '.join(dropped)} to NaN: the model must map them to a learned null "
             "(as flowmatch's MLP does), or train with cond_dropout=0"
         )
-    return f"training stopped: the loss is {loss.item()} at step {step}; {hint}"
+    return f"training stopped: the loss is {value} at step {step}; {hint}"

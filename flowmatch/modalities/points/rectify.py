@@ -146,7 +146,7 @@ def straightness(
 ) -> float:
     """S = E_x0 int_0^1 ||v(x_t, t) - (x_1 - x_0)||^2 dt on the solver grid (see the module doc).
 
-    ``flow`` is a :class:`flowmatch.flow.Flow` (x0: n draws of its source with ``seed``) or any
+    ``flow`` is a :class:`flowmatch.flows.continuous.Flow` (x0: n draws of its source with ``seed``) or any
     velocity callable ``v(x, t)``, which then needs ``x0``. ``relative=True`` returns
     S / E ||x_1 - x_0||^2 instead. 0 for a perfectly straight flow.
     """

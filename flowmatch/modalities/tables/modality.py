@@ -8,7 +8,7 @@ the run's seed and split into 20% test rows, then ``val_fraction`` of the rest f
 into standardised numbers and tokens (a missing category is a category of its own; a missing number a mask).
 A step (:mod:`flowmatch.modalities.mixture`) trains the mixed MLP (:class:`flowmatch.models.mixed.MixedMLP`,
 or one's own ``model(x, tokens, t) -> (velocity, logits)``) from the masked source. The run's flow is a
-:class:`flowmatch.discrete.flow.DiscreteFlow` whose samples are DataFrames; its report
+:class:`flowmatch.flows.discrete.DiscreteFlow` whose samples are DataFrames; its report
 (:func:`flowmatch.evaluation.tables.table_report`) scores columns, pairs, machine-learning efficiency and
 memorisation against the test split, each beside the test split's own value.
 """
@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from flowmatch.data.tables import TableData, load_table_data, split_table, table_from_frame
-from flowmatch.discrete.flow import DiscreteFlow, build_discrete_flow
 from flowmatch.discrete.paths import MixturePath
 from flowmatch.engine.seam import Context, Modality, Objects
 from flowmatch.errors import FlowmatchError
+from flowmatch.flows.discrete import DiscreteFlow, build_discrete_flow
 from flowmatch.modalities.mixture import VAL_ITEMS, MixtureTask, make_scheduler_of
 from flowmatch.modalities.tables.options import KIND
 
@@ -90,18 +90,16 @@ class TableTask(MixtureTask):
         config = self.config
         if self.objects.model is not None:
             return self.objects.model
-        if config.init_from:
-            from flowmatch.runs import load
-
-            teacher = load(config.init_from)
-            if getattr(teacher, "kind", None) != KIND or teacher.dim != self.data.codec.dim:
-                raise FlowmatchError(f"init_from '{config.init_from}' is not a table run of these columns")
-            return teacher.model.train()
         return build_model(
             "mixed-mlp", self.data.codec.dim, vocab_sizes=self.sizes, width=config.width, depth=config.depth,
             activation=config.activation, dropout=config.dropout, num_classes=self.conditions.get("y", {}).get("classes", 0),
             condition_dim=self.conditions.get("c", {}).get("dim", 0),
         )  # fmt: skip
+
+    def warm_start(self, flow: DiscreteFlow, folder: str) -> torch.nn.Module:
+        if flow.codec.to_dict() != self.data.codec.to_dict():
+            raise FlowmatchError(f"init_from '{folder}' is a table run of other columns than this run's")
+        return flow.model.train()
 
     def flow(self, model: torch.nn.Module) -> DiscreteFlow:
         return DiscreteFlow(
@@ -178,7 +176,7 @@ class Tables(Modality):
     def write_samples(self, flow: DiscreteFlow, out: Path, *, n: int, seed: int, options: dict[str, Any]) -> str:
         from flowmatch.data.tables import write_table
 
-        nfe: int = options["nfe"] if options.get("nfe") is not None else 64
+        nfe: int = options["nfe"] if options.get("nfe") is not None else DiscreteFlow.DEFAULT_NFE
         labels, rows = options.get("label") or [None], list(options.get("condition") or [None])
         others = {k: options[k] for k in ("temperature", "corrector", "guidance", "precision") if k in options}
         frames = [
@@ -210,9 +208,9 @@ class Tables(Modality):
         return report
 
     def format_report(self, report: dict[str, Any]) -> str:
-        from flowmatch.evaluation.discrete import format_discrete_report
+        from flowmatch.evaluation.discrete import format_table_run_report
 
-        return format_discrete_report(report)
+        return format_table_run_report(report)
 
     def picture(self, flow: DiscreteFlow, what: str, out: Path, options: dict[str, Any]) -> Path:
         from flowmatch.plots.tables import plot_table_marginals

@@ -5,7 +5,7 @@ in Python) or token ids (a .npy file, or an integer tensor given in Python), one
 part (the first 90%), a validation part and a test part (5% each): contiguous pieces, so held-out text is text
 the model never saw. A step trains on windows of ``seq_len`` tokens at random positions of the training part
 (:mod:`flowmatch.modalities.mixture`); the network is the transformer (:class:`flowmatch.models.transformer.TokenTransformer`)
-or one's own ``model(tokens, t) -> logits``. The run's flow is a :class:`flowmatch.discrete.flow.DiscreteFlow`;
+or one's own ``model(tokens, t) -> logits``. The run's flow is a :class:`flowmatch.flows.discrete.DiscreteFlow`;
 its report (:func:`flowmatch.evaluation.discrete.evaluate_tokens`) gives the likelihood bound in bits per
 token beside an n-gram model's, and n-gram statistics of samples beside held-out text's.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from flowmatch.data.tokens import TokenData, load_tokens, tokens_from_python
-from flowmatch.discrete.flow import DiscreteFlow, build_discrete_flow
 from flowmatch.discrete.paths import MixturePath
 from flowmatch.engine.seam import Context, Modality, Objects
 from flowmatch.errors import FlowmatchError
+from flowmatch.flows.discrete import DiscreteFlow, build_discrete_flow
 from flowmatch.modalities.mixture import VAL_ITEMS, MixtureTask, make_scheduler_of
 from flowmatch.modalities.tokens.options import KIND
 from flowmatch.storage import atomic_file
@@ -78,17 +78,18 @@ class TokensTask(MixtureTask):
         config = self.config
         if self.objects.model is not None:
             return self.objects.model
-        if config.init_from:
-            from flowmatch.runs import load
-
-            teacher = load(config.init_from)
-            if getattr(teacher, "kind", None) != KIND or teacher.length != config.seq_len:
-                raise FlowmatchError(f"init_from '{config.init_from}' is not a tokens run of sequences of {config.seq_len}")
-            return teacher.model.train()
         return build_model(
             "transformer", config.seq_len, vocab_size=self.path.vocab_size, states=self.path.states, width=config.width,
             depth=config.depth, heads=config.heads, num_classes=self.conditions.get("y", {}).get("classes", 0),
         )  # fmt: skip
+
+    def warm_start(self, flow: DiscreteFlow, folder: str) -> torch.nn.Module:
+        if flow.length != self.config.seq_len or flow.path.vocab_size != self.path.vocab_size:
+            raise FlowmatchError(
+                f"init_from '{folder}' has sequences of {flow.length} of {flow.path.vocab_size} tokens; this run's are "
+                f"{self.config.seq_len} of {self.path.vocab_size}"
+            )
+        return flow.model.train()
 
     def flow(self, model: torch.nn.Module) -> DiscreteFlow:
         given = {"classes": self.data.classes} if self.data.classes else {}
@@ -177,7 +178,7 @@ class Tokens(Modality):
         )
 
     def write_samples(self, flow: DiscreteFlow, out: Path, *, n: int, seed: int, options: dict[str, Any]) -> str:
-        nfe: int = options["nfe"] if options.get("nfe") is not None else 64
+        nfe: int = options["nfe"] if options.get("nfe") is not None else DiscreteFlow.DEFAULT_NFE
         labels = options.get("label") or [None]
         others = {k: options[k] for k in ("temperature", "corrector", "guidance", "precision") if k in options}
         tokens = torch.cat([flow.generate(n, nfe=nfe, seed=seed, label=label, progress=True, **others)[1] for label in labels])
@@ -214,9 +215,9 @@ class Tokens(Modality):
         return report
 
     def format_report(self, report: dict[str, Any]) -> str:
-        from flowmatch.evaluation.discrete import format_discrete_report
+        from flowmatch.evaluation.discrete import format_token_report
 
-        return format_discrete_report(report)
+        return format_token_report(report)
 
     def picture(self, flow, what, out, options):
         raise FlowmatchError("a tokens run has no picture: its samples are text (samples.txt, flowmatch sample --out FILE.txt)")

@@ -58,6 +58,9 @@ class Flow:
 
     kind = "continuous"
 
+    #: The sampler unless told: rk4 at NFE 100 (a distilled student and a MeanFlow model have their own: :meth:`resolve_sampler`).
+    DEFAULT_SAMPLER = ("rk4", 100)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -87,6 +90,11 @@ class Flow:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def positions(self) -> int:
+        """Positions a network call applies its weights at per row: an image's H x W (flat rows: 1)."""
+        return math.prod(self.shape[1:]) if self.shape is not None and len(self.shape) >= 2 else 1
 
     @property
     def source(self) -> Any:
@@ -173,10 +181,12 @@ class Flow:
         left out with another solver is 100.
         """
         objective = str(self.config.get("objective", "flow-matching"))
-        default = {"distill": ("euler", int(self.config.get("distill_nfe", 1))), "meanflow": ("meanflow", 1)}.get(objective, ("rk4", 100))
+        default = {"distill": ("euler", int(self.config.get("distill_nfe", 1))), "meanflow": ("meanflow", 1)}.get(
+            objective, self.DEFAULT_SAMPLER
+        )
         solver = default[0] if solver is None else solver
         if nfe is None:
-            nfe = default[1] if solver == default[0] else 100
+            nfe = default[1] if solver == default[0] else self.DEFAULT_SAMPLER[1]
         return solver, nfe
 
     def generate(

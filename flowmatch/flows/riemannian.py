@@ -36,6 +36,7 @@ from torch import nn
 from flowmatch import conditions as conditions_module
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.likelihood import manifold_log_prob
+from flowmatch.manifolds.losses import riemannian_loss
 from flowmatch.manifolds.manifolds import Manifold, manifold_from_config
 from flowmatch.manifolds.paths import GeodesicPath
 from flowmatch.manifolds.solvers import integrate_manifold
@@ -44,28 +45,15 @@ from flowmatch.solvers.integration import require_finite
 Source = torch.Tensor | Callable[[int, torch.Generator | None], torch.Tensor] | None
 
 
-def riemannian_loss(model: Callable, path: GeodesicPath, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """mean_i |model(x_t, t)_i - u_t,i|^2 over the batch, for (x_t, u_t) on ``path`` between x0 and x1 at times t (n,).
-
-    The squared norm is the ambient Euclidean one of tangent vectors at x_t, which is the Riemannian
-    metric of these manifolds (induced by the embedding, or flat for the torus).
-    """
-    sample = path.sample(x0, x1, t)
-    pred = model(sample.x_t, sample.t)
-    if pred.shape != sample.velocity.shape:
-        raise FlowmatchError(f"the model returned shape {tuple(pred.shape)} for points of shape {tuple(sample.x_t.shape)}")
-    return (pred - sample.velocity).pow(2).sum(dim=1).mean()
-
-
 #: The sources a :class:`RiemannianFlow` draws from by name: the manifold's uniform law, or N(0, I) in R^D;
 #: besides these, a wrapped Gaussian (:data:`WRAPPED_GAUSSIAN`) and a built-in set on the same manifold
-#: (:data:`flowmatch.manifolds.data.MANIFOLD_SETS`).
+#: (:data:`flowmatch.data.manifolds.MANIFOLD_SETS`).
 FLOW_SOURCES = ("uniform", "gaussian")
 
 
 #: The wrapped Gaussian source, spelled ``wrapped-gaussian`` (scale :data:`WRAPPED_GAUSSIAN_SCALE`) or
 #: ``wrapped-gaussian:SCALE`` (as ``--grid shift:K``): exp_o(N(0, SCALE^2 I) in T_o M) around the manifold's
-#: origin o (:func:`manifold_origin`), :class:`flowmatch.manifolds.data.WrappedNormal`.
+#: origin o (:func:`manifold_origin`), :class:`flowmatch.data.manifolds.WrappedNormal`.
 WRAPPED_GAUSSIAN = "wrapped-gaussian"
 
 
@@ -109,7 +97,7 @@ def manifold_origin(manifold: Manifold) -> torch.Tensor:
 def source_law(name: str, manifold: Manifold):
     """The law of the source ``name`` on ``manifold``: a wrapped Gaussian (:func:`wrapped_gaussian_scale`),
     or a built-in set on the same manifold and dimension."""
-    from flowmatch.manifolds.data import MANIFOLD_SETS, WrappedNormal, manifold_set
+    from flowmatch.data.manifolds import MANIFOLD_SETS, WrappedNormal, manifold_set
 
     scale = wrapped_gaussian_scale(name)
     if scale is not None:
@@ -139,6 +127,9 @@ class RiemannianFlow:
     """
 
     kind = "manifold"
+
+    #: The sampler a manifold run's samples, pictures and reports use unless told: rk4 at NFE 100 (25 steps).
+    DEFAULT_SAMPLER = ("rk4", 100)
 
     def __init__(
         self,
@@ -252,11 +243,11 @@ class RiemannianFlow:
         return conditions_module.guided(call, self.conditions, condition, float(guidance), combine)
 
     def generate(
-        self, n: int, solver: str = "rk4", nfe: int = 64, seed: int = 0, source: Source = None, *, label=None, condition=None,
-        guidance: float = 1.0, precision: str = "fp32",
+        self, n: int, solver: str | None = None, nfe: int | None = None, seed: int = 0, source: Source = None, *, label=None,
+        condition=None, guidance: float = 1.0, precision: str = "fp32",
     ) -> torch.Tensor:  # fmt: skip
         """n samples at t = 1 in canonical form, integrated from source points at t = 0 with exactly
-        ``nfe`` velocity evaluations.
+        ``nfe`` velocity evaluations of ``solver`` (default :attr:`DEFAULT_SAMPLER`: rk4 at NFE 100).
 
         ``source`` is None (the flow's own), a tensor of n points, or ``f(n, generator)`` returning n points;
         randomness comes from a generator seeded with ``seed``. ``label`` (one class or n) and ``condition``
@@ -272,6 +263,8 @@ class RiemannianFlow:
         given = conditions_module.condition_for(self.conditions, n, label, condition, device)
         if guidance != 1.0 and not given:
             raise FlowmatchError("guidance needs a condition to guide by: give label= or condition=")
+        solver = solver if solver is not None else self.DEFAULT_SAMPLER[0]
+        nfe = nfe if nfe is not None else self.DEFAULT_SAMPLER[1]
         x0 = self._source(n, torch.Generator().manual_seed(seed), source)
         with torch.no_grad():
             sol = integrate_manifold(self.velocity(given, guidance, precision), x0, self.manifold, solver=solver, nfe=nfe)

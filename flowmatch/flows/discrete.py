@@ -54,6 +54,9 @@ class DiscreteFlow:
         #: condition columns (names), which samples carry as columns; a text's class names
         self.given = dict(given or {})
 
+    #: The jump steps of sampling unless told (tokens and tables alike).
+    DEFAULT_NFE = 64
+
     @property
     def kind(self) -> str:
         """ "tokens" for sequences, "table" for mixed rows."""
@@ -62,6 +65,11 @@ class DiscreteFlow:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def positions(self) -> int:
+        """Positions a network call handles per row: a sequence's length (a table's row is one)."""
+        return self.length if self.kind == "tokens" else 1
 
     @property
     def num_classes(self) -> int:
@@ -79,7 +87,7 @@ class DiscreteFlow:
         return self.model(x, tokens, t, **condition)
 
     def generate(
-        self, n: int, *, nfe: int = 64, temperature: float = 1.0, corrector: float = 0.0, seed: int | None = None,
+        self, n: int, *, nfe: int = DEFAULT_NFE, temperature: float = 1.0, corrector: float = 0.0, seed: int | None = None,
         progress: bool = False, batch_size: int = 1024, label=None, condition=None, guidance: float = 1.0, precision: str = "fp32",
     ) -> tuple[torch.Tensor | None, torch.Tensor]:  # fmt: skip
         """n draws at t = 1: (continuous features in model coordinates or None, tokens (n, length)), from the
@@ -187,7 +195,7 @@ class DiscreteFlow:
                 own = {k: v[start : start + batch_size].to(device) for k, v in given.items()}
                 for k in range(times):  # stratum k of [0, 1): one time per sequence in it
                     t = ((k + torch.rand(len(x1), generator=generator, dtype=torch.float64)) / times).clamp(max=1 - 1e-6)
-                    x_t = self.path.sample(x1, t, generator)
+                    x_t = self.path.corrupt(x1, t, generator)
                     logits = self.predict(None, x_t.to(device), t.float().to(device), **own)[1].float().cpu()
                     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x1, reduction="none")  # (n, L)
                     masked = x_t.eq(self.path.vocab_size).to(torch.float64)  # at the mask

@@ -48,9 +48,9 @@ import pandas as pd
 import torch
 from scipy import special
 
-from flowmatch.data.files import MIN_ROWS, _is_number, _read_numpy
+from flowmatch.data.files import MIN_ROWS, is_number, read_numpy
 from flowmatch.data.tables import read_table
-from flowmatch.data.toy import _check_count, _check_seed, _did_you_mean, _make_generator
+from flowmatch.data.toy import check_count, check_seed, did_you_mean, make_generator
 from flowmatch.errors import FlowmatchError
 from flowmatch.manifolds.manifolds import Manifold, make_manifold
 from flowmatch.storage import reading
@@ -157,7 +157,7 @@ def sample_vmf(mean: torch.Tensor, kappa: float, n: int, generator: torch.Genera
     map that sends e_p to ``mean`` (the law is invariant under rotations and reflections fixing the
     axis, so any isometry taking e_p to mean will do).
     """
-    g = _make_generator(generator)
+    g = make_generator(generator)
     mean = torch.as_tensor(mean, dtype=torch.float64).to(g.device)
     mean = mean / mean.norm()
     p = len(mean)
@@ -194,8 +194,8 @@ class ManifoldData:
         global generator). Points are drawn in float64 and rounded once; torus angles are wrapped to
         [-pi, pi) again after rounding.
         """
-        n = _check_count(n)
-        g = _make_generator(generator)
+        n = check_count(n)
+        g = make_generator(generator)
         x = self._sample(n, g).to(dtype)
         return wrap_angle(x) if self.manifold.name == "torus" else x
 
@@ -219,9 +219,9 @@ class ManifoldData:
         model can reach: KL(p || q) = NLL(q) - H."""
         if not self.has_log_prob:
             raise FlowmatchError(f"{self.name}: no closed-form density, so no Monte-Carlo entropy")
-        if _check_count(n) < 2:
+        if check_count(n) < 2:
             raise FlowmatchError(f"the entropy needs n >= 2 draws, got {n}")
-        return _entropy(self, n, _check_seed(seed))
+        return _entropy(self, n, check_seed(seed))
 
 
 @functools.lru_cache(maxsize=32)
@@ -461,7 +461,7 @@ def manifold_set(name: str) -> ManifoldData:
     """The built-in set ``name`` (built once)."""
     if name not in MANIFOLD_SETS:
         raise FlowmatchError(
-            f"unknown manifold data set {name!r}: choose one of {', '.join(MANIFOLD_SETS)}" + _did_you_mean(str(name), tuple(MANIFOLD_SETS))
+            f"unknown manifold data set {name!r}: choose one of {', '.join(MANIFOLD_SETS)}" + did_you_mean(str(name), tuple(MANIFOLD_SETS))
         )
     return MANIFOLD_SETS[name]()
 
@@ -525,7 +525,7 @@ def load_manifold_data(
         return data
     path = os.fspath(name_or_path)
     if not os.path.exists(path):
-        hint = _did_you_mean(path, tuple(MANIFOLD_SETS))
+        hint = did_you_mean(path, tuple(MANIFOLD_SETS))
         raise FlowmatchError(f"{path}: no such file, and not a built-in manifold set ({', '.join(MANIFOLD_SETS)}){hint}")
     if os.path.isdir(path):
         raise FlowmatchError(f"{path}: is a directory, expected a .csv, .npy or .npz file")
@@ -579,7 +579,7 @@ def _read_csv_points(
     left_out = {str(frame.columns[int(c) - 1]) if c.isdigit() and 0 < int(c) <= frame.shape[1] else c for c in exclude}
     frame = frame[[c for c in frame.columns if str(c) not in left_out]]  # label and condition columns: not coordinates
     header = [str(c) for c in frame.columns]
-    if all(_is_number(c) for c in header):
+    if all(is_number(c) for c in header):
         raise FlowmatchError(f"{path}: the first line is numbers; a CSV needs a header row naming its columns (e.g. lat,lon or w,x,y,z)")
     lower = {c.strip().lower(): c for c in header}
 
@@ -650,7 +650,7 @@ def _numbers(path: str, frame: pd.DataFrame, column: str) -> np.ndarray:
     for i, cell in enumerate(values.tolist()):
         if cell is None or (not isinstance(cell, str) and pd.isna(cell)) or not str(cell).strip():
             raise FlowmatchError(f"{_where(path, i, repr(column))}: empty cell")
-        if not _is_number(cell):
+        if not is_number(cell):
             raise FlowmatchError(f"{_where(path, i, repr(column))}: {str(cell).strip()!r} is not a number")
         out[i] = float(cell)
         if not math.isfinite(out[i]):
@@ -688,7 +688,7 @@ def _unit_rows(path: str, x: np.ndarray, what: str) -> torch.Tensor:
 
 
 def _read_array_points(path: str, wanted: str | None, units: str | None) -> tuple[str, torch.Tensor]:
-    array = _read_numpy(path, os.path.splitext(path)[1].lower())
+    array = read_numpy(path, os.path.splitext(path)[1].lower())
     if array.dtype.kind not in "biuf":
         raise FlowmatchError(f"{path}: expected a numeric array, got dtype {array.dtype}")
     if array.ndim != 2:
