@@ -42,10 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", default="runs/pydoc", help="a finished pydoc run (trained here if missing)")
     parser.add_argument("--nfe", default=",".join(map(str, NFES)))
     parser.add_argument("--corrector", type=float, default=1.0, help="alpha of the corrected sampler's rows")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed of a run trained here (default: 0)")
+    parser.add_argument("--out", default="text", help="result file stem under bench/results (default: text)")
     args = parser.parse_args(argv)
     run = Path(args.run)
     if not (run / "checkpoint.safetensors").is_file():
-        subprocess.run([sys.executable, "-m", "flowmatch", "train", "--data", "pydoc", "--out", str(run), "--force"], check=True)
+        train = [sys.executable, "-m", "flowmatch", "train", "--data", "pydoc", "--out", str(run), "--force", "--seed", str(args.seed)]
+        subprocess.run(train, check=True)
     flow = flowmatch.load(run)
     data = token_data_of(flow)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -84,9 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         "ngram_bits_per_char": reference, "curve": rows, "examples": examples,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "text.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "text.md").write_text(markdown(result))
-    picture(rows, RESULTS / "text-nfe.png")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(markdown(result))
+    picture(rows, RESULTS / f"{args.out}-nfe.png")
     print(markdown(result))
 
 

@@ -69,6 +69,12 @@ class TrainResult:
     task: Task | None = None  # the modality's prepared run: its data, for the measurements after training
 
     @property
+    def data(self) -> Any:
+        """The run's data as its modality split them (a Dataset, a TableData, a TokenData, a ManifoldRunData;
+        None for a stream)."""
+        return getattr(self.task, "data", None)
+
+    @property
     def final_loss(self) -> float:
         tail = self.losses[-100:]
         return sum(tail) / len(tail) if tail else float("nan")

@@ -69,6 +69,8 @@ class Task:
     :meth:`objective` (the loss of one step), :meth:`progress_picture`.
     """
 
+    #: the data as the modality split them (a Dataset, a TableData, a TokenData, a ManifoldRunData; None for a stream)
+    data: Any = None
     #: rows of the data the model trains on (None: fresh draws or unknown)
     n_train: int | None = None
     #: whether the data are finite (a file, a table, a text, rows given in Python): memorisation applies

@@ -45,6 +45,7 @@ class PointsTask(Task):
             stream_state=context.stream_state, min_test_rows=context.min_test_rows,
         )  # fmt: skip
         self.inputs = inputs
+        self.data = inputs.dataset  # None for a stream
         self.source = resolve_source(config, objects, inputs.dim)
         self.pairs = PairSampler(config, inputs.source_of_batches, self.source, inputs.conditions)
         self.path = resolve_path(config, objects)
@@ -212,6 +213,21 @@ class Points(Modality):
     pictures = ("samples", "density", "trajectories", "field", "animation", "nfe")
     picture_options = frozenset({"n", "seed", "progress"})
     suffixes = (".npy", ".csv")
+
+    #: Options of one objective: set for another, they are refused
+    objective_options = {
+        "meanflow": ("meanflow_equal_share", "meanflow_power", "meanflow_guidance", "meanflow_guidance_mix"),
+        "distill": ("distill_nfe",),
+    }
+
+    def check(self, config: Any) -> None:
+        from flowmatch.modalities.points.options import PointOptions
+
+        defaults = PointOptions()
+        for objective, names in self.objective_options.items():
+            for name in names:
+                if config.objective != objective and getattr(config, name) != getattr(defaults, name):
+                    raise FlowmatchError(f"{name}={getattr(config, name)!r} applies to objective {objective}, not {config.objective}")
 
     def prepare(self, config: Any, objects: Objects, context: Context) -> PointsTask:
         return PointsTask(config, objects, context)
