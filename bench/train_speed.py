@@ -7,6 +7,8 @@ Side by side in one run, on one thread, interleaved (bare, flowmatch, bare, ...)
   else (:func:`bare_loop`);
 - **flowmatch, seed network**: ``flowmatch.train`` with the same network and optimiser, fp32, the conditional target,
   no EMA, and the rest of the engine at its defaults (stratified times, the schedule, the checks, logging);
+- **flowmatch, seed network, a time per pair**: the same with ``time_strata=0``, the bare loop's uniform times
+  (the engine's default draws 32 stratified times per batch, a different recipe at a few microseconds a step);
 - **flowmatch, default MLP**: the default network at the default precision (``auto``) and in fp32, for scale.
 
 At batch 128 and 4,096. Run ``python -m bench.train_speed`` (``--repeats`` sets the number of interleaved rounds).
@@ -70,6 +72,7 @@ def measure(batch: int, steps: int, repeats: int) -> dict[str, float]:
     systems = {
         "bare loop (seed network)": lambda: bare_loop(batch, steps),
         "flowmatch (seed network)": lambda: flowmatch_loop(batch, steps, **SEED_NETWORK),
+        "flowmatch (seed network, a time per pair)": lambda: flowmatch_loop(batch, steps, **SEED_NETWORK, time_strata=0),
         "flowmatch, default MLP (fp32)": lambda: flowmatch_loop(batch, steps, precision="fp32"),
     }
     if auto != "fp32":  # a machine with bf16 units: the default precision too

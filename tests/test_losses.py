@@ -118,3 +118,9 @@ def test_stratified_times_are_the_strata_of_one_uniform_and_never_reach_1(monkey
     monkeypatch.setattr(losses.torch, "rand", lambda *a, **k: torch.full((1,), 1.0 - 2**-24) if a == (1,) else real(*a, **k))
     t = losses.sample_times(96, None, strata=32)
     assert float(t.max()) == 1.0 - 2**-24 < 1.0  # (31 + (1 - 2^-24)) / 32 rounds to 1 in float32; the clamp keeps it below
+    # the clamp is skipped for v <= 1 - K 2^-20: there (K - 1 + v) / K stays below 1 after both roundings
+    for strata in (1, 2, 3, 32, 100, 1024):
+        below = torch.tensor(1.0 - strata * 2**-20, dtype=torch.float32)
+        below = torch.nextafter(below, torch.tensor(0.0)) if float(below) > 1.0 - strata * 2**-20 else below
+        monkeypatch.setattr(losses.torch, "rand", lambda *a, v=below, **k: v.reshape(1).clone() if a == (1,) else real(*a, **k))
+        assert float(losses.sample_times(strata * 3, None, strata=strata).max()) < 1.0

@@ -249,7 +249,8 @@ class AffinePath:
 
 def _as_time(t, like: torch.Tensor) -> torch.Tensor:
     """Times as a tensor that broadcasts against ``like`` (batch, ...): a scalar or shape (batch,)."""
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if not (isinstance(t, torch.Tensor) and t.dtype == like.dtype and t.device == like.device):  # else as it is
+        t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
     if t.dim() == 0:
         return t
     return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
