@@ -249,3 +249,24 @@ def test_several_named_conditions_reach_the_model_and_guide():
     both = {"c": torch.tensor([[0.3]]), "d": torch.tensor([2])}
     plain, guided = flow.sample(50, condition=both, seed=0), flow.sample(50, condition=both, guidance=3.0, seed=0)
     assert torch.isfinite(guided).all() and not torch.equal(plain, guided)
+
+
+def test_a_sorted_stream_trains_as_well_as_a_shuffled_one():
+    """The training times come in strata of consecutive rows: a stream's rows are shuffled first, so that a row's
+    time does not tell where it lies in the data. Moons in scikit-learn's unshuffled order (by moon, then angle),
+    as TorchCFM's tutorial draws them: without the shuffle the sorted stream scores W2 0.48 against the
+    shuffled one's 0.21 after 300 steps (seeds 0 and 1), with it 0.206 against 0.209 (0.209 against 0.206)."""
+    from sklearn.datasets import make_moons
+
+    from flowmatch.evaluation.metrics import w2_exact
+
+    def moons(shuffle: bool):
+        for k in range(10**6):
+            yield torch.as_tensor(make_moons(256, shuffle=shuffle, noise=0.05, random_state=k)[0], dtype=torch.float32)
+
+    held_out = torch.as_tensor(make_moons(2000, noise=0.05, random_state=10**7)[0], dtype=torch.float32)
+    w2 = {}
+    for shuffle in (False, True):
+        flow = flowmatch.train(data=moons(shuffle), steps=300, progress=False, seed=0, threads=1).flow
+        w2[shuffle] = w2_exact(flow.sample(2000, seed=1), held_out)
+    assert w2[False] < 1.15 * w2[True], w2

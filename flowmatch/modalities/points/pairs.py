@@ -45,6 +45,11 @@ class PairSampler:
         else:
             x, condition = self.data.next()
             x1, n = x.reshape(len(x), -1).to(torch.float32), len(x)
+            # a stream's rows come in its own order (a sorted generator, an unshuffled loader); the strata of
+            # the training times are runs of consecutive rows, so the rows are shuffled first: a row's time
+            # must not tell where it lies in the data
+            order = torch.randperm(n, generator=generator)
+            x1, condition = x1[order], {k: v[order] for k, v in condition.items()}
         x0 = torch.randn(x1.shape, generator=generator) if self.source is None else self.source.sample(n, generator)
         y = condition.get("y")
         if self.config.coupling != "independent":
