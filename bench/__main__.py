@@ -3,8 +3,8 @@
 train_speed, peers (four tasks, three seeds, two processes: about 50 minutes on 2 cores), throughput,
 fewstep, sde (the SDE sampler against the ODE, about 6 minutes), and memorisation (seed 0: flowmatch before and after issue 17's defaults and ForestFlow on
 the finite sets, about 40 minutes), tables (mixed-type tables against ForestFlow), text (the built-in
-corpus) and manifolds (Riemannian flow matching against Meta's flow_matching and the Euclidean flow,
-about 17 minutes); each prints its Markdown table and writes its results under ``bench/results/``. Everything
+corpus), manifolds (Riemannian flow matching against Meta's flow_matching and the Euclidean flow,
+about 17 minutes) and conditions (class-conditional tables and text, about 5 minutes); each prints its Markdown table and writes its results under ``bench/results/``. Everything
 runs on one thread per process (OMP_NUM_THREADS=1). fewstep runs with one seed here (its full
 three-seed run is about 40 minutes on its own: ``python -m bench.fewstep``); ``--quick`` runs the
 peers on two-gaussians with one seed. Not here: ``python -m bench.fewstep_digits`` (MeanFlow on
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="peers on two-gaussians with one seed")
     parser.add_argument(
-        "--only", default="", help="comma separated subset of train_speed,peers,throughput,fewstep,sde,memorisation,tables,text,manifolds"
+        "--only",
+        default="",
+        help="comma separated subset of train_speed,peers,throughput,fewstep,sde,memorisation,tables,text,manifolds,conditions",
     )
     args = parser.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     from bench import manifolds
 
     stage("manifolds", manifolds.main)  # Riemannian flow matching against Meta's: about 17 minutes
+    from bench import conditions
+
+    stage("conditions", lambda: conditions.main([]))  # class-conditional tables and text: about 5 minutes
     print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
 
 
