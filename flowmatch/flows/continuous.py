@@ -542,14 +542,11 @@ def flow_meta(flow: Flow) -> dict[str, Any]:
     raises here, before anything is written), the standardiser, one row's shape, the conditions, and a
     source given in Python.
     """
-    from flowmatch.models.registry import to_config
+    from flowmatch.models.registry import model_record
     from flowmatch.paths.specs import path_to_config
     from flowmatch.saving import FORMAT_VERSION
 
-    try:
-        model = to_config(flow.model)
-    except FlowmatchError:
-        model = {"class": f"{type(flow.model).__module__}:{type(flow.model).__qualname__}", "rebuild": False}
+    model = model_record(flow.model)
     meta = {
         "format": "flowmatch-checkpoint",
         "version": FORMAT_VERSION,

@@ -214,13 +214,10 @@ class DiscreteFlow:
     # -- saving ------------------------------------------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:
         """What rebuilds this flow around its weights, as JSON (kind, model, path, length, dim, codec)."""
-        from flowmatch.models.registry import to_config
+        from flowmatch.models.registry import model_record
         from flowmatch.saving import FORMAT_VERSION
 
-        try:
-            model = to_config(self.model)
-        except FlowmatchError:
-            model = {"class": f"{type(self.model).__module__}:{type(self.model).__qualname__}", "rebuild": False}
+        model = model_record(self.model)
         return {
             "format": "flowmatch-checkpoint",
             "version": FORMAT_VERSION,

@@ -305,15 +305,12 @@ class RiemannianFlow:
     # -- saving and loading -------------------------------------------------------------------
     def checkpoint_meta(self) -> dict[str, Any]:
         """checkpoint.json of a manifold run: what rebuilds the flow around its weights, as JSON."""
-        from flowmatch.models.registry import to_config
+        from flowmatch.models.registry import model_record
         from flowmatch.saving import FORMAT_VERSION
 
         if not isinstance(self.model, nn.Module):
             raise FlowmatchError(f"a run folder saves a torch.nn.Module's weights; the flow's model is a {type(self.model).__name__}")
-        try:
-            model = to_config(self.model)
-        except FlowmatchError:
-            model = {"class": f"{type(self.model).__module__}:{type(self.model).__qualname__}", "rebuild": False}
+        model = model_record(self.model)
         return {
             "format": "flowmatch-checkpoint",
             "version": FORMAT_VERSION,

@@ -96,6 +96,15 @@ def to_config(model: nn.Module) -> dict:
     )
 
 
+def model_record(model: nn.Module) -> dict:
+    """What a checkpoint records of ``model``: :func:`to_config`, or for a model flowmatch cannot rebuild its
+    class (``"rebuild": False``: loading it needs an instance, ``flowmatch.load(run, model=...)``)."""
+    try:
+        return to_config(model)
+    except FlowmatchError:
+        return {"class": f"{type(model).__module__}:{type(model).__qualname__}", "rebuild": False}
+
+
 def from_config(config: dict, dim: int) -> nn.Module:
     """The model :func:`to_config` describes (a built-in by name for data of dimension ``dim``)."""
     from flowmatch.imports import resolve
