@@ -29,6 +29,7 @@ from flowmatch.errors import FlowmatchError
 from flowmatch.flows.continuous import PRECISIONS  # noqa: F401  (what sampling's network runs in, for the CLI's choices)
 from flowmatch.leftovers import locks_run, tidy_parent, tidy_run
 from flowmatch.models.registry import MODEL_OPTIONS
+from flowmatch.plots import PICTURES  # noqa: F401  (every picture of a run and its default file, for the CLI)
 from flowmatch.storage import read_json, write_json
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from flowmatch.api import PRECISIONS
+from flowmatch.api import PICTURES, PRECISIONS
 from flowmatch.config import PRESETS, TrainConfig
 from flowmatch.engine.threads import thread_scope
 from flowmatch.errors import FlowmatchError, FlowmatchWarning
@@ -340,17 +340,6 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-#: Every picture ``flowmatch plot`` draws, with its default file name (a run's kind draws some of them).
-PICTURE_FILES = {
-    "samples": "samples.png",
-    "density": "density.png",
-    "trajectories": "trajectories.png",
-    "field": "field.png",
-    "animation": "animation.gif",
-    "nfe": "nfe.png",
-}
-
-
 def _add_plot(sub) -> None:
     p = sub.add_parser(
         "plot",
@@ -364,7 +353,7 @@ def _add_plot(sub) -> None:
     p.add_argument(
         "--what",
         default="samples",
-        choices=list(PICTURE_FILES),
+        choices=list(PICTURES),
         help="which picture (default: samples; manifold and table runs draw only samples)",
     )
     p.add_argument("--out", default=None, help="output file (default: RUN/<what>.png, animation.gif for the animation)")
@@ -382,8 +371,8 @@ def _cmd_plot(args) -> int:
     from flowmatch.engine.devices import resolve_device
     from flowmatch.runs import load
 
-    out = Path(args.out) if args.out else Path(args.run) / PICTURE_FILES[args.what]
-    wanted = Path(PICTURE_FILES[args.what]).suffix
+    out = Path(args.out) if args.out else Path(args.run) / PICTURES[args.what]
+    wanted = Path(PICTURES[args.what]).suffix
     if out.suffix.lower() != wanted:
         raise FlowmatchError(f"output '{out}' must end in {wanted} for --what {args.what}")
     flow = load(args.run, device=str(resolve_device(args.device)))  # a bad run folder is the first error

@@ -49,21 +49,11 @@ from flowmatch.errors import FlowmatchError
 from flowmatch.evaluation.memorisation import memorisation, memorisation_warning
 from flowmatch.evaluation.metrics import MAX_EXACT_W2, mmd, mmd_bandwidths, quality, w2_exact
 from flowmatch.likelihood import summarize
+from flowmatch.plots import PICTURES
 from flowmatch.solvers.tableaus import TABLEAUS
 from flowmatch.storage import check_writable, write_json
 
 REPORT = "report.json"
-
-
-#: Picture names and files; ``density`` and ``field`` need 2-D data.
-PICTURES = {
-    "samples": "samples.png",
-    "density": "density.png",
-    "trajectories": "trajectories.png",
-    "field": "field.png",
-    "animation": "animation.gif",
-    "nfe": "nfe.png",
-}
 
 
 TWO_D_ONLY = ("density", "field")

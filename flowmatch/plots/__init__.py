@@ -22,3 +22,14 @@ _EXPORTS = {
     "save_trajectory_strip": "images",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+
+#: The pictures of a run (``flowmatch plot --what``) and their default files; ``density`` and ``field`` need 2-D data.
+PICTURES = {
+    "samples": "samples.png",
+    "density": "density.png",
+    "trajectories": "trajectories.png",
+    "field": "field.png",
+    "animation": "animation.gif",
+    "nfe": "nfe.png",
+}
+__all__ = [*__all__, "PICTURES"]
