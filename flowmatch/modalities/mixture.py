@@ -105,3 +105,30 @@ class MixtureTask(Task):
             return value
 
         return loss
+
+
+def evaluation_options(options: dict[str, Any], counts: tuple[str, ...]) -> dict[str, Any]:
+    """``eval``'s options for a tokens or table evaluation: ``counts`` positive integers where given, ``seed`` a
+    non-negative integer, and without the engine's ``progress`` and ``pictures`` (neither draws pictures)."""
+    from flowmatch.errors import FlowmatchError
+
+    options = {k: v for k, v in options.items() if k not in ("progress", "pictures")}
+    for name in counts:
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise FlowmatchError(f"{name} must be a positive integer, got {value!r}")
+    seed = options.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FlowmatchError(f"seed must be a non-negative integer, got {seed!r}")
+    return options
+
+
+def keep_report(run_dir: Any, report: dict[str, Any]) -> dict[str, Any]:
+    """``report``, written to the run folder's report.json where there is one."""
+    if run_dir is not None:
+        from pathlib import Path
+
+        from flowmatch.storage import write_json
+
+        write_json(Path(run_dir) / "report.json", report)
+    return report

@@ -26,7 +26,7 @@ from flowmatch.discrete.paths import MixturePath
 from flowmatch.engine.seam import Context, Modality, Objects
 from flowmatch.errors import FlowmatchError
 from flowmatch.flows.discrete import DiscreteFlow, build_discrete_flow
-from flowmatch.modalities.mixture import VAL_ITEMS, MixtureTask, make_scheduler_of
+from flowmatch.modalities.mixture import VAL_ITEMS, MixtureTask, evaluation_options, keep_report, make_scheduler_of
 from flowmatch.modalities.tables.options import KIND
 
 
@@ -192,20 +192,7 @@ class Tables(Modality):
     def evaluate(self, flow: DiscreteFlow, run_dir: Any, options: dict[str, Any]) -> dict[str, Any]:
         from flowmatch.evaluation.discrete import evaluate_table
 
-        options = dict(options)
-        options.pop("progress", None), options.pop("pictures", None)
-        nfe = options.get("nfe")
-        if nfe is not None and (isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1):
-            raise FlowmatchError(f"nfe must be a positive integer, got {nfe!r}")
-        seed = options.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise FlowmatchError(f"seed must be a non-negative integer, got {seed!r}")
-        report = evaluate_table(flow, table_data_of(flow), **options)
-        if run_dir is not None:
-            from flowmatch.storage import write_json
-
-            write_json(Path(run_dir) / "report.json", report)
-        return report
+        return keep_report(run_dir, evaluate_table(flow, table_data_of(flow), **evaluation_options(options, ("nfe",))))
 
     def format_report(self, report: dict[str, Any]) -> str:
         from flowmatch.evaluation.discrete import format_table_run_report

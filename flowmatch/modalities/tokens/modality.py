@@ -23,7 +23,7 @@ from flowmatch.discrete.paths import MixturePath
 from flowmatch.engine.seam import Context, Modality, Objects
 from flowmatch.errors import FlowmatchError
 from flowmatch.flows.discrete import DiscreteFlow, build_discrete_flow
-from flowmatch.modalities.mixture import VAL_ITEMS, MixtureTask, make_scheduler_of
+from flowmatch.modalities.mixture import VAL_ITEMS, MixtureTask, evaluation_options, keep_report, make_scheduler_of
 from flowmatch.modalities.tokens.options import KIND
 from flowmatch.storage import atomic_file
 
@@ -198,21 +198,7 @@ class Tokens(Modality):
     def evaluate(self, flow: DiscreteFlow, run_dir: Any, options: dict[str, Any]) -> dict[str, Any]:
         from flowmatch.evaluation.discrete import evaluate_tokens
 
-        options = dict(options)
-        options.pop("progress", None), options.pop("pictures", None)
-        for name in ("n", "nfe"):
-            value = options.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise FlowmatchError(f"{name} must be a positive integer, got {value!r}")
-        seed = options.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise FlowmatchError(f"seed must be a non-negative integer, got {seed!r}")
-        report = evaluate_tokens(flow, token_data_of(flow), **options)
-        if run_dir is not None:
-            from flowmatch.storage import write_json
-
-            write_json(Path(run_dir) / "report.json", report)
-        return report
+        return keep_report(run_dir, evaluate_tokens(flow, token_data_of(flow), **evaluation_options(options, ("n", "nfe"))))
 
     def format_report(self, report: dict[str, Any]) -> str:
         from flowmatch.evaluation.discrete import format_token_report
