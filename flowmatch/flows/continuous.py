@@ -578,7 +578,7 @@ def build_flow(
     folder: Path | None = None,
 ) -> Flow:
     """A Flow from checkpoint metadata (see :func:`flow_meta`) and its weights, in ``model`` if given."""
-    from flowmatch.models.registry import from_config
+    from flowmatch.models.registry import check_rebuildable, from_config
     from flowmatch.paths.specs import path_from_config
     from flowmatch.saving import check_format, load_weights, meta_file
 
@@ -587,11 +587,7 @@ def build_flow(
         spec = dict(meta["model"])
         if model is not None and not isinstance(model, torch.nn.Module):
             raise FlowmatchError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
-        if model is None and spec.get("rebuild") is False:
-            raise FlowmatchError(
-                f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
-                "pass one: flowmatch.load(run, model=YourModel(...))"
-            )
+        check_rebuildable(spec, model, where)
         model = model if model is not None else from_config(spec, int(meta["dim"]))
         path = path_from_config(meta["path"])
         standardizer = Standardizer.from_dict(meta["standardizer"])

@@ -270,14 +270,9 @@ def build_discrete_flow(
 ) -> DiscreteFlow:
     """A DiscreteFlow from :meth:`DiscreteFlow.checkpoint_meta` and its weights, in ``model`` where given
     (needed for a model the run folder only names)."""
-    from flowmatch.models.registry import from_config
+    from flowmatch.models.registry import check_rebuildable, from_config
 
-    spec = meta.get("model")
-    if model is None and isinstance(spec, dict) and spec.get("rebuild") is False:
-        raise FlowmatchError(
-            f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
-            "pass one: flowmatch.load(run, model=YourModel(...))"
-        )
+    check_rebuildable(meta.get("model"), model, where)
     try:
         kind = meta["kind"]
         if model is None:

@@ -343,15 +343,10 @@ def build_manifold_flow(
     """The RiemannianFlow of :meth:`RiemannianFlow.checkpoint_meta` and its weights (checked: names, shapes,
     dtypes and finite values), in ``model`` where given (needed for a model the run folder only names)."""
     from flowmatch.discrete.schedulers import make_scheduler
-    from flowmatch.models.registry import from_config
+    from flowmatch.models.registry import check_rebuildable, from_config
     from flowmatch.saving import load_weights
 
-    spec = meta.get("model")
-    if model is None and isinstance(spec, dict) and spec.get("rebuild") is False:
-        raise FlowmatchError(
-            f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
-            "pass one: flowmatch.load(run, model=YourModel(...))"
-        )
+    check_rebuildable(meta.get("model"), model, where)
     try:
         manifold = manifold_from_config(meta["manifold"])
         data_manifold = manifold_from_config(meta["data_manifold"])

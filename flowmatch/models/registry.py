@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from flowmatch.errors import FlowmatchError
@@ -103,6 +105,16 @@ def model_record(model: nn.Module) -> dict:
         return to_config(model)
     except FlowmatchError:
         return {"class": f"{type(model).__module__}:{type(model).__qualname__}", "rebuild": False}
+
+
+def check_rebuildable(spec: Any, model: nn.Module | None, where: Any) -> None:
+    """Refuse to load a run whose model :func:`model_record` could only name (``"rebuild": False``) without an
+    instance to fill (``model``)."""
+    if model is None and isinstance(spec, dict) and spec.get("rebuild") is False:
+        raise FlowmatchError(
+            f"{where}: the run's model is a {spec.get('class')}, which flowmatch cannot rebuild by itself; "
+            "pass one: flowmatch.load(run, model=YourModel(...))"
+        )
 
 
 def from_config(config: dict, dim: int) -> nn.Module:
