@@ -216,7 +216,7 @@ def _add_solver_flags(p) -> None:
         "--solver",
         default=GIVEN,
         choices=SAMPLERS,
-        help="ODE solver (default: rk4; a distilled student: euler; a manifold run: euler, midpoint, heun or rk4, "
+        help='ODE solver (default: rk4; a distilled student: euler; rk38: the 3/8 rule, torchdiffeq\'s "rk4"; a manifold run: euler, midpoint, heun, rk4 or rk38, '
         "stepping through the exponential map); meanflow: --nfe jumps of a MeanFlow run's average velocity (its default, NFE 1)",
     )
     p.add_argument(

@@ -66,11 +66,11 @@ class Counter:
 
 
 def test_registry():
-    assert FIXED_SOLVERS == ("euler", "midpoint", "heun", "rk4")
+    assert FIXED_SOLVERS == ("euler", "midpoint", "heun", "rk4", "rk38")
     assert ADAPTIVE_SOLVERS == ("dopri5",)
     assert SOLVERS == FIXED_SOLVERS + ADAPTIVE_SOLVERS
-    assert {name: t.stages for name, t in TABLEAUS.items()} == {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
-    assert {name: t.order for name, t in TABLEAUS.items()} == {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+    assert {name: t.stages for name, t in TABLEAUS.items()} == {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "rk38": 4}
+    assert {name: t.order for name, t in TABLEAUS.items()} == {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "rk38": 4}
     assert "uniform" in TIME_GRIDS and "cosine" in TIME_GRIDS
 
 
@@ -116,7 +116,7 @@ def test_order_time_dependent(solver):
     assert observed_order(cubic_rate, exact, solver, x0) == pytest.approx(TABLEAUS[solver].order, abs=0.3)  # measured: docstring
 
 
-@pytest.mark.parametrize("solver", ["heun", "rk4"])
+@pytest.mark.parametrize("solver", ["heun", "rk4", "rk38"])
 def test_order_test_catches_wrong_stage_times(solver):
     """The time-dependent problem sees stage times: with every c_i = 0 the order falls to 1."""
     good = TABLEAUS[solver]
@@ -404,3 +404,19 @@ def test_shifted_grid_is_diffusers_shift_and_an_exact_field_lands_where_it_does_
     for bad in ("shift:0", "shift:-2", "shift:x", "shift:"):
         with pytest.raises(FlowmatchError, match="the shift must be a positive number"):
             time_grid(bad, 4)
+
+
+def test_rk38_is_torchdiffeqs_rk4_and_rk4_is_the_classic_method():
+    """torchdiffeq's (and so Meta flow_matching's) method "rk4" is Kutta's 3/8 rule: flowmatch's "rk38" matches it
+    to float64 rounding on a nonlinear, time-dependent problem (measured 8.9e-16 over 2 steps), while the classic
+    "rk4" differs by 6.9e-3 there. On a linear autonomous problem every 4-stage fourth-order method is the same
+    polynomial of h A, so only a problem like this one tells them apart."""
+    from torchdiffeq import odeint
+
+    def f(x, t):
+        return torch.cos(3 * t) * x.sin() + x * t**2
+
+    x0 = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    reference = odeint(lambda t, x: f(x, t), x0, torch.linspace(0, 1, 3, dtype=torch.float64), method="rk4")[-1]
+    assert torch.allclose(integrate(f, x0, solver="rk38", nfe=8).x, reference, rtol=0, atol=1e-13)  # a few ulps of |x| < 8
+    assert (integrate(f, x0, solver="rk4", nfe=8).x - reference).abs().max() > 1e-3
