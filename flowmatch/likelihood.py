@@ -269,7 +269,7 @@ def flow_log_prob(
     dtype = next(flow.model.parameters()).dtype
     z = flow.standardizer.forward(x.to(dtype)).to(flow.device)
     result = log_prob(
-        flow.velocity(), z, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
+        flow.velocity(grad=True), z, solver=solver, nfe=nfe, atol=atol, rtol=rtol, divergence=divergence,
         probes=probes, seed=seed, batch_size=batch_size, progress=progress, grad=grad,
     )  # fmt: skip
     result.log_prob = result.log_prob + flow.standardizer.log_abs_det()

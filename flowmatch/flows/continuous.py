@@ -142,17 +142,40 @@ class Flow:
         """The same conditions dropped, as training dropped them: the null class for labels, NaN rows for floats."""
         return conditions_module.null_condition(self.conditions, condition)
 
-    def velocity(self, condition=None, guidance: float = 1.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """v(x, t) in model coordinates, as the solvers call it.
+    def velocity(
+        self, condition=None, guidance: float = 1.0, *, grad: bool = False
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """v(x, t) in model coordinates, as the solvers call it: ``x`` flat rows (n, D), ``t`` a number, a 0-d
+        tensor or one time per row.
 
         ``condition``: the model's conditions (see :meth:`condition_for`; a tensor alone is class labels).
         With classifier-free guidance weight w: v = v_null + w (v_cond - v_null), where v_null drops the
         conditions (:meth:`null_condition`); w = 1 is the plain conditional model (one evaluation),
         otherwise both halves go through the model as one batch.
+
+        By default the velocity is evaluated without autograd, so that its outputs hold no graph of the
+        model's parameters and it can go to any solver as it is, torchdiffeq's included (which calls
+        ``f(t, x)``; the model coordinates are :attr:`standardizer`'s)::
+
+            v = flow.velocity()
+            x1 = torchdiffeq.odeint(lambda t, x: v(x, t), flow.draw_source(1000), torch.linspace(0, 1, 3), method="rk4")[-1]
+            samples = flow.standardizer.inverse(x1)   # = flow.sample(1000, solver="rk38", nfe=8) from the same x0
+
+        ``grad=True`` evaluates in the caller's autograd mode instead (gradients through the flow, divergences).
         """
+        if not isinstance(grad, bool):
+            raise FlowmatchError(f"grad must be True or False, got {grad!r}")
         if isinstance(condition, torch.Tensor):
             condition = {"y": condition}
-        return self._velocity_of(self.call_model(self.model), condition, guidance)
+        field = self._velocity_of(self.call_model(self.model), condition, guidance)
+        if grad:
+            return field
+
+        def without_graph(x: torch.Tensor, t, **times) -> torch.Tensor:
+            with torch.no_grad():
+                return field(x, t, **times)
+
+        return without_graph
 
     def call_model(self, model: Callable) -> Callable:
         """``model`` as the solvers call it, on flat rows (:func:`on_flat_rows` with :attr:`shape`)."""
@@ -273,7 +296,7 @@ class Flow:
                 batch_size = None
             conditions = self.condition_for(n, label, condition)
             if with_log_prob:
-                velocity = self.velocity(conditions, float(guidance))
+                velocity = self.velocity(conditions, float(guidance), grad=True)  # the divergence differentiates it
             else:
                 velocity = self._velocity_of(_in_row_chunks(self.call_model(self.model), batch_size), conditions, float(guidance))
             if schedule is not None:
