@@ -270,3 +270,71 @@ def test_a_sorted_stream_trains_as_well_as_a_shuffled_one():
         flow = flowmatch.train(data=moons(shuffle), steps=300, progress=False, seed=0, threads=1).flow
         w2[shuffle] = w2_exact(flow.sample(2000, seed=1), held_out)
     assert w2[False] < 1.15 * w2[True], w2
+
+
+def test_a_flow_made_by_hand_takes_a_path_name_and_a_source_as_a_callable_or_rows():
+    from flowmatch import Flow
+    from flowmatch.models.mlp import SeedMLP
+
+    model = SeedMLP(2, width=16)
+    torch.manual_seed(0)
+    rows = torch.randn(64, 2) * 0.1 + 3.0
+    by_dim = Flow(model, "linear", dim=2)
+    by_callable = Flow(model, "cosine", source=lambda n, g: torch.randn(n, 2, generator=g) * 0.1 + 3.0)
+    by_rows = Flow(model, source=rows)
+    assert by_dim.source is None and by_callable.dim == by_rows.dim == 2
+    # a flow whose model outputs zero moves nothing: the samples are the source's draws
+    zero = torch.nn.Linear(2, 2)
+    torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
+
+    class Still(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = zero
+
+        def forward(self, x, t):
+            return self.layer(x)
+
+    still = Flow(Still(), "linear", source=rows)
+    x = still.sample(200, solver="euler", nfe=4, seed=0)
+    assert torch.equal(x, still.draw_source(200, torch.Generator().manual_seed(0)))  # rows of the source, untouched
+    assert set(map(tuple, x.tolist())) <= set(map(tuple, rows.tolist()))
+    for x in (by_dim.sample(5, seed=0), by_callable.sample(5, seed=0), by_rows.sample(5, seed=0)):
+        assert x.shape == (5, 2) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({}, "needs dim="),
+        ({"dim": 0}, "needs dim="),
+        ({"dim": 2, "path": "nope"}, "unknown path 'nope'"),
+        ({"dim": 2, "path": 3}, "path must be a path name or an AffinePath"),
+        ({"source": lambda n, g: torch.randn(n, 3, generator=g)}, r"the model fails on rows of 3 values"),
+        ({"dim": 2, "source": torch.randn(10, 3)}, "the source has dimension 3, the data 2"),
+    ],
+)
+def test_a_flow_made_by_hand_refuses_what_does_not_fit(kwargs, words):
+    from flowmatch import Flow
+    from flowmatch.models.mlp import SeedMLP
+
+    with pytest.raises(FlowmatchError, match=words):
+        Flow(SeedMLP(2, width=16), **kwargs)
+
+
+def test_a_flow_made_by_hand_tries_its_model_once():
+    from flowmatch import Flow
+
+    with pytest.raises(FlowmatchError, match=r"must return velocities of the rows' shape \(2, 2\), got \(2, 3\)"):
+        Flow(ThreeOut(), dim=2)
+    with pytest.raises(FlowmatchError, match="Flow needs a torch.nn.Module"):
+        Flow(lambda x, t: x, dim=2)
+
+
+class ThreeOut(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 3)
+
+    def forward(self, x, t):
+        return self.layer(x)

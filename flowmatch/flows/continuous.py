@@ -54,7 +54,22 @@ class Samples:
 
 class Flow:
     """A trained velocity field with its path and data coordinates; samples and scores data (the flow of
-    kind ``continuous``: points, arrays and images)."""
+    kind ``continuous``: points, arrays and images).
+
+    Training and :func:`flowmatch.load` build one; by hand, a model of one's own makes one too::
+
+        flow = Flow(model, "linear", dim=2)                                   # from N(0, I)
+        flow = Flow(model, "linear", source=lambda n, g: 0.5 * torch.randn(n, 2, generator=g))  # fn(n, generator)
+        flow = Flow(model, make_path("cosine"), source=rows)                  # rows (N, D): x0 drawn from them
+        x = flow.sample(1000, solver="rk4", nfe=40)
+
+    ``model(x, t)`` takes rows (n, D) and times (a 0-d tensor or (n,)) and returns velocities (n, D). ``path``
+    is a path name (:data:`flowmatch.paths.affine.PATHS`) or an :class:`~flowmatch.paths.affine.AffinePath`.
+    ``standardizer`` maps data to the model's coordinates (default: the identity, the data's own); ``dim`` is
+    the data's dimension, needed only when neither a standardizer nor a source gives it (a callable source is
+    asked for two rows to find it). ``config`` is a run's
+    config.json (for a hand-made flow: only what sampling reads).
+    """
 
     kind = "continuous"
 
@@ -64,24 +79,42 @@ class Flow:
     def __init__(
         self,
         model: torch.nn.Module,
-        path: AffinePath,
-        standardizer: Standardizer,
-        config: dict[str, Any],
+        path: AffinePath | str = "linear",
+        standardizer: Standardizer | None = None,
+        config: dict[str, Any] | None = None,
         dataset: Dataset | None = None,
         source: Any = None,
         shape: tuple[int, ...] | None = None,
         conditions: dict[str, dict[str, int]] | None = None,
+        *,
+        dim: int | None = None,
     ):
+        if not isinstance(model, torch.nn.Module):
+            raise FlowmatchError(f"Flow needs a torch.nn.Module as its model, got {type(model).__name__}")
+        if isinstance(path, str):
+            from flowmatch.paths.affine import make_path
+
+            path = make_path(path)
+        elif not isinstance(path, AffinePath):
+            raise FlowmatchError(f"path must be a path name or an AffinePath, got {type(path).__name__}")
+        if standardizer is None:
+            standardizer = Standardizer.identity(_hand_made_dim(dim, source))
+        if source is not None:
+            from flowmatch.data.sources import as_source
+
+            source = as_source(source, standardizer.dim)  # a callable fn(n, generator) or rows: an object with sample()
         self.model = model
         self.path = path
         self.standardizer = standardizer
-        self.config = config
+        self.config = config if config is not None else {"data": "python", "source": "python" if source is not None else "gaussian", "seed": 0}
         self._dataset = dataset
         self._source = source
         #: one row's shape as the model takes it (None: flat rows (D,)); solvers and metrics see flat rows
         self.shape = None if shape is None else tuple(int(k) for k in shape)
         #: the conditions the model takes, by name: {"classes": K} for labels, {"dim": k} for float vectors
         self.conditions = dict(conditions) if conditions is not None else conditions_module.conditions_of(model)
+        if config is None and self.shape is None and not self.conditions:  # made by hand: the model is tried once
+            _check_hand_made_model(model, self.dim)
 
     @property
     def dim(self) -> int:
@@ -443,6 +476,37 @@ class Flow:
         from flowmatch.saving import save_flow
 
         save_flow(self, folder)
+
+
+def _check_hand_made_model(model: torch.nn.Module, dim: int) -> None:
+    """One call of a hand-made flow's model on two rows, so that a model that does not fit the data fails here,
+    with its shapes named, rather than inside a solver."""
+    parameter = next(model.parameters(), None)
+    device, dtype = (parameter.device, parameter.dtype) if parameter is not None else (torch.device("cpu"), torch.float32)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, dim, device=device, dtype=dtype), torch.full((2,), 0.5, device=device, dtype=dtype))
+    except Exception as exc:  # the user's model: any failure is reported as theirs
+        raise FlowmatchError(f"the model fails on rows of {dim} values (model(x of shape (2, {dim}), t of shape (2,))): {exc}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, dim):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise FlowmatchError(f"the model must return velocities of the rows' shape (2, {dim}), got {got}")
+
+
+def _hand_made_dim(dim: Any, source: Any) -> int:
+    """The data's dimension of a hand-made :class:`Flow`: ``dim``, or the width of the source's rows."""
+    if dim is None and source is not None:
+        if hasattr(source, "sample") and hasattr(source, "dim"):  # a source object
+            dim = source.dim
+        elif callable(source):  # asked for two rows, with a generator of its own
+            drawn = source(2, torch.Generator().manual_seed(0))
+            dim = int(math.prod(drawn.shape[1:])) if isinstance(drawn, torch.Tensor) and drawn.ndim >= 2 else None
+        else:  # rows (N, D)
+            shape = getattr(source, "shape", None)
+            dim = int(math.prod(shape[1:])) if shape is not None and len(shape) >= 2 else None
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise FlowmatchError(f"a Flow without a standardizer needs dim=, the data's dimension (a positive integer), got {dim!r}")
+    return dim
 
 
 def on_flat_rows(model: Callable, shape: tuple[int, ...] | None) -> Callable:
