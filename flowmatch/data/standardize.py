@@ -62,11 +62,6 @@ class Standardizer:
         return len(self.mean)
 
     @classmethod
-    def identity(cls, dim: int) -> Standardizer:
-        """Model coordinates that are the data's own (mean 0, std 1 in ``dim`` columns)."""
-        return cls(torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64))
-
-    @classmethod
     def fit(cls, x) -> Standardizer:
         """Per-column mean and (population) std of ``x`` (N, D); columns of zero variance are ``fixed``
         at their value, with std 1.

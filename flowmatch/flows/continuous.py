@@ -106,7 +106,8 @@ class Flow:
         self.model = model
         self.path = path
         self.standardizer = standardizer
-        self.config = config if config is not None else {"data": "python", "source": "python" if source is not None else "gaussian", "seed": 0}
+        hand_made: dict[str, Any] = {"data": "python", "source": "python" if source is not None else "gaussian", "seed": 0}
+        self.config = config if config is not None else hand_made
         self._dataset = dataset
         self._source = source
         #: one row's shape as the model takes it (None: flat rows (D,)); solvers and metrics see flat rows
