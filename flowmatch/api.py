@@ -22,7 +22,7 @@ from flowmatch.config import (
     split_objects,
 )
 from flowmatch.engine import fitting, loop
-from flowmatch.engine.runs import check_writable_run, config_for_file, config_from_file
+from flowmatch.engine.runs import check_writable_run, config_from_file, config_record, config_values, write_config
 from flowmatch.engine.seam import Modality, Objects, check_applicable
 from flowmatch.engine.threads import thread_scope
 from flowmatch.errors import FlowmatchError
@@ -30,7 +30,7 @@ from flowmatch.flows.continuous import PRECISIONS  # noqa: F401  (what sampling'
 from flowmatch.leftovers import locks_run, tidy_parent, tidy_run
 from flowmatch.models.registry import MODEL_OPTIONS
 from flowmatch.plots import PICTURES  # noqa: F401  (every picture of a run and its default file, for the CLI)
-from flowmatch.storage import read_json, write_json
+from flowmatch.storage import read_json
 
 
 def prepare(config: TrainConfig, objects: Objects) -> tuple[TrainConfig, Modality]:
@@ -169,11 +169,13 @@ def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
         raise FlowmatchError(f"cannot resume: '{run}' is not a flowmatch run folder (config.json is missing)")
     values = config_from_file(read_json(run / "config.json"), run)  # paths relative to the run folder resolved
     if isinstance(values, dict):
+        values = config_values(values)  # without what the run recorded beside its config (the precision auto chose)
         old = "val_fraction" not in values  # saved before the finite-data rules (target auto by data size)
         values = {**ADDED_KEYS, **values}
         if old and values["target"] == "auto":  # auto then meant the posterior wherever it applies
             probe = TrainConfig.from_dict({**values, "target": "conditional"}, source=f"{run / 'config.json'}")
-            values["target"] = "conditional" if posterior_obstacle(probe) else "posterior"
+            # (a source given in Python was then always the conditional target's)
+            values["target"] = "conditional" if posterior_obstacle(probe) or probe.source == "python" else "posterior"
     saved = TrainConfig.from_dict(values, source=f"{run / 'config.json'}")
     if config is None:
         return saved
@@ -185,7 +187,7 @@ def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
     if config.steps < saved.steps:
         raise FlowmatchError(f"cannot resume with fewer steps ({config.steps}) than the run had ({saved.steps})")
     if config.steps != saved.steps or config.threads != saved.threads:
-        write_json(run / "config.json", config_for_file(config.to_dict(), run))
+        write_config(run / "config.json", config.to_dict(), config_record(run), run)  # the record kept
     return config
 
 

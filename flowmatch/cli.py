@@ -178,7 +178,8 @@ def _add_sample(sub) -> None:
     _add_discrete_flags(p)
     p.add_argument(
         "--precision", default=GIVEN, choices=PRECISIONS,
-        help="precision of the network: bf16 runs it in bfloat16 (faster on CPUs and GPUs with bf16 units); the ODE state stays float32 (default: fp32)",
+        help="precision of the network: bf16 runs it in bfloat16 (faster on GPUs and CPUs with bf16 units); auto: the precision the run "
+        "trained in, as its config.json records it; the ODE state stays float32 (default: fp32)",
     )  # fmt: skip
 
 

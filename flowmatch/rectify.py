@@ -114,7 +114,10 @@ def _retrain(
     if out.resolve() == run_dir.resolve():
         raise FlowmatchError(f"the new run folder must differ from the teacher run '{run_dir}'")
     check_writable_run(out, force)  # fail before generating pairs
-    old = TrainConfig.from_dict(read_json(run_dir / "config.json"), source=str(run_dir / "config.json"))
+    from flowmatch.engine.runs import config_values
+
+    saved = read_json(run_dir / "config.json")
+    old = TrainConfig.from_dict(config_values(saved) if isinstance(saved, dict) else saved, source=str(run_dir / "config.json"))
     if old.to_dict().get("conditional"):
         raise FlowmatchError(
             f"'{run_dir}' is a class-conditional run; reflow and distillation of those are not supported (the pairs carry no labels)"

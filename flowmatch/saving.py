@@ -30,6 +30,32 @@ CHECKPOINT_META = "checkpoint.json"
 CONFIG = "config.json"
 
 
+#: config.json's entry for what the run resolved when it started, beside the config as asked: the precision
+#: ``auto`` chose, with the measured bf16 speed ratio (``{"precision": "bf16", "bf16_speedup": 1.31,
+#: "precision_reason": "measured"}``). A resumed run continues in it and ``precision="auto"`` samples in it.
+RESOLVED = "resolved"
+
+
+def recorded_precision(config: Any) -> str:
+    """The precision a run trained in, as its config (config.json) records it: ``precision`` where it is fp32 or
+    bf16; for ``auto``, the precision recorded under :data:`RESOLVED` when the run started (a run saved before
+    runs recorded it is refused: sample with fp32 or bf16). A flow made by hand, with no precision: fp32."""
+    asked = config.get("precision", "fp32") if isinstance(config, dict) else "fp32"
+    if asked in ("fp32", "bf16"):
+        return asked
+    record = config.get(RESOLVED)
+    chosen = record.get("precision") if isinstance(record, dict) else None
+    if chosen in ("fp32", "bf16"):
+        return chosen
+    if record is None:
+        raise FlowmatchError(
+            f"precision 'auto' samples in the precision the run trained in, and this run's config records none "
+            f"(config.json has precision {asked!r} and no {RESOLVED!r} entry: saved before runs recorded it); sample with "
+            "precision 'fp32' or 'bf16'"
+        )
+    raise FlowmatchError(f"config.json's {RESOLVED!r} entry must record precision fp32 or bf16, got {record!r}")
+
+
 def check_format(meta: Any, where) -> None:
     """Checkpoint metadata that this flowmatch can read: format ``flowmatch-checkpoint`` and a version up to
     :data:`FORMAT_VERSION`; one written by a newer flowmatch is refused by its version."""

@@ -9,7 +9,6 @@ import torch
 import flowmatch
 from flowmatch.api import fit
 from flowmatch.config import TrainConfig
-from flowmatch.engine.devices import resolve_precision
 from flowmatch.errors import FlowmatchError
 
 
@@ -28,8 +27,10 @@ def test_reload_samples_identically(run):
     assert flow.config["steps"] == 30
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"final_loss", "w2", "w2_floor", "w2_ratio"} <= set(metrics)
-    # what "auto" resolved to on this machine, as the run trained
-    assert metrics["precision"] == result.precision == resolve_precision("auto", torch.device("cpu"))
+    # what "auto" resolved to on this machine, as the run trained and as its config.json records it beside "auto"
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == "auto" and metrics["precision"] == result.precision == config["resolved"]["precision"]
+    assert metrics.get("bf16_speedup") == config["resolved"]["bf16_speedup"] == result.bf16_speedup
 
 
 def test_generate_reports_nfe_and_trajectory(run):

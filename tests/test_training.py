@@ -74,13 +74,17 @@ def test_batch_warmup_ramps_from_half_to_the_full_batch(monkeypatch):
     assert (seen[0], seen[4], seen[-1]) == (16, 24, 32)
 
 
-def test_precision_auto_is_bf16_only_on_native_bf16_hardware(monkeypatch):
+def test_precision_auto_is_bf16_only_on_native_bf16_hardware_where_measured_faster(monkeypatch):
     cpu = torch.device("cpu")
     assert TrainConfig().precision == "auto"
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(devices, "_cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(devices, "_cpu_has_bf16_units", lambda: True)  # then a micro-benchmark decides (tests/test_precision.py)
+    monkeypatch.setattr(devices, "matmul_probe", lambda device: lambda: ([1.0] * 3, [0.5] * 3))  # bf16 2x faster
     assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(devices, "matmul_probe", lambda device: lambda: ([1.0] * 3, [1.45] * 3))  # 0.69x: slower
+    assert resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(devices, "_cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(devices, "matmul_probe", None)  # not measured at all
     assert resolve_precision("auto", cpu) == "fp32"
     # auto trains exactly as the precision it resolves to, and bf16 really changes the arithmetic
     weights = {p: train(seed=3, precision=p, progress=False, **TINY).flow.model.state_dict() for p in ("auto", "fp32", "bf16")}

@@ -70,3 +70,19 @@ def sigma(t):
 
 def uniform_source(n, generator):
     return torch.rand(n, 2, generator=generator) * 2 - 1
+
+
+def blob_source(n, generator):
+    """x0 from the equal mixture of N((-2, 0), 0.5^2 I) and N((2, 0), 0.5^2 I), which it declares (the posterior
+    target's source density: flowmatch.data.sources)."""
+    k = torch.randint(2, (n,), generator=generator)
+    return torch.stack([4.0 * k - 2.0, torch.zeros(n)], 1) + 0.5 * torch.randn(n, 2, generator=generator)
+
+
+def _declare_blobs():
+    from flowmatch.densities import GaussianMixture
+
+    return GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.tensor([0.5, 0.5]))
+
+
+blob_source.gaussian_mixture = _declare_blobs()

@@ -21,16 +21,27 @@ How each kind is read, on one process and under ``torchrun``:
 - an iterator (``iter(data) is data``, e.g. a generator): read once; training ends when it is
   exhausted. It cannot be rewound, so a resumed run continues from wherever the iterator passed in
   stands.
+
+**Standardisation** (:func:`estimate_standardizer`). A stream is standardised as a data file is, from an
+estimate: the per-column mean and (population) std of its first batches, read ahead and then trained on
+as usual (:meth:`Stream.lookahead`): batches until they hold :data:`STANDARDIZE_ROWS` rows (10,000), or
+:data:`STANDARDIZE_BYTES` of data, or the first epoch ends (a one-shot iterator: the data; a map-style
+set: its rows, this process's shard of them), whichever comes first; under torchrun the estimate pools
+every process's first batches. The run keeps the estimate (checkpoint.json's standardiser, as for a file)
+and a resumed run reuses it. Later batches are not fitted again; :func:`drift` tells when one lies far
+from the estimate (a sorted or drifting stream).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from flowmatch.data.standardize import Standardizer
 from flowmatch.errors import FlowmatchError
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -122,12 +133,14 @@ class Stream:
         self.data = data
         self.once = False
         self.loader: Iterable[Any]
+        self.epoch_rows: int | None = None  # the rows of one epoch of this process's shard, where known (a map-style set)
         if isinstance(data, DataLoader):
             self.kind, self.loader = "loader", data
         elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__") and hasattr(data, "__getitem__"):
             self.kind = "map"
             sampler = _StepBatches(data, size_at, seed, world, rank, start_step)
             self.loader = DataLoader(data, batch_sampler=sampler, num_workers=workers)
+            self.epoch_rows = sampler.per_epoch
         elif isinstance(data, Iterable):
             self.kind, self.loader = "iterable", data
             self.once = iter(data) is data
@@ -136,8 +149,8 @@ class Stream:
         self.epoch, self.index = 0, 0  # the epoch being read and the batches read from it
         self.epoch_rng: dict[str, torch.Tensor] = {}
         self._iterator: Iterator | None = None
-        self._first: Any = None  # an epoch's first batch, read when the epoch starts
-        self._peeked: Batch | None = None
+        self._first: Any = None  # an epoch's first batch, read when the epoch starts (or its end, put back)
+        self._ahead: deque[Batch] = deque()  # batches read and not yet handed out (peek, lookahead)
         self._resume = state
 
     @property
@@ -151,17 +164,41 @@ class Stream:
 
     def peek(self) -> Batch:
         """The next batch, without consuming it (for the model's input shape and conditions)."""
-        if self._peeked is None:
-            self._peeked = self._next()
-        return self._peeked
+        if not self._ahead:
+            batch = self._next()
+            assert batch is not None
+            self._ahead.append(batch)
+        return self._ahead[0]
 
     def next(self) -> Batch:
-        batch, self._peeked = (self._peeked, None) if self._peeked is not None else (self._next(), None)
+        if self._ahead:
+            return self._ahead.popleft()
+        batch = self._next()
+        assert batch is not None
         return batch
+
+    def lookahead(self, rows: int, max_bytes: int) -> list[Batch]:
+        """The next batches, without consuming them: read until they hold ``rows`` rows or ``max_bytes`` bytes of
+        data, or the epoch (a one-shot iterator: the data; a map-style set: one epoch of this process's shard, in
+        rows) ends. :meth:`next` hands them out in order."""
+        if self.epoch_rows is not None:
+            rows = min(rows, self.epoch_rows)
+
+        def held() -> tuple[int, int]:
+            return sum(len(x) for x, _ in self._ahead), sum(x.numel() * x.element_size() for x, _ in self._ahead)
+
+        count, size = held()
+        while count < rows and size < max_bytes:
+            batch = self._next(roll=False)
+            if batch is None:
+                break
+            self._ahead.append(batch)
+            count, size = held()
+        return list(self._ahead)
 
     def state(self) -> dict[str, Any]:
         """Where the stream stands, as JSON (epoch, batches read) and tensors (the epoch's start states)."""
-        read = self.index - (1 if self._peeked is not None else 0)
+        read = self.index - len(self._ahead)  # the batches read ahead are all of this epoch (lookahead stops at its end)
         return {"epoch": self.epoch, "index": read, "rng": dict(self.epoch_rng)}
 
     # -- reading ------------------------------------------------------------------------------------
@@ -195,7 +232,9 @@ class Stream:
         if restore:
             torch.set_rng_state(current)
 
-    def _next(self) -> Batch:
+    def _next(self, roll: bool = True) -> Batch | None:
+        """The next batch; at the end of an epoch the next epoch's first, or with ``roll`` False None (the end put
+        back, for the next call)."""
         if self._iterator is None:
             state, self._resume = self._resume, None
             if state is not None and self.kind != "map" and not self.once:
@@ -207,6 +246,9 @@ class Stream:
             else:
                 self._start_epoch()
         batch = self._take()
+        if batch is _END and not roll:
+            self._first = _END
+            return None
         if batch is _END:
             if self.once:
                 raise StopIteration
@@ -226,3 +268,50 @@ class Stream:
             return batch
         assert self._iterator is not None
         return next(self._iterator, _END)
+
+
+#: A stream's standardiser is estimated from its first batches: until they hold this many rows (module docstring).
+STANDARDIZE_ROWS = 10_000
+
+
+#: ... or this many bytes of data (images: 10,000 of 3 x 64 x 64 floats would take 480 MiB).
+STANDARDIZE_BYTES = 256 << 20
+
+
+def estimate_standardizer(stream: Stream, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Standardizer:
+    """The standardiser of a stream, estimated from its first batches (module docstring): per-column mean and
+    population std in float64. A column constant in them gets std 1 about its value (not ``fixed``: later
+    batches may vary in it). ``reduce_sum`` sums a tensor over processes (torchrun: every process's first
+    batches count, and every process gets the same estimate)."""
+    batches = stream.lookahead(STANDARDIZE_ROWS, STANDARDIZE_BYTES)
+    x = torch.cat([b.reshape(len(b), -1).to(torch.float64) for b, _ in batches])
+    if not torch.isfinite(x).all():
+        raise FlowmatchError("the stream's first batches hold NaN or infinite values: they cannot be standardised")
+    total = reduce_sum or (lambda v: v)
+    count = total(torch.tensor([float(len(x))], dtype=torch.float64))
+    mean = total(x.sum(dim=0)) / count
+    std = (total(((x - mean) ** 2).sum(dim=0)) / count).sqrt()
+    constant = std <= 1e-10 * mean.abs()
+    return Standardizer(mean, torch.where(constant, torch.ones_like(std), std))
+
+
+#: :func:`drift` reads batches of at least this many rows: the mean of 64 standardised rows lies within 1/8
+#: of 0 at one standard deviation, their std within about 9% of 1.
+DRIFT_MIN_ROWS = 64
+
+
+def drift(z: torch.Tensor) -> str:
+    """Why a batch ``z`` (n, D) in model coordinates lies far from its stream's estimate ("" where it does not,
+    or has fewer than :data:`DRIFT_MIN_ROWS` rows): a column whose batch mean is more than one estimated std
+    from the estimate's mean (8 standard errors at 64 rows), or whose batch std is over 3x the estimate's.
+    Rows drawn from the estimate's own law do neither, bar a heavy tail; a sorted stream, or one whose law
+    moves or widens, does."""
+    if len(z) < DRIFT_MIN_ROWS:
+        return ""
+    z = z.detach().to(torch.float64)
+    mean, std = z.mean(dim=0), z.std(dim=0, correction=0)
+    far = torch.nonzero((mean.abs() > 1) | (std > 3)).flatten()
+    if not len(far):
+        return ""
+    j = int(far[0])
+    return f"column {j} has mean {float(mean[j]):.3g} and std {float(std[j]):.3g} in the estimate's units (expected near 0 and 1)"

@@ -88,6 +88,8 @@ def training_figures(result: TrainResult) -> dict[str, Any]:
         "train_seconds": result.seconds, "steps": result.config.steps, "steps_run": result.step, "precision": result.precision,
         "target": result.target, "threads": result.threads,
     }  # fmt: skip
+    if result.bf16_speedup is not None:  # precision auto's start-up micro-benchmark: fp32 time over bf16 time
+        figures["bf16_speedup"] = result.bf16_speedup
     if result.validation is not None:
         figures["validation"] = result.validation
     if result.data_exhausted:

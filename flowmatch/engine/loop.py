@@ -37,18 +37,19 @@ import torch
 import torch.distributed as dist
 
 from flowmatch.engine.checkpoints import drop_states_from, latest_state, step_of, unprefixed
-from flowmatch.engine.devices import resolve_device, resolve_precision
+from flowmatch.engine.devices import REASONS, PrecisionChoice, decide_precision, resolve_device, time_precisions, width_probe
 from flowmatch.engine.distributed import distributed_env, record_rank_agreement
 from flowmatch.engine.ema import EMA
 from flowmatch.engine.options import resolve_select
-from flowmatch.engine.runs import config_for_file, reopen_run
+from flowmatch.engine.runs import config_record, reopen_run, write_config
 from flowmatch.engine.schedules import learning_rate
 from flowmatch.engine.seam import Context, Modality, NonFiniteLoss, Objects, Task
 from flowmatch.engine.state import TrainingState, stream_state
 from flowmatch.engine.threads import use_threads
 from flowmatch.engine.validation import Validation
 from flowmatch.errors import FlowmatchError
-from flowmatch.storage import atomic_folder, make_folder, reading, write_json, writing
+from flowmatch.saving import RESOLVED
+from flowmatch.storage import atomic_folder, make_folder, reading, writing
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TrainResult:
     step: int
     interrupted: bool = False
     precision: str = "fp32"  # what the model was trained in ("auto" resolved on this device)
+    bf16_speedup: float | None = None  # precision auto's measured bf16 speed ratio (None: not measured)
     target: str = "conditional"  # the regression target it trained on ("auto" resolved on this data)
     validation: dict[str, Any] | None = None  # best step and loss, selection, early stop (finite data)
     data_exhausted: bool = False  # a one-shot iterator of batches ran out before the last step
@@ -109,7 +111,9 @@ def train(
     run = Path(run_dir) if run_dir is not None else None
     state = latest_state(run) if run is not None and resume else None
     start_step = state[2]["step"] if state is not None else 0
-    context = Context(device, world, rank, start_step, stream_state(state), min_test_rows)
+    context = Context(
+        device, world, rank, start_step, stream_state(state), min_test_rows, state[2].get("flow") if state is not None else None
+    )
     task = modality.prepare(config, objects, context)
     validation = Validation(task.validation) if task.validation is not None else None
     select = resolve_select(config, validation is not None)
@@ -129,6 +133,8 @@ def train(
     meta = task.flow(model).checkpoint_meta() if run is not None else None  # what cannot be recorded is refused here
     ema = EMA(model, config.ema, config.ema_warmup)
     optimizer = _optimizer(config, model)
+    choice = _precision(config, task, model, device, run if resume else None, world, rank)
+    precision, record = choice.precision, choice.to_dict()
     # a stream's batches differ between processes; its noise and times do too
     generator = torch.Generator().manual_seed(config.seed + (RANK_SEED * rank if task.stream is not None else 0))
     saved = TrainingState(
@@ -143,7 +149,6 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
-    precision = resolve_precision(config.precision, device)
     objective = task.objective(net, model, device=device, world=world, rank=rank, autocast=torch.bfloat16 if precision == "bf16" else None)
 
     def checkpoint(step: int, folder: Path | None = run) -> None:
@@ -152,7 +157,16 @@ def train(
 
     started = time.perf_counter()
     if run is not None and main_process and not resume:
-        _start_run_folder(run, config, checkpoint, task)
+        _start_run_folder(run, config, checkpoint, task, record)
+    elif run is not None and main_process and config_record(run) != record:  # a run saved before runs recorded it
+        write_config(run / "config.json", config.to_dict(), record, run)
+
+    def sampling_flow(weights: torch.nn.Module) -> Any:
+        """The task's flow around ``weights``, its config with the run's record (``precision="auto"`` samples in it)."""
+        flow = task.flow(weights)
+        flow.config = {**flow.config, RESOLVED: record}
+        return flow
+
     log = _Log(run if main_process else None, config, start_step)
     stop = _StopSignal()
     bar = _progress_bar(config.steps, start_step, progress and main_process)
@@ -192,11 +206,11 @@ def train(
             if done % config.checkpoint_every == 0 or done == config.steps or stop.requested or stopped_early:
                 checkpoint(done)
             if main_process and config.sample_every and done % config.sample_every == 0 and run is not None:
-                task.progress_picture(task.flow(ema.sampling_copy(model)), make_folder(run / "progress"), done)
+                task.progress_picture(sampling_flow(ema.sampling_copy(model)), make_folder(run / "progress"), done)
             if done in callback_steps:
                 paused = time.perf_counter()
                 assert callback is not None
-                callback(done, task.flow(ema.sampling_copy(model)), elapsed + paused - started)
+                callback(done, sampling_flow(ema.sampling_copy(model)), elapsed + paused - started)
                 started += time.perf_counter() - paused  # the callback's time is not training time
             if stop.requested or stopped_early:
                 break
@@ -218,11 +232,44 @@ def train(
         dist.destroy_process_group()
     chosen = validation.best_state if validation is not None and select == "val-loss" else None
     return TrainResult(
-        task.flow(ema.sampling_copy(model, chosen)), config, losses, elapsed + time.perf_counter() - started, step=done,
-        interrupted=stop.requested, precision=precision, target=task.target,
+        sampling_flow(ema.sampling_copy(model, chosen)), config, losses, elapsed + time.perf_counter() - started, step=done,
+        interrupted=stop.requested, precision=precision, bf16_speedup=choice.bf16_speedup, target=task.target,
         validation=None if validation is None else validation.summary(select, stopped_early), data_exhausted=exhausted,
         threads=threads.to_dict(), task=task,
     )  # fmt: skip
+
+
+def _precision(
+    config: Any, task: Task, model: torch.nn.Module, device: torch.device, resumed: Path | None, world: int, rank: int
+) -> PrecisionChoice:
+    """What the run trains in (:func:`~flowmatch.engine.devices.decide_precision`): ``auto`` measured on the
+    task's own batch (:meth:`Task.speed_probe`; without one, a matmul of the model's width), on the first
+    process only, which tells the others; a resumed run continues in the precision its config.json records."""
+    if resumed is not None and config.precision == "auto":
+        record = config_record(resumed)
+        if record is not None:
+            return PrecisionChoice.from_dict(record, str(resumed / "config.json"))
+
+    def measure() -> tuple[list[float], list[float]]:
+        forward = task.speed_probe(model, device)
+        if forward is None:
+            return width_probe(model, config.batch_size, device)()
+        return time_precisions(forward, model, device)
+
+    if world == 1 or config.precision != "auto":
+        return decide_precision(config.precision, device, measure)
+    return _agree(decide_precision(config.precision, device, measure) if rank == 0 else None, device)
+
+
+def _agree(choice: PrecisionChoice | None, device: torch.device) -> PrecisionChoice:
+    """The first process's choice on every process (one broadcast), so that all train in one precision."""
+    values = torch.zeros(3, dtype=torch.float64, device=device)
+    if choice is not None:
+        speedup = math.nan if choice.bf16_speedup is None else choice.bf16_speedup
+        values = torch.tensor([choice.precision == "bf16", speedup, REASONS.index(choice.reason)], dtype=torch.float64, device=device)
+    dist.broadcast(values, src=0)
+    bf16, speedup, reason = values.tolist()
+    return PrecisionChoice("bf16" if bf16 else "fp32", None if math.isnan(speedup) else speedup, REASONS[int(reason)])
 
 
 def _warm_start(folder: str, modality: Modality, task: Task) -> torch.nn.Module:
@@ -394,14 +441,15 @@ def _append(path: Path, line: str) -> None:
         fh.write(line)
 
 
-def _start_run_folder(run: Path, config: Any, checkpoint, task: Task) -> None:
-    """Create the run folder with its config, what the task keeps beside it and a step-0 checkpoint, atomically.
+def _start_run_folder(run: Path, config: Any, checkpoint, task: Task, record: dict[str, Any]) -> None:
+    """Create the run folder with its config (and beside it the ``record`` of what the run decided at its
+    start: :data:`~flowmatch.saving.RESOLVED`), what the task keeps beside it and a step-0 checkpoint, atomically.
 
     From the moment the folder exists it holds a loadable, resumable checkpoint. An old run in its
     place (which :func:`fit` allowed with ``force``) is removed only then.
     """
     with atomic_folder(run) as staging:
-        write_json(staging / "config.json", config_for_file(config.to_dict(), run))  # paths relative to the run
+        write_config(staging / "config.json", config.to_dict(), record, run)  # paths relative to the run
         task.keep(staging)
         checkpoint(0, staging)
 

@@ -3,7 +3,9 @@ and the checks before a folder is written.
 
 A run folder holds::
 
-    config.json              the resolved training config (paths relative to the folder)
+    config.json              the resolved training config (paths relative to the folder), and under
+                             ``resolved`` what the run decided when it started: the precision ``auto``
+                             chose and the measured bf16 speed ratio (:func:`config_record`)
     checkpoint.safetensors   the final weights (never pickled)
     checkpoint.json          what rebuilds the flow around them: its kind, the model's config or importable
                              factory and JSON arguments, and the modality's own (path, standardiser,
@@ -27,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.saving import CHECKPOINT, CHECKPOINT_META, CONFIG, check_format
-from flowmatch.storage import read_json
+from flowmatch.saving import CHECKPOINT, CHECKPOINT_META, CONFIG, RESOLVED, check_format
+from flowmatch.storage import read_json, write_json
 
 
 def final_step(folder: Path) -> int | None:
@@ -82,6 +84,28 @@ def config_from_file(values: Any, folder: str | os.PathLike) -> Any:
         if isinstance(out.get(key), str) and out[key] and not os.path.isabs(out[key]):
             out[key] = os.path.normpath(os.path.join(os.path.abspath(folder), out[key]))
     return out
+
+
+def config_values(values: dict[str, Any]) -> dict[str, Any]:
+    """config.json's config keys: its values without the run's record (:data:`~flowmatch.saving.RESOLVED`),
+    which is no option of a config."""
+    return {k: v for k, v in values.items() if k != RESOLVED}
+
+
+def config_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """What a run recorded in its config.json when it started (None for a run saved before runs recorded it)."""
+    values = read_json(Path(folder) / CONFIG)
+    record = values.get(RESOLVED) if isinstance(values, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def write_config(file: str | os.PathLike, values: dict[str, Any], record: dict[str, Any] | None, folder: str | os.PathLike) -> None:
+    """config.json ``file`` of the run in ``folder``: a config's ``values`` (paths relative to ``folder``:
+    :func:`config_for_file`) with the run's ``record`` beside them (where there is one)."""
+    out = config_for_file(config_values(values), folder)
+    if record is not None:
+        out[RESOLVED] = record
+    write_json(Path(file), out)
 
 
 def check_writable_run(target: Path, force: bool) -> None:

@@ -58,6 +58,7 @@ class Context:
     start_step: int = 0
     stream_state: dict[str, Any] | None = None  # a stream's position at the checkpoint resumed from
     min_test_rows: int = 0  # finite data must hold out at least this many test rows
+    resumed_flow: dict[str, Any] | None = None  # the flow metadata of the checkpoint resumed from (a stream's standardiser, say)
 
 
 class Task:
@@ -66,7 +67,7 @@ class Task:
     The engine reads these attributes and calls these methods, in this order: ``validation`` (None or a
     callable scoring an eval-mode model on fixed held-out data), :meth:`initial_model` (after the engine
     seeds torch; :meth:`warm_start` instead with ``init_from``), :meth:`check_model`, :meth:`flow` (to record what rebuilds the run, and for samples),
-    :meth:`objective` (the loss of one step), :meth:`progress_picture`.
+    :meth:`speed_probe` (precision ``auto``'s micro-benchmark), :meth:`objective` (the loss of one step), :meth:`progress_picture`.
     """
 
     #: the data as the modality split them (a Dataset, a TableData, a TokenData, a ManifoldRunData; None for a stream)
@@ -111,6 +112,14 @@ class Task:
         is the dtype the network's calls run in. Raises StopIteration when a one-shot iterator has run out; a NaN
         or infinite loss is the engine's to find (:meth:`non_finite_message` says what the error tells)."""
         raise NotImplementedError
+
+    def speed_probe(self, model: torch.nn.Module, device: torch.device) -> Callable[[], torch.Tensor] | None:
+        """A forward pass of ``model`` (on ``device``) on a batch like a training batch, as a 0-dim tensor: what
+        precision ``auto`` times in fp32 and under bf16 autocast, with its backward, before training
+        (:func:`flowmatch.engine.devices.time_precisions`). Called only where the device has bf16 units; it
+        must not draw from the run's generator or consume its data. None: the engine times a matmul of the
+        model's width instead."""
+        return None
 
     def non_finite_message(self, value: float, step: int) -> str:
         """What the error says when step ``step``'s loss is ``value``, NaN or infinite (the engine adds which

@@ -96,11 +96,16 @@ class DiscreteFlow:
         ``label`` (one class or n) and ``condition`` (rows of the float condition ``c``: one or n) sample a
         conditional model; with classifier-free ``guidance`` weight w the posterior's logits are
         w l_cond + (1 - w) l_null and the velocity v_null + w (v_cond - v_null) (:func:`mixed_sample`).
-        ``precision="bf16"`` runs the network under bfloat16 autocast (the jumps stay float64)."""
+        ``precision="bf16"`` runs the network under bfloat16 autocast (the jumps stay float64); ``"auto"`` in
+        the precision the run trained in, as recorded (:func:`flowmatch.saving.recorded_precision`)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        if precision == "auto":
+            from flowmatch.saving import recorded_precision
+
+            precision = recorded_precision(self.config)
         if precision not in ("fp32", "bf16"):
-            raise FlowmatchError(f"unknown precision {precision!r}; choose from fp32, bf16")
+            raise FlowmatchError(f"unknown precision {precision!r}; choose from fp32, bf16, auto")
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
             raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
         given = conditions_module.condition_for(self.conditions, n, label, condition, "cpu") or {}

@@ -253,12 +253,18 @@ class RiemannianFlow:
         randomness comes from a generator seeded with ``seed``. ``label`` (one class or n) and ``condition``
         (rows of the float condition ``c``: one or n) sample a conditional model, with classifier-free
         ``guidance`` weight w (:meth:`velocity`). Samples are finite: a draw in which any comes out NaN or
-        infinite raises :class:`~flowmatch.errors.FlowmatchError` naming how many.
+        infinite raises :class:`~flowmatch.errors.FlowmatchError` naming how many. ``precision`` "bf16" runs the
+        network under bfloat16 autocast, "auto" in the precision the run trained in, as recorded
+        (:func:`flowmatch.saving.recorded_precision`).
         """
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
             raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
+        if precision == "auto":
+            from flowmatch.saving import recorded_precision
+
+            precision = recorded_precision(self.config)
         if precision not in ("fp32", "bf16"):
-            raise FlowmatchError(f"unknown precision {precision!r}; choose from fp32, bf16")
+            raise FlowmatchError(f"unknown precision {precision!r}; choose from fp32, bf16, auto")
         device = self._placement()[0]
         given = conditions_module.condition_for(self.conditions, n, label, condition, device)
         if guidance != 1.0 and not given:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from flowmatch.conditions import drop
 from flowmatch.data.dataset import Dataset
-from flowmatch.data.streams import Stream
-from flowmatch.errors import FlowmatchError
+from flowmatch.data.standardize import Standardizer
+from flowmatch.data.streams import Stream, drift
+from flowmatch.errors import FlowmatchError, FlowmatchWarning
 
 
 class PairSampler:
@@ -16,12 +19,19 @@ class PairSampler:
 
     ``data`` is a :class:`~flowmatch.data.dataset.Dataset` (batches of ``n`` rows drawn with the
     generator, the same on every process) or a :class:`~flowmatch.data.streams.Stream` (this process's
-    next batch, whatever its size). ``conditions`` says how to drop each condition: the null class
+    next batch, whatever its size, mapped to model coordinates by ``standardizer``: the stream's estimate,
+    :func:`~flowmatch.data.streams.estimate_standardizer`; a data set's batches come standardised). The first
+    stream batch far from the estimate (:func:`~flowmatch.data.streams.drift`) gives one
+    :class:`~flowmatch.errors.FlowmatchWarning`. ``conditions`` says how to drop each condition: the null class
     for ``{"classes": K}``, a row of NaN for ``{"dim": k}``.
     """
 
-    def __init__(self, config, data: Dataset | Stream, source, conditions: dict[str, dict[str, int]]):
+    def __init__(
+        self, config, data: Dataset | Stream, source, conditions: dict[str, dict[str, int]], standardizer: Standardizer | None = None
+    ):
         self.config, self.data, self.source, self.conditions = config, data, source, conditions
+        self.standardizer = standardizer if standardizer is not None and not standardizer.is_identity else None
+        self.warned = False
         self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.pairs:
             assert isinstance(data, Dataset)
@@ -45,6 +55,9 @@ class PairSampler:
         else:
             x, condition = self.data.next()
             x1, n = x.reshape(len(x), -1).to(torch.float32), len(x)
+            if self.standardizer is not None:
+                x1 = self.standardizer.forward(x1)
+                self._check_drift(x1)
             # a stream's rows come in its own order (a sorted generator, an unshuffled loader); the strata of
             # the training times are runs of consecutive rows, so the rows are shuffled first: a row's time
             # must not tell where it lies in the data
@@ -59,6 +72,19 @@ class PairSampler:
                 x0, x1, self.config.coupling, reg=self.config.ot_reg, generator=generator, labels=y if "y" in self.conditions else None
             )
         return x0, x1, drop(condition, self.conditions, self.config.cond_dropout, generator), y
+
+    def _check_drift(self, z: torch.Tensor) -> None:
+        if self.warned:
+            return
+        why = drift(z)
+        if why:
+            self.warned = True
+            warnings.warn(
+                f"a streamed batch lies far from the standardisation estimated on the stream's first batches: {why}; "
+                "the stream may be sorted or its law may change (shuffle it, or pass rows as a tensor)",
+                FlowmatchWarning,
+                stacklevel=2,
+            )
 
 
 def load_pairs(path: str, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
