@@ -225,6 +225,11 @@ class Task:
             n = N_SCORE * DRAWS
         self.x0 = self.draw_x0(n, torch.Generator().manual_seed(EVAL_SEED))
 
+    def shape(self, samples: torch.Tensor) -> float | None:
+        """The shape score's ratio (``HeldOut.shape``: within-mode W2 over its floor, median of the chunks);
+        None for the tables, scored by W2 alone."""
+        return None if self.held is None else self.held.shape(samples)["ratio"]
+
     def score(self, samples: torch.Tensor) -> float:
         """W2 / floor of samples in model coordinates (the mean over the chunks)."""
         if self.held is not None:
@@ -385,6 +390,11 @@ def quality(task: Task, system: str, obj, nfes=NFES) -> dict[str, float]:
     return out
 
 
+def shape_quality(task: Task, system: str, obj, nfe: int = max(NFES)) -> float | None:
+    """The shape score's ratio of the samples at ``nfe`` (rk4 above 8; see :meth:`Task.shape`)."""
+    return task.shape(sampler_for(system)(obj, task.x0, "euler" if nfe <= 8 else "rk4", nfe))
+
+
 # -- throughput, one fresh process per measurement ------------------------------------------------
 def _throughput_worker(args):
     kind, state, nfe, n, queue = args
@@ -462,6 +472,7 @@ def run_task(name: str, seed: int, steps: int, peers_only: bool = False, batch: 
         rows[system] = {
             "train_s": seconds,
             "w2_over_floor": quality(task, system, obj, nfes),
+            "shape": shape_quality(task, system, obj, max(nfes)),
             "probes": probes,
             "time_to_quality_s": time_to_quality(probes) if probes is not None else None,
         }
@@ -518,6 +529,8 @@ def summarise(runs: list[dict]) -> dict:
             if not entries:
                 continue
             row = {"train_s": _stat([e["train_s"] for e in entries]), "w2_over_floor": {}}
+            if all(e.get("shape") is not None for e in entries):
+                row["shape"] = _stat([e["shape"] for e in entries])
             for nfe in entries[0]["w2_over_floor"]:
                 row["w2_over_floor"][nfe] = _stat([e["w2_over_floor"][nfe] for e in entries])
             if entries[0]["probes"] is not None:
@@ -590,8 +603,8 @@ def table(summary: dict, tput: dict, header: str) -> str:
         lines += [
             f"### {name} (W2 floor {res['floor']:.3f}; seeds {', '.join(map(str, res['seeds']))}; median [min, max])",
             "",
-            f"| system | train s | time to W2 <= {THRESHOLD}x floor, s | W2/floor NFE 1 | 2 | 4 | 8 | 100 |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| system | train s | time to W2 <= {THRESHOLD}x floor, s | W2/floor NFE 1 | 2 | 4 | 8 | 100 | shape at the last NFE |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for system in SYSTEMS:
             if system not in res["rows"]:
@@ -608,6 +621,8 @@ def table(summary: dict, tput: dict, header: str) -> str:
                 q = r["w2_over_floor"].get(str(nfe))
                 cells.append("—" if q is None else f"{q['median']:.2f} [{q['min']:.2f}, {q['max']:.2f}]")
             t = r["train_s"]
+            shape = r.get("shape")
+            cells.append("—" if shape is None else f"{shape['median']:.2f} [{shape['min']:.2f}, {shape['max']:.2f}]")
             lines.append(f"| {system} | {t['median']:.1f} | {ttq_s} | " + " | ".join(cells) + " |")
         lines.append("")
     if tput:

@@ -405,7 +405,7 @@ def test_an_option_the_run_would_not_use_is_refused_before_any_work(kind, files,
 
 
 def test_an_option_of_another_objective_is_refused(files, tmp_path):
-    with pytest.raises(FlowmatchError, match="meanflow_power=0.5 applies to objective meanflow, not flow-matching"):
-        flowmatch.fit(out=tmp_path / "run", steps=5, meanflow_power=0.5, progress=False, **options("continuous", files))
+    with pytest.raises(FlowmatchError, match="meanflow_power=0.25 applies to objective meanflow, not flow-matching"):
+        flowmatch.fit(out=tmp_path / "run", steps=5, meanflow_power=0.25, progress=False, **options("continuous", files))
     with pytest.raises(FlowmatchError, match="distill_nfe=2 applies to objective distill"):
         flowmatch.train(steps=5, distill_nfe=2, progress=False, **options("continuous", files))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -338,3 +339,40 @@ class ThreeOut(torch.nn.Module):
 
     def forward(self, x, t):
         return self.layer(x)
+
+
+def test_test_fraction_zero_trains_on_every_row_and_is_measured_against_a_reference(tmp_path):
+    """test_fraction=0 (with val_fraction=0) gives every row of an array to training; the run's measurements
+    take reference= points, and an evaluation without them names what to pass. The option is refused
+    where it cannot take effect: a built-in set (fresh held-out draws), a stream, a table run."""
+    import flowmatch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 2, generator=g) * torch.tensor([2.0, 0.5])
+    result, metrics = flowmatch.fit(data=x, steps=20, test_fraction=0, val_fraction=0, progress=False, out=tmp_path / "all")
+    dataset = result.flow.dataset
+    assert dataset.n_train == 300 and len(dataset.test) == 0 and metrics["w2"] is None and "reference=" in metrics["note"]
+    assert flowmatch.load(tmp_path / "all").config["test_fraction"] == 0
+    with pytest.raises(FlowmatchError, match="test_fraction 0.*pass reference="):
+        flowmatch.evaluate(result.flow, quick=True)
+    reference = torch.randn(400, 2, generator=g) * torch.tensor([2.0, 0.5])
+    _, measured = flowmatch.fit(data=x, steps=20, test_fraction=0, progress=False, reference=reference)
+    assert measured["w2"] is not None and measured["shape"]["kind"] == "energy" and measured["shape"]["sets"] == 3
+    for bad, why in [
+        ({"data": "moons"}, "built-in set 'moons' draws fresh held-out points"),
+        ({"data": "iris", "kind": "table"}, "does not apply to a table run"),
+        ({"data": iter([x[:64]] * 3)}, "a stream holds no rows out"),
+    ]:
+        with pytest.raises(FlowmatchError, match=why):
+            flowmatch.train(steps=1, progress=False, test_fraction=0.0, **bad)
+    with pytest.raises(FlowmatchError, match="test_fraction"):
+        flowmatch.train(data=x, steps=1, progress=False, test_fraction=1.0)
+
+
+def test_a_test_fraction_holds_that_share_of_a_files_rows_out(tmp_path):
+    path = tmp_path / "rows.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((500, 3)))
+    from flowmatch.data.dataset import load_dataset
+
+    assert len(load_dataset(str(path), test_fraction=0.5).test) == 250
+    assert len(load_dataset(str(path), test_fraction=0).test) == 0 and load_dataset(str(path), test_fraction=0).n_train == 500

@@ -117,3 +117,86 @@ def test_bad_input():
         energy_distance(torch.zeros(5), x)
     with pytest.raises(FlowmatchError, match="k must be"):
         precision_recall(x, x, k=10)
+
+
+# -- the shape score -----------------------------------------------------------------------------------
+def _two_gaussian_sets(n, seed, *, shrink=1.0, left_share=None):
+    """Three draws of two-gaussians (generated, held, held_other) with their component labels; the
+    generated set's points pulled towards their mode's mean by ``shrink``, or ``left_share`` of them
+    taken from the left mode."""
+    from flowmatch.data import toy
+
+    held, other = toy.sample_builtin("two-gaussians", n, seed + 1), toy.sample_builtin("two-gaussians", n, seed + 2)
+    x, k = toy.sample_builtin("two-gaussians", 4 * n, seed + 3, labels=True)
+    if left_share is not None:
+        x = torch.cat([x[k == 0][: round(left_share * n)], x[k == 1][: n - round(left_share * n)]])
+    else:
+        x, k = x[:n], k[:n]
+        centre = torch.tensor([[-4.0, 0.0], [4.0, 0.0]])[k]
+        x = centre + shrink * (x - centre)
+    return x, held, other, [toy.components("two-gaussians", v) for v in (x, held, other)]
+
+
+def test_the_shape_score_sees_a_wrong_shape_that_w2_of_the_mixture_passes():
+    """Every mode's points shrunk to half their spread, shares right: the within-mode W2 is about
+    0.5 * E|z| ~ 0.5 * 1.25 = 0.63 per mode, against a floor of about 0.2 at 300 points a mode (at 0.6 of
+    the spread: measured 1.9x at 300 and 2.9x at 1,000 points a mode, where W2 of the mixture gave 1.3-2.2x); exact draws score near 1 (measured 1.05 over five seeds at 1,000, 0.8 to
+    1.25 holds at 300 points: the ratio of two W2s of such sets varies by about 10%); the shares are right in both."""
+    from flowmatch.evaluation.metrics import median_shape, shape_score
+
+    exact, narrow = [], []
+    for seed in range(3):
+        x, a, b, labels = _two_gaussian_sets(600, 10 * seed)
+        exact.append(shape_score(x, a, b, labels=labels, seed=seed))
+        x, a, b, labels = _two_gaussian_sets(600, 10 * seed, shrink=0.5)
+        narrow.append(shape_score(x, a, b, labels=labels, seed=seed))
+    good, bad = median_shape(exact), median_shape(narrow)
+    assert good["kind"] == "modes" and good["sets"] == 3 and 0.8 < good["ratio"] < 1.25
+    assert bad["ratio"] > 2.0
+    for score in (good, bad):  # 600 points: share sd 0.02, floor E TV ~ 0.016
+        assert score["shares"]["value"] < 0.07 and 0.01 < score["shares"]["floor"] < 0.025 and score["missing"] == []
+
+
+def test_the_shape_score_sees_wrong_shares_apart_from_the_shape():
+    """60% of the points in the left mode: the share TV is 0.1 (up to the one draw), over 4x its floor of
+    about 0.016, while each mode's shape is exact (within ratio near 1)."""
+    from flowmatch.evaluation.metrics import shape_score
+
+    x, a, b, labels = _two_gaussian_sets(600, 3, left_share=0.6)
+    score = shape_score(x, a, b, labels=labels)
+    assert score["shares"]["value"] == pytest.approx(0.1, abs=0.03) and score["shares"]["value"] > 4 * score["shares"]["floor"]
+    assert score["shares"]["generated"][0] == pytest.approx(0.6) and 0.75 < score["ratio"] < 1.33
+
+
+def test_a_missing_mode_is_named_and_left_to_the_shares():
+    from flowmatch.evaluation.metrics import shape_score
+
+    x, a, b, labels = _two_gaussian_sets(400, 5, left_share=1.0)
+    score = shape_score(x, a, b, labels=labels)
+    assert score["missing"] == [1] and score["per_mode"][1]["w2"] is None
+    assert score["shares"]["value"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_share_floor_is_the_multinomial_closed_form_for_two_modes():
+    """Two equal modes: TV = |B/n - 1/2| with B ~ Binomial(n, 1/2), whose mean is n C(n, n/2) / 2^(n+1) / n
+    for even n (a closed form); at n = 100, 0.0398. The Monte-Carlo floor (2,000 draws) has sd
+    0.03 / sqrt(2000) = 7e-4: 5 sd is 0.0035."""
+    from flowmatch.evaluation.metrics import share_floor
+
+    n = 100
+    exact = math.comb(n, n // 2) / 2 ** (n + 1)  # E|B - n/2| / n
+    assert share_floor([0.5, 0.5], n, seed=0) == pytest.approx(exact, abs=0.0035)
+
+
+def test_without_components_the_shape_score_is_the_energy_distance_beside_its_floor():
+    """A shift of 1 in one coordinate of N(0, I) in 2-D: the energy distance is 2 E|X + s - Y| - 2 E|X - Y|
+    ~ 0.34 at s = 1 (Monte Carlo); the V-statistic adds 2 E|X - X'| / 500 = 2 * 1.77 / 500 = 0.0071 to value
+    and floor alike, so the floor is about 0.007 (sd ~0.003) and the ratio near 50."""
+    from flowmatch.evaluation.metrics import shape_score
+
+    g = torch.Generator().manual_seed(0)
+    a, b, x = (torch.randn(500, 2, generator=g) for _ in range(3))
+    score = shape_score(x + torch.tensor([1.0, 0.0]), a, b)
+    assert score["kind"] == "energy" and score["energy"]["value"] == pytest.approx(0.34, abs=0.08)
+    assert 0.003 < score["energy"]["floor"] < 0.02 and score["ratio"] > 10
+    assert score["energy"]["floor"] == pytest.approx(energy_distance(b, a) + 2 * 1.77 / 500, abs=0.002)

@@ -181,9 +181,10 @@ class Dataset:
         return self.to_data(self.train[index]).to(torch.float32)
 
     def require_test_rows(self, needed: int) -> Dataset:
-        """This data set, if finite data hold out at least ``needed`` test rows (a run's evaluation needs some);
+        """This data set, if finite data hold out at least ``needed`` test rows (a run's evaluation needs some)
+        or none at all (``test_fraction`` 0: the run is measured against ``reference=`` points or not at all);
         else a :class:`FlowmatchError` saying how many rows the data have and the fewest that would do."""
-        if not self.builtin and len(self.test) < needed:
+        if not self.builtin and 0 < len(self.test) < needed:  # none at all: test_fraction 0, measured with reference=
             raise FlowmatchError(too_few_rows(self, needed))
         return self
 
@@ -235,7 +236,7 @@ class Dataset:
         them back in their shape (``shape``), unstandardised unless ``standardize=True``.
 
         ``labels`` (N,) are class labels 0..K-1 (the model's ``y``); ``conditions`` (N, k) or (N,) are
-        float covariates (its ``c``).
+        float covariates (its ``c``). ``test_fraction`` 0 holds no row out: every row trains.
         """
         array = _as_rows(x, "data")
         shape = tuple(array.shape[1:]) if array.ndim > 2 else None
@@ -307,6 +308,7 @@ def load_dataset(
 
     Files and the bundled tables (``wine``, ``breast-cancer``): the rows are shuffled with ``seed``; round(test_fraction * N) of them, but at least 2 and at most
     ``n_test`` (and leaving at least 2 for training), become ``test`` (data coordinates) and the rest
+    (``test_fraction`` 0: none; every row trains, and an evaluation needs ``reference=``)
     ``train`` (model coordinates). ``standardize`` defaults to True and fits on the train rows only.
     A column that is constant on the train rows is held fixed at its value (:class:`Standardizer`'s
     ``fixed``: samples give it back exactly); a file whose rows are all one point is refused.
@@ -326,8 +328,7 @@ def load_dataset(
     n_test = check_count(n_test, "n_test")
     if n_test < 1:
         raise FlowmatchError("n_test must be at least 1")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise FlowmatchError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+    test_fraction = check_test_fraction(test_fraction)
     seed = check_seed(seed)
     if standardize is not None and not isinstance(standardize, bool):
         raise FlowmatchError(f"standardize must be True, False or None, got {standardize!r}")
@@ -388,8 +389,17 @@ def load_dataset(
 
 
 def _held_rows(n: int, test_fraction: float = 0.2, n_test: int = 4000) -> int:
-    """How many of a file's ``n`` rows :func:`load_dataset` holds out as its test split."""
+    """How many of a file's ``n`` rows :func:`load_dataset` holds out as its test split (none at ``test_fraction`` 0)."""
+    if test_fraction == 0:
+        return 0
     return min(max(2, round(test_fraction * n)), n_test, n - 2)
+
+
+def check_test_fraction(value: object) -> float:
+    """``test_fraction`` as a float in [0, 1): 0 holds nothing out (train on every row; evaluate with ``reference=``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise FlowmatchError(f"test_fraction must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def too_few_rows(dataset: Dataset, needed: int) -> str:
@@ -460,6 +470,19 @@ def _split_rows(name, array, labels, classes, n_test, test_fraction, seed, stand
 _ALL_BUILTINS = (*BUILTIN_NAMES, *TABLE_NAMES, "digits")
 
 
+REFERENCE_SEED_OFFSET = 4_000_037  # the order of reference rows given to an evaluation: seed + offset
+
+
+def shuffled_rows(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """The rows of ``x`` in a random order drawn with ``seed + REFERENCE_SEED_OFFSET``.
+
+    Rows a user gives for evaluation (``reference=``) may come sorted (by class, by time, by value); a
+    split of them into held-out sets and floors must not depend on that order, or a floor measures the
+    sort instead of the data (two halves of class-sorted rows hold different classes)."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed((int(seed) + REFERENCE_SEED_OFFSET) % 2**63))
+    return x[order]
+
+
 def _memory_mapped(name: str, n_test: int, test_fraction: float, seed: int, standardize: bool | None) -> Dataset:
     """A Dataset over a memory-mapped .npy: nothing but the test rows is read up front."""
     if not name.lower().endswith(".npy"):
@@ -482,7 +505,7 @@ def _memory_mapped(name: str, n_test: int, test_fraction: float, seed: int, stan
         if bad.any():
             raise FlowmatchError(f"{name}: NaN or infinite values (first in row {start + int(np.argmax(bad)) + 1})")
         check_float32_range(name, np.asarray(array[start : start + _MMAP_CHUNK], dtype=np.float64), start)
-    n_held = min(max(2, round(test_fraction * n)), n_test, n - 2)
+    n_held = _held_rows(n, test_fraction, n_test)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     train_rows = _MappedRows(array, order[n_held:])
     test = _MappedRows(array, order[:n_held])[torch.arange(n_held)]

@@ -300,8 +300,10 @@ def stratified_split(labels, test_fraction: float = 0.2, seed: int = 0) -> tuple
     (classes are visited in order 0, 1, ..., so the split is a function of labels and seed only).
     """
     labels = np.asarray(labels)
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise FlowmatchError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 <= test_fraction < 1:
+        raise FlowmatchError(f"test_fraction must be a number in [0, 1), got {test_fraction!r}")
+    if test_fraction == 0:  # nothing held out: every image trains
+        return np.arange(len(labels)), np.empty(0, dtype=np.int64)
     g = torch.Generator().manual_seed(seed)
     test = []
     for k in np.unique(labels):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable
 
@@ -226,6 +227,52 @@ def sample_builtin(name: str, n: int, generator: torch.Generator | int | None = 
     if not labels:
         return x
     return x, (k if BUILTIN_CLASSES[name] else None)
+
+
+COMPONENT_DRAW = 20_000  # labelled points behind the nearest-neighbour component rule (seed COMPONENT_SEED)
+
+
+COMPONENT_SEED = 5_000_011
+
+
+def components(name: str, x) -> torch.Tensor | None:
+    """The component (mixture mode, square, moon, circle, ring or spiral arm) each point of ``x`` (n, 2)
+    belongs to, as int64 labels 0..BUILTIN_CLASSES[name] - 1; None for a set without components (swissroll).
+
+    Any point gets a label, on the support or not, so that a generator's off-support points count
+    against the mode they fall nearest to:
+
+    - the Gaussian mixtures: the component of highest posterior probability (equal weights and widths:
+      the nearest mean);
+    - checkerboard: the nearest of the 8 squares' centres (inside a square: that square);
+    - the others: the class of the nearest of :data:`COMPONENT_DRAW` labelled points drawn with a fixed
+      seed (moons, circles, rings and spirals are separated by gaps several noise widths wide, so the
+      rule mislabels almost no point drawn from the set itself).
+    """
+    if name not in _BUILTINS:
+        raise FlowmatchError(f"unknown built-in data set {name!r}")
+    if not BUILTIN_CLASSES[name]:
+        return None
+    x = torch.as_tensor(x, dtype=torch.float64).reshape(-1, 2)
+    if name in GAUSSIAN_MIXTURES:
+        centres = GAUSSIAN_MIXTURES[name].means
+    elif name == "checkerboard":
+        cells = [(i, j) for j in range(4) for i in range(4) if (i + j) % 2 == 0]  # (column, row) of the 8 squares
+        order = sorted(cells, key=lambda c: (c[1], c[0]))
+        centres = torch.tensor([[2.0 * i - 3.0, 2.0 * j - 3.0] for i, j in order], dtype=torch.float64)
+    else:
+        reference, labels = _labelled_draw(name)
+        nearest = torch.cat([torch.cdist(block, reference).argmin(dim=1) for block in x.split(4096)]) if len(x) else x.new_zeros(0).long()
+        return labels[nearest]
+    if not len(x):
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cdist(x, centres).argmin(dim=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _labelled_draw(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, k = sample_builtin(name, COMPONENT_DRAW, COMPONENT_SEED, labels=True)
+    return x.double(), k
 
 
 def _equal_mixture(means: list[list[float]], std: float) -> GaussianMixture:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from flowmatch.data.dataset import shuffled_rows
 from flowmatch.data.manifolds import ENTROPY, HELD_SEED, ManifoldRunData, PointSet, load_run_data
 from flowmatch.errors import FlowmatchError
 from flowmatch.evaluation.geodesic import format_manifold_report, manifold_report
@@ -60,12 +61,13 @@ def run_data(flow: RiemannianFlow) -> ManifoldRunData:
     return load_run_data(SimpleNamespace(**flow.config))
 
 
-def reference_data(flow: RiemannianFlow, reference, train) -> ManifoldRunData:
-    """Held-out points (``reference``) and training points (``train``) of one's own as a run's data."""
+def reference_data(flow: RiemannianFlow, reference, train, seed: int = 0) -> ManifoldRunData:
+    """Held-out points (``reference``, shuffled with ``seed`` before it is cut into held-out sets) and
+    training points (``train``) of one's own as a run's data."""
     if train is None:
         raise FlowmatchError("a manifold flow scored against reference= points needs the points it trained on too (train=)")
     manifold = flow.data_manifold
-    test = manifold.check(torch.as_tensor(reference), "reference").to(torch.float32)
+    test = shuffled_rows(manifold.check(torch.as_tensor(reference), "reference").to(torch.float32), seed)
     points = manifold.check(torch.as_tensor(train), "train").to(torch.float32)
     return ManifoldRunData("reference", PointSet("reference", manifold, test.double(), "reference"), manifold, train=points, test=test)
 

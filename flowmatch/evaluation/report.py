@@ -45,9 +45,10 @@ import numpy as np
 import torch
 
 from flowmatch.data import toy as data_module
+from flowmatch.data.dataset import shuffled_rows
 from flowmatch.errors import FlowmatchError
 from flowmatch.evaluation.memorisation import memorisation, memorisation_warning
-from flowmatch.evaluation.metrics import MAX_EXACT_W2, mmd, mmd_bandwidths, quality, w2_exact
+from flowmatch.evaluation.metrics import MAX_EXACT_W2, median_shape, mmd, mmd_bandwidths, quality, shape_score, w2_exact
 from flowmatch.likelihood import summarize
 from flowmatch.plots import PICTURES
 from flowmatch.solvers.tableaus import TABLEAUS
@@ -97,12 +98,13 @@ def held_out(flow, n: int, n_likelihood: int, seed: int = 0, reference=None) -> 
     and their floors, and the points whose likelihood is measured.
 
     Built-in sets: three fresh draws (n, n, n_likelihood) with seeds seed + 7,000,003 + {0, 1, 2}.
-    Data files: the held-out rows, halves of min(n, rows / 2) each; ``scored`` is the first
-    ``n_likelihood`` held-out rows. ``reference`` (held-out points of your own, (N, D)) takes their place.
+    Data files: the held-out rows (shuffled when the file was split), halves of min(n, rows / 2) each;
+    ``scored`` is the first ``n_likelihood`` held-out rows. ``reference`` (held-out points of your own,
+    (N, D)) takes their place, shuffled first with ``seed`` (:func:`~flowmatch.data.dataset.shuffled_rows`).
     """
     name = flow.config.get("data")
     if reference is not None:
-        test = points_of(reference, flow.dim, "reference")
+        test = shuffled_rows(points_of(reference, flow.dim, "reference"), seed)
     elif is_builtin(flow):
         base = seed + _HELD_SEED
         draw = data_module.sample_builtin
@@ -112,6 +114,8 @@ def held_out(flow, n: int, n_likelihood: int, seed: int = 0, reference=None) -> 
     else:
         test = flow.dataset.test
     m = min(n, len(test) // 2)
+    if not len(test):
+        raise FlowmatchError("this run held no rows out (test_fraction 0): pass reference= (held-out points in data coordinates)")
     if m < 2:
         raise FlowmatchError(f"the held-out set has {len(test)} rows; need at least 4 to evaluate")
     return test[:m], test[m : 2 * m], test[:n_likelihood]
@@ -141,6 +145,75 @@ def _bounds(points: torch.Tensor, pad: float = 0.12) -> tuple[float, float, floa
 
 
 # -- pieces of the report --------------------------------------------------------------------------
+SHAPE_SETS = {"quick": 3, "full": 5}  # sample sets of the shape score, each against its own held-out draws
+
+
+SHAPE_POINTS = {"quick": 1000, "full": 2000}  # points per sample set (and per held-out draw), at most
+
+
+MIN_SHAPE_POINTS = 50  # finite data: fewer sets rather than sets of fewer points than this
+
+
+def shape_report(flow, *, n: int, sets: int, seed: int = 0, solver=None, nfe=None, atol=1e-5, rtol=1e-5, reference=None, progress=False):
+    """The shape score (:func:`~flowmatch.evaluation.metrics.shape_score`), median over ``sets`` sample
+    sets of ``n`` points, each against its own two held-out draws.
+
+    Built-in sets draw fresh held-out points (seeds seed + 7,000,003 + 10 + 2s and + 11 + 2s for set s)
+    and score by components where the set has them (:func:`~flowmatch.data.toy.components`; the weights
+    are equal); data files and ``reference`` points (shuffled with the seed) are cut into 2 x ``sets``
+    blocks of the same size and scored by the energy distance, with fewer sets where the held-out rows
+    are too few for blocks of :data:`MIN_SHAPE_POINTS`. Generated points come from one call seeded
+    seed + 2. Returns :func:`~flowmatch.evaluation.metrics.median_shape`'s dict plus ``sampler``.
+    """
+    name = flow.config.get("data")
+    held: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if reference is None and is_builtin(flow):
+        base = seed + _HELD_SEED + 10
+        held = [
+            (data_module.sample_builtin(name, n, base + 2 * k), data_module.sample_builtin(name, n, base + 2 * k + 1)) for k in range(sets)
+        ]
+    else:
+        if reference is not None:
+            test = shuffled_rows(points_of(reference, flow.dim, "reference"), seed)
+        elif name is None or flow._dataset is None and name == "python":
+            raise FlowmatchError("this flow names no data set to evaluate against: pass reference= (held-out points in data coordinates)")
+        else:
+            test = flow.dataset.test
+        m = min(n, len(test) // (2 * sets))
+        if m < MIN_SHAPE_POINTS:
+            sets, m = 1, min(n, len(test) // 2)
+        if m < 2:
+            raise FlowmatchError(f"the held-out set has {len(test)} rows; need at least 4 to evaluate")
+        held = [(test[2 * k * m : (2 * k + 1) * m], test[(2 * k + 1) * m : (2 * k + 2) * m]) for k in range(sets)]
+    m = len(held[0][0])
+    gen = flow.generate(sets * m, solver=solver, nfe=nfe, atol=atol, rtol=rtol, seed=seed + 2, progress=progress)
+    x = gen.x.reshape(sets * m, -1)
+    scores = []
+    classes = data_module.BUILTIN_CLASSES.get(name, 0) if reference is None and is_builtin(flow) else 0
+    for k, (a, b) in enumerate(held):
+        xk = x[k * m : (k + 1) * m]
+        if classes:
+            labels = [data_module.components(name, v) for v in (xk, a, b)]
+            scores.append(shape_score(xk, a, b, labels=labels, weights=np.full(classes, 1.0 / classes), seed=seed + k))
+        else:
+            scores.append(shape_score(xk, a, b, seed=seed + k))
+    return {**median_shape(scores), "sampler": {"solver": solver, "nfe": nfe, "nfe_used": gen.nfe}}
+
+
+def format_shape(shape: dict[str, Any]) -> str:
+    """One phrase for a shape score: the within-mode figure and the shares, or the energy distance."""
+    if shape["kind"] == "modes":
+        missing = f", modes missing {shape['missing']}" if shape.get("missing") else ""
+        return (
+            f"shape {shape['ratio']:.2f}x floor within modes (W2 {shape['within']['value']:.3f} vs {shape['within']['floor']:.3f}), "
+            f"mode shares TV {shape['shares']['value']:.3f} (floor {shape['shares']['floor']:.3f}){missing}, median of {shape['sets']} sets"
+        )
+    return (
+        f"shape {shape['ratio']:.2f}x floor (energy distance {shape['energy']['value']:.4g} vs {shape['energy']['floor']:.4g}), "
+        f"median of {shape['sets']} sets"
+    )
+
+
 def likelihood_report(flow, points, *, solver="dopri5", nfe=100, atol=1e-5, rtol=1e-5, divergence="auto", probes=1, seed=0, progress=False):
     """({NLL summary and how it was computed}, per-point log q) for held-out ``points`` (data coordinates)."""
     from flowmatch.likelihood import flow_log_prob
@@ -451,6 +524,11 @@ def evaluate(
     gen = flow.generate(len(held_a), solver=solver, nfe=nfe, atol=atol, rtol=rtol, seed=seed + 1, progress=progress)
     report["sampler"]["nfe_used"] = gen.nfe
     report["quality"] = {"n": len(held_a), **quality(gen.x, held_a, held_b, seed=seed, n_projections=200 if quick else 500)}
+    level = "quick" if quick else "full"
+    report["quality"]["shape"] = shape_report(
+        flow, n=min(n, SHAPE_POINTS[level]), sets=SHAPE_SETS[level], seed=seed, solver=solver, nfe=nfe, atol=atol, rtol=rtol,
+        reference=reference, progress=progress,
+    )  # fmt: skip
     report["quality"]["seconds"] = time.perf_counter() - t
 
     if flow.config.get("source", "gaussian") == "gaussian":
@@ -557,9 +635,11 @@ def check_options(
 
 
 def summary_line(report: dict[str, Any]) -> str:
-    """One line for the end of ``flowmatch train``: W2 and its floor, NLL, and KL where known."""
+    """One line for the end of ``flowmatch train``: the shape score, W2 and its floor, NLL, and KL where known."""
     q = report["quality"]
     parts = []
+    if "shape" in q:
+        parts.append(format_shape(q["shape"]))
     if "w2" in q:
         parts.append(f"W2 {q['w2']['value']:.4f} (floor {q['w2']['floor']:.4f})")
     lik = report.get("likelihood", {})
@@ -595,7 +675,14 @@ def format_report(report: dict[str, Any]) -> str:
     head = (
         f"{report['data']} (D = {report['dim']}): {q['n']} samples ({sampler['solver']}, NFE {sampler['nfe_used']}) against held-out data"
     )
-    lines = [head, f"{'metric':<22}{'model':>12}{'floor':>12}"]
+    lines = [head]
+    shape = q.get("shape")
+    if shape is not None:  # the headline: a figure a wrong shape cannot pass (metrics.shape_score)
+        lines.append(f"{format_shape(shape)} of {shape['n']} points")
+        if shape["kind"] == "modes":
+            lines.append(f"{'shape within modes':<22}{shape['within']['value']:>12.4g}{shape['within']['floor']:>12.4g}")
+            lines.append(f"{'mode shares TV':<22}{shape['shares']['value']:>12.4g}{shape['shares']['floor']:>12.4g}")
+    lines.append(f"{'metric':<22}{'model':>12}{'floor':>12}")
     labels = {
         "w2": "W2 (exact)",
         "sliced_w2": "sliced W2",

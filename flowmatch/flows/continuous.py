@@ -27,8 +27,9 @@ from flowmatch.paths.affine import AffinePath
 from flowmatch.solvers.grids import time_grid
 from flowmatch.solvers.integration import integrate, require_finite
 
-#: Precisions the sampler's network can run in (the state and the solver stay float32).
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: Precisions the sampler's network can run in (the state and the solver stay float32); ``auto`` is the one the
+#: run trained in, as its config records it (:func:`flowmatch.saving.recorded_precision`).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
 
 
 #: Rows per network call when sampling on the CPU with ``batch_size=None``: a chunk's hidden
@@ -294,6 +295,8 @@ class Flow:
         (its matrix products in bfloat16, elementwise work such as the time embedding in float32)
         and casts each velocity back to float32: the state and the solver's sums stay float32.
         It cannot be combined with ``with_log_prob`` (the divergence integral needs float32).
+        ``precision="auto"`` samples in the precision the run trained in, as its config records it (a run's
+        ``auto`` as decided when it started: :func:`flowmatch.saving.recorded_precision`); the default is fp32.
 
         ``batch_size`` is the number of rows per network call (the solver still steps the whole
         batch at once, so results equal one big call up to float rounding); None means
@@ -316,6 +319,10 @@ class Flow:
         Euler-Maruyama with diffusion g_t^2 = noise sigma_t, ``nfe`` steps on the uniform grid; the
         N(0, I) source and a Gaussian path); ``noise = 0`` is the ODE.
         """
+        if precision == "auto":
+            from flowmatch.saving import recorded_precision
+
+            precision = recorded_precision(self.config)
         _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, seed)
         if noise:
             self._check_sde(noise, solver, grid, schedule, with_log_prob)
@@ -610,6 +617,7 @@ def dataset_from_config(config: dict[str, Any], min_test_rows: int = 0) -> Datas
         label_column=config.get("label_column") or None,
         mmap=_TRI_STATE[config.get("mmap", "auto")],
         condition_columns=config.get("condition_columns") or None,
+        test_fraction=config.get("test_fraction", 0.2),
     ).require_test_rows(min_test_rows)
     if config.get("pairs"):  # reflow and distillation train on a teacher's pairs: nothing to validate against
         return dataset

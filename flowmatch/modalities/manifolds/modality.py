@@ -334,7 +334,7 @@ class Manifolds(Modality):
         options = dict(options)
         options.pop("progress", None)
         reference, train = options.pop("reference", None), options.pop("train", None)
-        data = reference_data(flow, reference, train) if reference is not None else None
+        data = reference_data(flow, reference, train, options.get("seed", 0)) if reference is not None else None
         divergence = options.pop("divergence", "auto")
         probes = options.pop("probes", 1)
         if divergence not in ("auto", "exact", "hutchinson"):

@@ -5,7 +5,9 @@
 - ``model``: any ``torch.nn.Module`` called as ``model(x, t, **condition)``;
 - ``data``: a tensor or array (N, ...) (or a mapping ``{"x": rows, "labels": ..., "conditions": ...}``),
   split and standardised as a data file is; or a torch ``Dataset``, a ``DataLoader`` or any iterable of
-  batches, streamed (:mod:`flowmatch.data.streams`);
+  batches, streamed (:mod:`flowmatch.data.streams`) and standardised from its first batches
+  (:func:`~flowmatch.data.streams.estimate_standardizer`; ``standardize`` as for rows: auto standardises
+  flat rows, not images);
 - ``path``: an :class:`~flowmatch.paths.affine.AffinePath` or a Schedule (a ``CustomSchedule`` too);
 - ``source``: the rows of a tensor, a sampler ``fn(n, generator)``, or a data set's name.
 
@@ -24,7 +26,7 @@ import torch
 
 from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
-from flowmatch.data.streams import Stream, is_stream
+from flowmatch.data.streams import Stream, estimate_standardizer, is_stream
 from flowmatch.engine.seam import Objects
 from flowmatch.errors import FlowmatchError
 from flowmatch.paths.affine import AffinePath, make_path
@@ -57,9 +59,13 @@ def training_data(
     start_step: int = 0,
     stream_state: dict[str, Any] | None = None,
     min_test_rows: int = 0,
+    resumed_flow: dict[str, Any] | None = None,
+    device: torch.device | None = None,
 ) -> TrainingData:
     """Resolve the data: a name or file (as the config says), an array, or a stream. Finite data must hold out
-    at least ``min_test_rows`` test rows (:meth:`Dataset.require_test_rows`)."""
+    at least ``min_test_rows`` test rows (:meth:`Dataset.require_test_rows`). A stream's standardiser is
+    estimated from its first batches, or for a resumed run (``resumed_flow``: the checkpoint's flow
+    metadata) the one it started with; under torchrun the processes pool their batches (over ``device``)."""
     from flowmatch.engine.schedules import batch_size_at
     from flowmatch.flows.continuous import dataset_from_config
 
@@ -67,16 +73,19 @@ def training_data(
     if data is not None and is_stream(data):
         if config.pairs:
             raise FlowmatchError("a pairs file replaces the data: do not pass data= with pairs")
+        if config.test_fraction != 0.2:
+            raise FlowmatchError("test_fraction applies to data files and arrays; a stream holds no rows out (measure with reference=)")
         stream = Stream(
             data, size_at=lambda step: batch_size_at(config, step), seed=config.seed, world=world, rank=rank,
             start_step=start_step, workers=config.workers, state=stream_state,
         )  # fmt: skip
         x, condition = stream.peek()
         dim = math.prod(x.shape[1:])
+        shape = tuple(x.shape[1:]) if x.ndim > 2 else None
         return TrainingData(
-            dataset=None, stream=stream, dim=dim, shape=tuple(x.shape[1:]) if x.ndim > 2 else None,
-            standardizer=Standardizer.identity(dim), conditions=_stream_conditions(condition, objects.model),
-            n_train=stream.n_rows,
+            dataset=None, stream=stream, dim=dim, shape=shape,
+            standardizer=_stream_standardizer(stream, config, dim, shape, resumed_flow, world, device),
+            conditions=_stream_conditions(condition, objects.model), n_train=stream.n_rows,
         )  # fmt: skip
     if data is not None:
         dataset = _array_dataset(data, config).require_test_rows(min_test_rows).hold_out_validation(config.val_fraction, config.seed)
@@ -105,8 +114,44 @@ def _array_dataset(data: Any, config: Any) -> Dataset:
         raise FlowmatchError(f"data given as a mapping takes keys x, labels and conditions; got {', '.join(map(str, parts))}")
     return Dataset.from_array(
         parts["x"], labels=parts.get("labels"), conditions=parts.get("conditions"),
-        standardize=standardize_option(config.standardize), seed=config.seed,
+        standardize=standardize_option(config.standardize), seed=config.seed, test_fraction=config.test_fraction,
     )  # fmt: skip
+
+
+def _stream_standardizer(
+    stream: Stream,
+    config: Any,
+    dim: int,
+    shape: tuple[int, ...] | None,
+    resumed: dict[str, Any] | None,
+    world: int,
+    device: torch.device | None,
+) -> Standardizer:
+    """A stream's standardiser: a resumed run's own (checkpoint.json's, whatever it was); none with ``standardize``
+    no, or auto on rows with a shape (images, as for rows given as a tensor); else the estimate from the first
+    batches (:func:`~flowmatch.data.streams.estimate_standardizer`)."""
+    if resumed is not None and "standardizer" in resumed:
+        saved = Standardizer.from_dict(resumed["standardizer"])
+        if saved.dim != dim:
+            raise FlowmatchError(f"the checkpoint's standardiser has {saved.dim} columns, the stream's rows {dim}")
+        return saved
+    if config.standardize == "no" or (config.standardize == "auto" and shape is not None):
+        return Standardizer.identity(dim)
+    return estimate_standardizer(stream, _sum_over_processes(device) if world > 1 else None)
+
+
+def _sum_over_processes(device: torch.device | None):
+    """A tensor summed over torchrun's processes (on ``device``: NCCL reduces GPU tensors), back on the CPU."""
+    import torch.distributed as dist
+
+    def reduce_sum(value: torch.Tensor) -> torch.Tensor:
+        if not dist.is_initialized():
+            return value
+        value = value.to(device) if device is not None else value
+        dist.all_reduce(value)
+        return value.cpu()
+
+    return reduce_sum
 
 
 def _stream_conditions(condition: dict[str, torch.Tensor], model: torch.nn.Module | None) -> dict[str, dict[str, int]]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowmatch.data.sources import declared_mixture
 from flowmatch.engine.options import resolve_target
 from flowmatch.engine.seam import Context, Modality, Objects, Task
 from flowmatch.errors import FlowmatchError
@@ -36,18 +37,24 @@ from flowmatch.modalities.points.pairs import PairSampler
 from flowmatch.modalities.points.validation import ValidationSet
 from flowmatch.storage import atomic_file
 
+#: precision auto's probe batch is drawn with a generator seeded seed + this (not the run's own generator).
+PROBE_SEED = 7_919
+
 
 class PointsTask(Task):
     def __init__(self, config: Any, objects: Objects, context: Context):
         self.config, self.objects = config, objects
         inputs = training_data(
             config, objects, world=context.world, rank=context.rank, start_step=context.start_step,
-            stream_state=context.stream_state, min_test_rows=context.min_test_rows,
+            stream_state=context.stream_state, min_test_rows=context.min_test_rows, resumed_flow=context.resumed_flow,
+            device=context.device,
         )  # fmt: skip
         self.inputs = inputs
         self.data = inputs.dataset  # None for a stream
         self.source = resolve_source(config, objects, inputs.dim)
-        self.pairs = PairSampler(config, inputs.source_of_batches, self.source, inputs.conditions)
+        self.pairs = PairSampler(
+            config, inputs.source_of_batches, self.source, inputs.conditions, inputs.standardizer if inputs.stream is not None else None
+        )
         self.path = resolve_path(config, objects)
         self.shaped = partial(on_flat_rows, shape=inputs.shape)  # the model on flat rows, in the data's own row shape
         dataset = inputs.dataset
@@ -57,8 +64,9 @@ class PointsTask(Task):
         self.n_train = inputs.n_train
         self.finite = dataset is not None and dataset.n_train is not None
         self.positions = _positions(inputs.shape)
-        self.target = _target(config, inputs)
-        self.source_mixture = None if self.source is None else self.source.gaussian_mixture  # the posterior's source density
+        # the posterior's source density: a named mixture's, or the one a source given in Python declares
+        self.source_mixture = None if self.source is None else declared_mixture(self.source, inputs.dim)
+        self.target = _target(config, inputs, undeclared=config.source == "python" and self.source_mixture is None)
         if self.target == "posterior" and self.source is not None and self.source_mixture is None:
             raise FlowmatchError(f"target posterior: source '{config.source}' has no isotropic Gaussian-mixture density here")
 
@@ -83,6 +91,32 @@ class PointsTask(Task):
             config=self.config.to_dict(), shape=inputs.shape, conditions=inputs.conditions,
         )  # fmt: skip
 
+    def speed_probe(self, model: torch.nn.Module, device: torch.device):
+        """The model on a batch like a training batch: the stream's first (not consumed) or ``batch_size`` rows
+        drawn from the data set with a generator of its own, at stratified times, with the batch's conditions
+        (and r = t for a MeanFlow model); the loss is the mean square of the output."""
+        from flowmatch.losses import sample_times
+
+        config = self.config
+        generator = torch.Generator().manual_seed(config.seed + PROBE_SEED)
+        if self.stream is not None:
+            x, condition = self.stream.peek()
+            x1 = self.inputs.standardizer.forward(x.reshape(len(x), -1).to(torch.float32))
+        else:
+            x1, y, c = self.inputs.dataset.draw(config.batch_size, generator)  # type: ignore[union-attr]
+            condition = {"y": y} if y is not None and config.conditional else {}
+            if c is not None:
+                condition["c"] = c
+        x1 = x1.to(torch.float32)
+        t = sample_times(len(x1), generator, strata=config.time_strata)
+        x_t = ((1 - t)[:, None] * torch.randn(x1.shape, generator=generator) + t[:, None] * x1).to(device)
+        t = t.to(device)
+        given = {k: v.to(device) for k, v in condition.items()}
+        if config.objective == "meanflow":
+            given["r"] = t
+        net = self.shaped(model)
+        return lambda: net(x_t, t, **given).float().square().mean()
+
     def objective(self, net, model, *, device, world, rank, autocast):
         config, inputs = self.config, self.inputs
         self.step_loss = Objective(
@@ -103,7 +137,7 @@ class PointsTask(Task):
             save_source_rows(self.source, folder)
 
     def progress_picture(self, flow: Flow, folder: Path, step: int) -> None:
-        if self.inputs.dataset is None:
+        if self.inputs.dataset is None or not len(self.inputs.dataset.test):
             return
         from flowmatch.plots.figures import plot_samples
 
@@ -118,10 +152,19 @@ def _positions(shape) -> int:
     return positions_of(shape)
 
 
-def _target(config: Any, inputs: TrainingData) -> str:
+def _target(config: Any, inputs: TrainingData, undeclared: bool = False) -> str:
     """:func:`resolve_target`, and the conditional target where conditions other than class labels
-    (which the posterior cannot average over) or a stream's labels come with the data."""
+    (which the posterior cannot average over) or a stream's labels come with the data, or where the source
+    given in Python declares no Gaussian mixture (``undeclared``; :mod:`flowmatch.data.sources`)."""
     target = resolve_target(config, inputs.n_train)
+    if target == "posterior" and undeclared:
+        if config.target == "posterior":
+            raise FlowmatchError(
+                "target posterior needs the source's density, and the source given in Python declares none: give the "
+                "callable (or the object) a gaussian_mixture attribute, a flowmatch.densities.GaussianMixture of the law "
+                "it draws from, or train with target conditional"
+            )
+        return "conditional"
     if target == "posterior" and (set(inputs.conditions) - {"y"} or (inputs.stream is not None and inputs.conditions)):
         if config.target == "posterior":
             raise FlowmatchError(
@@ -191,7 +234,7 @@ class Points(Modality):
         {
             "path", "sigma_min", "bridge_sigma", "coupling", "ot_reg", "pairs", "distill_nfe", "meanflow_equal_share",
             "meanflow_power", "meanflow_guidance", "meanflow_guidance_mix", "loss_weight", "channels", "channel_mult",
-            "num_res_blocks", "attention", "standardize", "workers", "mmap",
+            "num_res_blocks", "attention", "standardize", "workers", "mmap", "test_fraction",
         }
     )  # fmt: skip
     unsupported = {
@@ -237,14 +280,17 @@ class Points(Modality):
 
     # -- a finished run ---------------------------------------------------------------------------
     def finish(self, result, folder: Path | None, *, evaluate: bool, reference: Any, n_eval: int) -> dict[str, Any]:
-        """Exact W2 of ``n_eval`` samples against held-out points beside its floor, samples.png, the quick
+        """The shape score (``shape``: :func:`~flowmatch.evaluation.report.shape_report`, three sample sets),
+        exact W2 of ``n_eval`` samples against held-out points beside its floor, samples.png, the quick
         evaluation (report.json) and the memorisation figures of finite data."""
         from flowmatch.plots.figures import plot_samples
 
         flow, config = result.flow, result.config
         if reference is None and flow._dataset is None:  # streamed data: nothing held out to measure against
             return {"w2": None, "note": "no held-out data: pass reference= to measure the samples"}
-        test = flow.dataset.test if reference is None else _reference_points(reference, flow.dim)
+        if reference is None and not flow.dataset.builtin and not len(flow.dataset.test):  # test_fraction 0
+            return {"w2": None, "note": "test_fraction 0: every row trained; pass reference= to measure the samples"}
+        test = flow.dataset.test if reference is None else _reference_points(reference, flow.dim, config.seed)
         samples, held, metrics = _measure(flow, config, test, n_eval)
         report = None
         if folder is not None:
@@ -273,12 +319,24 @@ class Points(Modality):
             metrics["memorisation"] = memo
         if report is not None:
             metrics["report"] = report
+            metrics["shape"] = report["quality"]["shape"]
+        else:  # the headline a wrong shape cannot pass (the quick evaluation's, where it ran)
+            from flowmatch.evaluation.report import SHAPE_POINTS, SHAPE_SETS, shape_report
+
+            metrics["shape"] = shape_report(
+                flow, n=min(n_eval, SHAPE_POINTS["quick"]), sets=SHAPE_SETS["quick"], seed=config.seed, reference=reference
+            )
         return metrics
 
     def summary(self, metrics: dict[str, Any]) -> str:
         if metrics.get("w2") is None:
-            return "no held-out data to measure against"
-        return f"W2 {metrics['w2']:.4f} (floor {metrics['w2_floor']:.4f}, ratio {metrics['w2_ratio']:.2f})"
+            return metrics.get("note") or "no held-out data to measure against"
+        line = f"W2 {metrics['w2']:.4f} (floor {metrics['w2_floor']:.4f}, ratio {metrics['w2_ratio']:.2f})"
+        if metrics.get("shape"):
+            from flowmatch.evaluation.report import format_shape
+
+            line = f"{format_shape(metrics['shape'])}; {line}"
+        return line
 
     def report_line(self, report: dict[str, Any]) -> str:
         from flowmatch.evaluation.report import summary_line
@@ -407,13 +465,15 @@ def _measure(flow: Flow, config: Any, test: torch.Tensor, n_eval: int) -> tuple[
     return samples, held_a, metrics
 
 
-def _reference_points(reference: Any, dim: int) -> torch.Tensor:
+def _reference_points(reference: Any, dim: int, seed: int) -> torch.Tensor:
+    """The user's held-out points, checked and shuffled with ``seed`` (their given order never sets a split)."""
+    from flowmatch.data.dataset import shuffled_rows
     from flowmatch.evaluation.report import points_of
 
     points = points_of(reference, dim, "reference")
     if len(points) < 4:
         raise FlowmatchError(f"reference must hold at least 4 points, got {len(points)}")
-    return points
+    return shuffled_rows(points, seed)
 
 
 def rows_for_threads(n: int | None) -> int:

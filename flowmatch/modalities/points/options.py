@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from flowmatch.data.toy import BUILTIN_NAMES
 from flowmatch.engine.options import option
 from flowmatch.errors import FlowmatchError
 from flowmatch.paths.affine import PATHS
@@ -28,7 +29,10 @@ class PointOptions:
         0.75, "objective meanflow: share of rows trained with r = t (plain flow matching; the rest on intervals r < t)", low=0.0, high=1.0
     )
     meanflow_power: float = option(
-        1.0, "objective meanflow: power p of the adaptive loss weight 1 / (error + 1e-3)^p (0 = the plain mean square)", low=0.0
+        0.5,
+        "objective meanflow: power p of the adaptive loss weight 1 / (error + 1e-3)^p (0 = the plain mean square; the paper's 1 did "
+        "worse than 0.5 on the 2-D sets, bench/results/fewstep.md)",
+        low=0.0,
     )
     meanflow_guidance: float = option(
         1.0, "objective meanflow, conditional: guidance weight omega folded into the target (1 = none); samples guided in one call"
@@ -39,9 +43,15 @@ class PointOptions:
     channel_mult: str = option("1,2", "channel multiplier per resolution, comma separated (unet)")
     num_res_blocks: int = option(1, "residual blocks per resolution (unet)", low=1)
     attention: bool = option(False, "self-attention at the lowest resolution (unet)")
-    standardize: str = option("auto", "standardise data (auto: files yes, built-ins and images no)", choices=("auto", "yes", "no"))
+    standardize: str = option(
+        "auto", "standardise data (auto: files, rows and streams yes, a stream from its first batches; built-ins and images no)",
+        choices=("auto", "yes", "no"),
+    )  # fmt: skip
     workers: int = option(0, "DataLoader worker processes reading a torch Dataset given to train()", low=0)
     mmap: str = option("auto", "memory-map a .npy file (auto: files over 1 GiB)", choices=("auto", "yes", "no"))
+    test_fraction: float = option(
+        0.2, "share of a file's or array's rows held out for evaluation (0: every row trains; evaluate with reference=)", low=0.0, high=0.99
+    )
 
     def check_fields(self, source: str) -> None:
         config: Any = self
@@ -55,6 +65,10 @@ class PointOptions:
             config.objective == "meanflow" and (config.conditional or config.condition_columns)
         ):
             raise FlowmatchError(f"{source}: meanflow_guidance and meanflow_guidance_mix need objective meanflow and conditional")
+        if self.test_fraction != 0.2 and config.data in BUILTIN_NAMES:
+            raise FlowmatchError(
+                f"{source}: test_fraction applies to data files and arrays; the built-in set '{config.data}' draws fresh held-out points"
+            )
         if config.objective == "distill" and not self.pairs:
             raise FlowmatchError(f"{source}: objective distill needs teacher pairs (use 'flowmatch distill')")
 
