@@ -4,7 +4,11 @@ train_speed, peers (four tasks, three seeds, two processes: about 50 minutes on 
 fewstep, sde (the SDE sampler against the ODE, about 6 minutes), and memorisation (seed 0: flowmatch before and after issue 17's defaults and ForestFlow on
 the finite sets, about 40 minutes), tables (mixed-type tables against ForestFlow), text (the built-in
 corpus), manifolds (Riemannian flow matching against Meta's flow_matching and the Euclidean flow,
-about 17 minutes) and conditions (class-conditional tables and text, about 5 minutes); each prints its Markdown table and writes its results under ``bench/results/``. Everything
+about 17 minutes), conditions (class-conditional tables and text, about 5 minutes), defaults (flowmatch's
+defaults on user-like data: scales, files, sorted and shuffled streams, row counts, callable sources,
+small batches; about 25 minutes) and peer_examples (the peers' own example workflows beside flowmatch,
+seed 0 here; one (example, seed) took 10 to 25 minutes on 2 shared cores, so its three-seed run,
+``python -m bench.peer_examples``, is hours); each prints its Markdown table and writes its results under ``bench/results/``. Everything
 runs on one thread per process (OMP_NUM_THREADS=1). fewstep runs with one seed here (its full
 three-seed run is about 40 minutes on its own: ``python -m bench.fewstep``); ``--quick`` runs the
 peers on two-gaussians with one seed. Not here: ``python -m bench.fewstep_digits`` (MeanFlow on
@@ -28,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma separated subset of train_speed,peers,throughput,fewstep,sde,memorisation,tables,text,manifolds,conditions",
+        help="comma separated subset of train_speed,peers,throughput,fewstep,sde,memorisation,tables,text,manifolds,conditions,defaults,"
+        "peer_examples",
     )
     args = parser.parse_args(argv)
     only = set(filter(None, args.only.split(",")))
@@ -69,6 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     from bench import conditions
 
     stage("conditions", lambda: conditions.main([]))  # class-conditional tables and text: about 5 minutes
+    from bench import defaults
+
+    stage("defaults", lambda: defaults.main([]))  # the defaults on user-like data: about 25 minutes
+    from bench import peer_examples
+
+    # the peers' own examples; its full run (three seeds) is python -m bench.peer_examples, seed 0 keeps its own files
+    stage("peer_examples", lambda: peer_examples.main(["--seeds", "0", "--out", "peer_examples-seed0"]))
     print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
 
 

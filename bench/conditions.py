@@ -24,18 +24,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 import flowmatch
+from bench import write_results
 
-RESULTS = Path(__file__).parent / "results"
 CODE_MODULES = (
     "argparse", "ast", "base64", "calendar", "collections", "configparser", "csv", "dataclasses", "difflib", "email.message",
     "enum", "fractions", "functools", "gettext", "heapq", "inspect", "ipaddress", "json.decoder", "logging", "pathlib",
@@ -201,10 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         "tables": [run_table(label, args.seed) for label in ("time", "day")],
         "text": run_text(args.steps, args.seed),
     }  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.out}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

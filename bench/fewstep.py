@@ -397,3 +397,38 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def rescore(root: str, seed: int = 0) -> str:
+    """Score the kept run folders (``--keep ROOT``) of one seed again, W2 / floor beside the shape score, at
+    one and two steps (Euler; MeanFlow: its own jumps; a student at its own NFE) and rk4 NFE 100: a
+    Markdown table. ``python -c "from bench.fewstep import rescore; print(rescore('ROOT'))"``."""
+    from flowmatch.runs import load
+
+    lines = []
+    for task, options in TASKS.items():
+        folder = Path(root) / f"{task.replace(' -> ', '-to-')}-{seed}"
+        if not folder.is_dir():
+            continue
+        held = HeldOut(options["data"], N_EVAL, NOISE_DRAWS)
+        lines += [
+            f"| {task} (seed {seed}) | 1 step: W2 / floor | shape (shares TV) | 2 steps: W2 / floor | shape (shares TV) | rk4 100: W2 / floor | shape |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for name in ("independent", "ot", "reflow-1", "distill-1", "distill-2", "meanflow"):
+            if not (folder / name / "checkpoint.safetensors").is_file():
+                continue
+            flow = load(folder / name)
+            one = "meanflow" if name == "meanflow" else "euler"
+            solvers = {"distill-1": {"euler": (1,)}, "distill-2": {"euler": (2,)}}.get(name, {one: (1, 2), "rk4": (100,)})
+            means, _, shapes = score(flow, held, seed, solvers)
+            cells = []
+            for key in (f"{one}-1", f"{one}-2", "rk4-100"):
+                if key in means:
+                    tv = shapes[key]["shares"]
+                    cells += [f"{means[key]:.2f}", f"{shapes[key]['ratio']:.2f}" + ("" if key == "rk4-100" else f" ({tv:.3f})")]
+                else:
+                    cells += ["—", "—"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)

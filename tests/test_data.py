@@ -687,7 +687,7 @@ def test_load_dataset_unknown_spec(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"test_fraction": 0.0}, "test_fraction"),
+        ({"test_fraction": -0.1}, "test_fraction"),
         ({"test_fraction": 1.0}, "test_fraction"),
         ({"n_test": 0}, "n_test"),
         ({"seed": -1}, "seed"),

@@ -267,6 +267,8 @@ def test_stratified_split_rules():
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(len(labels)))
     with pytest.raises(FlowmatchError, match="test_fraction"):
         stratified_split(labels, 1.0)
+    train, test = stratified_split(labels, 0, seed=3)  # test_fraction 0: every image trains
+    assert train.tolist() == list(range(len(labels))) and len(test) == 0
 
 
 def test_image_set_from_folder_and_npz(tmp_path):

@@ -170,9 +170,13 @@ class EngineOptions:
         """Build and validate a config; unknown keys, wrong types and bad values name the key."""
         if not isinstance(values, dict):
             raise FlowmatchError(f"{source}: a config must be a mapping of keys to values, got {type(values).__name__}")
+        from flowmatch.saving import RESOLVED
+
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in values.items():
+            if key == RESOLVED:  # a run's config.json keeps what it resolved beside its options: not an option
+                continue
             if key not in known:
                 raise FlowmatchError(f"{source}: unknown key '{key}'")
             kwargs[key] = check_type(key, value, str(known[key].type), source)
