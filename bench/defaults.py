@@ -55,11 +55,12 @@ HELD_SEED = 9_100_000
 
 
 def batches(x: torch.Tensor, batch: int, seed: int, *, shuffled: bool):
-    """A generator of batches of the rows of ``x`` forever: in their order (sorted) or reshuffled each pass."""
+    """A generator of batches of the rows of ``x`` forever, as a DataLoader gives them (the last batch of a pass
+    short): in their order (sorted) or reshuffled each pass."""
     g = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(len(x), generator=g) if shuffled else torch.arange(len(x))
-        for start in range(0, len(x) - batch + 1, batch):
+        for start in range(0, len(x), batch):
             yield x[order[start : start + batch]]
 
 

@@ -158,7 +158,8 @@ def _digits_figures(flow, name: str, variant: str, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         classifier = images.cached_classifier(Path(cache), ds.train, ds.train_labels, tuple(ds.image_shape), ds.num_classes)
     x = flow.sample(len(ds.train), seed=seed + 7, label=_labels(flow, len(ds.train), seed + 7))
-    f_gen, f_train, f_test = (images.classifier_features(classifier, v) for v in (x, ds.train, ds.test))
+    model_scale = (ds.to_model(x).float(), ds.train, ds.to_model(ds.test).float())  # the classifier's scale
+    f_gen, f_train, f_test = (images.classifier_features(classifier, v) for v in model_scale)
     out = {
         "fd_test": images.frechet_distance(f_gen, f_test),
         "fd_train": images.frechet_distance(f_gen, f_train),
@@ -166,7 +167,7 @@ def _digits_figures(flow, name: str, variant: str, seed: int) -> dict:
     }
     if seed == 0:
         RESULTS.mkdir(exist_ok=True)
-        nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-{name}-{variant}.png")
+        nearest_picture(x[:16], ds.training_rows(), ds.image_shape, RESULTS / f"nearest-{name}-{variant}.png", ds.image_value_range)
     return out
 
 

@@ -302,15 +302,15 @@ def test_scales_round_trip():
 
 def test_pictures(tmp_path):
     s = load_image_set("digits", seed=0)
-    x = s.train[:20]
+    x = to_pixels(s.train[:20])  # pixels: the pictures' default range, as samples come back
     save_image_grid(x, s.image_shape, tmp_path / "grid.png", nrow=5, labels=s.train_labels[:20].tolist())
     save_image_grid(x, s.image_shape, tmp_path / "plain.png", nrow=5)
-    rows = [s.train[s.train_labels == k][:6] for k in range(10)]
-    save_class_grid(rows, s.image_shape, tmp_path / "classes.png", row_labels=s.class_names, title="digits")
+    rows = [s.train[s.train_labels == k][:6] for k in range(10)]  # the model's scale
+    save_class_grid(rows, s.image_shape, tmp_path / "classes.png", row_labels=s.class_names, title="digits", value_range=(-1, 1))
     noise = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
     times = torch.linspace(0, 1, 21)
     trajectory = (1 - times)[:, None, None] * noise + times[:, None, None] * s.train[:8]
-    save_trajectory_strip(trajectory, s.image_shape, tmp_path / "strip.png", times=times, max_frames=6)
+    save_trajectory_strip(trajectory, s.image_shape, tmp_path / "strip.png", times=times, max_frames=6, value_range=(-1, 1))
     for name in ("grid", "plain", "classes", "strip"):
         path = tmp_path / f"{name}.png"
         assert path.stat().st_size > 500
@@ -322,7 +322,7 @@ def test_pictures(tmp_path):
         a = np.asarray(img)
     # the top-left cell is the first image, upscaled 8x by nearest neighbour
     cell = a[2 : 2 + 64, 2 : 2 + 64, 0]
-    expected = np.round(to_pixels(x[0]).reshape(8, 8).numpy() * 255)
+    expected = np.round(x[0].reshape(8, 8).numpy() * 255)
     np.testing.assert_array_equal(cell[::8, ::8], expected)
     np.testing.assert_array_equal(cell, np.kron(expected, np.ones((8, 8))))
     with Image.open(tmp_path / "strip.png") as img:
@@ -488,3 +488,33 @@ def test_classifier_bad_files(tmp_path, digits):
         load_classifier(tmp_path)
     with pytest.raises(FlowmatchError, match=r"labels in 0..9"):
         train_classifier(digits.train[:10], torch.full((10,), 10), (1, 8, 8), 10)
+
+
+def test_an_image_run_takes_and_gives_pixels_in_the_range_they_came_in(tmp_path):
+    """8-bit pixels and the same pixels as floats in [0, 1] are one data set: the test rows are those pixels, the
+    model trains on 2 p - 1, and samples, references and pictures are pixels again."""
+    import flowmatch
+    from flowmatch.data.dataset import load_dataset, pixel_standardizer
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 1, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", images=images, labels=np.arange(40) % 2)
+    np.savez(tmp_path / "f32.npz", images=(images / 255).astype(np.float32), labels=np.arange(40) % 2)
+    a, b = load_dataset(str(tmp_path / "u8.npz")), load_dataset(str(tmp_path / "f32.npz"))
+    given = torch.as_tensor(images.reshape(40, -1) / 255, dtype=torch.float32)
+    for ds in (a, b):
+        assert ds.image_value_range == (0.0, 1.0)
+        assert 0 <= float(ds.test.min()) and float(ds.test.max()) <= 1
+        # each test row is one of the given images, as pixels (float32 2 p - 1 and back: within 1e-7)
+        nearest = torch.cdist(ds.test, given).min(dim=1).values
+        assert float(nearest.max()) < 1e-5
+        assert float(ds.train.min()) < -0.9 and float(ds.train.max()) > 0.9  # the model's scale
+    torch.testing.assert_close(a.test, b.test, rtol=0, atol=1e-6)
+    flow = flowmatch.train(data=str(tmp_path / "u8.npz"), steps=3, progress=False, seed=0).flow
+    assert torch.equal(flow.standardizer.mean, pixel_standardizer(16).mean) and torch.equal(
+        flow.standardizer.std, pixel_standardizer(16).std
+    )
+    assert flow.dataset.image_value_range == (0.0, 1.0)  # flow.sample gives standardizer.inverse of the model's x: pixels
+    # a run saved before pixels were its data coordinates (identity standardiser) keeps its range, [-1, 1]
+    legacy = a.__class__(**{**a.__dict__, "standardizer": a.standardizer.identity(16)})
+    assert legacy.image_value_range == (-1.0, 1.0)

@@ -169,6 +169,13 @@ class Dataset:
         assert self.train is not None
         return len(self.train)
 
+    @property
+    def image_value_range(self) -> tuple[float, float]:
+        """Image data: the values in data coordinates of the model's -1 and 1 (black and white): (0, 1) for
+        pixels, as flowmatch loads images; (-1, 1) for a run saved before (its data coordinates were the model's)."""
+        ends = self.standardizer.inverse(torch.tensor([[-1.0], [1.0]], dtype=torch.float64).expand(2, self.dim))
+        return float(ends[0, 0]), float(ends[1, 0])
+
     def training_rows(self, limit: int | None = None, seed: int = 0) -> torch.Tensor:
         """The training rows in data coordinates (at most ``limit``, a seeded random subset; finite data only)."""
         n = self.n_train
@@ -289,6 +296,11 @@ def _looks_like_path(spec: str) -> bool:
     return os.path.splitext(spec)[1].lower() in FILE_EXTENSIONS or any(s in spec for s in separators)
 
 
+def pixel_standardizer(dim: int) -> Standardizer:
+    """Image data: pixels p in [0, 1] (data coordinates) <-> x = 2 p - 1 in [-1, 1] (the model's scale)."""
+    return Standardizer(torch.full((dim,), 0.5, dtype=torch.float64), torch.full((dim,), 0.5, dtype=torch.float64))
+
+
 def load_dataset(
     spec: str | os.PathLike,
     *,
@@ -320,7 +332,8 @@ def load_dataset(
     rows, and the values are checked chunk by chunk.
 
     Image data (``digits``, a folder of PNG/JPEG files, an .npz with ``images``) is flattened to
-    (N, C*H*W) in [-1, 1] with ``image_shape`` set; see ``flowmatch.data.images``.
+    (N, C*H*W) with ``image_shape`` set: the model trains on x = 2 p - 1 in [-1, 1] for pixels p in [0, 1], the
+    data coordinates (test rows, samples): :func:`pixel_standardizer`; see ``flowmatch.data.images``.
     """
     name = os.fspath(spec)
     if not isinstance(name, str):
@@ -356,9 +369,9 @@ def load_dataset(
         return Dataset(
             name=name,
             dim=images.dim,
-            standardizer=Standardizer.identity(images.dim),
-            train=images.train,
-            test=images.test,
+            standardizer=pixel_standardizer(images.dim),
+            train=images.train,  # model scale x = 2 p - 1
+            test=(images.test + 1) / 2,  # data coordinates: pixels p, as given and as samples come back
             builtin=False,
             train_labels=images.train_labels,
             test_labels=images.test_labels,

@@ -26,7 +26,11 @@ strings indexed by label.
 
 :class:`ImageSet` (from :func:`load_image_set`) holds a deterministic stratified train/test split as
 flat float32 tensors (N, C*H*W) in **model scale** x = 2 p - 1 in [-1, 1] (for digits, x = v / 8 - 1),
-which is the scale the velocity models train and sample in; :func:`to_pixels` maps back.
+which is the scale the velocity models train and sample in; :func:`to_pixels` maps back. A run's data
+coordinates are the pixels, as they went in: its standardiser is x = 2 p - 1
+(:func:`flowmatch.data.dataset.pixel_standardizer`), so its test rows, a ``reference=``, ``flow.sample``
+and ``flowmatch sample`` are pixels p in [0, 1] (not clipped), whatever the file held (0..255 or
+[0, 1]); the pictures below map [0, 1] to black and white by default.
 
 Pictures
 --------

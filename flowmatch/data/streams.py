@@ -11,16 +11,17 @@ How each kind is read, on one process and under ``torchrun``:
   after another (shuffled with the run's seed; under torchrun each process gets its own shard), with
   the run's batch size for each step (its warm-up included). The position is a function of the step,
   so a resumed run reads exactly the rows it would have read.
-- a ``DataLoader`` (and any other iterable that can be iterated again): read as given, its batch size
-  its own, epoch after epoch; flowmatch calls its sampler's ``set_epoch`` where there is one. Under
-  torchrun each process must get its own shard, e.g. with a ``DistributedSampler``, and every process
-  must yield the same number of batches per epoch. On resume flowmatch restores the random-number
-  states of the epoch's start (torch's global generator, the loader's and its sampler's generators),
-  iterates again and skips the batches already trained on: exact for a loader whose order depends
-  on those generators (the usual ``shuffle=True``).
-- an iterator (``iter(data) is data``, e.g. a generator): read once; training ends when it is
-  exhausted. It cannot be rewound, so a resumed run continues from wherever the iterator passed in
-  stands.
+- a ``DataLoader`` (and any other iterable that can be iterated again): read epoch after epoch, each
+  batch as large as the loader gives it, its rows through the shuffle buffer (below); flowmatch calls
+  its sampler's ``set_epoch`` where there is one. Under torchrun each process must get its own shard,
+  e.g. with a ``DistributedSampler``, and every process must yield the same number of batches per epoch.
+  On resume flowmatch restores the random-number states of the epoch's start (torch's global generator,
+  the loader's and its sampler's generators), iterates again and replays the batches already trained
+  on: exact for a loader whose order depends on those generators (the usual ``shuffle=True``) or on
+  nothing (``shuffle=False``).
+- an iterator (``iter(data) is data``, e.g. a generator): read once, through the shuffle buffer;
+  training ends when it is exhausted. It cannot be rewound, so a resumed run continues from wherever the
+  iterator passed in stands (the rows the buffer held at the checkpoint are not trained on).
 
 **Standardisation** (:func:`estimate_standardizer`). A stream is standardised as a data file is, from an
 estimate: the per-column mean and (population) std of its first batches, read ahead and then trained on
@@ -30,6 +31,19 @@ set: its rows, this process's shard of them), whichever comes first; under torch
 every process's first batches. The run keeps the estimate (checkpoint.json's standardiser, as for a file)
 and a resumed run reuses it. Later batches are not fitted again; :func:`drift` tells when one lies far
 from the estimate (a sorted or drifting stream).
+
+**Shuffle buffer** (``shuffle_rows``). flowmatch cannot see the order of a DataLoader's or an iterable's rows
+(a map-style set it shuffles itself), and a stream in sorted order (by class, say, or a generator that
+walks its modes one after the other) trains on one part of the data at a time and forgets the rest. So a
+stream's rows pass through a shuffle buffer of ``shuffle_rows`` rows (at most :data:`BUFFER_BYTES` of
+data): it first fills with the stream's first batches; then each step's batch, as large as the batch the
+stream gave at that step, is drawn at random from the buffer's rows and the new batch's together, and the
+rows not drawn stay in the buffer. Each row is trained on once per epoch, as without a buffer. At the end of
+an epoch (or of a one-shot iterator) the buffer empties in random order, in the sizes of the batches it
+filled with, so an epoch gives as many batches as the stream does; the next epoch fills it again. The
+draws come from a generator seeded with the run's seed, the epoch and the process's rank, so a resumed
+run of a re-iterable stream replays the epoch's batches and stands exactly where the first run stood.
+``shuffle_rows=0`` trains on the batches as given.
 """
 
 from __future__ import annotations
@@ -129,7 +143,10 @@ class Stream:
         start_step: int = 0,
         workers: int = 0,
         state: dict[str, Any] | None = None,
+        shuffle_rows: int = 0,
     ):
+        if isinstance(shuffle_rows, bool) or not isinstance(shuffle_rows, int) or shuffle_rows < 0:
+            raise FlowmatchError(f"shuffle_rows must be an integer >= 0, got {shuffle_rows!r}")
         self.data = data
         self.once = False
         self.loader: Iterable[Any]
@@ -150,8 +167,11 @@ class Stream:
         self.epoch_rng: dict[str, torch.Tensor] = {}
         self._iterator: Iterator | None = None
         self._first: Any = None  # an epoch's first batch, read when the epoch starts (or its end, put back)
-        self._ahead: deque[Batch] = deque()  # batches read and not yet handed out (peek, lookahead)
+        self._raw_ahead: deque[Batch] = deque()  # the stream's own batches read by lookahead, not yet through the buffer
         self._resume = state
+        self.seed, self.rank = seed, rank
+        # a map-style set is shuffled by its sampler: no buffer; else at most shuffle_rows rows (BUFFER_BYTES: below)
+        self.buffer = _ShuffleBuffer(shuffle_rows) if shuffle_rows and self.kind != "map" else None
 
     @property
     def n_rows(self) -> int | None:
@@ -163,43 +183,44 @@ class Stream:
             return None
 
     def peek(self) -> Batch:
-        """The next batch, without consuming it (for the model's input shape and conditions)."""
-        if not self._ahead:
-            batch = self._next()
-            assert batch is not None
-            self._ahead.append(batch)
-        return self._ahead[0]
+        """A batch of the stream's rows, not consumed, for their shape and conditions: the next batch the stream
+        gives, ahead of the shuffle buffer (where an epoch's rows are all in the buffer: the rows it holds)."""
+        batches = self.lookahead(1, 0)
+        if batches:
+            return batches[0]
+        if self.buffer is not None and self.buffer.held:
+            return self.buffer.rows_held()
+        raise FlowmatchError("the training data yielded no batches")
 
     def next(self) -> Batch:
-        if self._ahead:
-            return self._ahead.popleft()
         batch = self._next()
         assert batch is not None
         return batch
 
     def lookahead(self, rows: int, max_bytes: int) -> list[Batch]:
-        """The next batches, without consuming them: read until they hold ``rows`` rows or ``max_bytes`` bytes of
-        data, or the epoch (a one-shot iterator: the data; a map-style set: one epoch of this process's shard, in
-        rows) ends. :meth:`next` hands them out in order."""
+        """The stream's next batches as it gives them (before the shuffle buffer), without consuming them: read until
+        they hold ``rows`` rows or ``max_bytes`` bytes of data, or the epoch (a one-shot iterator: the data; a
+        map-style set: one epoch of this process's shard, in rows) ends. Training reads them next, in order."""
         if self.epoch_rows is not None:
             rows = min(rows, self.epoch_rows)
+        self._begin()
 
         def held() -> tuple[int, int]:
-            return sum(len(x) for x, _ in self._ahead), sum(x.numel() * x.element_size() for x, _ in self._ahead)
+            return sum(len(x) for x, _ in self._raw_ahead), sum(x.numel() * x.element_size() for x, _ in self._raw_ahead)
 
         count, size = held()
-        while count < rows and size < max_bytes:
-            batch = self._next(roll=False)
+        while not self._raw_ahead or (count < rows and size < max_bytes):
+            batch = self._read()
             if batch is None:
                 break
-            self._ahead.append(batch)
+            self._raw_ahead.append(batch)
             count, size = held()
-        return list(self._ahead)
+        return list(self._raw_ahead)
 
     def state(self) -> dict[str, Any]:
         """Where the stream stands, as JSON (epoch, batches read) and tensors (the epoch's start states)."""
-        read = self.index - len(self._ahead)  # the batches read ahead are all of this epoch (lookahead stops at its end)
-        return {"epoch": self.epoch, "index": read, "rng": dict(self.epoch_rng)}
+        # the batches handed out this epoch (those peek and lookahead read ahead are not: a resumed run reads them again)
+        return {"epoch": self.epoch, "index": self.index, "rng": dict(self.epoch_rng)}
 
     # -- reading ------------------------------------------------------------------------------------
     def _generators(self) -> dict[str, torch.Generator]:
@@ -233,34 +254,80 @@ class Stream:
             torch.set_rng_state(current)
 
     def _next(self, roll: bool = True) -> Batch | None:
-        """The next batch; at the end of an epoch the next epoch's first, or with ``roll`` False None (the end put
-        back, for the next call)."""
-        if self._iterator is None:
-            state, self._resume = self._resume, None
-            if state is not None and self.kind != "map" and not self.once:
-                self.epoch = int(state["epoch"])
-                self._start_epoch(state.get("rng") or None)
-                for _ in range(int(state["index"])):  # the batches this epoch already gave
-                    self._take()
-                self.index = int(state["index"])
-            else:
-                self._start_epoch()
-        batch = self._take()
-        if batch is _END and not roll:
-            self._first = _END
+        """The next batch handed out (through the shuffle buffer where there is one); at the end of an epoch the
+        next epoch's first, or with ``roll`` False None (the end put back, for the next call)."""
+        self._begin()
+        batch = self._raw() if self.buffer is None else self._buffered()
+        if batch is None and not roll:
             return None
-        if batch is _END:
+        if batch is None:
             if self.once:
                 raise StopIteration
             if self.index == 0:
                 raise FlowmatchError("the training data yielded no batches")
             self.epoch, self.index = self.epoch + 1, 0
             self._start_epoch()
-            batch = self._take()
-            if batch is _END:
+            batch = self._raw() if self.buffer is None else self._buffered()
+            if batch is None:
                 raise FlowmatchError(f"the training data yielded no batches in epoch {self.epoch}")
         self.index += 1
+        return batch
+
+    def _begin(self) -> None:
+        """Start reading at the first call: at the start, or for a resumed run where the checkpoint stood."""
+        if self._iterator is not None:
+            return
+        state, self._resume = self._resume, None
+        if state is None or self.kind == "map" or self.once:
+            self._start_epoch()
+            return
+        self.epoch = int(state["epoch"])
+        self._start_epoch(state.get("rng") or None)
+        if self.buffer is None:
+            for _ in range(int(state["index"])):  # the batches this epoch already gave
+                self._take()
+        else:  # the epoch's batches again, through the buffer's draws: where the first run stood
+            for _ in range(int(state["index"])):
+                if self._buffered() is None:
+                    raise FlowmatchError(
+                        f"the training data gave fewer batches in epoch {self.epoch} than the checkpoint read from it "
+                        f"({state['index']}): a resumed stream must give the same batches"
+                    )
+        self.index = int(state["index"])
+
+    def _raw(self) -> Batch | None:
+        """The stream's own next batch of this epoch (those lookahead read first), or None at its end."""
+        if self._raw_ahead:
+            return self._raw_ahead.popleft()
+        return self._read()
+
+    def _read(self) -> Batch | None:
+        """The next batch from the stream itself, or None at the epoch's end (the end put back, for the next call)."""
+        batch = self._take()
+        if batch is _END:
+            self._first = _END
+            return None
         return split_batch(batch)
+
+    def _buffered(self) -> Batch | None:
+        """The next batch out of the shuffle buffer (module docstring), or None when the epoch's rows are all out."""
+        buffer = self.buffer
+        assert buffer is not None
+        if buffer.epoch != self.epoch:
+            buffer.start(self.seed, self.epoch, self.rank)
+        while not buffer.ended and buffer.filling():
+            batch = self._raw()
+            if batch is None:
+                buffer.ended = True
+            else:
+                buffer.fill(batch)
+        if buffer.ended:
+            return buffer.drain()
+        batch = self._raw()
+        if batch is None:
+            buffer.ended = True
+            return buffer.drain()
+        return buffer.swap(batch)
 
     def _take(self) -> Any:
         if self._first is not None:
@@ -268,6 +335,117 @@ class Stream:
             return batch
         assert self._iterator is not None
         return next(self._iterator, _END)
+
+
+#: The rows of a stream's shuffle buffer by default (``shuffle_rows``): 10,000 rows hold each of 100 classes ~100 times.
+SHUFFLE_ROWS = 10_000
+
+#: A shuffle buffer holds at most this much data (images: 16,384 rows of 1 x 64 x 64 floats, 1,365 of 3 x 128 x 128).
+BUFFER_BYTES = 256 << 20
+
+
+class _ShuffleBuffer:
+    """The rows a stream has read and not yet handed out, with their conditions (module docstring)."""
+
+    def __init__(self, rows: int):
+        self.rows, self.capacity = rows, rows
+        self.epoch = -1
+        self.ended = False
+        self.x: torch.Tensor | None = None  # (n, ...) the rows held
+        self.conditions: dict[str, torch.Tensor] = {}
+        self.sizes: deque[int] = deque()  # the sizes of the batches the buffer filled with: the drain's batches
+        self.order: torch.Tensor | None = None  # the drain's random order of the rows held
+        self.parts: list[Batch] = []  # the batches read while filling, not yet joined
+        self.filled = 0  # the rows read while filling
+        self.generator = torch.Generator()
+
+    @property
+    def held(self) -> int:
+        return self.filled if self.x is None else len(self.x)
+
+    def rows_held(self) -> Batch:
+        """The rows the buffer took in this epoch, not consumed (for their shape and conditions)."""
+        self._join()
+        assert self.x is not None
+        return self.x, dict(self.conditions)
+
+    def start(self, seed: int, epoch: int, rank: int) -> None:
+        """An empty buffer for ``epoch``, its draws seeded by the run's seed, the epoch and the rank."""
+        self.epoch, self.ended = epoch, False
+        self.x, self.conditions, self.sizes, self.order = None, {}, deque(), None
+        self.parts, self.filled = [], 0
+        self.generator.manual_seed((seed * 1_000_003 + epoch * 7_919 + rank) % 2**63)
+
+    def filling(self) -> bool:
+        return self.x is None and self.filled < self.capacity
+
+    @staticmethod
+    def _check(x: torch.Tensor, conditions: dict[str, torch.Tensor], like: Batch) -> None:
+        """That a batch's rows and conditions have the shapes and dtypes of the rows held (``like``)."""
+        held, held_conditions = like
+        if x.shape[1:] != held.shape[1:] or x.dtype != held.dtype:
+            raise FlowmatchError(
+                f"a batch's rows are {x.dtype} {tuple(x.shape[1:])}, the stream's earlier ones {held.dtype} {tuple(held.shape[1:])}: "
+                "every batch must have rows of one shape"
+            )
+        if set(conditions) != set(held_conditions):
+            raise FlowmatchError(
+                f"a batch has the conditions {sorted(conditions) or 'none'}, the stream's earlier ones {sorted(held_conditions) or 'none'}"
+            )
+        for name, value in conditions.items():
+            if value.shape[1:] != held_conditions[name].shape[1:] or value.dtype != held_conditions[name].dtype:
+                raise FlowmatchError(
+                    f"condition '{name}' changed between batches: {value.dtype} {tuple(value.shape[1:])} after "
+                    f"{held_conditions[name].dtype} {tuple(held_conditions[name].shape[1:])}"
+                )
+
+    def fill(self, batch: Batch) -> None:
+        x, conditions = batch
+        if not self.parts:
+            row_bytes = max(1, x[:1].numel() * x.element_size())
+            self.capacity = max(1, min(self.rows, BUFFER_BYTES // row_bytes))
+        else:
+            self._check(x, conditions, self.parts[0])
+        self.parts.append((x, conditions))
+        self.filled += len(x)
+        self.sizes.append(len(x))
+
+    def _join(self) -> None:
+        """The parts read while filling, as one tensor each (joined once: filling costs one copy of the rows)."""
+        if self.parts:
+            self.x = torch.cat([x for x, _ in self.parts])
+            self.conditions = {k: torch.cat([c[k] for _, c in self.parts]) for k in self.parts[0][1]}
+            self.parts = []
+
+    def swap(self, batch: Batch) -> Batch:
+        """A batch as large as ``batch``, drawn at random from the rows held and ``batch``'s; the rows of ``batch``
+        not drawn take the places of the held rows that were."""
+        x, conditions = batch
+        self._join()
+        assert self.x is not None
+        self._check(x, conditions, (self.x, self.conditions))
+        n, b = len(self.x), len(x)
+        chosen = torch.randperm(n + b, generator=self.generator)[:b]
+        held, new = chosen[chosen < n], chosen[chosen >= n] - n
+        stay = torch.ones(b, dtype=torch.bool)
+        stay[new] = False
+        out_x = torch.cat([self.x[held], x[new]])
+        out_c = {k: torch.cat([v[held], conditions[k][new]]) for k, v in self.conditions.items()}
+        self.x[held] = x[stay]
+        for k, v in self.conditions.items():
+            v[held] = conditions[k][stay]
+        return out_x, out_c
+
+    def drain(self) -> Batch | None:
+        """The next of the batches that empty the buffer at the end of the epoch (None when it is empty)."""
+        self._join()
+        if not self.sizes or self.x is None:
+            return None
+        if self.order is None:
+            self.order = torch.randperm(len(self.x), generator=self.generator)
+        size = self.sizes.popleft()
+        take, self.order = self.order[:size], self.order[size:]
+        return self.x[take], {k: v[take] for k, v in self.conditions.items()}
 
 
 #: A stream's standardiser is estimated from its first batches: until they hold this many rows (module docstring).

@@ -418,12 +418,13 @@ def memorisation_report(
     report["sampler"] = {"solver": solver, "nfe": nfe}
     report["warning"] = memorisation_warning(report)
     if folder is not None and image_shape is not None:
-        report["pictures"] = [nearest_picture(generated[:16], train, image_shape, folder / "nearest.png")]
+        report["pictures"] = [nearest_picture(generated[:16], train, image_shape, folder / "nearest.png", ds.image_value_range)]
     return report
 
 
-def nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, out: Path) -> str:
-    """Rows of generated images, each above its nearest training image (the DCR's distance)."""
+def nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, out: Path, value_range=(0.0, 1.0)) -> str:
+    """Rows of generated images, each above its nearest training image (the DCR's distance); ``value_range``: the
+    values of black and white (pixels: 0 and 1)."""
     from flowmatch.evaluation.memorisation import MinMaxScale, closest_records
     from flowmatch.plots import images as image_plots
 
@@ -437,6 +438,7 @@ def nearest_picture(generated: torch.Tensor, train: torch.Tensor, image_shape, o
         out,
         row_labels=["generated", "nearest train", "generated", "nearest train"],
         title="generated images and their nearest training images (L1, min-max)",
+        value_range=value_range,
     )
     return out.name
 
@@ -771,12 +773,13 @@ def image_report(
     shape = tuple(ds.image_shape)
     cache = folder if folder is not None else Path(tempfile.mkdtemp(prefix="flowmatch-classifier-"))
     classifier = image_metrics.cached_classifier(cache, ds.train, ds.train_labels, shape, ds.num_classes)
-    train_features = image_metrics.classifier_features(classifier, ds.train)
-    floor = image_metrics.frechet_distance(image_metrics.classifier_features(classifier, ds.test), train_features)
+    train_features = image_metrics.classifier_features(classifier, ds.train)  # the classifier's scale: the model's
+    test = ds.to_model(ds.test).to(torch.float32)
+    floor = image_metrics.frechet_distance(image_metrics.classifier_features(classifier, test), train_features)
     report: dict[str, Any] = {
         "image_shape": list(shape),
         "sampler": {"solver": solver, "nfe": nfe},
-        "classifier_test_accuracy": image_metrics.classifier_accuracy(classifier, ds.test, ds.test_labels),
+        "classifier_test_accuracy": image_metrics.classifier_accuracy(classifier, test, ds.test_labels),
         "frechet_floor": floor,
         "by_guidance": {},
     }
@@ -785,7 +788,7 @@ def image_report(
     weights = guidance if conditional else (1.0,)
     for w in weights:
         labels = ds.test_labels if conditional else None
-        x = flow.sample(n, solver=solver, nfe=nfe, seed=seed, label=labels, guidance=w)
+        x = ds.to_model(flow.sample(n, solver=solver, nfe=nfe, seed=seed, label=labels, guidance=w)).to(torch.float32)
         entry = {"frechet": image_metrics.frechet_distance(image_metrics.classifier_features(classifier, x), train_features)}
         entry["frechet_ratio"] = entry["frechet"] / floor
         if conditional:
@@ -801,6 +804,7 @@ def image_pictures(flow, folder: Path, *, solver="midpoint", nfe=40, seed=0, gui
     from flowmatch.plots import images as image_plots
 
     shape = tuple(flow.dataset.image_shape)
+    value_range = flow.dataset.image_value_range  # samples come back in data coordinates (pixels)
     written = []
     k = flow.num_classes
     if k:
@@ -810,20 +814,32 @@ def image_pictures(flow, folder: Path, *, solver="midpoint", nfe=40, seed=0, gui
             x = flow.sample(len(labels), solver=solver, nfe=nfe, seed=seed, label=labels, guidance=w)
             name = f"samples_w{w:g}.png"
             image_plots.save_class_grid(
-                list(x.reshape(k, per_class, -1)), shape, folder / name, row_labels=names, title=f"guidance w = {w:g}"
+                list(x.reshape(k, per_class, -1)),
+                shape,
+                folder / name,
+                row_labels=names,
+                title=f"guidance w = {w:g}",
+                value_range=value_range,
             )
             written.append(name)
         label = torch.arange(min(k, per_class))
         rows = [flow.sample(len(label), solver=solver, nfe=nfe, seed=seed, label=label, guidance=w) for w in guidance]
         image_plots.save_class_grid(
-            rows, shape, folder / "guidance.png", row_labels=[f"w={w:g}" for w in guidance], title="classes by guidance scale"
+            rows,
+            shape,
+            folder / "guidance.png",
+            row_labels=[f"w={w:g}" for w in guidance],
+            title="classes by guidance scale",
+            value_range=value_range,
         )
         written.append("guidance.png")
     else:
         x = flow.sample(8 * per_class, solver=solver, nfe=nfe, seed=seed)
-        image_plots.save_image_grid(x, shape, folder / "samples_grid.png", nrow=per_class)
+        image_plots.save_image_grid(x, shape, folder / "samples_grid.png", nrow=per_class, value_range=value_range)
         written.append("samples_grid.png")
     trajectory = flow.generate(8, solver="euler", nfe=20, seed=seed, label=torch.arange(8) % k if k else None, return_trajectory=True)
-    image_plots.save_trajectory_strip(trajectory.trajectory, shape, folder / "trajectory_strip.png", times=trajectory.times)
+    image_plots.save_trajectory_strip(
+        trajectory.trajectory, shape, folder / "trajectory_strip.png", times=trajectory.times, value_range=value_range
+    )
     written.append("trajectory_strip.png")
     return written

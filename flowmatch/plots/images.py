@@ -117,12 +117,12 @@ def save_image_grid(
     *,
     nrow: int | None = None,
     labels: Sequence | None = None,
-    value_range: tuple[float, float] = (-1.0, 1.0),
+    value_range: tuple[float, float] = (0.0, 1.0),
     cell: int = 64,
     title: str | None = None,
 ) -> None:
     """A PNG grid of flat images (n, C*H*W), ``nrow`` images per row (as in torchvision's ``make_grid``;
-    default ceil(sqrt(n))). Values are mapped from ``value_range`` (model scale by default) to 0..255 and
+    default ceil(sqrt(n))). Values are mapped from ``value_range`` (pixels in [0, 1] by default) to 0..255 and
     clipped; each image is upscaled by nearest neighbour to about ``cell`` pixels. ``labels`` (one per
     image, any printable value) are written under the images.
     """
@@ -147,7 +147,7 @@ def save_class_grid(
     out_png: str | os.PathLike,
     *,
     row_labels: Sequence | None = None,
-    value_range: tuple[float, float] = (-1.0, 1.0),
+    value_range: tuple[float, float] = (0.0, 1.0),
     cell: int = 64,
     title: str | None = None,
 ) -> None:
@@ -174,7 +174,7 @@ def save_trajectory_strip(
     times: Sequence[float] | None = None,
     max_frames: int = 11,
     max_samples: int = 8,
-    value_range: tuple[float, float] = (-1.0, 1.0),
+    value_range: tuple[float, float] = (0.0, 1.0),
     cell: int = 64,
     title: str | None = None,
 ) -> None:

@@ -26,6 +26,7 @@ import torch
 
 from flowmatch.data.dataset import Dataset, load_dataset
 from flowmatch.data.standardize import Standardizer
+from flowmatch.data.streams import SHUFFLE_ROWS as DEFAULT_SHUFFLE_ROWS
 from flowmatch.data.streams import Stream, estimate_standardizer, is_stream
 from flowmatch.engine.seam import Objects
 from flowmatch.errors import FlowmatchError
@@ -77,8 +78,14 @@ def training_data(
             raise FlowmatchError("test_fraction applies to data files and arrays; a stream holds no rows out (measure with reference=)")
         stream = Stream(
             data, size_at=lambda step: batch_size_at(config, step), seed=config.seed, world=world, rank=rank,
-            start_step=start_step, workers=config.workers, state=stream_state,
+            start_step=start_step, workers=config.workers, state=stream_state, shuffle_rows=config.shuffle_rows,
         )  # fmt: skip
+        if stream.kind == "map" and config.shuffle_rows != DEFAULT_SHUFFLE_ROWS:
+            raise FlowmatchError("shuffle_rows applies to a DataLoader or an iterable; flowmatch shuffles a torch Dataset itself")
+        if stream.kind != "map" and config.workers:
+            raise FlowmatchError(
+                "workers applies to a torch Dataset given as data (flowmatch's own DataLoader); give your DataLoader its num_workers"
+            )
         x, condition = stream.peek()
         dim = math.prod(x.shape[1:])
         shape = tuple(x.shape[1:]) if x.ndim > 2 else None
@@ -87,6 +94,12 @@ def training_data(
             standardizer=_stream_standardizer(stream, config, dim, shape, resumed_flow, world, device),
             conditions=_stream_conditions(condition, objects.model), n_train=stream.n_rows,
         )  # fmt: skip
+    for name, default, applies in (
+        ("shuffle_rows", DEFAULT_SHUFFLE_ROWS, "a DataLoader or iterable given to train()"),
+        ("workers", 0, "a torch Dataset given to train()"),
+    ):
+        if getattr(config, name) != default:
+            raise FlowmatchError(f"{name} applies to {applies}, not to {_what(data)}")
     if data is not None:
         dataset = _array_dataset(data, config).require_test_rows(min_test_rows).hold_out_validation(config.val_fraction, config.seed)
     else:
@@ -116,6 +129,11 @@ def _array_dataset(data: Any, config: Any) -> Dataset:
         parts["x"], labels=parts.get("labels"), conditions=parts.get("conditions"),
         standardize=standardize_option(config.standardize), seed=config.seed, test_fraction=config.test_fraction,
     )  # fmt: skip
+
+
+def _what(data: Any) -> str:
+    """How the data were given, for an error that says an option does not apply to them."""
+    return "a data file or built-in set" if data is None else f"rows given as a {type(data).__name__}"
 
 
 def _stream_standardizer(

@@ -234,7 +234,7 @@ class Points(Modality):
         {
             "path", "sigma_min", "bridge_sigma", "coupling", "ot_reg", "pairs", "distill_nfe", "meanflow_equal_share",
             "meanflow_power", "meanflow_guidance", "meanflow_guidance_mix", "loss_weight", "channels", "channel_mult",
-            "num_res_blocks", "attention", "standardize", "workers", "mmap", "test_fraction",
+            "num_res_blocks", "attention", "standardize", "workers", "shuffle_rows", "mmap", "test_fraction",
         }
     )  # fmt: skip
     unsupported = {
@@ -300,7 +300,10 @@ class Points(Modality):
             if image_shape is not None:  # images are looked at, not scattered by their first two pixels
                 from flowmatch.plots.images import save_image_grid
 
-                save_image_grid(samples[:64], tuple(image_shape), folder / "samples.png", nrow=8, title=title)
+                save_image_grid(
+                    samples[:64], tuple(image_shape), folder / "samples.png", nrow=8, title=title,
+                    value_range=flow.dataset.image_value_range,
+                )  # fmt: skip
             else:
                 plot_samples(samples, held, folder / "samples.png", title=title)
             if evaluate:

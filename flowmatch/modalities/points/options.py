@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from flowmatch.data.streams import SHUFFLE_ROWS
 from flowmatch.data.toy import BUILTIN_NAMES
 from flowmatch.engine.options import option
 from flowmatch.errors import FlowmatchError
@@ -48,6 +49,12 @@ class PointOptions:
         choices=("auto", "yes", "no"),
     )  # fmt: skip
     workers: int = option(0, "DataLoader worker processes reading a torch Dataset given to train()", low=0)
+    shuffle_rows: int = option(
+        SHUFFLE_ROWS,
+        "rows of the shuffle buffer a DataLoader or iterable given to train() passes through, so that a stream in sorted "
+        "order trains as a shuffled one (0: its batches as given; a torch Dataset is shuffled by flowmatch itself)",
+        low=0,
+    )
     mmap: str = option("auto", "memory-map a .npy file (auto: files over 1 GiB)", choices=("auto", "yes", "no"))
     test_fraction: float = option(
         0.2, "share of a file's or array's rows held out for evaluation (0: every row trains; evaluate with reference=)", low=0.0, high=0.99
