@@ -190,6 +190,78 @@ def test_bad_objects_get_one_clear_error():
         flowmatch.train(data=[], **SMALL)
 
 
+class _Wide(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 3)
+
+    def forward(self, x, t):
+        return self.net(x)
+
+
+class _Tuple(_Wide):
+    def forward(self, x, t):
+        return (x,)
+
+
+class _Integer(_Wide):
+    def forward(self, x, t):
+        return x.long()
+
+
+class _NoTime(_Wide):
+    def forward(self, x):
+        return x
+
+
+class _OneRow(torch.nn.Module):
+    """(1, D): it broadcasts against the batch, and would train without an error."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = torch.nn.Parameter(torch.zeros(1, 2))
+
+    def forward(self, x, t):
+        return self.v
+
+
+class _Counting(_Wide):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+
+    def forward(self, x, t):
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        (
+            _Wide(),
+            r"the model \(_Wide\) must return velocities of the rows' shape \(2, 2\); model\(x of shape \(2, 2\), t of shape \(2,\)\) returned \(2, 3\)",
+        ),
+        (_Tuple(), r"the model \(_Tuple\) must return a tensor of velocities; .* returned a tuple"),
+        (_Integer(), r"the model \(_Integer\) must return floating-point velocities; .* returned torch.int64"),
+        (_NoTime(), r"the model \(_NoTime\) fails on a batch of the data, .*: TypeError: .*forward\(\) takes 2 positional arguments"),
+        (_OneRow(), r"the model \(_OneRow\) must return velocities of the rows' shape \(2, 2\); .* returned \(1, 2\)"),
+    ],
+)
+def test_a_user_model_that_does_not_fit_the_data_is_named_before_training(tmp_path, model, words):
+    with pytest.raises(FlowmatchError, match=words):
+        flowmatch.fit(out=tmp_path / "run", model=model, data=_points(), **SMALL)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_the_probe_of_a_user_model_leaves_it_as_it_was():
+    model = _Counting().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flowmatch.train(model=model, data=_points(), **{**SMALL, "steps": 1})  # trains the model given, in place
+    # one training step moved the weights and the running statistics once; the probe itself moved nothing:
+    # the BatchNorm's counter counts the training step alone
+    assert int(model.state_dict()["net.1.num_batches_tracked"]) == int(before["net.1.num_batches_tracked"]) + 1
+
+
 def test_csv_condition_columns_train_and_sample_from_the_cli(tmp_path, capsys):
     import numpy as np
     from cli_checks import one_error_line

@@ -168,6 +168,7 @@ class Stream:
         self._iterator: Iterator | None = None
         self._first: Any = None  # an epoch's first batch, read when the epoch starts (or its end, put back)
         self._raw_ahead: deque[Batch] = deque()  # the stream's own batches read by lookahead, not yet through the buffer
+        self._row: tuple | None = None  # the first batch's row shape and its conditions' (every batch must match)
         self._resume = state
         self.seed, self.rank = seed, rank
         # a map-style set is shuffled by its sampler: no buffer; else at most shuffle_rows rows (BUFFER_BYTES: below)
@@ -307,7 +308,19 @@ class Stream:
         if batch is _END:
             self._first = _END
             return None
-        return split_batch(batch)
+        x, conditions = split_batch(batch)
+        row = (tuple(x.shape[1:]), {k: tuple(v.shape[1:]) for k, v in conditions.items()})
+        if self._row is None:
+            self._row = row
+        elif row != self._row:
+            raise FlowmatchError(
+                f"the training data changed the shape of their rows: a batch of rows {row[0]}"
+                + (f" with conditions {row[1]}" if row[1] or self._row[1] else "")
+                + f" after rows {self._row[0]}"
+                + (f" with conditions {self._row[1]}" if row[1] or self._row[1] else "")
+                + " (every batch must hold rows of one shape)"
+            )
+        return x, conditions
 
     def _buffered(self) -> Batch | None:
         """The next batch out of the shuffle buffer (module docstring), or None when the epoch's rows are all out."""

@@ -81,8 +81,39 @@ class PointsTask(Task):
         return flow.model.train()
 
     def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse, before training, a model that cannot take the data: a MeanFlow model without ``r``, and one
+        call on two rows of a training-like batch (in eval mode, without gradients, the model left as it was) whose
+        answer must be a floating tensor of the rows' own shape; any failure names the model and what it did."""
         if self.config.objective == "meanflow":
             _require_two_times(model)
+        x_t, t, given = self._probe_batch(torch.Generator().manual_seed(self.config.seed + PROBE_SEED), rows=2)
+        shape = (2, *(self.inputs.shape or (self.inputs.dim,)))
+        x_in = x_t.reshape(shape)
+        parameter = next(model.parameters(), None)
+        if parameter is not None:
+            x_in, t = x_in.to(parameter.device), t.to(parameter.device)
+            given = {k: v.to(parameter.device) for k, v in given.items()}
+        name = type(model).__name__
+        called = "model(x of shape {}, t of shape (2,){})".format(tuple(shape), "".join(f", {k}=" for k in given))
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                out = model(x_in, t, **given)
+        except FlowmatchError:
+            raise
+        except Exception as exc:  # the user's model: any failure is reported as theirs
+            raise FlowmatchError(f"the model ({name}) fails on a batch of the data, {called}: {type(exc).__name__}: {exc}") from None
+        finally:
+            model.train(was_training)
+        if not isinstance(out, torch.Tensor):
+            raise FlowmatchError(f"the model ({name}) must return a tensor of velocities; {called} returned a {type(out).__name__}")
+        if not out.is_floating_point():
+            raise FlowmatchError(f"the model ({name}) must return floating-point velocities; {called} returned {out.dtype}")
+        if tuple(out.shape) != shape:
+            raise FlowmatchError(
+                f"the model ({name}) must return velocities of the rows' shape {shape}; {called} returned {tuple(out.shape)}"
+            )
 
     def flow(self, model: torch.nn.Module) -> Flow:
         inputs = self.inputs
@@ -95,10 +126,17 @@ class PointsTask(Task):
         """The model on a batch like a training batch: the stream's first (not consumed) or ``batch_size`` rows
         drawn from the data set with a generator of its own, at stratified times, with the batch's conditions
         (and r = t for a MeanFlow model); the loss is the mean square of the output."""
+
+        x_t, t, given = self._probe_batch(torch.Generator().manual_seed(self.config.seed + PROBE_SEED))
+        x_t, t, given = x_t.to(device), t.to(device), {k: v.to(device) for k, v in given.items()}
+        net = self.shaped(model)
+        return lambda: net(x_t, t, **given).float().square().mean()
+
+    def _probe_batch(self, generator: torch.Generator, rows: int | None = None):
+        """(x_t flat, t, conditions) of a batch like a training batch (``rows`` of it; None: all), on the CPU."""
         from flowmatch.losses import sample_times
 
         config = self.config
-        generator = torch.Generator().manual_seed(config.seed + PROBE_SEED)
         if self.stream is not None:
             x, condition = self.stream.peek()
             x1 = self.inputs.standardizer.forward(x.reshape(len(x), -1).to(torch.float32))
@@ -108,14 +146,14 @@ class PointsTask(Task):
             if c is not None:
                 condition["c"] = c
         x1 = x1.to(torch.float32)
+        if rows is not None:
+            x1, condition = x1[:rows], {k: v[:rows] for k, v in condition.items()}
         t = sample_times(len(x1), generator, strata=config.time_strata)
-        x_t = ((1 - t)[:, None] * torch.randn(x1.shape, generator=generator) + t[:, None] * x1).to(device)
-        t = t.to(device)
-        given = {k: v.to(device) for k, v in condition.items()}
+        x_t = (1 - t)[:, None] * torch.randn(x1.shape, generator=generator) + t[:, None] * x1
+        given = dict(condition)
         if config.objective == "meanflow":
             given["r"] = t
-        net = self.shaped(model)
-        return lambda: net(x_t, t, **given).float().square().mean()
+        return x_t, t, given
 
     def objective(self, net, model, *, device, world, rank, autocast):
         config, inputs = self.config, self.inputs
