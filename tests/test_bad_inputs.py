@@ -1267,6 +1267,18 @@ CASES: list[Case] = [
             ("zero-columns", "d.npy", _npy_bytes(np.zeros((50, 0))), ("0 dimensions",)),
             ("no-rows", "d.npy", _npy_bytes(np.zeros((0, 2))), ("no data rows",)),
             ("header-only-csv", "d.csv", b"a,b\n", ("d.csv: 0 data rows; a table needs at least 4",)),
+            (
+                "semicolon-table",
+                "d.csv",
+                b"size;colour\n" + b"".join(b"%d.5;%s\n" % (i, b"red" if i % 3 else b"blue") for i in range(60)),
+                ("d.csv: the header is one column 'size;colour'", "separated by semicolons", "sep=';'"),
+            ),
+            (
+                "tab-table",
+                "d.csv",
+                b"size\tcolour\n" + b"".join(b"%d.5\t%s\n" % (i, b"red" if i % 3 else b"blue") for i in range(60)),
+                ("separated by tabs",),
+            ),
             ("unknown-extension", "d.parquet", b"PAR1", ("d.parquet: unsupported file type '.parquet'",)),
             ("npz-without-data", "d.npz", _npz_bytes(a=np.zeros((50, 2)), b=np.zeros((50, 2))), ("several arrays",)),
             (
@@ -1397,3 +1409,12 @@ def test_a_table_of_categories_only_trains_and_samples(tmp_path: Path):
     lines = (tmp_path / "x.csv").read_text().splitlines()
     assert lines[0] == "colour,size" and len(lines) == 21
     assert {line.split(",")[0] for line in lines[1:]} <= {"red", "blue"} and {line.split(",")[1] for line in lines[1:]} <= {"S", "L"}
+
+
+def test_a_table_column_of_one_category_trains_and_samples_it(tmp_path: Path):
+    """A categorical column holding one value everywhere (the path's mask then lay past the network's embedding)."""
+    (tmp_path / "t.csv").write_text("size,kind\n" + "".join(f"{i % 7}.5,same\n" for i in range(60)))
+    assert main(["train", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert main(["sample", "--run", str(tmp_path / "run"), "-n", "20", "--nfe", "4", "--out", str(tmp_path / "x.csv")]) == 0
+    lines = (tmp_path / "x.csv").read_text().splitlines()
+    assert lines[0] == "size,kind" and len(lines) == 21 and {line.split(",")[1] for line in lines[1:]} == {"same"}

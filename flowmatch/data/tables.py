@@ -136,6 +136,7 @@ def _split_rows(path: str, text: str) -> tuple[list[str], list[list[str]], list[
                 continue
             if header is None:
                 header = _check_header(path, row)
+                _check_separator(path, header)
             elif len(row) != len(header):
                 raise FlowmatchError(f"{path}: line {start} has {len(row)} fields, the header has {len(header)}")
             else:
@@ -148,6 +149,23 @@ def _split_rows(path: str, text: str) -> tuple[list[str], list[list[str]], list[
     if len(rows) < MIN_ROWS:
         raise FlowmatchError(f"{path}: {len(rows)} data rows; a table needs at least {MIN_ROWS}")
     return header, rows, lines
+
+
+#: Separators a CSV file may use instead of commas (a European locale's semicolon, a TSV's tab, a pipe).
+OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
+
+
+def _check_separator(path: str, header: list[str]) -> None:
+    """Refuse a file whose header is one field holding another separator: it was written with ';', tabs or '|',
+    and read with commas it would be one text column."""
+    if len(header) != 1:
+        return
+    for sep, name in OTHER_SEPARATORS.items():
+        if sep in header[0]:
+            raise FlowmatchError(
+                f"{path}: the header is one column {header[0][:60]!r}: the file is separated by {name}, and flowmatch reads "
+                f"comma-separated files; convert it (pandas.read_csv(path, sep={sep!r}).to_csv(new_path, index=False))"
+            )
 
 
 def _check_header(path: str, header: list[str]) -> list[str]:

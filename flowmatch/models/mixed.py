@@ -53,7 +53,7 @@ class MixedMLP(nn.Module):
             "activation": activation, "time_dim": time_dim, "dropout": dropout, **self.conditions.config(),
         }  # fmt: skip
         self.dim, self.vocab_sizes, self.time_dim = dim, sizes, time_dim
-        self.states = max(sizes) + 1  # the mask is max(sizes)
+        self.states = max(max(sizes), 2) + 1  # the mask is max(sizes), at least 2 as the path's (a column of one category)
         self.tokens = nn.Embedding(len(sizes) * self.states, embed)
         self.offsets: torch.Tensor
         self.register_buffer("offsets", torch.arange(len(sizes)) * self.states, persistent=False)
