@@ -137,10 +137,11 @@ def fit(
     if resume:
         if out is None:
             raise FlowmatchError("resume needs the run folder")
-        if Path(out).is_dir():  # a read-only run: refused before any work
-            from flowmatch.storage import check_writable
+        if Path(out).is_dir():  # a read-only run, or one holding links: refused before any work
+            from flowmatch.storage import check_no_links, check_writable
 
             check_writable(Path(out) / "config.json")
+            check_no_links(Path(out))
         saved = resume_config(Path(out), None)
         rebuilt = {"model": "python"} if model is None and saved.model == "python" else {}  # the checkpoint rebuilds it
         asked, objects = split_objects(config if config is not None else saved, {**rebuilt, **overrides}, resume=True, **given)

@@ -86,6 +86,18 @@ def make_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def check_no_links(folder: str | os.PathLike) -> None:
+    """Refuse a folder flowmatch is about to write into (a run to resume) that holds a symbolic link: its logs are
+    appended in place, and a link a user placed there would have flowmatch write into the file it points at."""
+    with reading(folder):
+        links = sorted(entry.name for entry in os.scandir(folder) if entry.is_symlink())
+    if links:
+        raise FlowmatchError(
+            f"'{folder}' holds a symbolic link ({', '.join(links[:3])}{', ...' if len(links) > 3 else ''}); flowmatch writes no file "
+            "through a link it did not make: replace the link with a copy of its file, or remove it"
+        )
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Refuse, before any work, a ``path`` that cannot be written: a :class:`WriteError` naming it and the
     cause when its nearest existing folder is a file, or when a probe folder cannot be made there (no

@@ -127,6 +127,14 @@ def base(tmp_path_factory) -> Path:
 
 
 # -- helpers for rows --------------------------------------------------------------------------------
+def _link_metrics(run: Path) -> None:
+    """The run's metrics.csv replaced by a link to a file of the user's beside the run."""
+    mine = run.parent / "mine.csv"
+    mine.write_text("the user's own file\n")
+    (run / "metrics.csv").unlink()
+    (run / "metrics.csv").symlink_to(mine)
+
+
 def copied_run(edit: Callable[[Path], None] | None = None) -> Callable[[Env], None]:
     """A setup that copies the shared run to ``{dir}/run`` and applies ``edit`` to the copy."""
 
@@ -848,6 +856,13 @@ CASES: list[Case] = [
         words=("config.json: a config must be a mapping of keys to values, got list",),
         unchanged=("{dir}/run",),
         setup=copied_run(_write_json("config.json", [1, 2])),
+    ),
+    Case(
+        "resume-a-run-whose-metrics-csv-is-a-link",
+        argv=("train", "--resume", "{dir}/run", "--steps", "40"),
+        words=("holds a symbolic link (metrics.csv)", "writes no file through a link"),
+        unchanged=("{dir}/run", "{dir}/mine.csv"),
+        setup=copied_run(_link_metrics),
     ),
     Case(
         "init-from-a-run-whose-config-is-a-list",
