@@ -90,7 +90,7 @@ def check_no_links(folder: str | os.PathLike) -> None:
     """Refuse a folder flowmatch is about to write into (a run to resume) that holds a symbolic link: its logs are
     appended in place, and a link a user placed there would have flowmatch write into the file it points at."""
     with reading(folder):
-        links = sorted(entry.name for entry in os.scandir(folder) if entry.is_symlink())
+        links = sorted(entry.name for entry in os.scandir(os.fspath(folder)) if entry.is_symlink())
     if links:
         raise FlowmatchError(
             f"'{folder}' holds a symbolic link ({', '.join(links[:3])}{', ...' if len(links) > 3 else ''}); flowmatch writes no file "
