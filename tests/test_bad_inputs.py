@@ -1305,6 +1305,20 @@ CASES: list[Case] = [
         )
     ],
     Case(
+        "labels-numbered-past-the-rows",
+        argv=("train", "--data", "{dir}/d.npz", "--conditional", "--out", "{dir}/new", *TINY),
+        words=("d.npz: 'labels' go up to 1000000000000", "more than the 50 rows", "numpy.unique"),
+        absent=("{dir}/new",),
+        setup=_bytes("d.npz", _npz_bytes(data=np.random.default_rng(0).normal(size=(50, 2)), labels=np.array([10**12] + [0] * 49))),
+    ),
+    Case(
+        "token-ids-past-the-vocabulary",
+        argv=("train", "--data", "{dir}/ids.npy", "--kind", "tokens", "--out", "{dir}/new", *TINY),
+        words=("ids.npy: token ids go up to 6000000000000", "at most 1,000,000"),
+        absent=("{dir}/new",),
+        setup=_bytes("ids.npy", _npy_bytes((np.arange(5000) % 7 * 10**12).astype(np.int64))),
+    ),
+    Case(
         "data-a-folder",
         argv=("train", "--data", "{dir}/folder.npy", "--out", "{dir}/new", *TINY),
         words=("folder.npy",),
@@ -1433,3 +1447,17 @@ def test_a_table_column_of_one_category_trains_and_samples_it(tmp_path: Path):
     assert main(["sample", "--run", str(tmp_path / "run"), "-n", "20", "--nfe", "4", "--out", str(tmp_path / "x.csv")]) == 0
     lines = (tmp_path / "x.csv").read_text().splitlines()
     assert lines[0] == "size,kind" and len(lines) == 21 and {line.split(",")[1] for line in lines[1:]} == {"same"}
+
+
+def test_a_token_run_refuses_sizes_past_memory_before_allocating(tmp_path: Path):
+    """n and nfe of a token (and table) flow's sampler are checked against memory, as a continuous flow's are."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "ids.npy", rng.integers(0, 5, size=4000))
+    flow = flowmatch.train(data=str(tmp_path / "ids.npy"), kind="tokens", seq_len=8, steps=2, progress=False).flow
+    with pytest.raises(FlowmatchError, match="sampling 100000000000 rows of 8 tokens needs about"):
+        flow.sample(10**11)
+    with pytest.raises(FlowmatchError, match="a time grid of 100000000000 jump steps needs about"):
+        flow.sample(2, nfe=10**11)
+    for bad in (0, 2.5, True):
+        with pytest.raises(FlowmatchError, match="nfe must be a positive integer"):
+            flow.sample(2, nfe=bad)

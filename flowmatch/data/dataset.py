@@ -68,6 +68,7 @@ from flowmatch.data.files import (
     MIN_ROWS,
     _MappedRows,
     check_float32_range,
+    class_count,
     load_table,
 )
 from flowmatch.data.standardize import Standardizer
@@ -256,7 +257,7 @@ class Dataset:
             if len(label_array) != len(flat) or label_array.dtype.kind not in "iu" or (label_array < 0).any():
                 raise FlowmatchError(f"labels must be {len(flat)} non-negative integers, got {label_array.dtype} {label_array.shape}")
             label_array = label_array.astype(np.int64)
-            classes = [str(k) for k in range(int(label_array.max()) + 1)]
+            classes = [str(k) for k in range(class_count(label_array, len(flat), "labels"))]
         condition_array = None
         if conditions is not None:
             condition_array = _as_rows(conditions, "conditions").astype(np.float64)

@@ -54,8 +54,21 @@ def load_labels(path: str | os.PathLike, label_column: str | None = None):
             raise FlowmatchError(f"{path}: cannot read 'labels' ({exc})") from None
     if labels.shape != (len(points),) or labels.dtype.kind not in "iu" or (labels < 0).any():
         raise FlowmatchError(f"{path}: 'labels' must be {len(points)} non-negative integers, got {labels.dtype} {labels.shape}")
-    count = int(labels.max()) + 1
+    count = class_count(labels, len(points), f"{path}: 'labels'")
     return points, labels.astype(np.int64), [str(c) for c in range(count)]
+
+
+def class_count(labels: np.ndarray, rows: int, what: str) -> int:
+    """The number of classes K = max + 1 of class numbers 0..K-1 (``labels``, non-negative integers), refused
+    where it exceeds the rows: an embedding of K classes is allocated for a conditional model, and labels such
+    as 1e12 (ids, not class numbers) would hang it."""
+    count = int(labels.max()) + 1 if len(labels) else 0
+    if count > max(rows, 1):
+        raise FlowmatchError(
+            f"{what} go up to {count - 1}: classes are numbered 0..K-1, and {count:,} classes are more than the {rows:,} rows; "
+            "number them from 0 (numpy.unique(labels, return_inverse=True)[1])"
+        )
+    return count
 
 
 def load_table(path: str | os.PathLike, label_column: str | None = None, condition_columns: str | None = None):

@@ -65,6 +65,7 @@ from typing import cast
 import numpy as np
 import torch
 
+from flowmatch.data.files import class_count
 from flowmatch.errors import FlowmatchError
 from flowmatch.storage import os_error
 
@@ -267,7 +268,7 @@ def load_image_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, lis
             raise FlowmatchError(f"{path}: labels must be >= 0, got {int(labels.min())}")
         labels = labels.astype(np.int64)
     if names is None:
-        class_names = [str(k) for k in range(int(labels.max()) + 1)] if "labels" in keys else [path.stem]
+        class_names = [str(k) for k in range(class_count(labels, n, f"{path}: 'labels'"))] if "labels" in keys else [path.stem]
     else:
         if names.dtype.kind != "U" or names.ndim != 1:
             raise FlowmatchError(f"{path}: 'class_names' must be a 1-D array of strings, got {names.dtype} {names.shape}")

@@ -265,8 +265,17 @@ def _from_text(name: str, text: str) -> TokenData:
     return _split(name, vocab.encode(text), vocab)
 
 
+#: The largest vocabulary of token ids (max id + 1): its embedding and output layer are allocated whole.
+MAX_VOCAB = 1_000_000
+
+
 def _from_ids(name: str, ids: np.ndarray) -> TokenData:
     size = int(ids.max()) + 1 if ids.size else 0
+    if size > MAX_VOCAB:
+        raise FlowmatchError(
+            f"{name}: token ids go up to {size - 1}, a vocabulary of {size:,} (at most {MAX_VOCAB:,}); number the ids used "
+            "from 0 (numpy.unique(ids, return_inverse=True)[1])"
+        )
     if size < 2:
         raise FlowmatchError(f"{name}: needs at least 2 distinct token ids")
     return _split(name, ids, Vocabulary(size))

@@ -100,6 +100,15 @@ class DiscreteFlow:
         the precision the run trained in, as recorded (:func:`flowmatch.saving.recorded_precision`)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+            raise FlowmatchError(f"nfe must be a positive integer, got {nfe!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FlowmatchError(f"batch_size must be a positive integer, got {batch_size!r}")
+        from flowmatch.memory import require_memory
+
+        # the samples (tokens int64 and features float32, twice: the parts and their concatenation) and the time grid
+        require_memory(2 * n * (8 * self.length + 4 * self.dim), f"sampling {n} rows of {self.length} tokens", "ask for fewer")
+        require_memory(16 * (nfe + 1), f"a time grid of {nfe} jump steps", "ask for fewer steps (nfe)")
         if precision == "auto":
             from flowmatch.saving import recorded_precision
 

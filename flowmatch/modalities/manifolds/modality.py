@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from flowmatch.conditions import drop
+from flowmatch.data.files import class_count
 from flowmatch.data.manifolds import MANIFOLD_SETS, SAMPLES, VAL_POINTS, ManifoldRunData, PointSet, load_run_data, split_points
 from flowmatch.discrete.schedulers import make_scheduler
 from flowmatch.engine.options import resolve_target
@@ -86,7 +87,8 @@ def run_data(config: Any, objects: Objects) -> ManifoldRunData:
         labels = _array(parts["labels"], "labels").reshape(-1)
         if labels.is_floating_point() or len(labels) != len(points) or (labels < 0).any():
             raise FlowmatchError(f"labels must be {len(points)} class numbers >= 0, got {labels.dtype} of shape {tuple(labels.shape)}")
-        rows["y"], given["classes"] = labels.long().numpy(), list(range(int(labels.max()) + 1))
+        rows["y"] = labels.long().numpy()
+        given["classes"] = list(range(class_count(rows["y"], len(points), "labels")))
     if parts.get("conditions") is not None:
         c = _array(parts["conditions"], "conditions").to(torch.float32)
         c = c.reshape(len(c), -1)
