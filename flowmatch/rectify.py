@@ -81,6 +81,11 @@ def distill(
     """
     if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
         raise FlowmatchError(f"the student's nfe must be a positive integer, got {nfe!r}")
+    if isinstance(teacher_nfe, int) and not isinstance(teacher_nfe, bool) and nfe >= teacher_nfe:
+        raise FlowmatchError(
+            f"the student's nfe {nfe} must be below its teacher's ({teacher_nfe}): distillation makes a sampler of fewer steps "
+            "(each of the student's steps is unrolled and backpropagated through in training)"
+        )
     return _retrain(
         run_dir, out, n_pairs=n_pairs, steps=steps, teacher_solver=teacher_solver, teacher_nfe=teacher_nfe,
         pair_seed=pair_seed, force=force, progress=progress, evaluate=evaluate, objective="distill",
@@ -107,6 +112,10 @@ def _retrain(
     if fixed:
         raise FlowmatchError(f"{', '.join(fixed)} cannot be set here: they come from the teacher run and its pairs")
     teacher = load(run_dir)  # a missing or broken run folder is the first error
+    from flowmatch.memory import require_memory
+
+    # x0 and x1, their concatenation and the file's copy: four float32 arrays of n_pairs x dim
+    require_memory(16 * n_pairs * teacher.dim, f"{n_pairs} teacher pairs of dimension {teacher.dim}", "ask for fewer pairs")
     why = modality(teacher.kind).rectify
     if why is not None:
         command = "reflow" if objective == "flow-matching" else "distill"

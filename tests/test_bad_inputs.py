@@ -1214,6 +1214,16 @@ CASES: list[Case] = [
             ),
             ("reflow-steps-0", ("reflow", "--run", "{run}", "--out", "{dir}/new", "--steps", "0"), ("steps must be a positive integer",)),
             (
+                "reflow-pairs-past-memory",
+                ("reflow", "--run", "{run}", "--out", "{dir}/new", "--pairs", "100000000000"),
+                ("100000000000 teacher pairs of dimension 2 needs about", "ask for fewer pairs"),
+            ),
+            (
+                "distill-nfe-past-the-teacher",
+                ("distill", "--run", "{run}", "--out", "{dir}/new", "--nfe", "1000000"),
+                ("the student's nfe 1000000 must be below its teacher's (100)",),
+            ),
+            (
                 "reflow-teacher-nfe-3",
                 ("reflow", "--run", "{run}", "--out", "{dir}/new", "--teacher-nfe", "3", "--pairs", "10"),
                 ("not a multiple of 4",),
