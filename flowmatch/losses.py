@@ -109,6 +109,12 @@ def sample_times(
     """
     if distribution not in TIME_DISTRIBUTIONS:
         raise FlowmatchError(f"time distribution must be one of {', '.join(TIME_DISTRIBUTIONS)}, got {distribution!r}")
+    for name, value in (("n", n), ("strata", strata)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise FlowmatchError(f"sample_times: {name} must be an integer >= 0, got {value!r}")
+    for name, number in (("scale", scale), ("shift", shift)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
+            raise FlowmatchError(f"sample_times: {name} must be a finite number > 0, got {number!r}")
     strata = min(strata, n)
     u = _stratified_uniforms(n, strata, generator) if strata else None
     if distribution == "uniform":
@@ -167,6 +173,19 @@ class Posterior:
     source: GaussianMixture | None = None
 
 
+def _check_pairs(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> None:
+    """Pairs of one shape and one time per pair; times in [0, 1] where they lie on the CPU (on a device the check
+    would wait for it at every step)."""
+    if not isinstance(x0, torch.Tensor) or not isinstance(x1, torch.Tensor) or not isinstance(t, torch.Tensor):
+        raise FlowmatchError("x0, x1 and t must be tensors")
+    if x0.shape != x1.shape:
+        raise FlowmatchError(f"x0 and x1 must have one shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if t.shape != x1.shape[:1]:
+        raise FlowmatchError(f"t must hold one time per pair, shape ({len(x1)},), got {tuple(t.shape)}")
+    if t.device.type == "cpu" and len(t) and not (float(t.min()) >= 0.0 and float(t.max()) <= 1.0):
+        raise FlowmatchError(f"times must lie in [0, 1], got values from {float(t.min()):g} to {float(t.max()):g}")
+
+
 def flow_matching_loss(
     model,
     path: AffinePath,
@@ -188,6 +207,7 @@ def flow_matching_loss(
     ``autocast`` (e.g. torch.bfloat16) runs the model's call under ``torch.autocast`` while the path,
     the target and the loss stay float32.
     """
+    _check_pairs(x0, x1, t)
     sample = path.sample(x0, x1, t, noise)
     velocity = sample.velocity
     if posterior is not None:
@@ -247,6 +267,8 @@ def meanflow_times(
     """
     if isinstance(equal_share, bool) or not isinstance(equal_share, (int, float)) or not 0.0 <= equal_share <= 1.0:
         raise FlowmatchError(f"equal_share must be a number in [0, 1], got {equal_share!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise FlowmatchError(f"meanflow_times: n must be an integer >= 0, got {n!r}")
     both = sample_times(2 * n, generator, distribution=distribution, loc=loc, scale=scale).reshape(2, n)
     r, t = torch.minimum(both[0], both[1]), torch.maximum(both[0], both[1])
     equal = torch.rand(n, generator=generator) < equal_share

@@ -124,3 +124,25 @@ def test_stratified_times_are_the_strata_of_one_uniform_and_never_reach_1(monkey
         below = torch.nextafter(below, torch.tensor(0.0)) if float(below) > 1.0 - strata * 2**-20 else below
         monkeypatch.setattr(losses.torch, "rand", lambda *a, v=below, **k: v.reshape(1).clone() if a == (1,) else real(*a, **k))
         assert float(losses.sample_times(strata * 3, None, strata=strata).max()) < 1.0
+
+
+def test_the_loss_and_time_samplers_refuse_what_they_cannot_use():
+    """Raw torch errors (a negative size) or a silent broadcast before: now one FlowmatchError each."""
+    from flowmatch.errors import FlowmatchError
+    from flowmatch.losses import flow_matching_loss, meanflow_times, sample_times
+    from flowmatch.paths.affine import make_path
+
+    path, model = make_path("linear"), lambda x, t: x
+    x = torch.zeros(4, 2)
+    for call, words in [
+        (lambda: sample_times(8, strata=-1), "strata must be an integer >= 0, got -1"),
+        (lambda: sample_times(-1), "n must be an integer >= 0"),
+        (lambda: sample_times(8, scale=0.0), "scale must be a finite number > 0"),
+        (lambda: meanflow_times(-3), "n must be an integer >= 0, got -3"),
+        (lambda: flow_matching_loss(model, path, x, torch.zeros(3, 2), torch.rand(4)), "one shape, got \\(4, 2\\) and \\(3, 2\\)"),
+        (lambda: flow_matching_loss(model, path, x, x, torch.rand(3)), "one time per pair, shape \\(4,\\), got \\(3,\\)"),
+        (lambda: flow_matching_loss(model, path, x, x, torch.full((4,), 2.0)), "times must lie in \\[0, 1\\], got values from 2 to 2"),
+    ]:
+        with pytest.raises(FlowmatchError, match=words):
+            call()
+    assert sample_times(0).shape == (0,) and torch.isfinite(flow_matching_loss(model, path, x, x + 1, torch.rand(4)))
