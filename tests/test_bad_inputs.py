@@ -1315,6 +1315,13 @@ CASES: list[Case] = [
         )
     ],
     Case(
+        "images-every-one-the-same",
+        argv=("train", "--data", "{dir}/same.npz", "--out", "{dir}/new", *TINY),
+        words=("same.npz: all 40 images are the same image",),
+        absent=("{dir}/new",),
+        setup=_bytes("same.npz", _npz_bytes(images=np.full((40, 4, 4), 7, dtype=np.uint8))),
+    ),
+    Case(
         "labels-numbered-past-the-rows",
         argv=("train", "--data", "{dir}/d.npz", "--conditional", "--out", "{dir}/new", *TINY),
         words=("d.npz: 'labels' go up to 1000000000000", "more than the 50 rows", "numpy.unique"),

@@ -375,6 +375,8 @@ def load_image_set(spec: str | os.PathLike, *, test_fraction: float = 0.2, seed:
         images, labels, class_names = load_image_folder(name)
     if len(images) < 2:
         raise FlowmatchError(f"{name}: need at least 2 images for a train and a test split, got {len(images)}")
+    if (images == images[:1]).all():
+        raise FlowmatchError(f"{name}: all {len(images)} images are the same image: there is no distribution to learn")
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
     if len(test_idx) == 0:
         raise FlowmatchError(f"{name}: too few images per class for a test split ({len(images)} images)")
