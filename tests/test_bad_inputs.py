@@ -1315,6 +1315,12 @@ CASES: list[Case] = [
         )
     ],
     Case(
+        "manifold-columns-named-twice",
+        argv=("train", "--data", "{data}/places.csv", "--manifold", "sphere", "--columns", "lat,lat", "--out", "{dir}/new", *TINY),
+        words=("lat,lat: lat named twice",),
+        absent=("{dir}/new",),
+    ),
+    Case(
         "images-every-one-the-same",
         argv=("train", "--data", "{dir}/same.npz", "--out", "{dir}/new", *TINY),
         words=("same.npz: all 40 images are the same image",),

@@ -532,6 +532,10 @@ def load_manifold_data(
     if units is not None and units not in UNITS:
         raise FlowmatchError(f"units={units!r}: choose one of {', '.join(UNITS)}")
     names = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else (list(columns) if columns is not None else None)
+    if names is not None:
+        twice = sorted({c for c in names if names.count(c) > 1})
+        if twice or not all(names):
+            raise FlowmatchError(f"columns={columns!r}: " + (f"{', '.join(twice)} named twice" if twice else "an empty column name"))
     ext = os.path.splitext(path)[1].lower()
     with reading(path):  # no permission, an I/O error: one line naming the file
         if ext == ".csv":
