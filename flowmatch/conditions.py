@@ -110,9 +110,19 @@ def condition_rows(conditions: Conditions, name: str, value, n: int, device) -> 
         except (TypeError, ValueError) as exc:
             raise FlowmatchError(f"condition {name!r}: not an array ({exc})") from None
     if "classes" in spec:
+        if rows.is_complex() or rows.dtype == torch.bool or (rows.is_floating_point() and not torch.equal(rows, rows.round())):
+            raise FlowmatchError(f"condition {name!r} takes whole class numbers, got {rows.dtype}")
         rows = rows.long().reshape(-1)
     else:
+        if rows.is_complex() or not (
+            rows.is_floating_point() or rows.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+        ):
+            raise FlowmatchError(f"condition {name!r} takes numbers, got {rows.dtype}")
         rows = rows.to(torch.float32)
+        if not torch.isfinite(rows).all():
+            raise FlowmatchError(
+                f"condition {name!r} holds NaN or infinite values: give finite numbers (a dropped condition is guidance's own)"
+            )
         if rows.ndim <= 1:  # one value per sample (a 1-d condition), or one row for all
             rows = rows.reshape(-1, 1) if spec["dim"] == 1 else rows.reshape(1, -1)
         if rows.ndim != 2 or rows.shape[1] != spec["dim"]:

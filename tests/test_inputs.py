@@ -1,6 +1,7 @@
 """train / fit / load on a user's own objects: models, tensors, torch Datasets, DataLoaders, iterables,
 paths, sources and conditions (flowmatch.modalities.points.inputs, flowmatch.data.streams, flowmatch.runs)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -156,6 +157,11 @@ def test_float_conditions_drop_to_a_null_and_guide():
         flow.sample(4, condition=torch.zeros(4, 2))
     with pytest.raises(FlowmatchError, match="no condition 'z'"):
         flow.sample(4, condition={"z": torch.zeros(4)})
+    for bad in ([[math.inf]], [[math.nan]]):  # the CLI refuses them too; a NaN is the dropped condition's own marker
+        with pytest.raises(FlowmatchError, match="condition 'c' holds NaN or infinite values"):
+            flow.sample(4, condition=bad)
+    with pytest.raises(FlowmatchError, match="condition 'c' takes numbers, got torch.bool"):
+        flow.sample(4, condition=torch.ones(4, 1, dtype=torch.bool))
 
 
 def test_a_model_that_cannot_take_a_dropped_condition_is_told_so():
