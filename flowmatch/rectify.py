@@ -112,14 +112,14 @@ def _retrain(
     if fixed:
         raise FlowmatchError(f"{', '.join(fixed)} cannot be set here: they come from the teacher run and its pairs")
     teacher = load(run_dir)  # a missing or broken run folder is the first error
-    from flowmatch.memory import require_memory
-
-    # x0 and x1, their concatenation and the file's copy: four float32 arrays of n_pairs x dim
-    require_memory(16 * n_pairs * teacher.dim, f"{n_pairs} teacher pairs of dimension {teacher.dim}", "ask for fewer pairs")
     why = modality(teacher.kind).rectify
     if why is not None:
         command = "reflow" if objective == "flow-matching" else "distill"
         raise FlowmatchError(f"{command} does not apply to '{run_dir}', {modality(teacher.kind).label}: {why}")
+    from flowmatch.memory import require_memory
+
+    # x0 and x1, their concatenation and the file's copy: four float32 arrays of n_pairs x dim
+    require_memory(16 * n_pairs * teacher.dim, f"{n_pairs} teacher pairs of dimension {teacher.dim}", "ask for fewer pairs")
     if out.resolve() == run_dir.resolve():
         raise FlowmatchError(f"the new run folder must differ from the teacher run '{run_dir}'")
     check_writable_run(out, force)  # fail before generating pairs
