@@ -518,3 +518,11 @@ def test_an_image_run_takes_and_gives_pixels_in_the_range_they_came_in(tmp_path)
     # a run saved before pixels were its data coordinates (identity standardiser) keeps its range, [-1, 1]
     legacy = a.__class__(**{**a.__dict__, "standardizer": a.standardizer.identity(16)})
     assert legacy.image_value_range == (-1.0, 1.0)
+
+
+def test_test_fraction_zero_trains_an_image_set_on_every_image():
+    from flowmatch.data.images import load_image_set
+
+    s = load_image_set("digits", test_fraction=0.0)
+    assert len(s.train) == 1797 and len(s.test) == 0
+    assert len(load_image_set("digits", test_fraction=1e-6).test) == 10  # any share above 0: at least one image a class

@@ -378,7 +378,7 @@ def load_image_set(spec: str | os.PathLike, *, test_fraction: float = 0.2, seed:
     if (images == images[:1]).all():
         raise FlowmatchError(f"{name}: all {len(images)} images are the same image: there is no distribution to learn")
     train_idx, test_idx = stratified_split(labels, test_fraction, seed)
-    if len(test_idx) == 0:
+    if len(test_idx) == 0 and test_fraction > 0:
         raise FlowmatchError(f"{name}: too few images per class for a test split ({len(images)} images)")
     flat = to_model_scale(images.reshape(len(images), -1))
     labels_t = torch.from_numpy(labels)
