@@ -278,7 +278,9 @@ def test_image_set_from_folder_and_npz(tmp_path):
     s = load_image_set(tmp_path / "folder", seed=0)
     assert s.class_names == ["class0", "class1"] and s.image_shape == (1, 5, 6)
     assert len(s.train) == 8 and len(s.test) == 2 and sorted(s.test_labels.tolist()) == [0, 1]
-    np.savez(tmp_path / "x.npz", images=np.zeros((6, 2, 2), np.uint8), labels=np.array([0, 0, 0, 1, 1, 1]))
+    images = np.zeros((6, 2, 2), np.uint8)
+    images[:, 0, 0] = 40 * np.arange(6)  # six different images (one image six times is refused)
+    np.savez(tmp_path / "x.npz", images=images, labels=np.array([0, 0, 0, 1, 1, 1]))
     s = load_image_set(tmp_path / "x.npz")
     assert s.dim == 4 and s.train.min() == -1.0
     assert is_image_data("digits") and is_image_data(tmp_path / "folder") and is_image_data(tmp_path / "x.npz")
