@@ -196,26 +196,26 @@ def test_bad_objects_get_one_clear_error():
         flowmatch.train(data=[], **SMALL)
 
 
-class _Wide(torch.nn.Module):
+class ThreeOut(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = torch.nn.Linear(2, 3)
+        self.layer = torch.nn.Linear(2, 3)
 
     def forward(self, x, t):
-        return self.net(x)
+        return self.layer(x)
 
 
-class _Tuple(_Wide):
+class _Tuple(ThreeOut):
     def forward(self, x, t):
         return (x,)
 
 
-class _Integer(_Wide):
+class _Integer(ThreeOut):
     def forward(self, x, t):
         return x.long()
 
 
-class _NoTime(_Wide):
+class _NoTime(ThreeOut):
     def forward(self, x):
         return x
 
@@ -231,7 +231,7 @@ class _OneRow(torch.nn.Module):
         return self.v
 
 
-class _Counting(_Wide):
+class _Counting(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -244,8 +244,8 @@ class _Counting(_Wide):
     "model, words",
     [
         (
-            _Wide(),
-            r"the model \(_Wide\) must return velocities of the rows' shape \(2, 2\); model\(x of shape \(2, 2\), t of shape \(2,\)\) returned \(2, 3\)",
+            ThreeOut(),
+            r"the model \(ThreeOut\) must return velocities of the rows' shape \(2, 2\); model\(x of shape \(2, 2\), t of shape \(2,\)\) returned \(2, 3\)",
         ),
         (_Tuple(), r"the model \(_Tuple\) must return a tensor of velocities; .* returned a tuple"),
         (_Integer(), r"the model \(_Integer\) must return floating-point velocities; .* returned torch.int64"),
@@ -408,15 +408,6 @@ def test_a_flow_made_by_hand_tries_its_model_once():
         Flow(ThreeOut(), dim=2)
     with pytest.raises(FlowmatchError, match="Flow needs a torch.nn.Module"):
         Flow(lambda x, t: x, dim=2)
-
-
-class ThreeOut(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 3)
-
-    def forward(self, x, t):
-        return self.layer(x)
 
 
 def test_test_fraction_zero_trains_on_every_row_and_is_measured_against_a_reference(tmp_path):
