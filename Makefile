@@ -23,13 +23,13 @@ demo: install
 	@echo "demo run folder: $(DEMO) (samples.png, metrics.json, generated.npy)"
 
 # lint and format (ruff), types (mypy on the package), the layers (import-linter's contracts in pyproject.toml),
-# then the tests
+# then the tests, on two worker processes (pytest-xdist: each test is single-threaded, see tests/conftest.py)
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # the peers (torchcfm, flow-matching) come with the bench extra
 bench: install
