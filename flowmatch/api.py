@@ -22,7 +22,7 @@ from flowmatch.config import (
     split_objects,
 )
 from flowmatch.engine import fitting, loop
-from flowmatch.engine.runs import check_writable_run, config_from_file, config_record, config_values, write_config
+from flowmatch.engine.runs import check_writable_run, config_from_file, config_values
 from flowmatch.engine.seam import Modality, Objects, check_applicable
 from flowmatch.engine.threads import thread_scope
 from flowmatch.errors import FlowmatchError
@@ -142,6 +142,9 @@ def fit(
 
             check_writable(Path(out) / "config.json")
             check_no_links(Path(out))
+        from flowmatch.engine.checkpoints import check_newest_state
+
+        check_newest_state(Path(out))  # metadata changed by hand: refused before config.json is rewritten
         saved = resume_config(Path(out), None)
         rebuilt = {"model": "python"} if model is None and saved.model == "python" else {}  # the checkpoint rebuilds it
         asked, objects = split_objects(config if config is not None else saved, {**rebuilt, **overrides}, resume=True, **given)
@@ -165,7 +168,8 @@ ADDED_KEYS = {"batch_warmup": 0, "time_strata": 0, "target": "conditional", "val
 
 def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
     """The saved config of a run to resume; ``config`` may differ from it only by more steps and its
-    ``threads`` (a machine's setting: a different count may change float rounding, not what is trained)."""
+    ``threads`` (a machine's setting: a different count may change float rounding, not what is trained). Nothing is
+    written here: the training loop records the config once everything that can refuse the run has passed."""
     if not (run / "config.json").is_file():
         raise FlowmatchError(f"cannot resume: '{run}' is not a flowmatch run folder (config.json is missing)")
     values = config_from_file(read_json(run / "config.json"), run)  # paths relative to the run folder resolved
@@ -187,9 +191,7 @@ def resume_config(run: Path, config: TrainConfig | None) -> TrainConfig:
         raise FlowmatchError(f"cannot change {', '.join(changed)} when resuming; only steps may be raised (and threads set)")
     if config.steps < saved.steps:
         raise FlowmatchError(f"cannot resume with fewer steps ({config.steps}) than the run had ({saved.steps})")
-    if config.steps != saved.steps or config.threads != saved.threads:
-        write_config(run / "config.json", config.to_dict(), config_record(run), run)  # the record kept
-    return config
+    return config  # config.json takes the new steps once the resumed run has set up (flowmatch.engine.loop)
 
 
 # -- a loaded flow: evaluate, sample to a file, draw ------------------------------------------------------
@@ -269,7 +271,15 @@ def sample_to_file(
     if isinstance(options.get("condition"), (str, os.PathLike)):
         from flowmatch.data.files import read_condition_rows
 
-        options["condition"] = list(read_condition_rows(str(options["condition"])))
+        file = str(options["condition"])
+        rows = read_condition_rows(file)
+        spec = (getattr(flow, "conditions", None) or {}).get("c")
+        if spec is not None and "dim" in spec and rows.shape[1] != spec["dim"]:
+            raise FlowmatchError(
+                f"condition file '{file}' has rows of {rows.shape[1]} values; the model's condition c takes {spec['dim']} "
+                f"(one row per line, as the training's condition columns)"
+            )
+        options["condition"] = list(rows)
     use_threads_for(flow, threads, n)
     return chosen.write_samples(flow, out, n=n, seed=seed, options=options)
 

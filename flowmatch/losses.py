@@ -180,9 +180,11 @@ def _check_pairs(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> None:
         raise FlowmatchError("x0, x1 and t must be tensors")
     if x0.shape != x1.shape:
         raise FlowmatchError(f"x0 and x1 must have one shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if x1.ndim < 1 or not len(x1):
+        raise FlowmatchError(f"the loss needs at least one pair, got x1 of shape {tuple(x1.shape)}")
     if t.shape != x1.shape[:1]:
         raise FlowmatchError(f"t must hold one time per pair, shape ({len(x1)},), got {tuple(t.shape)}")
-    if t.device.type == "cpu" and len(t) and not (float(t.min()) >= 0.0 and float(t.max()) <= 1.0):
+    if t.device.type == "cpu" and not (float(t.min()) >= 0.0 and float(t.max()) <= 1.0):
         raise FlowmatchError(f"times must lie in [0, 1], got values from {float(t.min()):g} to {float(t.max()):g}")
 
 

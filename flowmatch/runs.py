@@ -45,6 +45,7 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", model: torch.nn.Mod
     flow = modality(saved.kind).load_flow(
         saved.meta, saved.weights, saved.config, saved.where, model=model, source=source, folder=saved.folder
     )
+    saved.check_meta()
     if saved.note is not None:
         warnings.warn(saved.note, FlowmatchWarning, stacklevel=2)
     return flow.to(device)

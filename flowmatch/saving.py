@@ -8,6 +8,9 @@ them are :mod:`flowmatch.engine.runs`'.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,83 @@ def meta_file(where) -> Path:
 STATE_META = "state.json"  # a training checkpoint's metadata (flowmatch.engine.checkpoints)
 
 
+#: The safetensors header entry that binds a checkpoint's weights to the metadata written beside them: the
+#: SHA-256 of that metadata's canonical JSON (:func:`meta_digest`). Metadata changed after the weights were
+#: saved (a hand-edited vocabulary, path or column scale that still fits the weights' shapes) is refused by it.
+META_DIGEST = "flowmatch.meta_sha256"
+
+
+def meta_digest(meta: Any) -> str:
+    """The SHA-256 of ``meta`` as canonical JSON (sorted keys, no spaces): the same for the metadata in memory
+    and as read back from its JSON file."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A safetensors file's tensors (never unpickled) and the metadata digest in its header (None in files written
+    before weights carried one); a damaged file raises safetensors' or the system's error, for the caller to name."""
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        header = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (a safe_open handle is not a dict)
+    return tensors, header.get(META_DIGEST)
+
+
+def check_meta_digest(meta: Any, digest: str | None, where) -> None:
+    """Refuse metadata that differs from the metadata the weights at ``where`` were saved with (their header's
+    :data:`META_DIGEST`); weights without a digest pass."""
+    if digest is not None and digest != meta_digest(meta):
+        raise FlowmatchError(
+            f"{meta_file(where)} is not the metadata saved with the weights at {where}: it was changed afterwards (its "
+            "SHA-256 differs from the one in the weights' header); restore it or train again"
+        )
+
+
+def named(message: str, where) -> str:
+    """``message`` prefixed with ``where`` (a checkpoint), unless it already names it or its metadata file."""
+    return message if str(where) in message or str(meta_file(where)) in message else f"{where}: {message}"
+
+
+def build_model_for(spec: dict[str, Any], dim: int, state: dict[str, torch.Tensor], where, dim_key: str = "dim") -> torch.nn.Module:
+    """The model ``spec`` describes (:func:`flowmatch.models.registry.from_config`) for the weights ``state`` read
+    from ``where``, built only once its sizes are known to fit them: a built-in model's sizes (and ``dim``) can
+    be no larger than the number of values the weights hold, and the model built first on the meta device (no
+    memory) must have the weights' names and shapes. A hand-edited checkpoint.json asking for a width of 1e9 is
+    refused by name, not allocated. ``dim_key`` names ``dim`` in checkpoint.json (a token flow's ``length``)."""
+    from flowmatch.models.registry import from_config
+
+    held = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    if "factory" not in spec:
+        for key, value in [(dim_key, dim), *_numbers(spec, "model")]:
+            if value > max(held, 1):
+                raise FlowmatchError(
+                    f"{meta_file(where)}: checkpoint metadata's {key} = {value:g} cannot fit the weights, which hold "
+                    f"{held} values in all: the metadata does not match the weights"
+                )
+    try:
+        with torch.device("meta"):
+            probe = from_config(spec, dim)
+    except FlowmatchError:
+        raise
+    except Exception:  # noqa: BLE001 a model that cannot be built on the meta device is checked after building
+        probe = None
+    if probe is not None:
+        check_weights(probe.state_dict(), state, where)
+    return from_config(spec, dim)
+
+
+def _numbers(value: Any, key: str) -> list[tuple[str, float]]:
+    """The numbers in a model spec, with where each sits (``model.width``, ``model.vocab_sizes[0]``)."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _numbers(v, f"{key}.{k}")]
+    if isinstance(value, list):
+        return [pair for j, v in enumerate(value) for pair in _numbers(v, f"{key}[{j}]")]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [(key, value if math.isfinite(value) else math.inf)]
+    return []
+
+
 def check_weights(expected: dict[str, Any], state: dict[str, torch.Tensor], where) -> None:
     """Refuse ``state`` unless it has exactly the entries of ``expected`` (a model's state dict), each of the
     same shape and dtype (weights of another dtype, such as int64 or float64 for a float32 model, are refused,
@@ -109,10 +189,17 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     """``state`` into ``model`` (strict), in eval mode, after :func:`check_weights` against the model's own
     entries: on any difference one error names the checkpoint ``where`` and ``model`` is left as it was."""
     check_weights(model.state_dict(), state, where)
+    meta = any(v.is_meta for v in model.state_dict().values())  # built without memory: the weights become its values
     try:  # a model's own loading hooks may still refuse them
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=meta)
     except RuntimeError as exc:
         raise FlowmatchError(f"{where}: weights do not match the model: {str(exc).strip().splitlines()[0]}") from None
+    left = [name for name, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
+    if left:
+        raise FlowmatchError(
+            f"model {type(model).__name__}: {left[0]} is on the meta device and the weights at {where} do not hold it "
+            "(a buffer that is not saved): build the model on the CPU"
+        )
     return model.eval()
 
 
@@ -126,5 +213,5 @@ def save_flow(flow: Any, folder: str | os.PathLike) -> None:
     keep = getattr(flow, "keep", None)
     if keep is not None:
         keep(Path(folder))
-    save_tensors(Path(folder) / CHECKPOINT, flow.model.state_dict())
+    save_tensors(Path(folder) / CHECKPOINT, flow.model.state_dict(), header={META_DIGEST: meta_digest(meta)})
     write_json(Path(folder) / CHECKPOINT_META, meta)

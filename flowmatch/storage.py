@@ -271,11 +271,12 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     return value
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
-    """Tensors as safetensors (on the CPU, contiguous), atomically; serialised in memory and written by
-    Python, so that a full disk is an OSError (a :class:`WriteError`) like any other write."""
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, str] | None = None) -> None:
+    """Tensors as safetensors (on the CPU, contiguous), atomically, with ``header`` as the file's string
+    metadata; serialised in memory and written by Python, so that a full disk is an OSError (a
+    :class:`WriteError`) like any other write."""
     from safetensors.torch import save
 
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})  # bytes: Python's own write below
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=header)  # bytes: written below
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)

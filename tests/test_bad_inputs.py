@@ -44,6 +44,7 @@ import flowmatch
 from flowmatch.cli import main
 from flowmatch.data.files import load_array
 from flowmatch.errors import FlowmatchError
+from flowmatch.paths.schedules import CustomSchedule
 
 #: The module's tiny runs: a few steps of a 16-unit MLP (about a second each).
 TINY = ("--steps", "20", "--width", "16", "--depth", "1", "--batch-size", "64", "--batch-warmup", "0", "--quiet", "--no-eval")
@@ -98,6 +99,7 @@ def _data_files(folder: Path) -> None:
     np.save(folder / "same.npy", np.tile([[0.5, 3.0]], (50, 1)))
     (folder / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
     (folder / "table.csv").write_text("size,colour\n" + "".join(f"{i % 7}.5,{'red' if i % 3 else 'blue'}\n" for i in range(60)))
+    (folder / "covariate.csv").write_text("a,b,c\n" + "".join(f"{v:.3f},{-v:.3f},{i % 5 / 4}\n" for i, v in enumerate(good[:80, 0])))
     (folder / "places.csv").write_text("lat,lon\n" + "".join(f"{(i * 7) % 170 - 85},{(i * 13) % 350 - 175}\n" for i in range(60)))
     np.savez(folder / "images.npz", images=rng.random((20, 8, 8)))
     for label in ("a", "b"):
@@ -123,6 +125,14 @@ def base(tmp_path_factory) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(["train", "--data", "two-gaussians", "--out", str(base / "run"), *TINY]) == 0
+        data = base / "data"
+        for kind, args in (
+            ("tokens", ("--data", str(data / "text.txt"), "--kind", "tokens", "--seq-len", "16")),
+            ("table", ("--data", str(data / "table.csv"), "--kind", "table")),
+            ("sphere", ("--data", str(data / "places.csv"), "--manifold", "sphere")),
+            ("covariate", ("--data", str(data / "covariate.csv"), "--condition-columns", "c")),
+        ):
+            assert main(["train", *args, "--out", str(base / "kinds" / kind), *TINY]) == 0
     return base
 
 
@@ -142,6 +152,54 @@ def copied_run(edit: Callable[[Path], None] | None = None) -> Callable[[Env], No
         shutil.copytree(env.run, env.dir / "run")
         if edit is not None:
             edit(env.dir / "run")
+
+    return setup
+
+
+def _edit_newest_state(run: Path) -> None:
+    """An edit of a copied run: its final weights removed (so that its newest training checkpoint is read) and that
+    checkpoint's record of the flow given another model width, which still fits the weights' shapes nowhere."""
+    (run / "checkpoint.safetensors").unlink()
+    state = sorted((run / "checkpoints").glob("step-*"))[-1] / "state.json"
+    meta = json.loads(state.read_text())
+    meta["flow"]["model"]["width"] = 8
+    state.write_text(json.dumps(meta))
+
+
+def _meta(factory: Callable[..., torch.nn.Module], *args: Any) -> torch.nn.Module:
+    """A module built on the meta device: shapes, no values."""
+    with torch.device("meta"):
+        return factory(*args)
+
+
+def _meta_like(run: Path) -> torch.nn.Module:
+    """The model of ``run``, built on the meta device from its checkpoint.json."""
+    from flowmatch.models.registry import from_config
+
+    meta = json.loads((run / "checkpoint.json").read_text())
+    with torch.device("meta"):
+        return from_config(meta["model"], meta["length"] or meta["dim"])
+
+
+def kind_run(kind: str, *keys: str | int, value: Any, digest: bool = True) -> Callable[[Env], None]:
+    """A setup that copies the shared run of ``kind`` (points, tokens, table, sphere) to ``{dir}/run`` and sets
+    its checkpoint.json entry at ``keys`` to ``value`` (a callable: to the characters it makes of the entry); without ``digest``, its weights are saved again without
+    the metadata digest of their header (as weights written before they carried one), so that only the
+    metadata's own checks can catch the edit."""
+
+    def setup(env: Env) -> None:
+        run = env.dir / "run"
+        shutil.copytree(env.run if kind == "points" else env.base / "kinds" / kind, run)
+        meta = json.loads((run / "checkpoint.json").read_text())
+        entry = meta
+        for key in keys[:-1]:
+            entry = entry[key]
+        entry[keys[-1]] = "".join(value(entry[keys[-1]])) if callable(value) else value
+        (run / "checkpoint.json").write_text(json.dumps(meta))
+        if not digest:
+            from safetensors.torch import load_file, save_file
+
+            save_file(load_file(run / "checkpoint.safetensors"), run / "checkpoint.safetensors")
 
     return setup
 
@@ -230,15 +288,18 @@ def _write_text(name: str, text: str) -> Callable[[Path], None]:
 
 def _warning_from_torch(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
     """Reading weights warns as torch does (a UserWarning from torch's own module) before the command goes on."""
-    import safetensors.torch
+    import flowmatch.engine.checkpoints
+    import flowmatch.engine.runs
+    import flowmatch.saving
 
-    real = safetensors.torch.load_file
+    real = flowmatch.saving.read_tensors
 
-    def load_file(*args, **kwargs):
+    def read_tensors(*args, **kwargs):
         warnings.warn_explicit("TypedStorage is deprecated", UserWarning, "torch/storage.py", 414, module="torch.storage")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(safetensors.torch, "load_file", load_file)
+    for module in (flowmatch.engine.runs, flowmatch.engine.checkpoints):
+        monkeypatch.setattr(module, "read_tensors", read_tensors)
 
 
 def _toml(text: str | bytes) -> Callable[[Env], None]:
@@ -850,6 +911,271 @@ CASES: list[Case] = [
         for command, more in (("sample", ("--out", "{dir}/x.npy")), ("eval", ("--quick", "--quiet")), ("plot", ("--out", "{dir}/x.png")))
         if command == "sample" or what in ("standardizer-of-another-size", "config-a-list", "config-seed-a-string")
     ],
+    # -- issue 29 item 2: metadata that would drive an allocation, or that no longer matches its weights -------
+    *[
+        Case(
+            f"{kind}-checkpoint-{name}",
+            argv=(
+                "sample",
+                "--run",
+                "{dir}/run",
+                "-n",
+                "4",
+                "--out",
+                f"{{dir}}/x.{'txt' if kind == 'tokens' else 'csv' if kind == 'table' else 'npy'}",
+            ),
+            words=words,
+            unchanged=("{dir}/run",),
+            absent=("{dir}/x.txt", "{dir}/x.csv", "{dir}/x.npy"),
+            setup=kind_run(kind, *keys, value=value, digest=digest),
+        )
+        for kind, name, keys, value, digest, words in (
+            (
+                "points",
+                "width-1e9",
+                ("model", "width"),
+                10**9,
+                True,
+                ("checkpoint.json: checkpoint metadata's model.width = 1e+09 cannot fit the weights",),
+            ),
+            ("points", "depth-1e9", ("model", "depth"), 10**9, True, ("model.depth = 1e+09 cannot fit the weights",)),
+            ("tokens", "length-1e15", ("length",), 10**15, True, ("checkpoint metadata's length = 1e+15 cannot fit the weights",)),
+            ("tokens", "width-1e9", ("model", "width"), 10**9, True, ("model.width = 1e+09 cannot fit the weights",)),
+            ("tokens", "depth-1e9", ("model", "depth"), 10**9, True, ("model.depth = 1e+09 cannot fit the weights",)),
+            ("table", "dim-1e12", ("dim",), 10**12, True, ("checkpoint metadata's dim = 1e+12 cannot fit the weights",)),
+            ("table", "depth-1e9", ("model", "depth"), 10**9, True, ("model.depth = 1e+09 cannot fit the weights",)),
+            ("sphere", "width-1e9", ("model", "width"), 10**9, True, ("model.width = 1e+09 cannot fit the weights",)),
+            ("sphere", "depth-1e9", ("model", "depth"), 10**9, True, ("model.depth = 1e+09 cannot fit the weights",)),
+            # edits that fit the weights' shapes and agree with the rest of the metadata: the digest in the
+            # weights' header refuses them
+            (
+                "tokens",
+                "chars-reversed",
+                ("codec", "chars"),
+                reversed,
+                True,
+                ("checkpoint.json is not the metadata saved with the weights",),
+            ),
+            (
+                "table",
+                "std-changed",
+                ("codec", "columns", 0, "std"),
+                1.5,
+                True,
+                ("checkpoint.json is not the metadata saved with the weights",),
+            ),
+            (
+                "sphere",
+                "scheduler-changed",
+                ("scheduler", "name"),
+                "cosine",
+                True,
+                ("checkpoint.json is not the metadata saved with the weights",),
+            ),
+            # edits the metadata's own checks catch, with or without a digest
+            ("tokens", "source-uniform", ("discrete_path", "source"), "uniform", True, ("vocabularies disagree", "model.states 29")),
+            ("table", "std-1e308", ("codec", "columns", 0, "std"), 1e308, True, ("std 1e+308 cannot be those of values in [0.5, 6.5]",)),
+            ("table", "mean-outside-range-no-digest", ("codec", "columns", 0, "mean"), 99.0, False, ("mean 99 and std",)),
+            (
+                "table",
+                "source-uniform-no-digest",
+                ("discrete_path", "source"),
+                "uniform",
+                False,
+                ("discrete_path.source is 'uniform'; a table's is 'mask'",),
+            ),
+            (
+                "tokens",
+                "path-vocabulary-no-digest",
+                ("discrete_path", "vocab_size"),
+                40,
+                False,
+                ("vocabularies disagree: discrete_path.vocab_size 40",),
+            ),
+        )
+    ],
+    *[
+        Case(
+            f"train-{name}",
+            argv=("train", *data, "--out", "{dir}/new", "--steps", "2", "--quiet", "--no-eval", *flags),
+            words=words,
+            absent=("{dir}/new",),
+        )
+        for name, data, flags, words in (
+            (
+                "width-1e9",
+                ("--data", "two-gaussians"),
+                ("--width", "1000000000"),
+                ("a mlp model of 3,000,000,073,000,000,002 parameters needs about",),
+            ),
+            ("depth-1e9", ("--data", "two-gaussians"), ("--depth", "1000000000"), ("a mlp model of 65,792,000,017,922 parameters",)),
+            (
+                "tokens-depth-1e9",
+                ("--data", "{data}/text.txt", "--kind", "tokens", "--seq-len", "16"),
+                ("--depth", "1000000000"),
+                ("a transformer model of", "choose a smaller width or depth"),
+            ),
+            (
+                "table-width-1e9",
+                ("--data", "{data}/table.csv"),
+                ("--width", "1000000000"),
+                ("a mixed-mlp model of", "parameters needs about"),
+            ),
+            (
+                "sphere-depth-1e9",
+                ("--data", "{data}/places.csv", "--manifold", "sphere"),
+                ("--depth", "1000000000"),
+                ("a tangent-mlp model of", "parameters needs about"),
+            ),
+        )
+    ],
+    *[
+        Case(
+            f"resume-a-run-whose-config-asks-for-width-{width}",
+            argv=("train", "--resume", "{dir}/run", "--steps", "40"),
+            words=words,
+            unchanged=("{dir}/run",),
+            setup=copied_run(_edit_config(width=width)),
+        )
+        for width, words in (
+            (8, ("config.json asks for a model with width 8; the run's checkpoint holds one with width 16",)),
+            (10**9, ("config.json: a mlp model of", "parameters needs about")),
+        )
+    ],
+    # -- issue 29 item 4: condition files and columns -------------------------------------------------------
+    *[
+        Case(
+            f"condition-file-{name}",
+            argv=("sample", "--run", "{base}/kinds/covariate", "-n", "3", "--condition", f"{{dir}}/{file}", "--out", "{dir}/x.npy"),
+            words=words,
+            absent=("{dir}/x.npy",),
+            setup=_bytes(file, content),
+        )
+        for name, file, content, words in (
+            ("of-no-rows", "c.npy", _npy_bytes(np.zeros((0, 1))), ("c.npy': expected rows of numbers", "got shape (0, 1)")),
+            ("of-three-dimensions", "c.npy", _npy_bytes(np.zeros((2, 1, 1))), ("c.npy': expected rows of numbers", "got shape (2, 1, 1)")),
+            ("of-two-columns", "c.npy", _npy_bytes(np.zeros((3, 2))), ("c.npy' has rows of 2 values; the model's condition c takes 1",)),
+            ("csv-one-row-of-two", "c.csv", b"0.5,0.7\n", ("c.csv' has rows of 2 values; the model's condition c takes 1",)),
+        )
+    ],
+    *[
+        Case(
+            f"condition-columns-{name}",
+            argv=("train", "--data", "{data}/covariate.csv", "--condition-columns", columns, "--out", "{dir}/new", *TINY),
+            words=(f"condition_columns {columns!r} has an empty column name",),
+            absent=("{dir}/new",),
+        )
+        for name, columns in (("a-lone-comma", ","), ("a-trailing-comma", "c,"), ("an-empty-name-between", "a,,c"))
+    ],
+    Case(
+        "torus-angle-of-1e30-degrees",
+        argv=("train", "--data", "{dir}/angles.csv", "--manifold", "torus", "--units", "degrees", "--out", "{dir}/new", *TINY),
+        words=("angles.csv: row 4, angle column 2 is 1e+30 degrees, more than 1e+06 turns",),
+        absent=("{dir}/new",),
+        setup=_bytes("angles.csv", ("a,b\n" + "".join(f"{i * 37 % 360},{1e30 if i == 3 else i * 53 % 360}\n" for i in range(60))).encode()),
+    ),
+    # -- issue 29 item 8: the Python API of the newer flows -------------------------------------------------
+    *[
+        Case(f"py-{name}", call=call, expect=FlowmatchError, words=words)
+        for name, call, words in (
+            (
+                "sphere-sample-0",
+                lambda env: flowmatch.load(env.base / "kinds" / "sphere").sample(0),
+                ("number of samples must be a positive integer, got 0",),
+            ),
+            (
+                "sphere-sample-noise",
+                lambda env: flowmatch.load(env.base / "kinds" / "sphere").sample(3, noise=1.0),
+                ("RiemannianFlow.sample() takes no option 'noise'", "solver, nfe"),
+            ),
+            (
+                "tokens-sample-solver",
+                lambda env: flowmatch.load(env.base / "kinds" / "tokens").sample(3, solver="rk4"),
+                ("DiscreteFlow.sample() takes no option 'solver'", "temperature"),
+            ),
+            (
+                "table-sample-solver",
+                lambda env: flowmatch.load(env.base / "kinds" / "table").sample(3, solver="rk4", label=1),
+                ("DiscreteFlow.sample() takes no option 'solver'",),
+            ),
+            (
+                "points-sample-an-unknown-option",
+                lambda env: flowmatch.load(env.run).sample(3, steps=4),
+                ("Flow.sample() takes no option 'steps'", "nfe"),
+            ),
+            (
+                "points-sample-a-float-count",
+                lambda env: flowmatch.load(env.run).sample(3.0),
+                ("number of samples must be a positive integer, got 3.0",),
+            ),
+            (
+                "bits-per-token-of-floats",
+                lambda env: flowmatch.load(env.base / "kinds" / "tokens").bits_per_token(np.zeros((2, 16)) + 0.5),
+                ("tokens must be integers, got torch.float64",),
+            ),
+            (
+                "bits-per-token-of-a-string",
+                lambda env: flowmatch.load(env.base / "kinds" / "tokens").bits_per_token("the quick"),
+                ("tokens must be an array of token ids, got a str",),
+            ),
+            (
+                "train-a-custom-schedule-that-is-not-a-path",
+                lambda env: flowmatch.train(
+                    data="two-gaussians", path=CustomSchedule(lambda t: 0.5 + 0 * t, lambda t: 0.5 + 0 * t), steps=2, progress=False
+                ),
+                ("path is not a path from the source to the data: alpha(0) = 0.5, sigma(0) = 0.5",),
+            ),
+            (
+                "train-a-meta-device-model",
+                lambda env: flowmatch.train(data="two-gaussians", model=_meta(torch.nn.Linear, 2, 2), steps=2, progress=False),
+                ("model Linear: weight is on the meta device and holds no values",),
+            ),
+            (
+                "train-on-a-meta-device-tensor",
+                lambda env: flowmatch.train(data=torch.empty(300, 2, device="meta"), steps=2, progress=False),
+                ("data: a tensor on the meta device holds no values",),
+            ),
+            (
+                "train-on-meta-device-batches",
+                lambda env: flowmatch.train(data=iter([torch.empty(64, 2, device="meta")] * 50), steps=2, progress=False),
+                ("a batch holds tensors on the meta device",),
+            ),
+            (
+                "load-into-a-meta-model-with-unsaved-buffers",
+                lambda env: flowmatch.load(env.base / "kinds" / "tokens", model=_meta_like(env.base / "kinds" / "tokens")),
+                ("is on the meta device and the weights at", "do not hold it"),
+            ),
+            (
+                "train-a-custom-schedule-that-fails",
+                lambda env: flowmatch.train(
+                    data="two-gaussians", path=CustomSchedule(lambda t: t.foo, lambda t: 1 - t), steps=2, progress=False
+                ),
+                ("path: its schedule fails at t = 0 and 1 (AttributeError",),
+            ),
+        )
+    ],
+    Case(
+        "training-checkpoint-flow-entry-edited",
+        argv=("sample", "--run", "{dir}/run", "-n", "4", "--out", "{dir}/x.npy"),
+        words=("state.json is not the metadata saved with the weights",),
+        unchanged=("{dir}/run",),
+        absent=("{dir}/x.npy",),
+        setup=copied_run(_edit_newest_state),
+    ),
+    Case(
+        "resume-a-training-checkpoint-whose-flow-entry-is-edited",
+        argv=("train", "--resume", "{dir}/run", "--steps", "40"),
+        words=("state.json is not the metadata saved with the weights",),
+        unchanged=("{dir}/run",),
+        setup=copied_run(_edit_newest_state),
+    ),
+    Case(
+        "py-load-a-token-run-of-length-1e15",
+        call=lambda env: flowmatch.load(env.dir / "run"),
+        expect=FlowmatchError,
+        words=("length = 1e+15 cannot fit the weights",),
+        setup=kind_run("tokens", "length", value=10**15),
+    ),
     Case(
         "resume-config-a-list",
         argv=("train", "--resume", "{dir}/run", "--steps", "40"),
@@ -1401,6 +1727,25 @@ def _run(case: Case, env: Env, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, base: Path, tmp_path: Path, capsys, monkeypatch):
     _run(case, Env(base, tmp_path), capsys, monkeypatch)
+
+
+def test_a_numpy_integer_is_a_sample_count(base: Path):
+    """A count computed with numpy (np.int64) samples as a Python int does, on every kind of flow."""
+    assert flowmatch.load(base / "run").sample(np.int64(3)).shape == (3, 2)
+    assert flowmatch.load(base / "kinds" / "sphere").sample(np.int64(3)).shape == (3, 3)
+    assert len(flowmatch.load(base / "kinds" / "tokens").sample(np.int64(3))) == 3
+
+
+def test_weights_fill_a_model_built_on_the_meta_device(base: Path):
+    """load(run, model=...) of a model built without memory (torch.device("meta")): the weights become its values."""
+    from flowmatch.models.registry import from_config
+
+    spec = json.loads((base / "run" / "checkpoint.json").read_text())["model"]
+    with torch.device("meta"):
+        model = from_config(spec, 2)
+    flow = flowmatch.load(base / "run", model=model)
+    assert not any(p.is_meta for p in flow.model.parameters())
+    assert torch.equal(flow.sample(4, seed=1), flowmatch.load(base / "run").sample(4, seed=1))
 
 
 def test_case_ids_are_distinct():

@@ -67,8 +67,9 @@ def test_sigkill_at_ten_moments_leaves_a_resumable_run(event, tmp_path):
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    unfinished = not (run / "checkpoint.safetensors").exists()  # then load says it takes a training checkpoint
-    with pytest.warns(FlowmatchWarning, match="no checkpoint.safetensors") if unfinished else contextlib.nullcontext():
+    # then load says it takes a training checkpoint (also when killed between the final weights and their metadata)
+    unfinished = not ((run / "checkpoint.safetensors").exists() and (run / "checkpoint.json").exists())
+    with pytest.warns(FlowmatchWarning, match="loaded training checkpoint") if unfinished else contextlib.nullcontext():
         flow = flowmatch.load(run)  # a loadable checkpoint, whatever the moment
     assert torch.isfinite(flow.sample(5, nfe=4, seed=0)).all()
     fit(None, out=run, resume=True, progress=False, n_eval=200, evaluate=False)
@@ -95,3 +96,44 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_exits_zero(tmp_path):
     assert last.name != "step-00000000"  # a checkpoint at the step where it stopped
     with pytest.warns(FlowmatchWarning, match=f"training checkpoint step {int(last.name[5:])}"):
         flowmatch.load(run)
+
+
+def _kind_data(folder, kind):
+    """A small data file of ``kind`` and the flags that train it."""
+    if kind == "tokens":
+        (folder / "t.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
+        return ["--data", str(folder / "t.txt"), "--kind", "tokens", "--seq-len", "16"]
+    if kind == "table":
+        (folder / "t.csv").write_text("size,colour\n" + "".join(f"{i % 7}.5,{'red' if i % 3 else 'blue'}\n" for i in range(80)))
+        return ["--data", str(folder / "t.csv"), "--kind", "table"]
+    (folder / "p.csv").write_text("lat,lon\n" + "".join(f"{(i * 7) % 170 - 85},{(i * 13) % 350 - 175}\n" for i in range(80)))
+    return ["--data", str(folder / "p.csv"), "--manifold", "sphere"]
+
+
+@pytest.mark.parametrize(
+    "kind, event", [("tokens", "checkpoints/step-00000020"), ("table", "checkpoint.safetensors"), ("sphere", "checkpoints/step-00000020")]
+)
+def test_sigkill_at_a_checkpoint_of_every_modality_leaves_a_resumable_run(kind, event, tmp_path):
+    """Token, table and manifold runs write their checkpoints through the same engine as points (whose ten moments
+    are above): killed just after a training checkpoint or the final weights appear, the run loads, samples and
+    resumes to its last step."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*TRAIN, *_kind_data(tmp_path, kind), "--out", str(run), "--steps", "40", "--checkpoint-every", "2", "--keep-checkpoints", "1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(run / event)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    unfinished = not ((run / "checkpoint.safetensors").exists() and (run / "checkpoint.json").exists())  # killed between the two
+    with pytest.warns(FlowmatchWarning, match="loaded training checkpoint") if unfinished else contextlib.nullcontext():
+        flow = flowmatch.load(run)
+    assert len(flow.sample(3, nfe=4, seed=0)) == 3
+    fit(None, out=run, resume=True, progress=False, evaluate=False)
+    assert list_states(run)[-1].name == "step-00000040"
+    assert (run / "metrics.json").is_file() and (run / "checkpoint.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -108,3 +108,23 @@ def test_runs_of_equal_times_share_one_time_embedding(runs):
     torch.testing.assert_close(shared, pairwise, rtol=1e-5, atol=1e-6)
     for g, r in zip(grads, reference):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, dim, options",
+    [
+        ("mlp", 3, {"width": 24, "depth": 5}),
+        ("seed-mlp", 2, {"width": 8}),
+        ("unet", 64, {"image_shape": (1, 8, 8), "channels": 8, "num_res_blocks": 3}),
+        ("transformer", 12, {"vocab_size": 7, "width": 32, "depth": 4, "heads": 4}),
+        ("mixed-mlp", 3, {"vocab_sizes": [2, 5, 1], "width": 32, "depth": 4}),
+        ("tangent-mlp", 3, {"manifold": {"name": "sphere", "dim": 2}, "width": 16, "depth": 6}),
+    ],
+)
+def test_parameter_count_is_exact_without_building_the_depth(name, dim, options):
+    """The size a model is checked against memory by (counted on the meta device, a depth past 2 from depths 1 and
+    2) is exactly the number of values the built model holds."""
+    from flowmatch.models.registry import parameter_count
+
+    built = build_model(name, dim, **options)
+    assert parameter_count(name, dim, **options) == sum(v.numel() for v in built.state_dict().values())

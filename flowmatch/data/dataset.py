@@ -439,6 +439,8 @@ def _builtin_table(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _as_rows(x, what: str) -> np.ndarray:
     """An array or tensor as a finite numeric numpy array with at least one row."""
     if isinstance(x, torch.Tensor):
+        if x.is_meta:
+            raise FlowmatchError(f"{what}: a tensor on the meta device holds no values; give one on the CPU or an accelerator")
         x = x.detach().cpu().numpy()
     try:
         array = np.asarray(x)

@@ -342,7 +342,12 @@ def read_condition_rows(path: str) -> np.ndarray:
         raise FlowmatchError(
             f"condition file '{path}': expected rows of numbers, got {getattr(rows, 'dtype', type(rows).__name__)}"
         ) from None
+    if rows.ndim > 2 or not rows.size:
+        raise FlowmatchError(
+            f"condition file '{path}': expected rows of numbers (a 2-D array: one row of the condition's values per line), "
+            f"got shape {rows.shape}"
+        )
     rows = rows.reshape(len(rows), -1) if rows.ndim else rows.reshape(1, 1)
-    if not len(rows) or not np.isfinite(rows).all():
-        raise FlowmatchError(f"condition file '{path}': expected finite rows of numbers, got shape {rows.shape}")
+    if not np.isfinite(rows).all():
+        raise FlowmatchError(f"condition file '{path}': expected finite numbers (it holds NaN or an infinity)")
     return rows

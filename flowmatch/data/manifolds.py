@@ -636,7 +636,7 @@ def _read_csv_points(
     if units is None:
         raise FlowmatchError(f"{path}: say whether the torus angles are in degrees or radians: units='degrees' or units='radians'")
     theta = np.stack([_numbers(path, frame, c) for c in angles], axis=1)
-    return kind, _torus_points(theta, units)
+    return kind, _torus_points(theta, units, path)
 
 
 def _numbers(path: str, frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -676,8 +676,19 @@ def _sphere_points(path: str, lat: np.ndarray, lon: np.ndarray, lat_name: str, l
     return latlon_to_sphere(lat_t, lon_t)
 
 
-def _torus_points(theta: np.ndarray, units: str) -> torch.Tensor:
+#: Torus angles are wrapped to [-pi, pi): beyond this many turns, float64 keeps less than 1e-7 of a turn of them.
+MAX_TURNS = 1e6
+
+
+def _torus_points(theta: np.ndarray, units: str, path: str = "angles") -> torch.Tensor:
     scale = math.pi / 180 if units == "degrees" else 1.0
+    turns = np.abs(theta) * scale / (2 * math.pi)
+    if turns.size and turns.max() > MAX_TURNS:
+        row, column = np.unravel_index(int(turns.argmax()), turns.shape)
+        raise FlowmatchError(
+            f"{path}: row {row + 1}, angle column {column + 1} is {theta[row, column]:g} {units}, more than {MAX_TURNS:g} "
+            "turns: wrapping it would keep none of its precision; give angles modulo a turn"
+        )
     return wrap_angle(torch.from_numpy(theta * scale))
 
 
@@ -723,7 +734,7 @@ def _read_array_points(path: str, wanted: str | None, units: str | None) -> tupl
         return kind, _unit_rows(path, array, "quaternion")
     if units is None:
         raise FlowmatchError(f"{path}: say whether the torus angles are in degrees or radians: units='degrees' or units='radians'")
-    return kind, _torus_points(array, units)
+    return kind, _torus_points(array, units, path)
 
 
 # -- points back in a file's terms ---------------------------------------------------------------------

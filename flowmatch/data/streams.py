@@ -77,6 +77,8 @@ def split_batch(batch: Any) -> Batch:
             f"cannot read a batch of type {type(batch).__name__}: give a tensor x, a pair (x, y) or a mapping {{'x': x, name: condition}}"
         )
     x = torch.as_tensor(x)
+    if x.is_meta or any(isinstance(v, torch.Tensor) and v.is_meta for v in conditions.values()):
+        raise FlowmatchError("a batch holds tensors on the meta device, which have no values: give them on the CPU or an accelerator")
     if not x.is_floating_point() or x.ndim < 2 or not len(x):
         raise FlowmatchError(f"a batch's data must be a float tensor of shape (B, ...), got {x.dtype} {tuple(x.shape)}")
     conditions = {k: torch.as_tensor(v) for k, v in conditions.items()}

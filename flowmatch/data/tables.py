@@ -398,6 +398,14 @@ def _column_from_dict(j: int, c: Any) -> Column:
             raise FlowmatchError(f"{where}: a numeric column needs finite mean, std, low and high and no categories")
         if c["std"] <= 0 or c["low"] > c["high"]:
             raise FlowmatchError(f"{where}: needs std > 0 and low <= high")
+        # what a column's own values guarantee: their mean lies in [low, high] and their std is at most half the
+        # range (a constant column keeps std 1); a scale beyond it would decode to infinities
+        span, slack = c["high"] - c["low"], 1e-9 * max(abs(c["low"]), abs(c["high"]), 1.0)
+        if not (c["low"] - slack <= c["mean"] <= c["high"] + slack) or (c["std"] > span / 2 * (1 + 1e-9) + slack and c["std"] != 1.0):
+            raise FlowmatchError(
+                f"{where}: mean {c['mean']:g} and std {c['std']:g} cannot be those of values in [{c['low']:g}, {c['high']:g}] "
+                "(the mean lies in the range and the std is at most half of it)"
+            )
     return Column(**c)
 
 

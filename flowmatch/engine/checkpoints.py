@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.saving import STATE_META
+from flowmatch.saving import META_DIGEST, STATE_META, check_meta_digest, meta_digest, read_tensors
 from flowmatch.storage import atomic_folder, save_tensors
 
 STATE_TENSORS = "state.safetensors"
@@ -40,7 +39,8 @@ def save_state(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta:
     root = Path(run_dir) / FOLDER
     final = root / f"step-{step:08d}"
     with atomic_folder(final) as staging:
-        save_tensors(staging / STATE_TENSORS, tensors)  # a full disk: one error naming the checkpoint
+        header = {META_DIGEST: meta_digest(meta["flow"])} if meta.get("flow") is not None else None
+        save_tensors(staging / STATE_TENSORS, tensors, header)  # a full disk: one error naming the checkpoint
         (staging / STATE_META).write_text(json.dumps({**meta, "step": step}, indent=2, sort_keys=True))
     states = list_states(run_dir)
     before = [p for p in states if step_of(p) < step][-1:]
@@ -84,25 +84,59 @@ def list_states(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def load_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        tensors = load_file(str(folder / STATE_TENSORS))
-        meta = json.loads((folder / STATE_META).read_text())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FlowmatchError(f"{folder}: cannot read checkpoint ({exc})") from None
+    """A checkpoint's tensors and metadata."""
+    tensors, meta, _ = _read_state(folder)
     return tensors, meta
 
 
+def _read_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None]:
+    """A checkpoint's tensors, metadata, and the digest of the metadata's ``flow`` entry that the tensors were
+    saved with."""
+    try:
+        tensors, digest = read_tensors(folder / STATE_TENSORS)
+        meta = json.loads((folder / STATE_META).read_text())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FlowmatchError(f"{folder}: cannot read checkpoint ({exc})") from None
+    if not isinstance(meta, dict):
+        raise FlowmatchError(f"{folder / STATE_META}: not a training checkpoint's metadata (a JSON object)")
+    return tensors, meta, digest
+
+
+def check_newest_state(run_dir: str | os.PathLike) -> None:
+    """Refuse a run whose newest training checkpoint's ``flow`` entry was changed after its tensors were saved,
+    reading only the metadata (a resumed run checks this before it rewrites anything); a damaged or missing
+    checkpoint is left to :func:`latest_state`."""
+    from safetensors import safe_open
+
+    states = list_states(run_dir)
+    if not states:
+        return
+    try:
+        with safe_open(os.fspath(states[-1] / STATE_TENSORS), framework="pt") as f:
+            digest = (f.metadata() or {}).get(META_DIGEST)
+        meta = json.loads((states[-1] / STATE_META).read_text())
+    except (SafetensorError, OSError, ValueError):
+        return
+    if isinstance(meta, dict):
+        check_meta_digest(meta.get("flow"), digest, states[-1])
+
+
 def latest_state(run_dir: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
-    """The newest readable checkpoint of a run (older ones are tried if the newest is damaged)."""
+    """The newest readable checkpoint of a run (older ones are tried if the newest is damaged). Its ``flow``
+    entry must be the one its tensors were saved with (:func:`~flowmatch.saving.check_meta_digest`): metadata
+    changed by hand is refused, not passed over for an older checkpoint."""
     states = list_states(run_dir)
     if not states:
         raise FlowmatchError(f"'{run_dir}' has no training checkpoint to resume from")
     error: FlowmatchError | None = None
     for folder in reversed(states):
         try:
-            return (folder, *load_state(folder))
+            tensors, meta, digest = _read_state(folder)
         except FlowmatchError as exc:
             error = exc
+            continue
+        check_meta_digest(meta.get("flow"), digest, folder)
+        return folder, tensors, meta
     raise error  # type: ignore[misc]
 
 

@@ -123,11 +123,15 @@ def train(
     if state is not None:  # the checkpoint's own architecture (a warm start's teacher need not exist any more)
         weights = unprefixed("model", state[1])
         model = modality.load_flow(state[2]["flow"], weights, config.to_dict(), state[0], model=objects.model).model.train()
+        if objects.model is None and not config.init_from and config.model != "python":  # a built-in model, by name
+            _check_resumed_model(task, state[2]["flow"].get("model"), run)
     elif config.init_from:
         model = _warm_start(config.init_from, modality, task)
     else:
         model = task.initial_model()
+    _check_materialised(model)
     task.check_model(model)
+    _check_training_memory(model, device)
     model = model.to(device)
     threads = use_threads(config.threads, model, config.batch_size, task.positions)
     meta = task.flow(model).checkpoint_meta() if run is not None else None  # what cannot be recorded is refused here
@@ -158,7 +162,7 @@ def train(
     started = time.perf_counter()
     if run is not None and main_process and not resume:
         _start_run_folder(run, config, checkpoint, task, record)
-    elif run is not None and main_process and config_record(run) != record:  # a run saved before runs recorded it
+    elif run is not None and main_process:  # a resumed run: its new steps, and the record of a run saved before runs kept one
         write_config(run / "config.json", config.to_dict(), record, run)
 
     def sampling_flow(weights: torch.nn.Module) -> Any:
@@ -285,7 +289,52 @@ def _warm_start(folder: str, modality: Modality, task: Task) -> torch.nn.Module:
     if saved.kind != modality.kind:
         raise FlowmatchError(f"init_from '{folder}' is a run of kind {saved.kind}; this run is {modality.label} (kind {modality.kind})")
     teacher = modality.load_flow(saved.meta, saved.weights, saved.config, saved.where, folder=saved.folder)
+    saved.check_meta()
     return task.warm_start(teacher, folder)
+
+
+def _check_resumed_model(task: Task, saved: Any, run: Path | None) -> None:
+    """Refuse to resume a run whose config.json asks for another built-in model than its checkpoint holds (the
+    config changed by hand after the run started): the run would go on training the checkpoint's model while its
+    config records another. The config's model is built on the meta device (nothing allocated) to compare."""
+    where = run / "config.json" if run is not None else "the config"
+    try:
+        with torch.device("meta"):
+            asked = getattr(task.initial_model(), "config", None)
+    except FlowmatchError as exc:  # a size beyond memory, say
+        raise FlowmatchError(f"{where}: {exc}") from None
+    except Exception:  # noqa: BLE001 a model that cannot be built on the meta device is not compared
+        return
+    if not isinstance(asked, dict) or not isinstance(saved, dict) or asked == saved:
+        return
+    keys = [k for k in sorted(set(asked) | set(saved)) if asked.get(k) != saved.get(k)]
+    raise FlowmatchError(
+        f"{where} asks for a model with "
+        + ", ".join(f"{k} {asked.get(k)!r}" for k in keys)
+        + "; the run's checkpoint holds one with "
+        + ", ".join(f"{k} {saved.get(k)!r}" for k in keys)
+        + " (config.json was changed after the run started): restore it to resume"
+    )
+
+
+def _check_materialised(model: torch.nn.Module) -> None:
+    """Refuse a model whose parameters or buffers lie on the meta device (shapes without values), naming the first."""
+    for name, value in [*model.named_parameters(), *model.named_buffers()]:
+        if value.is_meta:
+            raise FlowmatchError(
+                f"model {type(model).__name__}: {name} is on the meta device and holds no values; materialise the model "
+                "(model.to_empty(device='cpu') and initialise it, or load its weights) before training it"
+            )
+
+
+def _check_training_memory(model: torch.nn.Module, device: torch.device) -> None:
+    """Refuse a model whose training state (the weights on ``device``, their gradients, the EMA and the optimiser's
+    two moments: five copies) is more than the memory left, before any of it is allocated."""
+    from flowmatch.memory import require_memory
+
+    values = sum(p.numel() * p.element_size() for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters())
+    require_memory(5 * values, f"training a model of {count:,} parameters (weights, gradients, EMA, two optimiser moments)", device=device)
 
 
 #: A streamed run's generator on process r: seed + r * this.

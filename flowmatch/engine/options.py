@@ -201,6 +201,11 @@ class EngineOptions:
                 rules(self, source)
 
     def check_fields(self, source: str) -> None:
+        if self.condition_columns and not all(name.strip() for name in self.condition_columns.split(",")):
+            raise FlowmatchError(
+                f"{source}: condition_columns {self.condition_columns!r} has an empty column name; give names or 1-based "
+                "numbers separated by commas, e.g. 'age,income'"
+            )
         if self.warmup >= self.steps and self.warmup > 0:
             raise FlowmatchError(f"{source}: warmup ({self.warmup}) must be smaller than steps ({self.steps})")
         obstacle = posterior_obstacle(self) if self.target == "posterior" else ""

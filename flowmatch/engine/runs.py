@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flowmatch.errors import FlowmatchError
-from flowmatch.saving import CHECKPOINT, CHECKPOINT_META, CONFIG, RESOLVED, check_format
+from flowmatch.saving import CHECKPOINT, CHECKPOINT_META, CONFIG, RESOLVED, check_format, check_meta_digest, read_tensors
 from flowmatch.storage import read_json, write_json
 
 
@@ -136,6 +136,12 @@ class SavedRun:
     weights: dict[str, Any]
     where: Path
     note: str | None = None
+    digest: str | None = None  # the weights' record of the metadata saved with them (checked by check_meta)
+
+    def check_meta(self) -> None:
+        """Refuse metadata changed after the weights were saved (:func:`flowmatch.saving.check_meta_digest`): called
+        once the flow is built, so that metadata that contradicts itself or the weights' shapes is named first."""
+        check_meta_digest(self.meta, self.digest, self.where)
 
     @property
     def kind(self) -> str:
@@ -151,7 +157,6 @@ def read_run(run_dir: str | os.PathLike) -> SavedRun:
     weights, by ``steps_run`` in metrics.json); ``note`` then says which step and why. Interrupted replacements
     are recovered and stale temporary files removed first (:func:`flowmatch.leftovers.tidy_run`)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     from flowmatch.engine.checkpoints import latest_state, list_states, step_of, unprefixed
     from flowmatch.leftovers import tidy_run
@@ -176,10 +181,10 @@ def read_run(run_dir: str | os.PathLike) -> SavedRun:
         meta = read_json(folder / CHECKPOINT_META)
         check_format(meta, folder / CHECKPOINT_META)
         try:
-            weights = load_file(str(folder / CHECKPOINT))
+            weights, digest = read_tensors(folder / CHECKPOINT)
         except (SafetensorError, OSError, ValueError) as exc:
             raise FlowmatchError(f"{folder / CHECKPOINT}: cannot read the weights (truncated or corrupt?): {exc}") from None
-        return SavedRun(folder, config, meta, weights, folder / CHECKPOINT)
+        return SavedRun(folder, config, meta, weights, folder / CHECKPOINT, digest=digest)
     where, tensors, state_meta = latest_state(folder)
     meta = state_meta.get("flow", {})
     check_format(meta, where)

@@ -323,7 +323,7 @@ class Flow:
             from flowmatch.saving import recorded_precision
 
             precision = recorded_precision(self.config)
-        _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, seed)
+        n = _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, seed)
         if noise:
             self._check_sde(noise, solver, grid, schedule, with_log_prob)
             solver = "euler"
@@ -423,7 +423,10 @@ class Flow:
         return x0.to(self.device, next((p.dtype for p in self.model.parameters()), torch.float32))  # the model's precision
 
     def sample(self, n: int, **options) -> torch.Tensor:
-        """n samples in data coordinates, shape (n, D); options as for :meth:`generate`."""
+        """n samples in data coordinates, shape (n, D); options as for :meth:`generate` (any other is refused)."""
+        from flowmatch.flows.options import check_sample_options
+
+        check_sample_options(self.generate, options, type(self).__name__)
         return self.generate(n, **options).x
 
     def _require_gaussian_source(self) -> None:
@@ -540,10 +543,11 @@ def _check_memory(n: int, dim: int, solver: str, nfe, trajectory: bool, log_prob
     require_memory(need, what, "ask for fewer points (flowmatch sample writes a large -n to its file in chunks)", device)
 
 
-def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, seed=None) -> None:
-    """:meth:`Flow.generate`'s arguments, each refused with a message naming it."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, seed=None) -> int:
+    """:meth:`Flow.generate`'s arguments, each refused with a message naming it; returns ``n`` as an int."""
+    from flowmatch.flows.options import sample_count
+
+    n = sample_count(n)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
         raise FlowmatchError(f"seed must be a non-negative integer or None, got {type(seed).__name__} {seed!r}")
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
@@ -556,6 +560,7 @@ def _check_sampling(n, guidance, precision, with_log_prob, batch_size, grad, see
         raise FlowmatchError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     if not isinstance(grad, bool):
         raise FlowmatchError(f"grad must be True or False, got {grad!r}")
+    return n
 
 
 def _recycle_freed_memory() -> None:
@@ -674,9 +679,9 @@ def build_flow(
     folder: Path | None = None,
 ) -> Flow:
     """A Flow from checkpoint metadata (see :func:`flow_meta`) and its weights, in ``model`` if given."""
-    from flowmatch.models.registry import check_rebuildable, from_config
+    from flowmatch.models.registry import check_rebuildable
     from flowmatch.paths.specs import path_from_config
-    from flowmatch.saving import check_format, load_weights, meta_file
+    from flowmatch.saving import build_model_for, check_format, load_weights, meta_file
 
     check_format(meta, where)
     try:
@@ -684,10 +689,10 @@ def build_flow(
         if model is not None and not isinstance(model, torch.nn.Module):
             raise FlowmatchError(f"model= must be a torch.nn.Module, got {type(model).__name__}")
         check_rebuildable(spec, model, where)
-        model = model if model is not None else from_config(spec, int(meta["dim"]))
-        path = path_from_config(meta["path"])
         standardizer = Standardizer.from_dict(meta["standardizer"])
         _check_dims(meta, standardizer, meta_file(where))
+        model = model if model is not None else build_model_for(spec, meta["dim"], state, where)
+        path = path_from_config(meta["path"])
         if source is None and config.get("source") == "python" and "source" in meta:
             from flowmatch.data.sources import source_from_config
 

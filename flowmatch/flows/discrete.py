@@ -98,8 +98,9 @@ class DiscreteFlow:
         w l_cond + (1 - w) l_null and the velocity v_null + w (v_cond - v_null) (:func:`mixed_sample`).
         ``precision="bf16"`` runs the network under bfloat16 autocast (the jumps stay float64); ``"auto"`` in
         the precision the run trained in, as recorded (:func:`flowmatch.saving.recorded_precision`)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise FlowmatchError(f"number of samples must be a positive integer, got {n!r}")
+        from flowmatch.flows.options import sample_count
+
+        n = sample_count(n)
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
             raise FlowmatchError(f"nfe must be a positive integer, got {nfe!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -157,6 +158,9 @@ class DiscreteFlow:
     def sample(self, n: int, **options):
         """n samples in the user's terms: a list of strings (text), an (n, length) array (token ids) or a
         pandas DataFrame (a table, with its label and condition columns as asked); options as for :meth:`generate`."""
+        from flowmatch.flows.options import check_sample_options
+
+        check_sample_options(self.generate, options, type(self).__name__)
         x, tokens = self.generate(n, **options)
         return self.decode(x, tokens, getattr(self, "_last_given", None))
 
@@ -193,11 +197,11 @@ class DiscreteFlow:
             raise FlowmatchError("the likelihood bound is computed for the masked source; this flow has the uniform source")
         if self.dim:
             raise FlowmatchError("the likelihood bound applies to token sequences, not to mixed rows")
-        tokens = torch.as_tensor(tokens).long()
+        tokens = as_tokens(tokens, self.path.vocab_size)  # whole numbers in the vocabulary, never cast
         if tokens.ndim != 2 or tokens.shape[1] != self.length or not len(tokens):
             raise FlowmatchError(f"tokens must have shape (n, {self.length}), got {tuple(tokens.shape)}")
-        if tokens.min() < 0 or tokens.max() >= self.path.vocab_size:
-            raise FlowmatchError(f"tokens must lie in 0..{self.path.vocab_size - 1}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FlowmatchError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
             raise FlowmatchError(f"times must be a positive integer, got {times!r}")
         given = conditions_module.condition_for(self.conditions, len(tokens), label, None, "cpu") or {}
@@ -284,15 +288,18 @@ def build_discrete_flow(
 ) -> DiscreteFlow:
     """A DiscreteFlow from :meth:`DiscreteFlow.checkpoint_meta` and its weights, in ``model`` where given
     (needed for a model the run folder only names)."""
-    from flowmatch.models.registry import check_rebuildable, from_config
+    from flowmatch.models.registry import check_rebuildable
+    from flowmatch.saving import build_model_for, named
 
     check_rebuildable(meta.get("model"), model, where)
     try:
         kind = meta["kind"]
         if model is None:
-            model = from_config(dict(meta["model"]), int(meta["length"]) if kind == "tokens" else int(meta["dim"]))
+            size = "length" if kind == "tokens" else "dim"
+            model = build_model_for(dict(meta["model"]), int(meta[size]), state, where, size)
         path = path_from_config(meta["discrete_path"])
         codec = codec_from_config(kind, meta.get("codec"))
+        _check_vocabulary(kind, dict(meta["model"]), path, codec)
         flow = DiscreteFlow(
             model,
             path,
@@ -304,17 +311,43 @@ def build_discrete_flow(
             given=meta.get("given"),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, FlowmatchError):
-            raise FlowmatchError(f"{where}: {exc}") from None
+        if isinstance(exc, FlowmatchError):  # named once: the checkpoint's own checks already name it
+            raise FlowmatchError(named(str(exc), where)) from None
         raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
     load_weights(model, state, where)
     return flow
 
 
+def _check_vocabulary(kind: str, spec: dict[str, Any], path: Any, codec: Any) -> None:
+    """checkpoint metadata whose vocabularies agree: the path's, the codec's and the model's (a token id past
+    one of them would index outside the network's embedding)."""
+    sizes: dict[str, Any] = {"discrete_path.vocab_size": path.vocab_size}
+    if kind == "tokens":
+        if codec is not None:
+            sizes["codec.size"] = codec.size
+        if "vocab_size" in spec:
+            sizes["model.vocab_size"] = spec["vocab_size"]
+    elif codec is not None:
+        if path.source != "mask":
+            raise FlowmatchError(f"checkpoint metadata's discrete_path.source is {path.source!r}; a table's is 'mask'")
+        sizes["the largest of codec's category counts (at least 2)"] = max(max(codec.vocab_sizes, default=0), 2)
+        if "vocab_sizes" in spec and spec["vocab_sizes"] != codec.vocab_sizes:
+            sizes["model.vocab_sizes"], sizes["the codec's category counts"] = spec["vocab_sizes"], codec.vocab_sizes
+    if "states" in spec:
+        sizes["model.states - 1 (the mask)" if path.source == "mask" else "model.states"] = spec["states"] - (path.source == "mask")
+    if any(value != path.vocab_size for value in sizes.values()):
+        raise FlowmatchError("checkpoint metadata's vocabularies disagree: " + ", ".join(f"{key} {value}" for key, value in sizes.items()))
+
+
 def as_tokens(values, vocab_size: int, what: str = "tokens") -> torch.Tensor:
     """An int64 tensor of token ids in 0..vocab_size - 1 from a tensor or array, checked."""
-    tokens = torch.as_tensor(np.asarray(values)) if not isinstance(values, torch.Tensor) else values
-    if tokens.is_floating_point() or tokens.is_complex():
+    if isinstance(values, (str, bytes)):
+        raise FlowmatchError(f"{what} must be an array of token ids, got a {type(values).__name__} (encode text with the flow's codec)")
+    try:
+        tokens = torch.as_tensor(np.asarray(values)) if not isinstance(values, torch.Tensor) else values
+    except (TypeError, ValueError) as exc:
+        raise FlowmatchError(f"{what} must be an array of token ids ({exc})") from None
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
         raise FlowmatchError(f"{what} must be integers, got {tokens.dtype}")
     tokens = tokens.long()
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):

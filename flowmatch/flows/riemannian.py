@@ -257,6 +257,9 @@ class RiemannianFlow:
         network under bfloat16 autocast, "auto" in the precision the run trained in, as recorded
         (:func:`flowmatch.saving.recorded_precision`).
         """
+        from flowmatch.flows.options import sample_count
+
+        n = sample_count(n)
         if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
             raise FlowmatchError(f"guidance must be a finite number, got {guidance!r}")
         if precision == "auto":
@@ -278,7 +281,10 @@ class RiemannianFlow:
         return self.manifold.canonical(sol.x)
 
     def sample(self, n: int, **options) -> torch.Tensor:
-        """:meth:`generate` (the name every flowmatch flow samples by)."""
+        """:meth:`generate` (the name every flowmatch flow samples by); an option it does not take is refused."""
+        from flowmatch.flows.options import check_sample_options
+
+        check_sample_options(self.generate, options, type(self).__name__)
         return self.generate(n, **options)
 
     def log_prob(
@@ -349,23 +355,23 @@ def build_manifold_flow(
     """The RiemannianFlow of :meth:`RiemannianFlow.checkpoint_meta` and its weights (checked: names, shapes,
     dtypes and finite values), in ``model`` where given (needed for a model the run folder only names)."""
     from flowmatch.discrete.schedulers import make_scheduler
-    from flowmatch.models.registry import check_rebuildable, from_config
-    from flowmatch.saving import load_weights
+    from flowmatch.models.registry import check_rebuildable
+    from flowmatch.saving import build_model_for, load_weights, named
 
     check_rebuildable(meta.get("model"), model, where)
     try:
         manifold = manifold_from_config(meta["manifold"])
         data_manifold = manifold_from_config(meta["data_manifold"])
         spec = dict(meta["model"])
-        model = model if model is not None else from_config(spec, manifold.ambient_dim)
+        model = model if model is not None else build_model_for(spec, manifold.ambient_dim, state, where)
         options = {k: v for k, v in meta["scheduler"].items() if k != "name"}
         path = GeodesicPath(manifold, make_scheduler(meta["scheduler"]["name"], **options))
         flow = RiemannianFlow(
             model, manifold, path, source=meta["source"], data_manifold=data_manifold, config=config, conditions=meta.get("conditions")
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, FlowmatchError):
-            raise FlowmatchError(f"{where}: {exc}") from None
+        if isinstance(exc, FlowmatchError):  # named once: the checkpoint's own checks already name it
+            raise FlowmatchError(named(str(exc), where)) from None
         raise FlowmatchError(f"{where}: malformed checkpoint metadata ({exc!r})") from None
     load_weights(model, state, where)
     return flow

@@ -64,7 +64,7 @@ class MixedMLP(nn.Module):
             layers += [nn.Linear(width, width), ACTIVATIONS[activation](), *([nn.Dropout(dropout)] if dropout else [])]
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(width, dim + sum(sizes))
-        valid = torch.zeros(len(sizes), max(sizes), dtype=torch.bool)
+        valid = torch.zeros(len(sizes), max(sizes), dtype=torch.bool, device="cpu")  # data-dependent: built on the CPU
         for j, v in enumerate(sizes):
             valid[j, :v] = True
         self.valid: torch.Tensor

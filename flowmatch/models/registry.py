@@ -37,13 +37,45 @@ MODEL_OPTIONS: dict[str, frozenset[str]] = {
 
 
 def build_model(name: str, dim: int, **options) -> nn.Module:
-    """A velocity model by name for data of dimension ``dim``; options are the class's arguments."""
+    """A velocity model by name for data of dimension ``dim``; options are the class's arguments. Its size is
+    counted first (:func:`parameter_count`, nothing allocated) and refused when it is more than the memory left."""
     if name not in MODELS:
         raise FlowmatchError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    count = parameter_count(name, dim, **options)
+    if count is not None:
+        from flowmatch.memory import require_memory
+
+        require_memory(4 * count, f"a {name} model of {count:,} parameters", "choose a smaller width or depth")
     try:
         return MODELS[name](dim, **options)
     except TypeError as exc:
         raise FlowmatchError(f"bad options for model '{name}': {exc}") from None
+
+
+#: Options that repeat a block: each one more adds the same number of parameters.
+REPEATED = ("depth", "num_res_blocks")
+
+
+def parameter_count(name: str, dim: int, **options) -> int | None:
+    """The number of values (parameters and buffers) of built-in model ``name``, counted on the meta device, where
+    nothing is allocated; a depth (or a UNet's blocks per level) past 2 is counted from depths 1 and 2, which the
+    count grows by linearly, so that a depth of 10^9 is never looped over. None where it cannot be counted (bad
+    options: building the model names them)."""
+    import torch
+
+    def count(**values) -> int:
+        with torch.device("meta"):
+            return sum(v.numel() for v in MODELS[name](dim, **{**options, **values}).state_dict().values())
+
+    try:
+        for key in REPEATED:
+            depth = options.get(key)
+            if isinstance(depth, int) and not isinstance(depth, bool) and depth > 2:
+                one, two = count(**{key: 1}), count(**{key: 2})
+                return one + (depth - 1) * (two - one)
+        return count()
+    except Exception:  # noqa: BLE001 bad options are named by the build itself
+        return None
 
 
 # -- any model: how a run folder rebuilds it -------------------------------------------------------

@@ -146,14 +146,15 @@ class ManifoldTask(Task):
             self.validation = lambda model: float(riemannian_loss(lambda x, s: model(x, s, **given), self.path, *fixed))
 
     def initial_model(self) -> torch.nn.Module:
-        from flowmatch.models.tangent import TangentMLP
 
         config = self.config
         if self.objects.model is not None:
             return self.objects.model
+        from flowmatch.models.registry import build_model
+
         m = self.manifold
-        return TangentMLP(
-            m.ambient_dim, m, width=config.width, depth=config.depth, activation=config.activation,
+        return build_model(
+            "tangent-mlp", m.ambient_dim, manifold=m, width=config.width, depth=config.depth, activation=config.activation,
             num_classes=self.conditions.get("y", {}).get("classes", 0), condition_dim=self.conditions.get("c", {}).get("dim", 0),
         )  # fmt: skip
 

@@ -210,4 +210,37 @@ def resolve_path(config: Any, objects: Objects) -> AffinePath:
     path = AffinePath(objects.path) if isinstance(objects.path, Schedule) else objects.path
     if not isinstance(path, AffinePath):
         raise FlowmatchError(f"path must be a name, an AffinePath or a Schedule, got {type(objects.path).__name__}")
+    check_endpoints(path)
     return path
+
+
+#: How far a given path's alpha(0), sigma(0) and alpha(1) may be from the source's (alpha 0, sigma 1) and the
+#: data's (alpha 1): a few percent of rounding in a user's formula, never a path that starts or ends elsewhere.
+#: sigma(1) may be anything in [0, 1), as the built-in Gaussian path's sigma_min may.
+ENDPOINT_TOLERANCE = 0.05
+
+
+def check_endpoints(path: AffinePath) -> None:
+    """Refuse a given path that does not go from the source (t = 0: alpha 0, sigma 1) to the data (t = 1: alpha 1,
+    sigma about 0), such as a CustomSchedule with alpha = sigma = 0.5, which would train a flow that samples
+    neither."""
+    import torch
+
+    t = torch.tensor([0.0, 1.0])
+    try:
+        alpha, sigma = (torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (path.schedule.alpha(t), path.schedule.sigma(t)))
+    except Exception as exc:  # noqa: BLE001 a user's callables: any failure is theirs, named
+        raise FlowmatchError(f"path: its schedule fails at t = 0 and 1 ({type(exc).__name__}: {exc})") from None
+    if alpha.shape != (2,) or sigma.shape != (2,):
+        raise FlowmatchError(
+            f"path: alpha(t) and sigma(t) must give one value per time, got shapes {tuple(alpha.shape)} and {tuple(sigma.shape)} for 2 times"
+        )
+    wanted = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    got = torch.cat([alpha[:1], sigma[:1], alpha[1:], sigma[1:]])
+    if not torch.isfinite(got).all() or (got[:3] - wanted).abs().max() > ENDPOINT_TOLERANCE or not 0 <= got[3] < 1:
+        a0, s0, a1, s1 = got.tolist()
+        raise FlowmatchError(
+            f"path is not a path from the source to the data: alpha(0) = {a0:g}, sigma(0) = {s0:g}, alpha(1) = {a1:g}, "
+            f"sigma(1) = {s1:g}; a path starts at alpha 0, sigma 1 (the source) and ends at alpha 1 (the data), each within "
+            f"{ENDPOINT_TOLERANCE:g}, with sigma(1) in [0, 1)"
+        )
