@@ -301,7 +301,9 @@ def picture(flow: Any, what: str, out: str | os.PathLike, **options: Any) -> Pat
     from flowmatch.engine.seam import check_command_options
 
     chosen = modality_of(flow, "picture")
-    if what not in chosen.pictures and chosen.pictures:
+    if not chosen.pictures:  # its own words say why (a tokens run's samples are text), before its options are weighed
+        return chosen.picture(flow, what, Path(out), options)
+    if what not in chosen.pictures:
         raise FlowmatchError(f"{chosen.label} draws {', '.join(chosen.pictures)}, not {what}")
     check_command_options(options, chosen.picture_options, chosen.label)
     return chosen.picture(flow, what, Path(out), options)

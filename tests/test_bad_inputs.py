@@ -166,6 +166,11 @@ def _edit_newest_state(run: Path) -> None:
     state.write_text(json.dumps(meta))
 
 
+def copied_kind(kind: str) -> Callable[[Env], None]:
+    """A setup that copies the shared run of ``kind`` (tokens, table, sphere) to ``{dir}/run``."""
+    return lambda env: shutil.copytree(env.base / "kinds" / kind, env.dir / "run") and None
+
+
 def _meta(factory: Callable[..., torch.nn.Module], *args: Any) -> torch.nn.Module:
     """A module built on the meta device: shapes, no values."""
     with torch.device("meta"):
@@ -718,6 +723,30 @@ CASES: list[Case] = [
             ),
         )
     ],
+    # -- issue 29 item 9: a full disk while sampling, evaluating and drawing a token, table or manifold run -----
+    *[
+        Case(
+            f"full-disk-{kind}-{command}",
+            argv=argv,
+            words=(shown, ": cannot write (No space left on device)"),  # eval names its first file (report, picture)
+            absent=(f"{{dir}}/x.{suffix}", "{dir}/x.png", "{dir}/run/report.json"),
+            setup=copied_kind(kind),
+            patch=fault("{dir}", errno.ENOSPC),
+        )
+        for kind, suffix in (("tokens", "txt"), ("table", "csv"), ("sphere", "npy"))
+        for command, argv, shown in (
+            ("sample", ("sample", "--run", "{dir}/run", "-n", "8", "--nfe", "4", "--out", f"{{dir}}/x.{suffix}"), f"{{dir}}/x.{suffix}"),
+            ("eval", ("eval", "--run", "{dir}/run", "--quiet"), "{dir}/run/"),
+            ("plot", ("plot", "--run", "{dir}/run", "--out", "{dir}/x.png"), "{dir}/x.png"),
+        )
+        if (kind, command) != ("tokens", "plot")
+    ],
+    Case(
+        "plot-a-tokens-run",
+        argv=("plot", "--run", "{base}/kinds/tokens", "--out", "{dir}/x.png"),
+        words=("a tokens run has no picture: its samples are text",),
+        absent=("{dir}/x.png",),
+    ),
     Case(
         "full-disk-train-report",
         argv=("train", "--out", "{dir}/new", *TINY[:-1]),  # with its quick evaluation
@@ -1702,7 +1731,9 @@ def _run(case: Case, env: Env, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
             except SystemExit as exc:  # argparse's usage errors
                 code = exc.code
             err = capsys.readouterr().err
-            lines = [line for line in err.splitlines() if line.strip()]
+            # the lines a terminal shows: a progress bar that cleared itself ("\r" then spaces) leaves nothing
+            shown = [line.rsplit("\r", 1)[-1] for line in err.split("\n")]
+            lines = [line for line in shown if line.strip()]
             assert code == case.expect, err
             if case.expect != 0:
                 assert len(lines) == 1 and "Traceback" not in err, err
