@@ -200,3 +200,19 @@ def test_without_components_the_shape_score_is_the_energy_distance_beside_its_fl
     assert score["kind"] == "energy" and score["energy"]["value"] == pytest.approx(0.34, abs=0.08)
     assert 0.003 < score["energy"]["floor"] < 0.02 and score["ratio"] > 10
     assert score["energy"]["floor"] == pytest.approx(energy_distance(b, a) + 2 * 1.77 / 500, abs=0.002)
+
+
+def test_samples_collapsed_towards_their_mean_score_above_the_floor():
+    """Blurry samples (a held-out draw of N(0, I_64) shrunk to 0.7 of its spread, as a model that averages
+    gives): their energy distance to the data is positive (E|0.7X - Y| is below E|X - Y| by less than the
+    samples' own spread is below the data's), so the score is above the floor (about 5x at 400 points). The
+    size bias in value and floor is the reference's own, E|Y - Y'| (1/n + 1/m), so the floor is the same
+    number whatever the samples are."""
+    from flowmatch.evaluation.metrics import shape_score
+
+    g = torch.Generator().manual_seed(0)
+    a, b, x = (torch.randn(400, 64, generator=g) for _ in range(3))
+    blurry = shape_score(0.7 * x, a, b)
+    exact = shape_score(x, a, b)
+    assert blurry["energy"]["floor"] == exact["energy"]["floor"]  # the floor is the data's, not the samples'
+    assert blurry["ratio"] > 3 and 0.5 < exact["ratio"] < 2

@@ -29,8 +29,8 @@ of the same size, which is what a perfect model would score given finite samples
   generated shares p and the component weights w, beside its floor E TV(Multinomial(n, w)/n, w) (what
   n exact draws score, by Monte Carlo), and the **within-mode shape**, (sum_k w_k W2_k^2)^(1/2) with
   W2_k the exact W2 between the generated and the held-out points of mode k, as many of each, beside
-  the same figure for a second held-out draw. Elsewhere it is the energy distance (the V-statistic, which
-  carries the same positive finite-sample bias in value and floor) beside its floor.
+  the same figure for a second held-out draw. Elsewhere it is the energy distance beside its floor, both with
+  the finite-sample bias two exact draws of the data have (:func:`energy_distance` with ``unbiased=False``).
 
 Example::
 
@@ -151,15 +151,17 @@ def _mean_distance(a: np.ndarray, b: np.ndarray, same: bool) -> float:
 
 
 def energy_distance(x, y, *, unbiased: bool = True) -> float:
-    """Energy distance 2 E||X - Y|| - E||X - X'|| - E||Y - Y'||: U-statistics within each set (unbiased,
-    may be slightly negative), or with ``unbiased=False`` the V-statistic, the mean over all pairs i, j
-    with i = j included, which is the U-statistic plus E||X - X'|| / n + E||Y - Y'|| / m: never negative,
-    and biased up by the same amount for any two sets of those sizes, so a ratio to a floor of the same
-    sizes is calibrated as a W2's is."""
+    """Energy distance 2 E||X - Y|| - E||X - X'|| - E||Y - Y'|| of ``x`` to the reference ``y``: U-statistics
+    within each set (unbiased, may be slightly negative), or with ``unbiased=False`` the U-statistic plus the
+    size bias two exact draws of ``y``'s distribution of these sizes have, E||Y - Y'|| (1 / n + 1 / m): the
+    V-statistic's bias (the mean over all pairs with i = j included), taken from the reference alone. The same
+    for any ``x`` of that size, it makes a ratio to a floor of the same sizes calibrated as a W2's is; taken
+    from ``x``'s own spread, as the V-statistic takes it, samples collapsed towards their mean (blurry images)
+    would lower their own bias and score below the floor."""
     x, y = _pair(x, y)
     dxx, dyy = _mean_distance(x, x, True), _mean_distance(y, y, True)
     u = 2 * _mean_distance(x, y, False) - dxx - dyy
-    return u if unbiased else u + dxx / len(x) + dyy / len(y)
+    return u if unbiased else u + dyy / len(x) + dyy / len(y)
 
 
 def _knn_radii(a: np.ndarray, k: int) -> torch.Tensor:
