@@ -103,6 +103,8 @@ def _kind_data(folder, kind):
     if kind == "tokens":
         (folder / "t.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
         return ["--data", str(folder / "t.txt"), "--kind", "tokens", "--seq-len", "16"]
+    if kind == "images":
+        return ["--data", "digits"]
     if kind == "table":
         (folder / "t.csv").write_text("size,colour\n" + "".join(f"{i % 7}.5,{'red' if i % 3 else 'blue'}\n" for i in range(80)))
         return ["--data", str(folder / "t.csv"), "--kind", "table"]
@@ -111,11 +113,17 @@ def _kind_data(folder, kind):
 
 
 @pytest.mark.parametrize(
-    "kind, event", [("tokens", "checkpoints/step-00000020"), ("table", "checkpoint.safetensors"), ("sphere", "checkpoints/step-00000020")]
+    "kind, event",
+    [
+        ("images", "checkpoint.safetensors"),
+        ("tokens", "checkpoints/step-00000020"),
+        ("table", "checkpoint.safetensors"),
+        ("sphere", "checkpoints/step-00000020"),
+    ],
 )
 def test_sigkill_at_a_checkpoint_of_every_modality_leaves_a_resumable_run(kind, event, tmp_path):
-    """Token, table and manifold runs write their checkpoints through the same engine as points (whose ten moments
-    are above): killed just after a training checkpoint or the final weights appear, the run loads, samples and
+    """Image, token, table and manifold runs write their checkpoints through the same engine as points (whose ten
+    moments are above): killed just after a training checkpoint or the final weights appear, the run loads, samples and
     resumes to its last step."""
     run = tmp_path / "run"
     proc = subprocess.Popen(
