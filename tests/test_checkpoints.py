@@ -53,11 +53,12 @@ KILL_AFTER = [f"checkpoints/step-{step:08d}" for step in (2, 20, 60, 100, 140, 1
 ]
 
 
-@pytest.mark.parametrize("event", KILL_AFTER)
-def test_sigkill_at_ten_moments_leaves_a_resumable_run(event, tmp_path):
-    run = tmp_path / "run"
+def _killed_and_loaded(run, data: list[str], steps: int, event: str):
+    """Train ``run`` on ``data`` (the default data when empty) for ``steps`` steps with a checkpoint every 2, SIGKILL
+    it just after ``run / event`` appears, and load what it left. Load says it takes a training checkpoint where the
+    run has no final weights (also when killed between the weights and their metadata)."""
     proc = subprocess.Popen(
-        [*TRAIN, "--out", str(run), "--steps", "200", "--checkpoint-every", "2", "--keep-checkpoints", "1000"],
+        [*TRAIN, *data, "--out", str(run), "--steps", str(steps), "--checkpoint-every", "2", "--keep-checkpoints", "1000"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -67,10 +68,15 @@ def test_sigkill_at_ten_moments_leaves_a_resumable_run(event, tmp_path):
         proc.wait(timeout=30)
     finally:
         proc.kill()
-    # then load says it takes a training checkpoint (also when killed between the final weights and their metadata)
     unfinished = not ((run / "checkpoint.safetensors").exists() and (run / "checkpoint.json").exists())
     with pytest.warns(FlowmatchWarning, match="loaded training checkpoint") if unfinished else contextlib.nullcontext():
-        flow = flowmatch.load(run)  # a loadable checkpoint, whatever the moment
+        return flowmatch.load(run)  # a loadable checkpoint, whatever the moment
+
+
+@pytest.mark.parametrize("event", KILL_AFTER)
+def test_sigkill_at_ten_moments_leaves_a_resumable_run(event, tmp_path):
+    run = tmp_path / "run"
+    flow = _killed_and_loaded(run, [], 200, event)
     assert torch.isfinite(flow.sample(5, nfe=4, seed=0)).all()
     fit(None, out=run, resume=True, progress=False, n_eval=200, evaluate=False)
     assert list_states(run)[-1].name == "step-00000200"
@@ -126,20 +132,7 @@ def test_sigkill_at_a_checkpoint_of_every_modality_leaves_a_resumable_run(kind, 
     moments are above): killed just after a training checkpoint or the final weights appear, the run loads, samples and
     resumes to its last step."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [*TRAIN, *_kind_data(tmp_path, kind), "--out", str(run), "--steps", "40", "--checkpoint-every", "2", "--keep-checkpoints", "1000"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for(run / event)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
-    unfinished = not ((run / "checkpoint.safetensors").exists() and (run / "checkpoint.json").exists())  # killed between the two
-    with pytest.warns(FlowmatchWarning, match="loaded training checkpoint") if unfinished else contextlib.nullcontext():
-        flow = flowmatch.load(run)
+    flow = _killed_and_loaded(run, _kind_data(tmp_path, kind), 40, event)
     assert len(flow.sample(3, nfe=4, seed=0)) == 3
     fit(None, out=run, resume=True, progress=False, evaluate=False)
     assert list_states(run)[-1].name == "step-00000040"
